@@ -1,0 +1,119 @@
+"""The snapshot: every fact the doctor collected about one box, as plain JSON.
+
+A fact is exactly one of three states, so a check can tell "not there" from "could not look":
+
+    {"value": ...}                       collected
+    {"absent": "why it is not there"}    nothing to collect (no NVIDIA driver, no venv, ...)
+    {"failed": "the error"}              collecting it broke (timeout, unreadable file, ...)
+
+Each state may also carry "source": where the value came from (a path, a command, an env var).
+The snapshot is {"schema": SCHEMA, "doctor_version", "collected_at", "host", "duration_s",
+"facts": {key: fact}}; the keys and their value shapes are listed in FACT_KEYS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = "gptoss-doctor/snapshot@1"
+
+# Every fact key the collectors write, with the shape of its value. Checks read only these.
+FACT_KEYS: dict[str, str] = {
+    "host.os": '{"id": "debian", "version_id": "12", "pretty_name": str}',
+    "host.hostname": "str",
+    "host.systemd": "bool: PID 1 is systemd",
+    "host.shm_bytes": "int: size of /dev/shm",
+    "nvidia.driver": '{"version": "580.159.04"}  (source: /proc/driver/nvidia/version or nvidia-smi)',
+    "nvidia.cuda_driver_max": '"13.0": the newest CUDA this driver runs (nvidia-smi / NVML)',
+    "nvidia.gpus": '[{"index": 0, "name": "NVIDIA H200", "compute_cap": "9.0", "memory_mib": 143771, '
+    '"persistence_mode": "Enabled", "uuid": str}]',
+    "nvidia.nvswitch": '{"count": int}  (source: /proc/driver/nvidia-nvswitch/devices, /dev/nvidia-nvswitch*)',
+    "nvidia.fabric_manager": '{"installed": bool, "active": bool | None, "version": str | None}',
+    "rocm.version": '"6.4.1"  (source: /opt/rocm/.info/version)',
+    "rocm.gpus": '[{"index": 0, "name": str, "gfx": "gfx942", "memory_mib": int}]',
+    "cuda_home": '{"path": str, "rule": "CUDA_HOME" | "CUDA_PATH" | "nvcc-on-PATH" | "/usr/local/cuda", '
+    '"exists": bool, "nvcc": str | None, "version": "13.0" | None, "version_from": "nvcc" | "version.json" | None}',
+    "venv": '{"path": str, "rule": "--venv" | "VIRTUAL_ENV" | "service" | "manifest", "python": "3.12.3" | None, '
+    '"site_packages": [str]}',
+    "venv.distributions": '[{"name": canonical str, "version": str, "installer": str | None, '
+    '"location": str, "dist_info": str, "top_level": [str]}]  (top_level: first path parts owned per RECORD)',
+    "torch.build": '{"version": "2.11.0+cu130", "cuda": "13.0" | None, "hip": str | None, "path": str}  '
+    "(read from torch/version.py as text)",
+    "vllm.install": '{"version": "0.26.0", "path": str}',
+    "vllm.env_vars": "[str]: the VLLM_* names this vLLM's envs.py knows (read as text)",
+    "vllm.attention_backends": "[str]: backend names this vLLM's registry knows (read as text)",
+    "env.shell": "{name: value}: relevant env vars of the doctor's own shell, secrets redacted",
+    "service": '{"unit": str, "unit_path": str, "user": str | None, "environment_files": [str], '
+    '"environment": {name: value} (redacted), "argv": [str], "venv": str | None}',
+    "service.serve": '{"model": str, "host": str, "port": int, "tensor_parallel_size": int, '
+    '"gpu_memory_utilization": float | None, "api_key_set": bool, "flags": {flag: value}}  '
+    "(parsed from the service's argv and environment)",
+    "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
+    "files.world_readable_secrets": '[{"path": str, "mode": "0644", "what": str}]',
+    "hf.offline_files": '{"tiktoken_dir": str | None, "files": [str], "hf_home": str}',
+    "deep": '{"torch_import": step, "cuda_init": step, "matmul": step, "triton_kernel": step} '
+    'with step = {"ok": bool, "seconds": float, "error": str | None, "detail": ...}  (only with --deep)',
+}
+
+
+def value(v: Any, source: str | None = None) -> dict:
+    return {"value": v, **({"source": source} if source else {})}
+
+
+def absent(why: str, source: str | None = None) -> dict:
+    return {"absent": why, **({"source": source} if source else {})}
+
+
+def failed(error: str, source: str | None = None) -> dict:
+    return {"failed": error, **({"source": source} if source else {})}
+
+
+@dataclass
+class Snapshot:
+    """Read access to a snapshot dict for checks: `snap.get(key)` is the value or None."""
+
+    data: dict = field(default_factory=dict)
+
+    @property
+    def facts(self) -> dict:
+        return self.data.setdefault("facts", {})
+
+    def fact(self, key: str) -> dict:
+        return self.facts.get(key) or {"absent": "not collected"}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        f = self.fact(key)
+        return f["value"] if "value" in f else default
+
+    def has(self, key: str) -> bool:
+        return "value" in self.fact(key)
+
+    def source(self, key: str) -> str | None:
+        return self.fact(key).get("source")
+
+    def set(self, key: str, fact: dict) -> None:
+        self.facts[key] = fact
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.data, indent=indent, sort_keys=False)
+
+
+class SnapshotError(ValueError):
+    """A snapshot file that is not ours or not JSON."""
+
+
+def load_snapshot(text: str, where: str) -> Snapshot:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SnapshotError(f"{where}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise SnapshotError(
+            f"{where}: schema is {got!r}, expected {SCHEMA!r}; make it with `gptoss-doctor collect > box.json`"
+        )
+    if not isinstance(data.get("facts"), dict):
+        raise SnapshotError(f"{where}: no 'facts' object")
+    return Snapshot(data)
