@@ -34,27 +34,35 @@ FACT_KEYS: dict[str, str] = {
     "rocm.version": '"6.4.1"  (source: /opt/rocm/.info/version)',
     "rocm.gpus": '[{"index": 0, "name": str, "gfx": "gfx942", "memory_mib": int}]',
     "cuda_home": '{"path": str, "rule": "CUDA_HOME" | "CUDA_PATH" | "nvcc-on-PATH" | "/usr/local/cuda", '
-    '"exists": bool, "nvcc": str | None, "version": "13.0" | None, "version_from": "nvcc" | "version.json" | None}',
+    '"exists": bool, "nvcc": str | None, "version": "13.0" | None, "version_from": "nvcc" | "version.json" | None, '
+    '"has_cuda_h": bool (include/cuda.h under path), "nvcc_error": str (only when nvcc --version failed)}',
     "venv": '{"path": str, "rule": "--venv" | "VIRTUAL_ENV" | "service" | "manifest", "python": "3.12.3" | None, '
-    '"site_packages": [str]}',
+    '"site_packages": [str], "executable": str (bin/python)}',
     "venv.distributions": '[{"name": canonical str, "version": str, "installer": str | None, '
     '"location": str, "dist_info": str, "top_level": [str]}]  (top_level: first path parts owned per RECORD)',
+    "venv.leftovers": '[{"name": "~riton", "path": str, "kind": "dir" | "dist-info" | "file"}]  '
+    "(what an interrupted pip uninstall leaves in site-packages)",
     "torch.build": '{"version": "2.11.0+cu130", "cuda": "13.0" | None, "hip": str | None, "path": str}  '
     "(read from torch/version.py as text)",
-    "vllm.install": '{"version": "0.26.0", "path": str}',
+    "vllm.install": '{"version": "0.26.0" (dist-info), "path": str, "version_py": str | None (vllm/_version.py)}',
     "vllm.env_vars": "[str]: the VLLM_* names this vLLM's envs.py knows (read as text)",
     "vllm.attention_backends": "[str]: backend names this vLLM's registry knows (read as text)",
     "env.shell": "{name: value}: relevant env vars of the doctor's own shell, secrets redacted",
     "service": '{"unit": str, "unit_path": str, "user": str | None, "environment_files": [str], '
-    '"environment": {name: value} (redacted), "argv": [str], "venv": str | None}',
+    '"environment": {name: value} (redacted; EnvironmentFile= over Environment=), '
+    '"environment_file_errors": {path: error}, "argv": [str] (redacted, $VARs expanded), "venv": str | None}',
     "service.serve": '{"model": str, "host": str, "port": int, "tensor_parallel_size": int, '
     '"gpu_memory_utilization": float | None, "api_key_set": bool, "flags": {flag: value}}  '
     "(parsed from the service's argv and environment)",
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
     "files.world_readable_secrets": '[{"path": str, "mode": "0644", "what": str}]',
-    "hf.offline_files": '{"tiktoken_dir": str | None, "files": [str], "hf_home": str}',
+    "hf.offline_files": '{"tiktoken_dir": str | None, "tiktoken_dir_exists": bool, "tiktoken_from": "service" | "shell" | None, '
+    '"files": [str] (in tiktoken_dir), "hf_home": str, "hf_home_from": "service" | "shell" | None, "hub_cache": str, '
+    '"hub_models": ["openai/gpt-oss-20b"]}',
     "deep": '{"torch_import": step, "cuda_init": step, "matmul": step, "triton_kernel": step} '
-    'with step = {"ok": bool, "seconds": float, "error": str | None, "detail": ...}  (only with --deep)',
+    'with step = {"ok": bool | None (None: does not apply here), "seconds": float | None, "error": str | None, '
+    '"detail": ...}; also "python": str, "seconds": float  (only with --deep). cuda_init detail: {"device_count", '
+    '"devices": [{"index", "name", "capability": "9.0", "memory_mib"}], "arch_list": [str], "arch_ok": bool}',
 }
 
 

@@ -1,0 +1,338 @@
+"""The target venv: which one, its Python, its distributions (from dist-info, not importlib),
+torch's real build (torch/version.py as text) and what its vLLM knows (envs.py and the
+attention-backend registry, parsed with `ast`). Nothing here imports torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..snapshot import absent, failed, value
+from .env import Env
+from .service import read_manifest, read_unit
+
+_CANON = re.compile(r"[-_.]+")
+VLLM_ENVS = "vllm/envs.py"
+# Where vLLM kept its attention-backend enum, newest first, and the enum's class names.
+BACKEND_REGISTRIES = (
+    "vllm/v1/attention/backends/registry.py",
+    "vllm/attention/backends/registry.py",
+    "vllm/platforms/interface.py",
+)
+BACKEND_CLASSES = ("AttentionBackendEnum", "_Backend")
+
+
+def canonical_name(name: str) -> str:
+    return _CANON.sub("-", name).lower()
+
+
+class VenvError(Exception):
+    """The venv named by --venv or VIRTUAL_ENV is not a venv: the message says why and how to fix it."""
+
+
+# -- which venv ------------------------------------------------------------------------------
+
+
+def _is_own_venv(path: str) -> bool:
+    try:
+        return os.path.samefile(path, sys.prefix)
+    except OSError:
+        return False
+
+
+def _venv_of_binary(env: Env, binary: str) -> str | None:
+    """`/opt/x/bin/vllm` -> `/opt/x` when `/opt/x/pyvenv.cfg` exists."""
+    home = os.path.dirname(os.path.dirname(binary))
+    return home if env.exists(f"{home}/pyvenv.cfg") else None
+
+
+def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
+    """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV, the service, the manifest."""
+    if explicit:
+        return explicit, "--venv", False
+    active = env.environ.get("VIRTUAL_ENV")
+    # the doctor's own venv (activated, or set by `uv run`) holds no serving stack: look further
+    if active and not (env.root == Path("/") and _is_own_venv(active)):
+        return active, "VIRTUAL_ENV", True
+    unit = read_unit(env)
+    if unit and unit.get("argv"):
+        home = _venv_of_binary(env, unit["argv"][0])
+        if home:
+            return home, "service", True
+        if unit["environment"].get("VIRTUAL_ENV"):
+            return unit["environment"]["VIRTUAL_ENV"], "service", True
+    try:
+        manifest = read_manifest(env)
+    except ValueError:
+        manifest = None  # reported by the manifest fact
+    if isinstance(manifest, dict) and isinstance(manifest.get("venv"), str):
+        return manifest["venv"], "manifest", True
+    return None
+
+
+def read_pyvenv_cfg(text: str) -> dict[str, str]:
+    cfg = {}
+    for line in text.splitlines():
+        key, eq, val = line.partition("=")
+        if eq:
+            cfg[key.strip()] = val.strip()
+    return cfg
+
+
+def site_packages_dirs(venv: Path) -> list[Path]:
+    seen, dirs = set(), []
+    for lib in ("lib", "lib64"):
+        for sp in sorted((venv / lib).glob("python3*/site-packages")):
+            real = sp.resolve()
+            if real not in seen:
+                seen.add(real)
+                dirs.append(sp)
+    return dirs
+
+
+# -- distributions ------------------------------------------------------------------------------
+
+
+def read_metadata_header(path: Path) -> dict[str, str]:
+    """Name and Version from a METADATA/PKG-INFO header (stops at the first blank line)."""
+    fields: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                break
+            key, colon, val = line.partition(":")
+            if colon and key in ("Name", "Version") and key not in fields:
+                fields[key] = val.strip()
+    return fields
+
+
+def top_level_from_record(text: str) -> list[str]:
+    """First path parts a distribution owns per RECORD: packages and modules, not its dist-info or scripts."""
+    names = set()
+    for line in text.splitlines():
+        path = line.split(",", 1)[0]
+        head = path.split("/", 1)[0]
+        if not head or head.startswith("..") or head.endswith((".dist-info", ".data")) or head == "__pycache__":
+            continue
+        if "/" not in path:  # a module file: foo.py, foo.cpython-312-x86_64-linux-gnu.so, foo.pth
+            if head.endswith(".pth"):
+                continue
+            head = head.split(".", 1)[0]
+        names.add(head)
+    return sorted(names)
+
+
+def read_dist_info(d: Path, location: Path) -> dict | None:
+    meta = d / "METADATA"
+    if not meta.is_file():
+        return None
+    header = read_metadata_header(meta)
+    if "Name" not in header:
+        return None
+    installer = (d / "INSTALLER").read_text(errors="replace").strip() if (d / "INSTALLER").is_file() else None
+    record = d / "RECORD"
+    top = top_level_from_record(record.read_text(errors="replace")) if record.is_file() else []
+    return {
+        "name": canonical_name(header["Name"]),
+        "version": header.get("Version", ""),
+        "installer": installer or None,
+        "location": str(location),
+        "dist_info": d.name,
+        "top_level": top,
+    }
+
+
+def read_egg_info(d: Path, location: Path) -> dict | None:
+    pkg_info = d / "PKG-INFO" if d.is_dir() else d
+    if not pkg_info.is_file():
+        return None
+    header = read_metadata_header(pkg_info)
+    if "Name" not in header:
+        return None
+    top_file = d / "top_level.txt"
+    top = sorted(top_file.read_text().split()) if d.is_dir() and top_file.is_file() else []
+    return {
+        "name": canonical_name(header["Name"]),
+        "version": header.get("Version", ""),
+        "installer": None,
+        "location": str(location),
+        "dist_info": d.name,
+        "top_level": top,
+    }
+
+
+def scan_site_packages(sp: Path) -> tuple[list[dict], list[dict]]:
+    """(distributions, `~` leftovers) of one site-packages directory."""
+    dists, leftovers = [], []
+    for entry in sorted(sp.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.startswith("~"):
+            # pip renames what it is removing to ~xxx; an interrupted uninstall leaves it behind
+            kind = "dist-info" if name.endswith(".dist-info") else "dir" if entry.is_dir() else "file"
+            leftovers.append({"name": name, "path": str(entry), "kind": kind})
+            continue
+        if name.endswith(".dist-info"):
+            d = read_dist_info(entry, sp)
+        elif name.endswith(".egg-info"):
+            d = read_egg_info(entry, sp)
+        else:
+            continue
+        if d:
+            dists.append(d)
+    return dists, leftovers
+
+
+# -- torch and vLLM, read as text --------------------------------------------------------------
+
+
+def module_constants(source: str) -> dict:
+    """Top-level `NAME = literal` and `NAME: T = literal` assignments of a module, without running it."""
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            targets, val = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, val = [node.target], node.value
+        else:
+            continue
+        try:
+            literal = ast.literal_eval(val)
+        except ValueError:
+            continue
+        for t in targets:
+            if isinstance(t, ast.Name):
+                out[t.id] = literal
+    return out
+
+
+def torch_build(site_packages: list[Path]) -> dict:
+    for sp in site_packages:
+        path = sp / "torch" / "version.py"
+        if path.is_file():
+            consts = module_constants(path.read_text(errors="replace"))
+            if "__version__" not in consts:
+                return failed("no __version__ in torch/version.py", str(path))
+            return value(
+                {
+                    "version": consts["__version__"],
+                    "cuda": consts.get("cuda"),
+                    "hip": consts.get("hip"),
+                    "path": str(path),
+                },
+                str(path),
+            )
+    return absent("torch is not installed in the venv (no torch/version.py)")
+
+
+def env_var_names(source: str) -> list[str]:
+    """The string keys of envs.py's `environment_variables` dict that start with VLLM_."""
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "environment_variables":
+            if isinstance(node.value, ast.Dict):
+                keys = [k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+                return sorted(k for k in keys if k.startswith("VLLM_"))
+    # not a dict literal (a future refactor): fall back to the quoted keys
+    return sorted(set(re.findall(r'^\s*"(VLLM_[A-Z0-9_]+)"\s*:', source, re.MULTILINE)))
+
+
+def backend_names(source: str) -> list[str]:
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name in BACKEND_CLASSES:
+            names = []
+            for stmt in node.body:
+                if isinstance(stmt, ast.Assign):
+                    names += [t.id for t in stmt.targets if isinstance(t, ast.Name) and t.id.isupper()]
+            return names
+    return []
+
+
+def vllm_facts(site_packages: list[Path], dists: list[dict]) -> dict:
+    root = next((sp for sp in site_packages if (sp / "vllm").is_dir()), None)
+    dist = next((d for d in dists if d["name"] == "vllm"), None)
+    if root is None and dist is None:
+        why = absent("vLLM is not installed in the venv")
+        return {"vllm.install": why, "vllm.env_vars": why, "vllm.attention_backends": why}
+    facts: dict[str, dict] = {}
+    version_py = None
+    if root is not None and (root / "vllm" / "_version.py").is_file():
+        consts = module_constants((root / "vllm" / "_version.py").read_text(errors="replace"))
+        version_py = consts.get("__version__") or consts.get("version")
+    version = dist["version"] if dist else version_py
+    path = str(root / "vllm") if root is not None else dist["location"]
+    facts["vllm.install"] = value({"version": version, "path": path, "version_py": version_py}, path)
+    if root is None:
+        why = absent(f"vllm {version} has a dist-info but no vllm/ package", path)
+        facts["vllm.env_vars"] = facts["vllm.attention_backends"] = why
+        return facts
+    envs = root / VLLM_ENVS
+    if envs.is_file():
+        facts["vllm.env_vars"] = value(env_var_names(envs.read_text(errors="replace")), str(envs))
+    else:
+        facts["vllm.env_vars"] = failed("no vllm/envs.py", str(envs))
+    for rel in BACKEND_REGISTRIES:
+        reg = root / rel
+        if reg.is_file():
+            names = backend_names(reg.read_text(errors="replace"))
+            if names:
+                facts["vllm.attention_backends"] = value(names, str(reg))
+                break
+    else:
+        facts["vllm.attention_backends"] = failed(
+            f"no attention-backend enum ({' / '.join(BACKEND_CLASSES)}) in {', '.join(BACKEND_REGISTRIES)}", path
+        )
+    return facts
+
+
+VENV_KEYS = (
+    "venv",
+    "venv.distributions",
+    "venv.leftovers",
+    "torch.build",
+    "vllm.install",
+    "vllm.env_vars",
+    "vllm.attention_backends",
+)
+
+
+def venv_facts(env: Env, explicit: str | None = None) -> dict:
+    found = find_venv(env, explicit)
+    if found is None:
+        why = absent("no venv: pass --venv PATH, activate one (VIRTUAL_ENV), or deploy the gptoss-vllm service")
+        return {k: why for k in VENV_KEYS}
+    path, rule, box_path = found
+    host = env.path(path) if box_path else Path(path)
+    cfg_path = host / "pyvenv.cfg"
+    if not cfg_path.is_file():
+        error = f"{path} (from {rule}) is not a venv: no pyvenv.cfg there"
+        if rule == "--venv":  # the user's own argument: a bad invocation, not a fact about the box
+            raise VenvError(f"--venv {path}: not a venv (no pyvenv.cfg there); pass the venv's directory")
+        return {k: failed(error, rule) for k in VENV_KEYS}
+    cfg = read_pyvenv_cfg(cfg_path.read_text(errors="replace"))
+    sps = site_packages_dirs(host)
+    facts = {
+        "venv": value(
+            {
+                "path": path,
+                "rule": rule,
+                "python": cfg.get("version_info") or cfg.get("version"),
+                "site_packages": [str(sp) for sp in sps],
+                "executable": str(host / "bin" / "python"),
+            },
+            rule,
+        )
+    }
+    dists, leftovers = [], []
+    for sp in sps:
+        d, left = scan_site_packages(sp)
+        dists += d
+        leftovers += left
+    facts["venv.distributions"] = value(dists, ", ".join(str(sp) for sp in sps))
+    facts["venv.leftovers"] = value(leftovers)
+    facts["torch.build"] = torch_build(sps)
+    facts.update(vllm_facts(sps, dists))
+    return facts
