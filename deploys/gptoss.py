@@ -1,0 +1,27 @@
+"""Deploy gpt-oss on vLLM: `pyinfra inventories/cluster.py deploys/gptoss.py`.
+
+Every host's data is validated into one frozen config first (a bad value stops the run with
+one line, before anything changes on any host); then one @deploy unit per concern; then the
+health gate and the doctor gate. A second run changes nothing.
+"""
+
+from gptoss_deploy import doctor, gpu, manifest, model, plan, python_env, service, tools
+from gptoss_deploy import host as host_unit
+
+cfg, kb = plan.current_config()
+doctor.build_wheel()  # on the controller, before any host is touched (cached by source hash)
+
+host_unit.apply(cfg)
+gpu.apply(cfg)
+installed, switched = python_env.apply(cfg)
+gpu.check_cuda_home(cfg)
+model_changes = model.apply(cfg, kb)
+tools.apply(cfg)
+doctor.apply(cfg)
+deployed = manifest.apply(cfg)
+service.apply(
+    cfg,
+    inputs_changed=lambda: installed.did_change() or switched.did_change() or deployed.did_change()
+    or any(op.did_change() for op in model_changes),
+)
+doctor.gate(cfg)

@@ -1,0 +1,148 @@
+"""The doctor on every host (its own small venv, `gptoss-doctor` on PATH) and the doctor gate.
+
+The wheel is built once on the controller with `uv build --wheel doctor` and cached by a hash
+of the doctor's sources, so a re-run neither rebuilds nor re-uploads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
+from pyinfra.operations import files
+
+from . import config as C
+from .python_env import UV, UV_ENV, controller_uv, state_fact
+
+WHEEL_DIR = f"{C.ROOT}/wheels"
+DOCTOR_MARKER = f"{C.DOCTOR_DIR}/.gptoss-complete"
+LINK = "/usr/local/bin/gptoss-doctor"
+
+_built: dict[str, str] = {}
+
+
+class DoctorBuildError(C.ConfigError):
+    pass
+
+
+def doctor_source() -> Path:
+    import gptoss_doctor
+
+    root = Path(gptoss_doctor.__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise DoctorBuildError(f"gptoss-doctor sources not found at {root}; fix: run the deploy from a checkout of this repo")
+    return root
+
+
+def source_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".py", ".toml", ".md", ".json", ".txt") and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_wheel() -> str:
+    """Path of the doctor wheel on the controller, built at most once per source version."""
+    from gevent.lock import BoundedSemaphore
+
+    global _lock
+    try:
+        _lock
+    except NameError:
+        _lock = BoundedSemaphore(1)
+    with _lock:
+        root = doctor_source()
+        key = source_hash(root)
+        if key in _built:
+            return _built[key]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy" / f"doctor-{key}"
+        wheels = sorted(cache.glob("*.whl")) if cache.is_dir() else []
+        if not wheels:
+            uv, _ = controller_uv()
+            tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+            r = subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(tmp), str(root)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                last = (r.stderr.strip().splitlines() or ["?"])[-1]
+                raise DoctorBuildError(f"building the doctor wheel failed: {last}; fix: `uv build --wheel doctor` by hand")
+            os.replace(tmp, cache) if not cache.exists() else None
+            wheels = sorted(cache.glob("*.whl"))
+        _built[key] = str(wheels[-1])
+        return _built[key]
+
+
+def wheel_sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@operation()
+def doctor_venv(cfg: C.HostConfig, wheel: str):
+    """/opt/gptoss/doctor: a venv with just the doctor wheel and its small dependencies."""
+    want = wheel_sha(wheel)
+    if state_fact(cfg).get("doctor") == want:
+        host.noop(f"doctor {want} installed")
+        return
+    remote = f"{WHEEL_DIR}/{os.path.basename(wheel)}"
+    yield StringCommand("mkdir", "-p", WHEEL_DIR)
+    yield FileUploadCommand(wheel, remote)
+    yield StringCommand("rm", "-rf", C.DOCTOR_DIR)
+    yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {C.DOCTOR_DIR}")
+    yield StringCommand(
+        f"{UV_ENV} {UV} pip install --python {C.DOCTOR_DIR}/bin/python --default-index {shlex.quote(cfg.pypi_url)} {remote}"
+    )
+    yield StringCommand(f"echo {want} > {DOCTOR_MARKER}")
+
+
+def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
+    """None when the host passes; else one line naming the error findings (pure, tested)."""
+    if exit_code == 0:
+        return None
+    if exit_code == 1:
+        try:
+            report = json.loads(stdout)
+            errors = [f for f in report.get("findings", []) if f.get("severity") == "error"]
+            ids = ", ".join(f"{f.get('id')} ({f.get('title')})" for f in errors) or "unknown"
+            fixes = "; ".join((f.get("fix") or {}).get("text", "") for f in errors if f.get("fix"))
+            return f"doctor found errors: {ids}" + (f"; fix: {fixes}" if fixes else "")
+        except (ValueError, AttributeError):
+            pass
+    last = (stderr.strip().splitlines() or [stdout.strip()[-200:] or "no output"])[-1]
+    return f"gptoss-doctor exited {exit_code}: {last}"
+
+
+@operation()
+def doctor_gate(cfg: C.HostConfig):
+    """At execute time: `gptoss-doctor --json`; an error finding fails this host."""
+    if not host.state.is_executing or not cfg.doctor_gate:
+        return
+    cmd = StringCommand(f"{LINK} --json; echo \"__exit=$?\" >&2")
+    _, out = host.run_shell_command(cmd, print_output=False, print_input=False)
+    stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
+    err_lines = [line.line for line in out if line.buffer_name == "stderr"]
+    code = 2
+    for line in err_lines:
+        if line.startswith("__exit="):
+            code = int(line.split("=", 1)[1] or 2)
+    verdict = gate_verdict(code, stdout, "\n".join(x for x in err_lines if not x.startswith("__exit=")))
+    if verdict:
+        yield StringCommand("echo", shlex.quote("gptoss: " + verdict[:1500]), ">&2", "&&", "false")
+
+
+@deploy("gptoss doctor")
+def apply(cfg: C.HostConfig):
+    wheel = build_wheel()
+    doctor_venv(name="doctor venv", cfg=cfg, wheel=wheel)
+    files.link(name="gptoss-doctor on PATH", path=LINK, target=f"{C.DOCTOR_DIR}/bin/gptoss-doctor")
+
+
+@deploy("gptoss doctor gate")
+def gate(cfg: C.HostConfig):
+    doctor_gate(name="doctor gate", cfg=cfg)

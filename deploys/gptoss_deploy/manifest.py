@@ -1,0 +1,74 @@
+"""/etc/gptoss/manifest.json: what was deployed, so the doctor can report drift.
+
+Deterministic (no timestamps): the same config writes the same bytes, so a re-run is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from urllib.parse import urlsplit, urlunsplit
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from . import config as C
+from .service import UNIT_PATH
+
+SCHEMA = "gptoss-deploy/manifest@1"
+
+
+def _redact_url(url: str) -> str:
+    """Mirror URLs may carry credentials; the manifest is world-readable."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return url
+
+
+def manifest(cfg: C.HostConfig) -> dict:
+    return {
+        "schema": SCHEMA,
+        "stack": cfg.stack,
+        "versions": cfg.stack_versions,
+        "gpu_family": cfg.family,
+        "vendor": cfg.vendor,
+        "model": cfg.model,
+        "venv": cfg.venv,
+        "current": C.CURRENT,
+        "python": cfg.python,
+        "cuda_home": cfg.cuda_home,
+        "cuda_home_source": cfg.cuda_home_source,
+        "indexes": [{"name": ix.name, "url": _redact_url(ix.url)} for ix in cfg.indexes],
+        "index_strategy": cfg.index_strategy,
+        "prerelease": cfg.prerelease,
+        "torch_backend": cfg.torch_backend,
+        "requirements": list(cfg.requirements),
+        "env": dict(sorted(cfg.env.items())),
+        "env_file": C.ENV_FILE,
+        "api_key_file": C.KEY_FILE,
+        "flags": list(cfg.serve_flags),
+        "argv": cfg.serve_argv(),
+        "unit": C.UNIT,
+        "unit_path": UNIT_PATH,
+        "user": C.SERVICE_USER,
+        "host": cfg.bind_address,
+        "port": cfg.port,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "tool_servers": list(cfg.tool_servers),
+        "recipe_source": cfg.recipe_source,
+    }
+
+
+def manifest_text(cfg: C.HostConfig) -> str:
+    return json.dumps(manifest(cfg), indent=2, sort_keys=False) + "\n"
+
+
+@deploy("gptoss manifest")
+def apply(cfg: C.HostConfig):
+    return files.put(name="manifest", src=StringIO(manifest_text(cfg)), dest=C.MANIFEST,
+                     user="root", group="root", mode="0644")

@@ -1,0 +1,159 @@
+"""Python: uv on the host, one venv per stack, and the atomic `current` pointer.
+
+A stack venv is complete only when its marker holds the hash of what was asked for; an
+interrupted install has no marker, so it is rebuilt and `current` never points at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
+
+from . import config as C
+from .facts import DeployState
+
+UV = f"{C.BIN_DIR}/uv"
+UV_CACHE = "/var/cache/gptoss/uv"
+# uv must never fetch a Python or read a user's config on a server.
+UV_ENV = f"UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_CACHE_DIR={UV_CACHE} UV_NO_PROGRESS=1"
+
+
+def controller_uv() -> tuple[str, str]:
+    """(path, version) of the uv that runs this deploy; it is what gets pushed."""
+    import uv as uv_pkg
+
+    path = uv_pkg.find_uv_bin()
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    return path, version
+
+
+def install_spec(cfg: C.HostConfig) -> dict:
+    """What defines a stack venv's contents. Mirror URLs are left out: a mirror moves the
+    source, not the result, so changing one never rebuilds a venv."""
+    return {
+        "stack": cfg.stack,
+        "python": cfg.python,
+        "requirements": list(cfg.requirements),
+        "nvcc": cfg.nvcc_requirement,
+        "indexes": [ix.name for ix in cfg.indexes],
+        "index_strategy": cfg.index_strategy,
+        "prerelease": cfg.prerelease,
+        "torch_backend": cfg.torch_backend,
+    }
+
+
+def spec_hash(cfg: C.HostConfig) -> str:
+    return hashlib.sha256(json.dumps(install_spec(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def uv_install_args(cfg: C.HostConfig) -> list[str]:
+    """`uv pip install` options from the stack: indexes (mirrored), strategy, prerelease, backend."""
+    args = []
+    for ix in cfg.indexes:
+        args += ["--default-index", ix.url] if ix.name == "pypi" else ["--index", ix.url]
+    if cfg.index_strategy:
+        args += ["--index-strategy", cfg.index_strategy]
+    if cfg.prerelease:
+        args += ["--prerelease", cfg.prerelease]
+    if cfg.torch_backend:
+        args += ["--torch-backend", cfg.torch_backend]
+    return args
+
+
+def state_fact(cfg: C.HostConfig) -> dict:
+    return host.get_fact(
+        DeployState,
+        uv=UV,
+        markers=[cfg.stack_marker],
+        current=C.CURRENT,
+        doctor_marker=f"{C.DOCTOR_DIR}/.gptoss-complete",
+        files=[],
+    )
+
+
+@operation()
+def uv_binary(cfg: C.HostConfig):
+    """uv at /opt/gptoss/bin/uv: the controller's own binary, or a release tarball from a mirror."""
+    have = state_fact(cfg).get("uv")
+    if cfg.uv_source == "controller":
+        path, version = controller_uv()
+        if have == version:
+            host.noop(f"{version} already at {UV}")
+            return
+        yield StringCommand("mkdir", "-p", C.BIN_DIR)
+        yield FileUploadCommand(path, f"{UV}.tmp", remote_temp_filename=f"{UV}.upload")
+        yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
+        return
+    if have:
+        host.noop(f"{have} already at {UV} (from {cfg.uv_source})")
+        return
+    # A release tarball holds uv-<triple>/uv; python3 fetches it so curl is not needed.
+    script = (
+        "import io,sys,tarfile,urllib.request;"
+        "t=tarfile.open(fileobj=io.BytesIO(urllib.request.urlopen(sys.argv[1],timeout=120).read()));"
+        "m=[x for x in t.getmembers() if x.name.split('/')[-1]=='uv'][0];"
+        "open(sys.argv[2],'wb').write(t.extractfile(m).read())"
+    )
+    yield StringCommand("mkdir", "-p", C.BIN_DIR)
+    yield StringCommand("python3", "-c", shlex.quote(script), shlex.quote(cfg.uv_source), f"{UV}.tmp")
+    yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
+
+
+@operation()
+def stack_venv(cfg: C.HostConfig):
+    """The stack's venv, installed with the stack's uv options; complete when the marker matches."""
+    want = spec_hash(cfg)
+    state = state_fact(cfg)
+    if state["markers"].get(cfg.stack_marker) == want:
+        host.noop(f"stack {cfg.stack} installed ({want})")
+        return
+    if state.get("current") == cfg.venv:
+        # Rebuilding the venv the service runs from would serve a half-installed stack.
+        yield StringCommand(
+            "echo", shlex.quote(
+                f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; "
+                f"deploy it under a new stack name instead"
+            ), ">&2", "&&", "false",
+        )
+        return
+    venv_py = f"{cfg.venv}/bin/python"
+    yield StringCommand("rm", "-rf", cfg.venv)
+    yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
+    common = " ".join(shlex.quote(a) for a in uv_install_args(cfg))
+    if cfg.nvcc_requirement:
+        # The pip toolkit first, so CUDA_HOME exists while the rest installs (same path at serve time).
+        yield StringCommand(
+            f"{UV_ENV} {UV} pip install --python {venv_py} {common} {shlex.quote(cfg.nvcc_requirement)}"
+        )
+    cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
+    reqs = " ".join(shlex.quote(r) for r in cfg.requirements)
+    yield StringCommand(f"{cuda}{UV_ENV} {UV} pip install --python {venv_py} {common} {reqs}")
+    yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
+
+
+@operation()
+def switch_current(cfg: C.HostConfig):
+    """Point /opt/gptoss/current at the stack: a new link, then rename(2) over the old one."""
+    if state_fact(cfg).get("current") == cfg.venv:
+        host.noop(f"{C.CURRENT} -> {cfg.venv}")
+        return
+    tmp = f"{C.CURRENT}.tmp"
+    yield StringCommand(f"test -f {cfg.stack_marker}")  # never switch to an incomplete venv
+    yield StringCommand(f"ln -sfn {cfg.venv} {tmp} && mv -T {tmp} {C.CURRENT}")
+
+
+@deploy("gptoss python")
+def apply(cfg: C.HostConfig):
+    from pyinfra.operations import files
+
+    files.directory(name="uv cache", path=UV_CACHE, mode="0700")
+    files.directory(name="stacks dir", path=C.STACKS_DIR, mode="0755")
+    uv_binary(name="uv binary", cfg=cfg)
+    installed = stack_venv(name=f"stack venv {cfg.stack}", cfg=cfg)
+    switched = switch_current(name="switch current", cfg=cfg)
+    return installed, switched
