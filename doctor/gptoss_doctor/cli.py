@@ -1,7 +1,275 @@
-"""gptoss-doctor command line (placeholder until the CLI lands)."""
+"""gptoss-doctor: diagnose a gpt-oss / vLLM box.
+
+    gptoss-doctor [--venv PATH] [--json] [--deep] [--only IDS]   collect, check, print findings
+    gptoss-doctor collect [--venv PATH] [--deep]                  the snapshot as JSON on stdout
+    gptoss-doctor check --from box.json [--only IDS] [--json]     judge a snapshot taken elsewhere
+    gptoss-doctor logs FILE... (- for stdin) [--json]             match vLLM logs against known failures
+    gptoss-doctor explain ID                                      what a check or log signature means
+    gptoss-doctor list-checks [--json]
+
+Exit 0: no error finding; 1: an error finding; 2: bad invocation (one line on stderr).
+Heavy modules (rich, the checks, the knowledge) are imported only by the commands that use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
 import sys
+import time
+from typing import Sequence
+
+from . import __version__
+from .report import DoctorError, ExitStatus
+
+PROG = "gptoss-doctor"
 
 
-def main(argv=None) -> int:
-    print("gptoss-doctor: under construction", file=sys.stderr)
-    return 2
+class UsageError(DoctorError):
+    """argparse's complaint, as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage block and exit; we want one line
+        raise UsageError(f"{message} (see `{PROG} --help`)")
+
+
+def _common(p: argparse.ArgumentParser, sub: bool) -> None:
+    # On subcommands the defaults are SUPPRESS so that `gptoss-doctor --json collect` keeps --json.
+    d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
+    p.add_argument("--json", action="store_true", default=d(False), help="print one JSON object on stdout")
+    p.add_argument("--venv", metavar="PATH", default=d(None), help="the venv to inspect (default: VIRTUAL_ENV, else the service's)")
+
+
+def _diagnose_opts(p: argparse.ArgumentParser, sub: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
+    p.add_argument("--deep", action="store_true", default=d(False), help="also import torch, init CUDA, run a matmul and a Triton kernel (child process)")
+    p.add_argument("--deep-timeout", metavar="SECONDS", type=float, default=d(180.0), help="time limit of --deep (default 180)")
+    p.add_argument("--only", metavar="IDS", default=d(None), help="comma-separated check ids or categories")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Diagnose a gpt-oss / vLLM box: stable finding ids, exact fixes.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _common(parser, sub=False)
+    _diagnose_opts(parser, sub=False)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = subs.add_parser("collect", help="print the box snapshot as JSON")
+    _common(p, sub=True)
+    p.add_argument("--deep", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--deep-timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS)
+
+    p = subs.add_parser("check", help="judge a snapshot file (from `collect`)")
+    _common(p, sub=True)
+    p.add_argument("--from", dest="from_file", metavar="FILE", required=True, help="snapshot JSON, - for stdin")
+    p.add_argument("--only", metavar="IDS", default=argparse.SUPPRESS)
+
+    p = subs.add_parser("logs", help="match vLLM logs against known failures")
+    _common(p, sub=True)
+    p.add_argument("files", nargs="+", metavar="FILE", help="log files, - for stdin")
+
+    p = subs.add_parser("explain", help="explain a check or log-signature id")
+    _common(p, sub=True)
+    p.add_argument("id", metavar="ID")
+
+    p = subs.add_parser("list-checks", help="list the checks")
+    _common(p, sub=True)
+    return parser
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def _only(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    ids = [w.strip() for w in raw.split(",") if w.strip()]
+    if not ids:
+        raise UsageError(f"--only {raw!r} names no check id; `{PROG} list-checks` shows them")
+    return ids
+
+
+def _collect(args):
+    from .collect import VenvError, collect  # noqa: PLC0415
+
+    try:
+        return collect(venv_path=args.venv, deep=args.deep, deep_timeout_s=args.deep_timeout)
+    except VenvError as e:
+        raise DoctorError(str(e)) from None
+
+
+def _emit(report: dict, as_json: bool, title: str = PROG) -> int:
+    if as_json:
+        from .report import to_json  # noqa: PLC0415
+
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        from .render import render_report  # noqa: PLC0415
+
+        render_report(report, title=title)
+    return report["exit_code"]
+
+
+def cmd_diagnose(args, started: float) -> int:
+    from .report import build_report, diagnose  # noqa: PLC0415
+
+    only = _only(args.only)
+    snap = _collect(args)
+    findings, statuses = diagnose(snap, only)
+    report = build_report(findings, snap.facts, statuses, snap.data.get("host"), round(time.perf_counter() - started, 3))
+    return _emit(report, args.json)
+
+
+def cmd_collect(args, started: float) -> int:
+    snap = _collect(args)
+    sys.stdout.write(snap.to_json() + "\n")
+    return 0
+
+
+def _read_input(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DoctorError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise DoctorError(f"{what} {path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DoctorError(f"{what} {path}: cannot read ({e.strerror or e})") from None
+
+
+def cmd_check(args, started: float) -> int:
+    from .report import build_report, diagnose  # noqa: PLC0415
+    from .snapshot import SnapshotError, load_snapshot  # noqa: PLC0415
+
+    only = _only(args.only)
+    where = "stdin" if args.from_file == "-" else args.from_file
+    try:
+        snap = load_snapshot(_read_input(args.from_file, "--from"), where)
+    except SnapshotError as e:
+        raise DoctorError(f"--from {e}") from None
+    findings, statuses = diagnose(snap, only)
+    report = build_report(findings, snap.facts, statuses, snap.data.get("host"), round(time.perf_counter() - started, 3))
+    return _emit(report, args.json)
+
+
+def cmd_logs(args, started: float) -> int:
+    from .report import build_report  # noqa: PLC0415
+
+    try:
+        from .logscan import scan  # noqa: PLC0415
+    except ImportError as e:
+        raise DoctorError(f"the log scanner could not be loaded ({e}); reinstall gptoss-doctor") from None
+    if args.files.count("-") > 1:
+        raise UsageError("`-` (stdin) can be given once")
+    texts = [(f, _read_input(f, "log file")) for f in args.files]  # all read first: a missing file fails before output
+    findings = []
+    for name, text in texts:
+        for finding in _scan(scan, text):
+            finding.evidence = {"file": "stdin" if name == "-" else name, **finding.evidence}
+            findings.append(finding)
+    report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
+    return _emit(report, args.json, title=f"{PROG} logs")
+
+
+def _scan(scan, text: str):
+    try:
+        return scan(text.splitlines())
+    except ValueError as e:  # the signature table failed validation: the doctor's own data is broken
+        raise DoctorError(f"the doctor's log signatures are invalid: {e}") from None
+
+
+def explain_entry(ident: str) -> dict:
+    """What `explain` shows for a check id or a log-signature id."""
+    try:
+        from . import checks  # noqa: F401,PLC0415 - registers every check
+        from .findings import REGISTRY  # noqa: PLC0415
+    except ImportError as e:
+        raise DoctorError(f"the doctor's checks could not be loaded ({e}); reinstall gptoss-doctor") from None
+    spec = REGISTRY.get(ident)
+    if spec:
+        return {
+            "id": spec.id, "kind": "check", "severity": spec.severity, "title": spec.title,
+            "category": spec.category, "text": spec.explain, "needs": list(spec.needs), "links": spec.links,
+        }
+    try:
+        from .logscan import load_signatures  # noqa: PLC0415
+
+        signatures = load_signatures()
+    except (ImportError, ValueError):
+        signatures = ()
+    for sig in signatures:
+        if sig.id == ident:
+            return {
+                "id": sig.id, "kind": "log signature", "severity": sig.severity, "title": sig.title,
+                "text": sig.fix, "commands": list(sig.commands), "links": list(sig.links),
+                "patterns": [p.pattern for p in sig.patterns],
+            }
+    raise DoctorError(f"unknown id {ident!r}: `{PROG} list-checks` shows the check ids")
+
+
+def cmd_explain(args, started: float) -> int:
+    entry = explain_entry(args.id)
+    if args.json:
+        sys.stdout.write(json.dumps(entry, indent=2) + "\n")
+    else:
+        from .render import render_explain  # noqa: PLC0415
+
+        render_explain(entry)
+    return 0
+
+
+def cmd_list_checks(args, started: float) -> int:
+    try:
+        from .checks import select  # noqa: PLC0415
+    except ImportError as e:
+        raise DoctorError(f"the doctor's checks could not be loaded ({e}); reinstall gptoss-doctor") from None
+    specs = select(None)
+    if args.json:
+        rows = [{"id": s.id, "severity": s.severity, "category": s.category, "title": s.title, "needs": list(s.needs)} for s in specs]
+        sys.stdout.write(json.dumps({"checks": rows}, indent=2) + "\n")
+    else:
+        from .render import render_check_list  # noqa: PLC0415
+
+        render_check_list(specs)
+    return 0
+
+
+COMMANDS = {
+    None: cmd_diagnose,
+    "collect": cmd_collect,
+    "check": cmd_check,
+    "logs": cmd_logs,
+    "explain": cmd_explain,
+    "list-checks": cmd_list_checks,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args, started)
+    except DoctorError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return int(ExitStatus.USAGE)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error of ours; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:  # noqa: BLE001 - a doctor bug still gets one line, never a traceback
+        if os.environ.get("GPTOSS_DOCTOR_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (GPTOSS_DOCTOR_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return int(ExitStatus.USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
