@@ -460,8 +460,14 @@ def choose_cuda_home(host: str, value: Any, vendor: str, stack: Any, venv: str, 
                 host, key, value, f"stack {_get(stack, 'name')} has no pip CUDA toolkit in the knowledge",
                 "set gptoss_cuda_home to 'system' or to a toolkit path",
             )
-        sub = sub.replace("{python}", ".".join((facts.get("python_version") or "3").split(".")[:2]))
-        return f"{venv}/{sub}".rstrip("/"), "pip"
+        if not sub.startswith("/") and not sub.startswith("lib/"):
+            # The knowledge gives the toolkit's place inside site-packages (nvidia/cuda_nvcc).
+            pyver = ".".join((facts.get("python_version") or "").split(".")[:2])
+            if not pyver:
+                raise bad(host, key, value, "python3 not found on the host, so the venv layout is unknown",
+                          "install python3 first (apt-get install python3)")
+            sub = f"lib/python{pyver}/site-packages/{sub}"
+        return f"{venv}/{sub.lstrip('/')}".rstrip("/"), "pip"
     if value == "system":
         have = facts.get("system_cuda_version")
         if not have:
@@ -510,7 +516,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     check_driver(name, vendor, facts, min_driver, install_driver)
 
     size, model = check_model(name, data.get("gptoss_model"))
-    model_row = (getattr(kb, "models", {}) or {}).get(f"gpt-oss-{size}") or (getattr(kb, "models", {}) or {}).get(model)
+    model_row = kb.model(model) if hasattr(kb, "model") else None
     heads = int(_get(model_row, "num_attention_heads") or DEFAULT_HEADS) if model_row else DEFAULT_HEADS
     gpus = facts.get("gpus") or []
     tp = check_tp(name, data.get("gptoss_tensor_parallel_size"), heads, len(gpus) if gpus else None)
@@ -543,9 +549,14 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     gate = check_bool(name, "gptoss_doctor_gate", data.get("gptoss_doctor_gate"), True)
 
     recipe = kb.recipe(_get(family, "name"), vllm)
+    if recipe is None:
+        raise bad(
+            name, "gptoss_stack", stack_name, f"the knowledge has no recipe for {_get(family, 'name')} on vLLM {vllm}",
+            "pick a stack the recipes cover for this GPU family, or add a recipe row",
+        )
     env = dict(_get(recipe, "env") or {})
     env.update(deploy_env(hf_home, cuda_home, vendor, tiktoken_url, predownload))
-    requirements = tuple(_get(stack, "requirements") or ())
+    requirements = with_extras(tuple(_get(stack, "requirements") or ()), tuple(_get(recipe, "install_extras") or ()))
     if "demo" in tools:
         requirements += ("gpt-oss",)
 
@@ -597,6 +608,20 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         driver_version=facts.get("driver_version"),
         gpu_count=len(gpus),
     )
+
+
+def with_extras(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple[str, ...]:
+    """vllm==X -> vllm[flashinfer]==X when the recipe asks for extras."""
+    if not extras:
+        return requirements
+    out = []
+    for r in requirements:
+        m = re.match(r"^(vllm)(\[[^\]]*\])?(.*)$", r)
+        if m:
+            have = [e for e in (m.group(2) or "[]")[1:-1].split(",") if e]
+            r = f"vllm[{','.join(dict.fromkeys(have + list(extras)))}]{m.group(3)}"
+        out.append(r)
+    return tuple(out)
 
 
 def deploy_env(hf_home: str, cuda_home: str | None, vendor: str, tiktoken_url: str, offline: bool) -> dict[str, str]:

@@ -1,0 +1,97 @@
+"""An example cluster: one group per GPU family. Copy it, change the hosts, then
+
+    pyinfra inventories/cluster.py deploys/gptoss.py            # shows the changes, asks
+    pyinfra -y inventories/cluster.py deploys/gptoss.py         # applies them
+
+Every host's data is validated before any host is changed: a bad value stops the whole run
+with one line naming the host, the key, the value and the fix.
+
+Data keys (all optional unless marked; host data wins over group data, group over `all`):
+
+  gptoss_stack                   REQUIRED. A stack name from the knowledge
+                                 (doctor/gptoss_doctor/knowledge/stacks.toml, e.g. "vllm-0.20.2"):
+                                 fixes vLLM, torch, Triton, CUDA, the package indexes, the uv
+                                 index strategy / prerelease / torch backend.
+  gptoss_extra_stack_files       Paths (on the controller) of extra stack TOML files: your own
+                                 pinned stacks, same fields as stacks.toml.
+  gptoss_gpu_family              Detected from nvidia-smi / ROCm; set it only for hosts without
+                                 GPUs (building an image), e.g. "H100". Must match if GPUs exist.
+  gptoss_model                   "20b" (default) or "120b" (openai/gpt-oss-20b / -120b).
+  gptoss_tensor_parallel_size    Default 1. Must divide the model's 64 attention heads and be at
+                                 most the number of GPUs on the host.
+  gptoss_gpu_memory_utilization  In (0, 1]; default 0.9 (keep < 0.95 for 120b at TP2 on H100).
+  gptoss_max_model_len           Optional context cap (<= 131072).
+  gptoss_port                    Default 8000.
+  gptoss_bind_address            Default 127.0.0.1 (put an authenticating proxy in front);
+                                 the host's own address or 0.0.0.0 to serve the network.
+  gptoss_api_key_file            REQUIRED. A file ON THE CONTROLLER holding the API key (chmod
+                                 600; world-readable files are refused). It reaches the host as
+                                 /etc/gptoss/api-key (0640 root:gptoss) and vLLM through an
+                                 EnvironmentFile: never in argv, logs or world-readable files.
+  gptoss_index_mirrors           {index-name: url} for mirrors / air-gapped sites. Index names
+                                 come from the stack ("pypi" is the default index; the doctor's
+                                 own dependencies come from the "pypi" mirror too).
+  gptoss_uv_source               "controller" (default: push the controller's uv binary) or a
+                                 URL of a uv release tarball (uv-<arch>-unknown-linux-gnu.tar.gz)
+                                 on your mirror, needed when controller and host arch differ.
+  gptoss_cuda_home               "pip" (default: the stack's pip CUDA toolkit inside its venv),
+                                 "system" (/usr/local/cuda, must be >= the stack's CUDA) or a
+                                 path. The same CUDA_HOME is used to install and to serve.
+  gptoss_hf_home                 Hugging Face cache, default /var/lib/gptoss/hf.
+  gptoss_predownload             True: download the weights during the deploy (free space is
+                                 checked first) and serve with HF_HUB_OFFLINE=1.
+  gptoss_tiktoken_url            Base URL (or file:// dir on the controller) holding
+                                 o200k_base.tiktoken and cl100k_base.tiktoken; default OpenAI's
+                                 public bucket; "" skips (then harmony downloads at first request).
+  gptoss_tool_servers            ["demo"] (installs gpt-oss, --tool-server demo) and/or MCP
+                                 servers as "host:port"; each must be reachable from the host.
+  gptoss_extra_serve_args        Extra `vllm serve` arguments, e.g. ["--max-num-seqs", "128"].
+  gptoss_install_driver          False (default): an NVIDIA driver older than the stack needs
+                                 stops the run with the fix. True: install the server driver
+                                 branch (Ubuntu), then you reboot and run again.
+  gptoss_health_timeout_s        How long the health gate waits for /health (default 900 s).
+  gptoss_doctor_gate             True (default): `gptoss-doctor` runs after the deploy and an
+                                 error finding fails that host.
+
+Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
+"""
+
+_SHARED = {
+    "gptoss_stack": "vllm-0.20.2",
+    "gptoss_model": "120b",
+    "gptoss_api_key_file": "~/.config/gptoss/api-key",
+    "gptoss_bind_address": "127.0.0.1",
+    "gptoss_port": 8000,
+    "ssh_user": "ubuntu",
+    "_sudo": True,
+}
+
+# HGX H100 8-GPU boxes (NVSwitch: the fabric manager is installed, matched to the driver).
+h100 = (
+    ["h100-01.example.net", "h100-02.example.net"],
+    {**_SHARED, "gptoss_tensor_parallel_size": 2, "gptoss_gpu_memory_utilization": 0.9},
+)
+
+# H200 boxes, weights pre-downloaded so the service starts without network.
+h200 = (
+    ["h200-01.example.net"],
+    {**_SHARED, "gptoss_tensor_parallel_size": 1, "gptoss_predownload": True},
+)
+
+# B200: the knowledge's recipe supplies the Blackwell env and flags.
+b200 = (
+    ["b200-01.example.net"],
+    {**_SHARED, "gptoss_tensor_parallel_size": 1},
+)
+
+# AMD MI300X behind an air-gapped mirror (every URL overridden).
+mi300x = (
+    ["mi300x-01.example.net"],
+    {
+        **_SHARED,
+        "gptoss_tensor_parallel_size": 8,
+        "gptoss_index_mirrors": {"pypi": "https://mirror.example.net/pypi/simple"},
+        "gptoss_uv_source": "https://mirror.example.net/uv/uv-x86_64-unknown-linux-gnu.tar.gz",
+        "gptoss_tiktoken_url": "https://mirror.example.net/tiktoken/",
+    },
+)
