@@ -1,0 +1,297 @@
+"""Small pure helpers shared by the checks: versions, evidence, the stack in force, fix commands."""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from typing import Any, Iterable
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from ..snapshot import Snapshot
+
+GUIDE = "https://github.com/vllm-project/recipes/blob/main/OpenAI/GPT-OSS.md"
+DEFAULT_VENV = "/opt/gptoss/current"
+
+
+class NotApplicable(Exception):
+    """Raised by a check that does not apply to this box; the runner reports `skipped: <msg>`."""
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def version(text: Any) -> Version | None:
+    """A parsed version, or None for anything that is not one (so checks never crash on junk)."""
+    if text is None:
+        return None
+    try:
+        return Version(str(text).strip())
+    except InvalidVersion:
+        return None
+
+
+def major_minor(text: Any) -> tuple[int, int] | None:
+    """'12.8' / '12.8.93' / '13' -> (12, 8) / (12, 8) / (13, 0); None if not a version."""
+    v = version(text)
+    if v is None:
+        return None
+    rel = v.release + (0,)
+    return rel[0], rel[1]
+
+
+def fmt_mm(mm: tuple[int, int] | None) -> str:
+    return f"{mm[0]}.{mm[1]}" if mm else "unknown"
+
+
+def in_specifier(ver: str, spec: str) -> bool | None:
+    v = version(ver)
+    try:
+        s = SpecifierSet(spec)
+    except InvalidSpecifier:
+        return None
+    if v is None:
+        return None
+    return s.contains(v, prereleases=True)
+
+
+def public(v: Version) -> Version:
+    """The version without its local label: 2.8.0+cu128 -> 2.8.0."""
+    return Version(v.public)
+
+
+# --- evidence and fixes ---------------------------------------------------------------------
+
+
+def evidence(snap: Snapshot, keys: Iterable[str], **seen: Any) -> dict[str, Any]:
+    """What was seen, plus where each fact came from (the collector's `source`, else the key)."""
+    return {**seen, "sources": {k: snap.source(k) or f"fact {k}" for k in keys}}
+
+
+def venv_path(snap: Snapshot) -> str:
+    """The venv the fix commands should act on: the inspected one, else the deployed one."""
+    venv = snap.get("venv") or {}
+    if venv.get("path"):
+        return venv["path"]
+    manifest = snap.get("manifest") or {}
+    return manifest.get("venv") or DEFAULT_VENV
+
+
+def venv_python(snap: Snapshot) -> str:
+    return posixpath.join(venv_path(snap), "bin", "python")
+
+
+def uv_pip(snap: Snapshot, verb: str, *args: str) -> str:
+    """`uv pip <verb> --python <venv>/bin/python args...`, quoted for a POSIX shell."""
+    return " ".join(["uv", "pip", verb, "--python", shlex.quote(venv_python(snap)), *map(shlex.quote, args)])
+
+
+def stack_install_commands(snap: Snapshot, stack, *extra: str) -> list[str]:
+    """Install a knowledge stack into the inspected venv, as the stack's row says to."""
+    args: list[str] = list(extra)
+    for index in stack.indexes or ():
+        url = getattr(index, "url", index)
+        if url.rstrip("/") != "https://pypi.org/simple":
+            args += ["--extra-index-url", url]
+    if stack.index_strategy:
+        args += ["--index-strategy", stack.index_strategy]
+    if stack.prerelease:
+        args += ["--prerelease", stack.prerelease]
+    if stack.torch_backend:
+        args += ["--torch-backend", stack.torch_backend]
+    return [uv_pip(snap, "install", *stack.requirements, *args)]
+
+
+# --- distributions --------------------------------------------------------------------------
+
+
+def distributions(snap: Snapshot) -> list[dict]:
+    return [d for d in (snap.get("venv.distributions") or []) if isinstance(d, dict)]
+
+
+def dists_by_name(snap: Snapshot) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in distributions(snap):
+        out.setdefault(canonicalize_name(str(d.get("name", ""))), []).append(d)
+    return out
+
+
+def installed_version(snap: Snapshot, name: str) -> str | None:
+    found = dists_by_name(snap).get(canonicalize_name(name))
+    return found[0].get("version") if found else None
+
+
+# --- the stack in force ---------------------------------------------------------------------
+
+
+def current_stack(snap: Snapshot, kb):
+    """(stack, how) from the deployed manifest, else from the installed vLLM version.
+
+    Raises NotApplicable when neither names a stack the knowledge holds.
+    """
+    manifest = snap.get("manifest")
+    if isinstance(manifest, dict) and manifest.get("stack"):
+        name = manifest["stack"]
+        if name in kb.stacks:
+            return kb.stacks[name], f"manifest stack {name!r} ({snap.source('manifest') or 'manifest'})"
+    vllm = (snap.get("vllm.install") or {}).get("version")
+    if version(vllm) is not None:
+        stack = kb.stack_for_vllm(vllm)
+        if stack is not None:
+            return stack, f"installed vLLM {vllm} matches stack {stack.name!r}"
+    if isinstance(manifest, dict) and manifest.get("stack"):
+        raise NotApplicable(
+            f"manifest stack {manifest['stack']!r} is not in the knowledge (known: {', '.join(kb.stacks)})"
+        )
+    if vllm:
+        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack and there is no manifest")
+    raise NotApplicable("no manifest and no vLLM installed, so the stack is unknown")
+
+
+def vllm_version(snap: Snapshot) -> str:
+    """The installed vLLM version; NotApplicable when vLLM is not installed."""
+    v = (snap.get("vllm.install") or {}).get("version")
+    if not v:
+        raise NotApplicable("vLLM is not installed in the inspected venv")
+    return str(v)
+
+
+# --- GPUs -----------------------------------------------------------------------------------
+
+
+def nvidia_gpus(snap: Snapshot) -> list[dict]:
+    return [g for g in (snap.get("nvidia.gpus") or []) if isinstance(g, dict)]
+
+
+def rocm_gpus(snap: Snapshot) -> list[dict]:
+    return [g for g in (snap.get("rocm.gpus") or []) if isinstance(g, dict)]
+
+
+def gpu_families(snap: Snapshot, kb) -> list[tuple[dict, Any]]:
+    """Every GPU with its knowledge family (None when the knowledge does not know it)."""
+    out = []
+    for g in nvidia_gpus(snap):
+        out.append((g, kb.family_for_gpu(str(g.get("name", "")), compute_cap=g.get("compute_cap"))))
+    for g in rocm_gpus(snap):
+        out.append((g, kb.family_for_gpu(str(g.get("name", "")), gfx=g.get("gfx"))))
+    return out
+
+
+def gpu_count(snap: Snapshot) -> int:
+    return len(nvidia_gpus(snap)) + len(rocm_gpus(snap))
+
+
+# --- environment and serve flags ------------------------------------------------------------
+
+
+def service(snap: Snapshot) -> dict:
+    return snap.get("service") or {}
+
+
+def serve(snap: Snapshot) -> dict:
+    return snap.get("service.serve") or {}
+
+
+def serve_flags(snap: Snapshot) -> dict:
+    return serve(snap).get("flags") or {}
+
+
+def _canonical(flag: str) -> str:
+    """`--tensor_parallel_size` / `-tp` -> `tensor-parallel-size`, as serveargs writes `flags` keys."""
+    from ..serveargs import canonical_flag
+
+    return canonical_flag(flag if flag.startswith("-") else "--" + flag)
+
+
+def flag_value(snap: Snapshot, *names: str) -> Any:
+    """The value of the first of `names` set in the service's serve flags (None if none is)."""
+    flags = {_canonical(k): v for k, v in serve_flags(snap).items()}
+    for n in names:
+        if _canonical(n) in flags:
+            return flags[_canonical(n)]
+    return None
+
+
+def has_flag(snap: Snapshot, *names: str) -> bool:
+    flags = {_canonical(k) for k in serve_flags(snap)}
+    return any(_canonical(n) in flags for n in names)
+
+
+def env_sources(snap: Snapshot) -> list[tuple[str, str, dict]]:
+    """[(label, fact key, {name: value})] for the doctor's shell and the service's environment."""
+    out = []
+    shell = snap.get("env.shell")
+    if isinstance(shell, dict):
+        out.append(("shell", "env.shell", shell))
+    svc_env = service(snap).get("environment")
+    if isinstance(svc_env, dict):
+        out.append(("service", "service", svc_env))
+    return out
+
+
+def effective_env(snap: Snapshot) -> tuple[str, str, dict]:
+    """The environment vLLM runs with: the service's when there is one, else the shell's."""
+    sources = env_sources(snap)
+    for label, key, env in sources:
+        if label == "service":
+            return label, key, env
+    return sources[0] if sources else ("shell", "env.shell", {})
+
+
+def truthy(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_file_hint(snap: Snapshot) -> str:
+    files = service(snap).get("environment_files") or []
+    return files[0] if files else "/etc/gptoss/gptoss.env"
+
+
+def target_vllm(snap: Snapshot, kb) -> str:
+    """The vLLM the box serves: the installed one, else the deployed manifest's stack's."""
+    v = (snap.get("vllm.install") or {}).get("version")
+    if v:
+        return str(v)
+    manifest = snap.get("manifest")
+    if isinstance(manifest, dict) and manifest.get("stack") in kb.stacks:
+        return kb.stacks[manifest["stack"]].vllm
+    raise NotApplicable("vLLM is not installed and no manifest names a stack")
+
+
+def served_model(snap: Snapshot, kb):
+    """The knowledge model the service serves; NotApplicable when it serves something else."""
+    name = serve(snap).get("model")
+    if not name:
+        raise NotApplicable("the service's serve flags name no model")
+    model = kb.model(str(name))
+    if model is None:
+        raise NotApplicable(f"the served model {name!r} is not a gpt-oss model the knowledge knows")
+    return model
+
+
+def tensor_parallel_size(snap: Snapshot) -> int:
+    tp = serve(snap).get("tensor_parallel_size") or flag_value(snap, "--tensor-parallel-size", "-tp") or 1
+    try:
+        return int(tp)
+    except (TypeError, ValueError):
+        return 1
+
+
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default since 0.1 (CacheConfig.gpu_memory_utilization)
+
+
+def gpu_memory_utilization(snap: Snapshot) -> tuple[float, bool]:
+    """(value, was it set explicitly)."""
+    u = serve(snap).get("gpu_memory_utilization")
+    if u is None:
+        u = flag_value(snap, "--gpu-memory-utilization")
+    try:
+        return (float(u), True) if u is not None else (DEFAULT_GPU_MEMORY_UTILIZATION, False)
+    except (TypeError, ValueError):
+        return DEFAULT_GPU_MEMORY_UTILIZATION, False
+
+
+def unit_name(snap: Snapshot) -> str:
+    return service(snap).get("unit") or "gptoss-vllm.service"

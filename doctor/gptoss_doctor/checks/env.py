@@ -1,0 +1,260 @@
+"""Checks of environment variables and backend names against the installed vLLM."""
+
+from __future__ import annotations
+
+from ..findings import Finding, Fix, check
+from ._util import (
+    NotApplicable,
+    effective_env,
+    env_file_hint,
+    evidence,
+    flag_value,
+    truthy,
+    unit_name,
+    vllm_version,
+)
+
+ENV_LINKS = ["https://github.com/vllm-project/vllm/pull/32812", "https://github.com/vllm-project/vllm/issues/50292"]
+
+
+def _var_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]:
+    """("valid" | "deprecated" | "removed" | "not-yet" | "unknown", lifecycle row or None).
+
+    The installed vLLM's own list of env vars (read from its envs.py) is the authority on
+    what it reads; the knowledge adds deprecation and the replacement."""
+    lc = kb.env_vars.get(name)
+    known = snap.get("vllm.env_vars")
+    status = kb.lifecycle_status(lc, vllm) if lc is not None else None
+    if isinstance(known, list) and name.startswith("VLLM_"):
+        if name not in known:
+            return (status if status in ("removed", "not-yet") else "unknown"), lc
+        return ("deprecated" if status == "deprecated" else "valid"), lc
+    if status is None:
+        return "valid", None  # neither list knows it: not ours to judge
+    return status, lc
+
+
+def _stale_vars(snap, kb, env: dict, vllm: str) -> list[dict]:
+    stale = []
+    for name in sorted(env):
+        if not (name.startswith("VLLM_") or name in kb.env_vars):
+            continue
+        status, lc = _var_status(snap, kb, name, vllm)
+        if status == "valid":
+            continue
+        stale.append({
+            "name": name,
+            "value": env[name],
+            "status": status,
+            "replacement": getattr(lc, "replacement", None),
+            "note": getattr(lc, "note", "") or None,
+            "source": getattr(lc, "source", None),
+        })
+    return stale
+
+
+def _describe(s: dict, vllm: str) -> str:
+    what = {
+        "removed": f"removed before vLLM {vllm}",
+        "not-yet": f"not yet in vLLM {vllm}",
+        "deprecated": f"deprecated in vLLM {vllm}",
+        "unknown": f"not read by vLLM {vllm}",
+    }[s["status"]]
+    return f"{s['name']} ({what}" + (f"; use {s['replacement']}" if s["replacement"] else "") + ")"
+
+
+def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
+    vllm = vllm_version(snap)
+    stale = _stale_vars(snap, kb, env, vllm)
+    if not stale:
+        return
+    worst = "warning" if any(s["status"] != "deprecated" for s in stale) else "info"
+    names = [s["name"] for s in stale]
+    if label == "service":
+        path = env_file_hint(snap)
+        commands = [f"sed -i '/^{n}=/d' {path}" for n in names] + [f"systemctl restart {unit_name(snap)}"]
+        where = f"the service's environment ({path})"
+    else:
+        commands = [f"unset {' '.join(names)}"]
+        where = "this shell"
+    replacements = [f"{s['name']} -> {s['replacement']}" for s in stale if s["replacement"]]
+    yield Finding(
+        id=check_id,
+        severity=worst,
+        title=f"{len(stale)} VLLM_* variable(s) in {where} that vLLM {vllm} ignores or deprecates: "
+        + ", ".join(_describe(s, vllm) for s in stale[:3]),
+        evidence=evidence(snap, [key, "vllm.install", "vllm.env_vars"], vllm=vllm, variables=stale),
+        fix=Fix(
+            text=f"Remove them from {where}"
+            + (f" and use the replacements as serve flags ({'; '.join(replacements)})." if replacements else "."),
+            commands=commands,
+        ),
+        links=[*ENV_LINKS, *sorted({s["source"] for s in stale if s["source"] and s["source"].startswith("http")})],
+    )
+
+
+@check(
+    "stale-vllm-env",
+    severity="warning",
+    title="VLLM_* variables in this shell that the installed vLLM ignores or deprecates",
+    category="env",
+    needs=("env.shell", "vllm.install"),
+    links=ENV_LINKS,
+)
+def stale_vllm_env(snap, kb):
+    """The doctor's shell sets VLLM_* variables the installed vLLM does not read (or deprecates).
+
+    Why: vLLM renamed and removed many variables (VLLM_ATTENTION_BACKEND was deprecated in 0.13
+    and removed in 0.15 for `--attention-backend`; the launch-day VLLM_USE_TRTLLM_* and MoE
+    switches are gone). A removed variable is silently ignored (at most "Unknown vLLM
+    environment variable detected"), so a recipe copied from an older guide quietly stops doing
+    what it says. Names come from the installed vLLM's envs.py; replacements from the knowledge.
+
+    Fix: unset them and pass the replacement serve flag instead.
+
+    Source: vllm-project/vllm#32812 (remove deprecated env vars), #50292 (VLLM_ATTENTION_BACKEND
+    ignored on 0.26); lifecycle rows in the knowledge.
+    """
+    yield from _stale_finding(snap, kb, "shell", "env.shell", snap.get("env.shell") or {}, "stale-vllm-env")
+
+
+@check(
+    "stale-vllm-env-service",
+    severity="warning",
+    title="VLLM_* variables in the service's environment that the installed vLLM ignores or deprecates",
+    category="env",
+    needs=("service", "vllm.install"),
+    links=ENV_LINKS,
+)
+def stale_vllm_env_service(snap, kb):
+    """The vLLM service's environment (unit Environment= and EnvironmentFile) sets VLLM_* variables
+    the installed vLLM does not read (or deprecates).
+
+    Why: as for `stale-vllm-env`, but here it changes what the running server does: after an
+    upgrade the old recipe variables in the EnvironmentFile stop working without an error.
+
+    Fix: delete them from the EnvironmentFile, add the replacement serve flags, restart.
+
+    Source: vllm-project/vllm#32812, #50292; lifecycle rows in the knowledge.
+    """
+    env = (snap.get("service") or {}).get("environment") or {}
+    yield from _stale_finding(snap, kb, "service", "service", env, "stale-vllm-env-service")
+
+
+def _backend_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]:
+    lc = kb.attention_backends.get(name)
+    known = snap.get("vllm.attention_backends")
+    if isinstance(known, list) and known:
+        if name in known:
+            return "valid", lc
+        return (kb.lifecycle_status(lc, vllm) if lc is not None else "unknown"), lc
+    if lc is None:
+        return "unknown", None
+    return kb.lifecycle_status(lc, vllm), lc
+
+
+@check(
+    "attention-backend-unknown",
+    severity="error",
+    title="Attention backend name unknown to the installed vLLM",
+    category="env",
+    needs=("vllm.install",),
+    links=["https://github.com/vllm-project/vllm/pull/25489"],
+)
+def attention_backend_unknown(snap, kb):
+    """The attention backend forced by `--attention-backend` or VLLM_ATTENTION_BACKEND is not a
+    name the installed vLLM knows.
+
+    Why: backend names changed (`TRITON_ATTN_VLLM_V1` became `TRITON_ATTN` in vLLM#25489); an
+    unknown name stops start-up with "Unknown attention backend: 'TRITON_ATTN_VLLM_V1'. Valid
+    options are: ...". The env var form only counts where this vLLM still reads the variable
+    (otherwise `stale-vllm-env*` reports the variable itself).
+
+    Fix: use the current name (the knowledge's replacement), or drop the override and let vLLM
+    choose; gpt-oss needs a sink-capable backend, which the automatic choice picks.
+
+    Source: vllm-project/vllm#25489; vLLM `AttentionBackendEnum` registry of the installed
+    version (read from its source).
+    """
+    vllm = vllm_version(snap)
+    uses = []
+    flag = flag_value(snap, "--attention-backend", "--attention-config.backend")
+    if flag:
+        uses.append(("service flag --attention-backend", "service.serve", str(flag)))
+    env_lc = kb.env_vars.get("VLLM_ATTENTION_BACKEND")
+    env_read = env_lc is None or kb.lifecycle_status(env_lc, vllm) in ("valid", "deprecated")
+    known_vars = snap.get("vllm.env_vars")
+    if isinstance(known_vars, list):
+        env_read = "VLLM_ATTENTION_BACKEND" in known_vars
+    if env_read:
+        label, key, env = effective_env(snap)
+        if env.get("VLLM_ATTENTION_BACKEND"):
+            uses.append((f"{label} VLLM_ATTENTION_BACKEND", key, str(env["VLLM_ATTENTION_BACKEND"])))
+    if not uses:
+        return
+    for where, key, name in uses:
+        status, lc = _backend_status(snap, kb, name, vllm)
+        if status in ("valid", "deprecated"):
+            continue
+        replacement = getattr(lc, "replacement", None)
+        valid = snap.get("vllm.attention_backends")
+        yield Finding(
+            id="attention-backend-unknown",
+            severity="error",
+            title=f"Attention backend {name!r} ({where}) is {status} on vLLM {vllm}"
+            + (f"; use {replacement}" if replacement else ""),
+            evidence=evidence(snap, [key, "vllm.attention_backends"], backend=name, set_in=where, status=status,
+                              valid_backends=valid if isinstance(valid, list) else None),
+            fix=Fix(
+                text=(f"Replace {name} with {replacement}" if replacement else f"Remove the {name} override")
+                + " (or drop the override: vLLM picks a sink-capable backend for gpt-oss itself).",
+                commands=(
+                    [f"sed -i 's/{name}/{replacement}/' {env_file_hint(snap)}", f"systemctl restart {unit_name(snap)}"]
+                    if replacement and "VLLM_ATTENTION_BACKEND" in where and where.startswith("service")
+                    else [f"export VLLM_ATTENTION_BACKEND={replacement}"] if replacement and where.startswith("shell")
+                    else [f"systemctl edit --full {unit_name(snap)}  # fix --attention-backend", f"systemctl restart {unit_name(snap)}"]
+                ),
+            ),
+            links=["https://github.com/vllm-project/vllm/pull/25489", *([lc.source] if lc is not None else [])],
+        )
+
+
+@check(
+    "v0-engine-forced",
+    severity="error",
+    title="VLLM_USE_V1=0 forces the V0 engine, which has no attention sinks",
+    category="env",
+    needs=("vllm.install",),
+    links=["https://github.com/vllm-project/vllm/issues/22383"],
+)
+def v0_engine_forced(snap, kb):
+    """VLLM_USE_V1=0 is set where the installed vLLM still honours it.
+
+    Why: gpt-oss's attention sinks were only wired into the V1 engine's backends; V0 fails at
+    model load with "FlashAttentionImpl.__init__() got an unexpected keyword argument 'sinks'".
+    (From 0.11 the V0 engine and the variable are gone: `stale-vllm-env*` reports it then.)
+
+    Fix: unset VLLM_USE_V1 (V1 is the default).
+
+    Source: vllm-project/vllm#22383, #24062.
+    """
+    vllm = vllm_version(snap)
+    lc = kb.env_vars.get("VLLM_USE_V1")
+    if lc is not None and kb.lifecycle_status(lc, vllm) not in ("valid", "deprecated"):
+        raise NotApplicable(f"vLLM {vllm} no longer reads VLLM_USE_V1")
+    label, key, env = effective_env(snap)
+    value = env.get("VLLM_USE_V1")
+    if value is None or truthy(value):
+        return
+    commands = (
+        [f"sed -i '/^VLLM_USE_V1=/d' {env_file_hint(snap)}", f"systemctl restart {unit_name(snap)}"]
+        if label == "service" else ["unset VLLM_USE_V1"]
+    )
+    yield Finding(
+        id="v0-engine-forced",
+        severity="error",
+        title=f"VLLM_USE_V1={value} in the {label} environment: gpt-oss will fail with \"unexpected keyword argument 'sinks'\"",
+        evidence=evidence(snap, [key, "vllm.install"], environment=label, VLLM_USE_V1=value, vllm=vllm),
+        fix=Fix(text="Remove VLLM_USE_V1 so vLLM uses its V1 engine.", commands=commands),
+        links=["https://github.com/vllm-project/vllm/issues/22383"],
+    )

@@ -1,0 +1,474 @@
+"""Checks of the venv's distributions: what is installed against what the stack needs."""
+
+from __future__ import annotations
+
+import posixpath
+
+from packaging.utils import canonicalize_name
+
+from ..findings import Finding, Fix, check
+from ._util import (
+    GUIDE,
+    NotApplicable,
+    current_stack,
+    distributions,
+    dists_by_name,
+    evidence,
+    in_specifier,
+    installed_version,
+    nvidia_gpus,
+    public,
+    stack_install_commands,
+    uv_pip,
+    version,
+    venv_python,
+)
+
+# Distributions that install the `triton` import package (PyTorch's nightly and ROCm builds
+# ship it under other names). Owning `triton` per RECORD counts too, so leftovers show up.
+TRITON_DISTS = ("triton", "pytorch-triton", "pytorch-triton-rocm", "triton-nightly")
+
+
+def _triton_owners(snap) -> list[dict]:
+    owners = []
+    for d in distributions(snap):
+        name = canonicalize_name(str(d.get("name", "")))
+        if name in TRITON_DISTS or "triton" in (d.get("top_level") or []):
+            owners.append(d)
+    return owners
+
+
+def _triton_to_keep(snap, kb) -> tuple[str, str | None, str]:
+    """(distribution, version or None, why) of the Triton this venv should keep."""
+    try:
+        stack, how = current_stack(snap, kb)
+        return stack.triton_dist, stack.triton, how
+    except NotApplicable:
+        pass
+    torch = (snap.get("torch.build") or {})
+    if torch.get("hip"):
+        return "pytorch-triton-rocm", None, f"torch {torch.get('version')} is a ROCm build"
+    v = version(torch.get("version"))
+    if v is not None and v.is_devrelease:
+        return "pytorch-triton", None, f"torch {torch.get('version')} is a nightly, which pairs with pytorch-triton"
+    return "triton", None, "a released torch pairs with the triton distribution"
+
+
+@check(
+    "duplicate-triton",
+    severity="error",
+    title="Two distributions install the `triton` package",
+    category="packages",
+    needs=("venv.distributions",),
+    links=[GUIDE + "#troubleshooting", "https://github.com/vllm-project/vllm/issues/17309"],
+)
+def duplicate_triton(snap, kb):
+    """More than one distribution owns the `triton` import package.
+
+    Why: `triton` and `pytorch-triton` (PyTorch nightly's build) or `pytorch-triton-rocm` unpack
+    into the same `site-packages/triton/` directory; whichever was installed last wins file by
+    file, so the package is a mix of two versions. The gpt-oss guide's symptom is Triton's
+    "`tl.language` not defined"; other symptoms are import errors inside torch.compile or the
+    MoE kernels. Leftover dist-info directories of an uninstalled Triton count too.
+
+    Fix: uninstall every Triton but the one the stack pairs with torch, then reinstall that one
+    (uninstalling the other removed files the two shared).
+
+    Source: the gpt-oss vLLM guide, Troubleshooting ("Make sure there's no other triton
+    installed in your environment (pytorch-triton, etc)"); vllm-project/vllm#17309.
+    """
+    owners = _triton_owners(snap)
+    if len(owners) < 2:
+        return
+    keep, keep_version, why = _triton_to_keep(snap, kb)
+    others = sorted({canonicalize_name(str(d["name"])) for d in owners} - {keep})
+    pin = f"{keep}=={keep_version}" if keep_version else keep
+    yield Finding(
+        id="duplicate-triton",
+        severity="error",
+        title=f"{len(owners)} distributions install `triton`: "
+        + ", ".join(f"{d.get('name')} {d.get('version')}" for d in owners),
+        evidence=evidence(
+            snap,
+            ["venv.distributions"],
+            owners=[
+                {k: d.get(k) for k in ("name", "version", "installer", "dist_info")} for d in owners
+            ],
+            keep=pin,
+            keep_because=why,
+        ),
+        fix=Fix(
+            text=f"Keep only {keep} ({why}); uninstall the others, then reinstall {keep} because "
+            "the uninstall removed files the distributions shared.",
+            commands=[
+                *([uv_pip(snap, "uninstall", *others)] if others else []),
+                uv_pip(snap, "install", "--reinstall", pin),
+            ],
+        ),
+        links=[GUIDE + "#troubleshooting", "https://github.com/vllm-project/vllm/issues/17309"],
+    )
+
+
+def _local(ver: str | None) -> str:
+    v = version(ver)
+    return f"+{v.local}" if v is not None and v.local else ""
+
+
+@check(
+    "torch-cuda-suffix",
+    severity="error",
+    title="torch is not the CUDA build the stack needs",
+    category="packages",
+    needs=("torch.build",),
+    links=[GUIDE + "#known-issues", "https://pytorch.org/get-started/locally/"],
+)
+def torch_cuda_suffix(snap, kb):
+    """torch's real build (torch/version.py) is not the CUDA build the stack needs.
+
+    Why: PyPI metadata says `2.7.1` for every build; only `torch/version.py` tells `+cu128` from
+    `+cu126` or `+cpu`. vLLM's kernels are compiled against one CUDA build of torch: a CPU build
+    cannot serve at all, and a build for another CUDA fails at import or, for source builds, at
+    CMake time with the guide's "The link interface of target "torch::nvtoolsext" contains:
+    CUDA::nvToolsExt but the target was not found". The stack comes from the deployed manifest,
+    else from the installed vLLM version.
+
+    Fix: reinstall torch from the stack's indexes into the same venv (the command reinstalls the
+    stack's requirements with `--reinstall-package torch`).
+
+    Source: the gpt-oss vLLM guide, Known Issues ("double check your pytorch version has
+    suffix `+cu128`").
+    """
+    torch = snap.get("torch.build") or {}
+    installed = str(torch.get("version") or "")
+    try:
+        stack, how = current_stack(snap, kb)
+    except NotApplicable:
+        stack, how = None, None
+    if stack is None:
+        # Without a stack only a build without CUDA on an NVIDIA box is certainly wrong.
+        if nvidia_gpus(snap) and not torch.get("cuda") and not torch.get("hip"):
+            yield _suffix_finding(snap, installed, "a CUDA build", "this box has NVIDIA GPUs", None)
+            return
+        raise NotApplicable("the stack is unknown (no manifest, vLLM matches no knowledge stack)")
+    want_local = stack.torch_local
+    have_local = _local(installed)
+    if want_local:
+        wrong = have_local != want_local
+    else:  # the stack takes PyPI's default build: judge by the CUDA it was built for
+        wrong = str(torch.get("cuda") or "") != stack.cuda
+    if not wrong:
+        return
+    yield _suffix_finding(snap, installed, stack.torch_build if want_local else f"a CUDA {stack.cuda} build", how, stack)
+
+
+def _suffix_finding(snap, installed, wanted, how, stack):
+    torch = snap.get("torch.build") or {}
+    kind = "a CPU build" if not torch.get("cuda") and not torch.get("hip") else f"built for CUDA {torch.get('cuda')}"
+    if stack is not None:
+        commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
+    else:
+        commands = [uv_pip(snap, "install", "--reinstall-package", "torch", "--torch-backend", "auto", "torch")]
+    return Finding(
+        id="torch-cuda-suffix",
+        severity="error",
+        title=f"torch {installed or '(unknown)'} is {kind}; the stack needs {wanted}",
+        evidence=evidence(snap, ["torch.build"], torch=installed, torch_cuda=torch.get("cuda"), needed=wanted, stack_from=how),
+        fix=Fix(text=f"Reinstall torch as {wanted} in {venv_python(snap)}'s venv.", commands=commands),
+        links=[GUIDE + "#known-issues", *( [stack.source] if stack is not None else [])],
+    )
+
+
+@check(
+    "tilde-leftover-dists",
+    severity="warning",
+    title="`~`-prefixed leftovers of an interrupted install in site-packages",
+    category="packages",
+    needs=("venv.distributions",),
+    links=["https://github.com/vllm-project/vllm/issues/12219"],
+)
+def tilde_leftover_dists(snap, kb):
+    """site-packages holds `~`-prefixed directories left by an interrupted pip install/uninstall.
+
+    Why: pip renames a distribution to `~name` while replacing it; when that is interrupted the
+    renamed copy stays. pip then warns "Ignoring invalid distribution ~orch" forever, and the
+    half-removed files can shadow or break the real package.
+
+    Fix: remove the listed directories (pip's warning names them too), then reinstall the
+    distribution they belonged to.
+
+    Source: vllm-project/vllm#12219 ("WARNING: Ignoring invalid distribution -orch").
+    """
+    leftovers = []
+    for d in distributions(snap):
+        base = posixpath.basename(str(d.get("dist_info") or "").rstrip("/"))
+        if str(d.get("name", "")).startswith("~") or base.startswith("~"):
+            leftovers.append(d)
+    if not leftovers:
+        return
+    paths = [str(d.get("dist_info") or posixpath.join(str(d.get("location", "")), str(d.get("name")))) for d in leftovers]
+    yield Finding(
+        id="tilde-leftover-dists",
+        severity="warning",
+        title=f"{len(leftovers)} leftover `~` distribution(s) in site-packages",
+        evidence=evidence(snap, ["venv.distributions"], leftovers=paths),
+        fix=Fix(
+            text="Delete the leftovers; if one belonged to a package you use (~orch is torch), reinstall it.",
+            commands=["rm -rf -- " + " ".join(paths)],
+        ),
+        links=["https://github.com/vllm-project/vllm/issues/12219"],
+    )
+
+
+def _cuda_major_of_dist(name: str) -> int | None:
+    for major in (12, 13):
+        if name.endswith(f"-cu{major}"):
+            return major
+    return None
+
+
+@check(
+    "nvidia-cu12-cu13-mixed",
+    severity="warning",
+    title="CUDA 12 and CUDA 13 nvidia-* wheels side by side",
+    category="packages",
+    needs=("venv.distributions",),
+    links=["https://github.com/vllm-project/vllm/issues/44335", "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/"],
+)
+def nvidia_cu12_cu13_mixed(snap, kb):
+    """The venv holds nvidia-*-cu12 wheels next to CUDA 13 ones (or next to a CUDA 13 torch).
+
+    Why: an upgrade from a cu12x stack to a cu130 one (vLLM >= 0.20) installs the CUDA 13
+    libraries but leaves the `-cu12` wheels behind. Both sets ship libraries in the same
+    `nvidia/` namespace; which libcublas / libnccl a process loads then depends on import order,
+    which shows up as "undefined symbol" or NCCL version errors at start-up.
+
+    Fix: uninstall the set that does not match torch's CUDA (usually the `-cu12` wheels after an
+    upgrade), then reinstall torch's own dependencies.
+
+    Source: vllm-project/vllm#44335 (CUDA 13 wheels on CUDA 12 hosts), PyTorch's cu130 wheels
+    depending on `nvidia-*-cu13` / unsuffixed 13.x wheels.
+    """
+    by_major: dict[int, list[str]] = {12: [], 13: []}
+    for d in distributions(snap):
+        name = canonicalize_name(str(d.get("name", "")))
+        if not name.startswith("nvidia-"):
+            continue
+        major = _cuda_major_of_dist(name)
+        if major:
+            by_major[major].append(f"{name}=={d.get('version')}")
+    torch_cuda = version((snap.get("torch.build") or {}).get("cuda"))
+    torch_major = torch_cuda.release[0] if torch_cuda is not None else None
+    mixed = by_major[12] and (by_major[13] or torch_major == 13)
+    if not mixed:
+        return
+    stale_major = 12 if torch_major in (13, None) else 13
+    stale = [x.split("==")[0] for x in by_major[stale_major]]
+    commands = [uv_pip(snap, "uninstall", *stale)]
+    torch_v = version((snap.get("torch.build") or {}).get("version"))
+    if torch_v is not None:  # uninstalling shared namespace files can break torch's own wheels
+        commands.append(uv_pip(snap, "install", "--reinstall-package", "torch", f"torch=={public(torch_v)}"))
+    yield Finding(
+        id="nvidia-cu12-cu13-mixed",
+        severity="warning",
+        title=f"{len(by_major[12])} nvidia-*-cu12 wheel(s) beside CUDA 13 ones"
+        + (f" (torch is built for CUDA {torch_cuda})" if torch_cuda else ""),
+        evidence=evidence(
+            snap, ["venv.distributions", "torch.build"], cu12=by_major[12], cu13=by_major[13],
+            torch_cuda=str(torch_cuda) if torch_cuda else None,
+        ),
+        fix=Fix(
+            text=f"Remove the CUDA {stale_major} wheels torch does not use, then let uv restore torch's own.",
+            commands=commands,
+        ),
+        links=["https://github.com/vllm-project/vllm/issues/44335"],
+    )
+
+
+@check(
+    "vllm-torch-pair",
+    severity="error",
+    title="vLLM and torch are not the pair the stack pins",
+    category="packages",
+    needs=("vllm.install", "torch.build"),
+    links=["https://github.com/vllm-project/vllm/issues/20361", "https://github.com/vllm-project/vllm/issues/13608"],
+)
+def vllm_torch_pair(snap, kb):
+    """The installed torch is not the version the installed vLLM was built against.
+
+    Why: vLLM's compiled extensions (`vllm/_C.abi3.so`) link against one torch release; with
+    another torch (a `pip install -U torch` after vLLM, or a nightly swapped for a stable) the
+    import fails with "undefined symbol: _ZN..." or, worse, loads and misbehaves. The pair comes
+    from the knowledge stack whose vLLM equals the installed one.
+
+    Fix: reinstall the stack's requirements, which pins torch to vLLM's pair.
+
+    Source: vllm-project/vllm#20361, #13608, #21226 (undefined symbol after a torch change);
+    each stack row's source (vLLM METADATA `Requires-Dist: torch==...`).
+    """
+    vllm = str((snap.get("vllm.install") or {}).get("version"))
+    stack = kb.stack_for_vllm(vllm) if version(vllm) else None
+    if stack is None:
+        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack")
+    torch = str((snap.get("torch.build") or {}).get("version") or "")
+    have, want = version(torch), version(stack.torch)
+    if have is not None and want is not None and public(have) == public(want):
+        return
+    yield Finding(
+        id="vllm-torch-pair",
+        severity="error",
+        title=f"vLLM {vllm} pins torch {stack.torch}, but torch {torch or '(unknown)'} is installed",
+        evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, stack=stack.name, stack_torch=stack.torch),
+        fix=Fix(text=f"Reinstall stack {stack.name} so torch matches vLLM.", commands=stack_install_commands(snap, stack, "--reinstall-package", "torch")),
+        links=["https://github.com/vllm-project/vllm/issues/20361", stack.source],
+    )
+
+
+@check(
+    "python-outside-stack",
+    severity="error",
+    title="The venv's Python is outside the stack's supported range",
+    category="packages",
+    needs=("venv",),
+    links=["https://pypi.org/project/vllm/#files"],
+)
+def python_outside_stack(snap, kb):
+    """The venv's Python version is not in the range the stack's vLLM supports.
+
+    Why: vLLM publishes `Requires-Python` (0.10.1: >=3.9,<3.13; 0.33.0: >=3.11,<3.15); outside it
+    the resolver picks an old vLLM or fails with "no matching distribution", and a venv moved
+    across Pythons loads extensions built for another ABI. The gpt-oss tool package needs 3.12.
+
+    Fix: recreate the venv with a Python inside the range (uv downloads one) and reinstall.
+
+    Source: vLLM wheel METADATA Requires-Python, per stack row in the knowledge.
+    """
+    py = (snap.get("venv") or {}).get("python")
+    if not py:
+        raise NotApplicable("the venv's Python version was not collected")
+    stack, how = current_stack(snap, kb)
+    ok = in_specifier(py, stack.python)
+    if ok is None or ok:
+        return
+    path = (snap.get("venv") or {}).get("path") or "/opt/gptoss/current"
+    pick = _python_in(stack.python)
+    yield Finding(
+        id="python-outside-stack",
+        severity="error",
+        title=f"Python {py} is outside {stack.name}'s range {stack.python}",
+        evidence=evidence(snap, ["venv"], python=py, needed=stack.python, stack_from=how),
+        fix=Fix(
+            text=f"Recreate {path} with Python {pick} and reinstall the stack.",
+            commands=[f"uv venv --clear --python {pick} {path}", *stack_install_commands(snap, stack)],
+        ),
+        links=[stack.source],
+    )
+
+
+def _python_in(spec: str) -> str:
+    """The newest of 3.10-3.14 inside `spec` (the interpreters uv can fetch)."""
+    for minor in (14, 13, 12, 11, 10):
+        if in_specifier(f"3.{minor}.0", spec):
+            return f"3.{minor}"
+    return "3.12"
+
+
+def _same(have: str | None, want: str | None, *, local: bool = True) -> bool:
+    hv, wv = version(have), version(want)
+    if hv is None or wv is None:
+        return have == want
+    return hv == wv if local else public(hv) == public(wv)
+
+
+@check(
+    "manifest-drift",
+    severity="warning",
+    title="Installed versions differ from the deployed manifest",
+    category="packages",
+    needs=("manifest",),
+)
+def manifest_drift(snap, kb):
+    """vLLM, torch (with its CUDA build) or Triton differ from what the deploy recorded in
+    /etc/gptoss/manifest.json.
+
+    Why: someone ran `pip install -U ...` by hand, or a deploy was interrupted: the box no longer
+    runs the tested stack, and the next upgrade's rollback point is wrong.
+
+    Fix: re-run the deploy for this host (it reinstalls the manifest's stack), or put the
+    recorded versions back with the commands shown.
+
+    Source: /etc/gptoss/manifest.json written by the deploy (docs/design.md).
+    """
+    manifest = snap.get("manifest") or {}
+    recorded = manifest.get("versions")
+    if not isinstance(recorded, dict) or not recorded:
+        raise NotApplicable("the manifest records no versions")
+    drift = []
+    if recorded.get("vllm") and snap.has("vllm.install"):
+        have = (snap.get("vllm.install") or {}).get("version")
+        if not _same(have, recorded["vllm"]):
+            drift.append({"name": "vllm", "manifest": recorded["vllm"], "installed": have, "fact": "vllm.install"})
+    if recorded.get("torch") and snap.has("torch.build"):
+        want = str(recorded["torch"]) + str(recorded.get("torch_local") or "")
+        have = (snap.get("torch.build") or {}).get("version")
+        # torch_local "" means PyPI's default build: compare the public version only
+        if not _same(have, want, local=bool(recorded.get("torch_local"))):
+            drift.append({"name": "torch", "manifest": want, "installed": have, "fact": "torch.build"})
+    triton_dist = recorded.get("triton_dist")
+    if triton_dist and recorded.get("triton") and snap.has("venv.distributions"):
+        have = installed_version(snap, triton_dist)
+        # pytorch-triton carries a +git<sha> local label the manifest does not record
+        if not _same(have, recorded["triton"], local=False):
+            drift.append({"name": triton_dist, "manifest": recorded["triton"], "installed": have, "fact": "venv.distributions"})
+    if not drift:
+        return
+    stack = kb.stacks.get(manifest.get("stack")) if manifest.get("stack") else None
+    commands = stack_install_commands(snap, stack, "--reinstall") if stack else [
+        uv_pip(snap, "install", *(f"{d['name']}=={d['manifest']}" for d in drift))
+    ]
+    yield Finding(
+        id="manifest-drift",
+        severity="warning",
+        title=f"{len(drift)} package(s) differ from the manifest ({manifest.get('stack', 'unknown stack')}): "
+        + ", ".join(f"{d['name']} {d['installed'] or 'missing'} (manifest {d['manifest']})" for d in drift),
+        evidence=evidence(snap, ["manifest", *sorted({d["fact"] for d in drift})], drift=drift, stack=manifest.get("stack")),
+        fix=Fix(
+            text="Re-run the deploy for this host, or reinstall the manifest's stack:",
+            commands=commands,
+        ),
+    )
+
+
+@check(
+    "tool-server-needs-gpt-oss",
+    severity="error",
+    title="`--tool-server demo` without the gpt-oss package",
+    category="serve",
+    needs=("service.serve", "venv.distributions"),
+    links=[GUIDE + "#tool-use"],
+)
+def tool_server_needs_gpt_oss(snap, kb):
+    """The service runs `vllm serve --tool-server demo` but the venv lacks the `gpt-oss` package.
+
+    Why: the demo tool server imports the gpt-oss reference library's browser and Python tools;
+    without it the server fails at start-up (or the tools silently vanish, by version).
+
+    Fix: install gpt-oss into the serving venv (Python 3.12 per the package).
+
+    Source: the gpt-oss vLLM guide, Tool Use ("uv pip install gpt-oss", "vllm serve ...
+    --tool-server demo").
+    """
+    from ._util import flag_value
+
+    tool_server = flag_value(snap, "--tool-server")
+    if not tool_server or "demo" not in str(tool_server).split(","):
+        return
+    if installed_version(snap, "gpt-oss"):
+        return
+    yield Finding(
+        id="tool-server-needs-gpt-oss",
+        severity="error",
+        title="`--tool-server demo` is set but the gpt-oss package is not installed",
+        evidence=evidence(snap, ["service.serve", "venv.distributions"], tool_server=tool_server),
+        fix=Fix(text="Install the gpt-oss tool package into the serving venv.", commands=[uv_pip(snap, "install", "gpt-oss")]),
+        links=[GUIDE + "#tool-use"],
+    )
