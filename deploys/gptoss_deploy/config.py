@@ -303,14 +303,20 @@ def check_mirrors(host: str, value: Any, known: Sequence[str]) -> dict[str, str]
     if not isinstance(value, Mapping):
         raise bad(host, key, value, "not a mapping", "set {index-name: url}, e.g. {'pypi': 'https://mirror/simple'}")
     out = {}
+    # A site's mirror map covers every stack it serves, so names of other stacks' indexes are fine.
     for name, url in value.items():
-        if name not in known:
-            raise bad(
-                host, key, value, f"index name {name!r} is not one of this stack's indexes",
-                f"use names from {', '.join(known)}",
-            )
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", name):
+            raise bad(host, key, value, f"index name {name!r} is not a name", f"use index names such as {', '.join(known)}")
         out[name] = check_url(host, key, url, f"give index {name!r} an http(s) URL").rstrip("/")
     return out
+
+
+def torch_backend_index(backend: str | None, mirrors: Mapping[str, str]) -> str | None:
+    """uv's --torch-backend=cuXXX always fetches from download.pytorch.org; where the site
+    mirrors that index (named pytorch-cuXXX), the mirror is used as an index instead."""
+    if backend and backend not in ("auto",):
+        return mirrors.get(f"pytorch-{backend}")
+    return None
 
 
 def check_uv_source(host: str, value: Any, controller_arch: str, host_arch: str | None) -> str:
@@ -531,6 +537,13 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     indexes = stack_indexes(stack)
     mirrors = check_mirrors(name, data.get("gptoss_index_mirrors"), [n for n, _ in indexes])
     mapped = tuple(Index(n, mirrors.get(n, u)) for n, u in indexes)
+    torch_backend, index_strategy = _get(stack, "torch_backend"), _get(stack, "index_strategy")
+    backend_mirror = torch_backend_index(torch_backend, mirrors)
+    if backend_mirror:
+        # Best match across indexes picks the +cuXXX local build over PyPI's plain one, as
+        # --torch-backend would, without uv reaching download.pytorch.org.
+        mapped += (Index(f"pytorch-{torch_backend}", backend_mirror),)
+        torch_backend, index_strategy = None, index_strategy or "unsafe-best-match"
     uv_source = check_uv_source(name, data.get("gptoss_uv_source"), platform.machine(), facts.get("arch"))
 
     py_spec = str(_get(stack, "python") or "")
@@ -581,9 +594,9 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         bind_address=bind,
         api_key_file=key_file,
         indexes=mapped,
-        index_strategy=_get(stack, "index_strategy"),
+        index_strategy=index_strategy,
         prerelease=_get(stack, "prerelease"),
-        torch_backend=_get(stack, "torch_backend"),
+        torch_backend=torch_backend,
         requirements=requirements,
         nvcc_requirement=_get(stack, "nvcc_requirement") if cuda_src == "pip" else None,
         cuda_home=cuda_home,

@@ -1,0 +1,226 @@
+"""The deploy's config: every bad value is one line (host, key, value, fix), raised before any
+host is touched; the real pyinfra CLI shows that one line and changes nothing.
+
+Facts are given as the dict `facts.parse_host_facts` builds from a host's output; the
+knowledge is the real one shipped with the doctor.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploys"))
+
+from gptoss_deploy import config as C  # noqa: E402
+from gptoss_deploy import facts as F  # noqa: E402
+
+DEBIAN = {"os_id": "debian", "os_like": None, "os_pretty": "Debian GNU/Linux 12 (bookworm)", "arch": "x86_64",
+          "python_path": "/usr/bin/python3", "python_version": "3.11.2", "gpus": [], "nvswitch_count": 0}
+
+
+@pytest.fixture(scope="module")
+def kb():
+    from gptoss_doctor import knowledge
+
+    return knowledge.load()
+
+
+@pytest.fixture()
+def key_file(tmp_path):
+    p = tmp_path / "api-key"
+    p.write_text("sk-test-0123456789\n")
+    p.chmod(0o600)
+    return str(p)
+
+
+def newest_stack(kb, python="3.11.2"):
+    from packaging.specifiers import SpecifierSet
+
+    fits = [s for s in kb.stacks.values() if python in SpecifierSet(s.python) and kb.recipe("H100", s.vllm)]
+    return fits[-1].name
+
+
+@pytest.fixture()
+def good(kb, key_file):
+    return {"gptoss_stack": newest_stack(kb), "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file}
+
+
+def nvidia_facts(n=8, name="NVIDIA H100 80GB HBM3", driver="580.95.05", nvswitch=4):
+    lines = [f"nvgpu={i}, {name}, 9.0, 81559, {driver}" for i in range(n)]
+    lines += [f"nvswitch_count={nvswitch}", "os_id=ubuntu", "os_like=debian", "arch=x86_64",
+              "python_path=/usr/bin/python3", "python_version=3.12.3"]
+    return F.parse_host_facts(lines)
+
+
+def one_line_error(kb, data, facts=DEBIAN, host="gpu-07"):
+    with pytest.raises(C.ConfigError) as e:
+        C.validate(host, data, facts, kb)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"host {host}: ")
+    assert "fix: " in msg
+    return msg
+
+
+# -- the good path -----------------------------------------------------------------------------
+
+
+def test_good_config_uses_knowledge_and_keeps_key_out_of_argv(kb, good):
+    cfg = C.validate("gpu-01", good, DEBIAN, kb)
+    stack = kb.stacks[good["gptoss_stack"]]
+    assert cfg.vllm == stack.vllm
+    assert cfg.requirements[: len(stack.requirements)] == tuple(stack.requirements) or any(
+        r.startswith("vllm[") for r in cfg.requirements
+    )
+    argv = cfg.serve_argv()
+    assert argv[:3] == [f"{C.CURRENT}/bin/vllm", "serve", "openai/gpt-oss-20b"]
+    assert argv[argv.index("--port") + 1] == "8000" and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "sk-test-0123456789" not in " ".join(argv) and "--api-key" not in argv
+    assert "sk-test-0123456789" not in repr(cfg.env)
+    # CUDA_HOME is the pip toolkit inside the stack venv, for the host's python minor.
+    assert cfg.cuda_home == f"{cfg.venv}/lib/python3.11/site-packages/{stack.cuda_home_subdir}"
+    assert cfg.env["CUDA_HOME"] == cfg.cuda_home
+    recipe = kb.recipe("H100", stack.vllm)
+    for k, v in recipe.env.items():
+        assert cfg.env[k] == v
+    for flag in recipe.serve_flags:
+        assert flag in argv
+
+
+def test_config_is_frozen(kb, good):
+    cfg = C.validate("gpu-01", good, DEBIAN, kb)
+    with pytest.raises(Exception):
+        cfg.port = 9000
+
+
+def test_mirrors_replace_every_index_url(kb, good):
+    stack = kb.stacks[good["gptoss_stack"]]
+    mirrors = {ix.name: f"http://mirror.local/{ix.name}/simple" for ix in stack.indexes}
+    cfg = C.validate("gpu-01", {**good, "gptoss_index_mirrors": mirrors}, DEBIAN, kb)
+    assert {ix.url for ix in cfg.indexes} == set(mirrors.values())
+    assert cfg.pypi_url == mirrors["pypi"]
+
+
+def test_gpu_family_detected_from_nvidia_smi(kb, good):
+    data = {k: v for k, v in good.items() if k != "gptoss_gpu_family"}
+    cfg = C.validate("gpu-01", {**data, "gptoss_tensor_parallel_size": 8}, nvidia_facts(), kb)
+    assert cfg.family == "H100" and cfg.gpu_count == 8 and cfg.nvswitch_count == 4
+    assert cfg.driver_version == "580.95.05"
+
+
+def test_gfx_target_version_names_the_amd_target():
+    assert [F.gfx_name(v) for v in ("90402", "90500", "120001", "90010")] == ["gfx942", "gfx950", "gfx1201", "gfx90a"]
+
+
+# -- each bad key: one line naming host, key, value and fix ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key, shown",
+    [
+        ({"gptoss_stack": "vllm-9.9.9"}, "gptoss_stack", "'vllm-9.9.9'"),
+        ({"gptoss_stack": None}, "gptoss_stack", "<unset>"),
+        ({"gptoss_model": "30b"}, "gptoss_model", "'30b'"),
+        ({"gptoss_tensor_parallel_size": 3}, "gptoss_tensor_parallel_size", "3"),
+        ({"gptoss_tensor_parallel_size": "two"}, "gptoss_tensor_parallel_size", "'two'"),
+        ({"gptoss_gpu_memory_utilization": 1.5}, "gptoss_gpu_memory_utilization", "1.5"),
+        ({"gptoss_gpu_memory_utilization": 0}, "gptoss_gpu_memory_utilization", "0"),
+        ({"gptoss_port": 70000}, "gptoss_port", "70000"),
+        ({"gptoss_port": "http"}, "gptoss_port", "'http'"),
+        ({"gptoss_bind_address": "localhost"}, "gptoss_bind_address", "'localhost'"),
+        ({"gptoss_api_key_file": None}, "gptoss_api_key_file", "<unset>"),
+        ({"gptoss_api_key_file": "/nonexistent/key"}, "gptoss_api_key_file", "'/nonexistent/key'"),
+        ({"gptoss_index_mirrors": ["https://m/simple"]}, "gptoss_index_mirrors", "https://m/simple"),
+        ({"gptoss_index_mirrors": {"pypi": "ftp://m/simple"}}, "gptoss_index_mirrors", "ftp://m/simple"),
+        ({"gptoss_gpu_family": "H1000"}, "gptoss_gpu_family", "'H1000'"),
+        ({"gptoss_gpu_family": None}, "gptoss_gpu_family", "<unset>"),
+        ({"gptoss_hf_home": "relative/hf"}, "gptoss_hf_home", "'relative/hf'"),
+        ({"gptoss_tool_servers": ["not a server"]}, "gptoss_tool_servers", "not a server"),
+        ({"gptoss_extra_serve_args": ["--api-key", "x"]}, "gptoss_extra_serve_args", "--api-key"),
+        ({"gptoss_predownload": "maybe"}, "gptoss_predownload", "'maybe'"),
+        ({"gptoss_uv_source": "ftp://x/uv.tgz"}, "gptoss_uv_source", "ftp://x/uv.tgz"),
+        ({"gptoss_cuda_home": "system"}, "gptoss_cuda_home", "'system'"),
+        ({"gptoss_tensor_paralel_size": 2}, "gptoss_tensor_paralel_size", "2"),
+    ],
+)
+def test_bad_value_is_one_line_naming_key_value_fix(kb, good, override, key, shown):
+    msg = one_line_error(kb, {**good, **override})
+    assert f"{key}=" in msg and shown in msg
+
+
+def test_world_readable_key_file_refused(kb, good, key_file):
+    os.chmod(key_file, 0o644)
+    msg = one_line_error(kb, good)
+    assert "world-readable" in msg and f"chmod 600 {key_file}" in msg
+
+
+def test_tp_larger_than_gpus_present(kb, good):
+    data = {k: v for k, v in good.items() if k != "gptoss_gpu_family"}
+    msg = one_line_error(kb, {**data, "gptoss_tensor_parallel_size": 4}, nvidia_facts(n=2, nvswitch=0))
+    assert "2 GPU(s)" in msg and "at most 2" in msg
+
+
+def test_family_set_but_gpus_disagree(kb, good):
+    msg = one_line_error(kb, {**good, "gptoss_gpu_family": "B200"}, nvidia_facts())
+    assert "H100" in msg and "gptoss_gpu_family='B200'" in msg
+
+
+def test_old_driver_reported_with_fix_unless_install_opted_in(kb, good):
+    data = {k: v for k, v in good.items() if k != "gptoss_gpu_family"}
+    old = nvidia_facts(driver="535.104.05")
+    msg = one_line_error(kb, data, old)
+    assert "535.104.05" in msg and "gptoss_install_driver=True" in msg
+    cfg = C.validate("gpu-07", {**data, "gptoss_install_driver": True}, old, kb)
+    assert cfg.install_driver
+
+
+def test_unsupported_os_refused(kb, good):
+    msg = one_line_error(kb, good, {**DEBIAN, "os_id": "rocky", "os_like": "rhel centos fedora", "os_pretty": "Rocky 9"})
+    assert "unsupported" in msg and "'rocky'" in msg
+
+
+def test_python_outside_stack_range(kb, good):
+    from packaging.specifiers import SpecifierSet
+
+    stack = kb.stacks[good["gptoss_stack"]]
+    too_new = next(v for v in ("3.14.0", "3.13.1", "3.15.0") if v not in SpecifierSet(stack.python))
+    msg = one_line_error(kb, good, {**DEBIAN, "python_version": too_new})
+    assert too_new in msg and stack.python in msg
+
+
+def test_extra_stack_file_missing(kb, good):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_knowledge("gpu-07", ["/nonexistent/stacks.toml"])
+    assert "gptoss_extra_stack_files" in str(e.value) and "/nonexistent/stacks.toml" in str(e.value)
+
+
+# -- through the real pyinfra CLI: one line, no traceback, nothing changed ----------------------
+
+
+def run_pyinfra(inventory: Path, *extra: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", str(inventory), "deploys/gptoss.py", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYINFRA_PROGRESS": "off"},
+    )
+
+
+@pytest.mark.skipif(Path(C.ROOT).exists() or Path(C.ETC).exists(), reason="this machine already has a gptoss deploy")
+def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
+    inv = tmp_path / "inv.py"
+    inv.write_text(f"hosts = [('@local', {{**{good!r}, 'gptoss_tensor_parallel_size': 3}})]\n")
+    r = run_pyinfra(inv)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if "gptoss_tensor_parallel_size" in line]
+    assert len(errors) == 1, out
+    assert "host @local: gptoss_tensor_parallel_size=3" in errors[0] and "fix: " in errors[0]
+    assert "Beginning operation run" not in out
+    assert not Path(C.ROOT).exists() and not Path(C.ETC).exists()
