@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .findings import SEVERITIES, Finding, Fix
+from .redact import MASK, redact_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,14 +63,19 @@ class Signature:
     # Also point at the exception line of the traceback that precedes the match.
     root_cause_before: bool = False
 
-    def match(self, message: str) -> re.Match | None:
+    def match(self, message: str) -> dict[str, str] | None:
+        """None when no pattern matches; else the named groups of every pattern that matches."""
+        groups: dict[str, str] | None = None
         for pattern in self.patterns:
             m = pattern.search(message)
             if m:
-                if any(u.search(message) for u in self.unless):
-                    return None
-                return m
-        return None
+                groups = groups or {}
+                for name, value in m.groupdict().items():
+                    if value is not None:
+                        groups.setdefault(name, value)
+        if groups is not None and any(u.search(message) for u in self.unless):
+            return None
+        return groups
 
 
 _FIELDS = {
@@ -249,7 +255,7 @@ _EXCEPTION_LINE = re.compile(
 _WRAPPER_EXCEPTION = re.compile(
     r"CalledProcessError|failed to be inspected|Engine core initialization failed|EngineCore failed to start"
     r"|Engine process failed to start|WorkerProc initialization failed|Worker failed with error|"
-    r"see stack trace above|See root cause above"
+    r"Error raised in subprocess|[Ss]ee (?:the )?stack trace|See root cause above"
 )
 
 
@@ -266,19 +272,16 @@ def exception_before(lines: Sequence[LogLine], index: int) -> LogLine | None:
 # Secrets: log lines are shown and stored; keys and tokens in them must not be
 # --------------------------------------------------------------------------------------------
 
-_SECRETS = (
-    re.compile(r"""(?i)((?:api[_-]?key|token|secret|password|passwd|authorization)['"]?\s*[:=]\s*\[?\s*['"]?)"""
-               r"""(?!None\b|null\b|False\b|True\b|\*)([^'"\s,\]}]{4,})"""),
-    re.compile(r"(?i)(--api-key[ =])(\S+)"),
-    re.compile(r"(?i)(Bearer\s+)([A-Za-z0-9._~+/=-]{8,})"),
-    re.compile(r"()\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{16,})"),
+# vLLM prints its arguments as Python reprs: "'api_key': ['abc']", "api_key='abc'", "api_key=abc".
+# Everything else (--api-key X, HF_TOKEN=..., hf_..., sk-..., Bearer ...) is redact.redact_text's job.
+_PY_SECRET = re.compile(
+    r"""(?i)((?:api[_-]?key|token|secret|password|passwd)['"]?\s*[:=]\s*\[?\s*['"]?)"""
+    r"""(?!None\b|null\b|False\b|True\b|\*\*\*)([^'"\s,\])}]{3,})"""
 )
 
 
 def redact(text: str) -> str:
-    for pattern in _SECRETS:
-        text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text
+    return redact_text(_PY_SECRET.sub(lambda m: m.group(1) + MASK, text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,16 +303,15 @@ def _matches(lines: Sequence[LogLine], table: Sequence[Signature]) -> dict[str, 
         if not line.message.strip():
             continue
         for sig in table:
-            m = sig.match(line.message)
-            if not m:
+            groups = sig.match(line.message)
+            if groups is None:
                 continue
             hit = hits.setdefault(sig.id, _Hit(sig))
             hit.indexes.append(i)
-            for name, value in m.groupdict().items():
-                if value is not None:
-                    values = hit.groups.setdefault(name, [])
-                    if value not in values:
-                        values.append(value)
+            for name, value in groups.items():
+                values = hit.groups.setdefault(name, [])
+                if value not in values:
+                    values.append(value)
             if sig.root_cause_before and hit.root_cause is None:
                 hit.root_cause = exception_before(lines, i)
             break  # the first signature in table order claims the line

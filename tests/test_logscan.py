@@ -1,0 +1,317 @@
+"""Log triage: the signature table against real log excerpts, near misses and healthy starts.
+
+tests/fixtures/logs/NAME.log is an excerpt of a real report; NAME.json names the source and the
+exact set of finding ids scan() must return (see the README there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptoss_doctor import logscan
+from gptoss_doctor.logscan import SignatureError, load_signatures, parse_line, parse_signatures, scan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "logs"
+LOGS = sorted(FIXTURES.glob("*.log"))
+
+
+def _expect(log: Path) -> dict:
+    return json.loads(log.with_suffix(".json").read_text())
+
+
+def _scan_file(log: Path):
+    with log.open(encoding="utf-8") as f:
+        return scan(f)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures: every excerpt gives exactly the ids its sidecar lists
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_fixture_has_a_sidecar_with_a_source():
+    assert LOGS, "no log fixtures"
+    for log in LOGS:
+        meta = _expect(log)
+        assert meta.get("source"), f"{log.name}: sidecar has no source"
+        assert isinstance(meta.get("expect"), list), f"{log.name}: sidecar has no expect list"
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.stem for p in LOGS])
+def test_fixture_ids(log):
+    findings = _scan_file(log)
+    assert sorted(f.id for f in findings) == sorted(_expect(log)["expect"])
+    for f in findings:
+        shown = {entry["line"] for entry in f.lines if entry["match"]}
+        assert f.evidence["first_line"] in shown, f"{f.id}: first matched line not shown"
+        assert f.evidence["line_numbers"] == sorted(f.evidence["line_numbers"])
+
+
+def test_every_signature_is_exercised_by_a_fixture():
+    expected = {i for log in LOGS for i in _expect(log)["expect"]}
+    missing = [s.id for s in load_signatures() if s.id not in expected]
+    assert not missing, f"signatures without a fixture: {missing}"
+
+
+@pytest.mark.parametrize("log", [p for p in LOGS if p.stem.startswith("healthy-")],
+                         ids=[p.stem for p in LOGS if p.stem.startswith("healthy-")])
+def test_healthy_start_gives_no_false_alarm(log):
+    findings = _scan_file(log)
+    assert [f.id for f in findings if f.severity != "info"] == []
+    assert "startup-complete" in {f.id for f in findings}
+
+
+def test_near_misses_exist_for_the_risky_signatures():
+    near = [p for p in LOGS if p.stem.startswith("near-miss-")]
+    assert len(near) >= 3
+    for log in near:
+        assert all(f.severity == "info" for f in _scan_file(log)), log.name
+
+
+# --------------------------------------------------------------------------------------------
+# Prefixes: each runtime's wrapper is stripped once, the message is what is left
+# --------------------------------------------------------------------------------------------
+
+MSG = "AssertionError: Sinks must be of type float32"
+
+
+@pytest.mark.parametrize(
+    "raw, message, level, process",
+    [
+        # vLLM 0.10.x multiproc worker
+        (f"(VllmWorker TP0 pid=174579) ERROR 08-05 07:31:10 [multiproc_executor.py:559] {MSG}", MSG, "ERROR", "VllmWorker TP0"),
+        (f"(VllmWorker rank=1 pid=22) ERROR 08-05 07:31:10 [multiproc_executor.py:559] {MSG}", MSG, "ERROR", "VllmWorker rank=1"),
+        # V1 engine core, API server, TP workers of later eras; millisecond timestamps
+        (f"(EngineCore_DP0 pid=223840) ERROR 10-25 13:08:43 [core.py:708] {MSG}", MSG, "ERROR", "EngineCore_DP0"),
+        (f"(Worker_TP1 pid=932460) ERROR 12-17 12:56:08.123 [gpu_worker.py:298] {MSG}", MSG, "ERROR", "Worker_TP1"),
+        (f"(APIServer pid=1) {MSG}", MSG, None, "APIServer"),
+        (f"(RayWorkerWrapper pid=3250, ip=192.168.16.111) ERROR 03-14 06:39:07 [worker_base.py:581] {MSG}", MSG, "ERROR", "RayWorkerWrapper"),
+        # the old header without the opening bracket
+        (f"ERROR 02-13 15:12:54 registry.py:299] {MSG}", MSG, "ERROR", None),
+        # docker compose, with and without docker's timestamps
+        (f"vllm-1  | (EngineCore_DP0 pid=269) ERROR 10-06 04:51:05 [core.py:1] {MSG}", MSG, "ERROR", "EngineCore_DP0"),
+        (f"vllm-1  | 2025-08-05T10:11:12.123456789Z {MSG}", MSG, None, None),
+        # journalctl -u gptoss-vllm, short and short-iso
+        (f"Nov 27 10:00:00 gpu-01 vllm[123]: (APIServer pid=123) WARNING 11-27 10:00:00 [envs.py:2128] {MSG}", MSG, "WARNING", "APIServer"),
+        (f"2025-11-27T10:00:00+0000 gpu-01 python3[123]: {MSG}", MSG, None, None),
+        # kubectl logs --timestamps / --prefix, supervisor wrappers
+        (f"2026-01-22T19:54:36.819Z ERROR 01-22 11:54:36.819 [config.py:32] {MSG}", MSG, "ERROR", None),
+        (f"[pod/vllm-0/vllm] {MSG}", MSG, None, None),
+        (f"[2026-01-22 19:54:36] [/bin/sh]: ERROR 01-22 11:54:36.819 [config.py:32] {MSG}", MSG, "ERROR", None),
+        # torch.distributed rank prefix, uvicorn's level prefix
+        (f"[rank0]: {MSG}", MSG, None, None),
+        ("INFO:     Application startup complete.", "Application startup complete.", "INFO", None),
+        # colour codes, with the ESC byte and as pasted without it
+        (f"\x1b[1;36m(VllmWorker TP0 pid=1)\x1b[0;0m \x1b[31mERROR\x1b[0m 08-05 07:31:10 [a.py:1] {MSG}", MSG, "ERROR", "VllmWorker TP0"),
+        (f"[1;36m(EngineCore_0 pid=4124)[0;0m ERROR 08-06 01:53:31 [core.py:718] {MSG}", MSG, "ERROR", "EngineCore_0"),
+    ],
+)
+def test_prefix_stripping(raw, message, level, process):
+    line = parse_line(7, raw + "\n")
+    assert (line.message, line.level, line.process) == (message, level, process)
+    assert line.number == 7 and "\x1b" not in line.text
+    assert scan([raw])[0].id == ("sinks-float32" if message == MSG else "startup-complete")
+
+
+def test_traceback_indentation_survives_the_prefix():
+    line = parse_line(1, '(VllmWorker TP0 pid=1) ERROR 08-05 07:31:10 [multiproc_executor.py:559]   File "x.py", line 3')
+    assert line.message == '  File "x.py", line 3'
+
+
+def test_each_prefix_is_stripped_once():
+    # A message that itself begins like a prefix keeps it: only the outer one goes.
+    line = parse_line(1, "vllm-1  | web-1  | hello")
+    assert line.message == "web-1  | hello"
+
+
+# --------------------------------------------------------------------------------------------
+# Judging: order, dedup, root cause over downstream noise
+# --------------------------------------------------------------------------------------------
+
+ENV = "(APIServer pid=1) WARNING 07-14 08:38:33 [envs.py:2041] Unknown vLLM environment variable detected: "
+
+
+def test_first_signature_in_the_table_claims_the_line():
+    findings = {f.id: f for f in scan([ENV + "VLLM_ATTENTION_BACKEND", ENV + "VLLM_USE_V1"])}
+    assert set(findings) == {"attention-backend-env-ignored", "unknown-env-var"}
+    assert findings["unknown-env-var"].evidence["captured"]["name"] == ["VLLM_USE_V1"]
+
+
+def test_one_finding_per_id_with_every_line_number():
+    lines = ["INFO 01-01 00:00:00 [a.py:1] starting"] + [ENV + f"VLLM_FOO_{n}" for n in range(8)]
+    (finding,) = scan(lines)
+    assert finding.id == "unknown-env-var"
+    assert finding.evidence["line_numbers"] == list(range(2, 10))
+    assert finding.evidence["count"] == 8
+    assert finding.evidence["captured"]["name"] == [f"VLLM_FOO_{n}" for n in range(8)]
+    assert "VLLM_FOO_0, VLLM_FOO_1" in finding.title
+    # every line number is evidence; only the first few matches are shown, with context
+    shown = [entry["line"] for entry in finding.lines]
+    assert shown == list(range(1, 2 + logscan.MAX_SHOWN_MATCHES + logscan.CONTEXT_AFTER))
+    assert finding.lines[0] == {"line": 1, "text": "INFO 01-01 00:00:00 [a.py:1] starting", "match": False}
+
+
+def test_errors_come_before_warnings_and_infos():
+    lines = [
+        "INFO:     Application startup complete.",
+        ENV + "VLLM_USE_V1",
+        "(EngineCore_DP0 pid=2) ERROR 10-25 13:08:43 [core.py:708] ValueError: No available memory for the cache blocks.",
+    ]
+    assert [(f.severity, f.id) for f in scan(lines)] == [
+        ("error", "kv-cache-no-memory"),
+        ("warning", "unknown-env-var"),
+        ("info", "startup-complete"),
+    ]
+
+
+def test_root_cause_folds_the_downstream_engine_failure():
+    findings = _scan_file(FIXTURES / "kv-cache-no-memory-h100-120b.log")
+    (root,) = findings
+    assert root.id == "kv-cache-no-memory"
+    assert root.evidence["downstream"] == [{"id": "engine-core-failed", "first_line": 25, "count": 2}]
+
+
+def test_downstream_alone_points_at_the_preceding_exception():
+    lines = [
+        "(EngineCore_DP0 pid=5) ERROR 11-02 10:00:00 [core.py:708] EngineCore failed to start.",
+        "(EngineCore_DP0 pid=5) ERROR 11-02 10:00:00 [core.py:708] Traceback (most recent call last):",
+        '(EngineCore_DP0 pid=5) ERROR 11-02 10:00:00 [core.py:708]   File "gpu_worker.py", line 3, in init_device',
+        "(EngineCore_DP0 pid=5) ERROR 11-02 10:00:00 [core.py:708] KeyError: 'model.layers.19.mlp.experts.w2_weight_scale_inv'",
+        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ]
+    (finding,) = scan(lines)
+    assert finding.id == "engine-core-failed"
+    assert finding.evidence["root_cause"]["line"] == 4
+    assert finding.evidence["root_cause"]["message"].startswith("KeyError: 'model.layers.19")
+    assert 4 in {entry["line"] for entry in finding.lines}
+
+
+def test_inspect_failure_points_past_the_subprocess_wrapper():
+    lines = [
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] Error in inspecting model architecture 'GptOssForCausalLM'",
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] subprocess.CalledProcessError: Command '['python3', '-m', 'vllm.model_executor.models.registry']' returned non-zero exit status 1.",
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] RuntimeError: Error raised in subprocess:",
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] ImportError: libfoo.so.1: cannot open shared object file: No such file or directory",
+        "(APIServer pid=9) ValueError: Model architectures ['GptOssForCausalLM'] failed to be inspected. Please check the logs for more details.",
+    ]
+    (finding,) = scan(lines)
+    assert finding.id == "model-inspect-failed"
+    assert finding.evidence["captured"]["arch"] == ["GptOssForCausalLM", "'GptOssForCausalLM'"]
+    assert finding.evidence["root_cause"]["line"] == 4
+
+
+def test_known_root_cause_in_the_subprocess_beats_the_inspect_failure():
+    lines = [
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] Error in inspecting model architecture 'GptOssForCausalLM'",
+        "(APIServer pid=9) ERROR 08-07 01:36:12 [registry.py:415] ImportError: /venv/lib/python3.12/site-packages/vllm/_C.abi3.so: undefined symbol: _ZN3c104cuda9SetDeviceEi",
+        "(APIServer pid=9) ValueError: Model architectures ['GptOssForCausalLM'] failed to be inspected. Please check the logs for more details.",
+    ]
+    (finding,) = scan(lines)
+    assert finding.id == "vllm-c-undefined-symbol"
+    assert finding.evidence["captured"]["symbol"] == ["_ZN3c104cuda9SetDeviceEi"]
+    assert finding.evidence["downstream"] == [{"id": "model-inspect-failed", "first_line": 1, "count": 2}]
+
+
+def test_fix_text_is_filled_from_captured_groups():
+    (finding,) = scan(["ValueError: Total number of attention heads (64) must be divisible by tensor parallel size (3)."])
+    assert finding.title == "Tensor-parallel size 3 does not divide the 64 attention heads"
+    (finding,) = scan(["ValueError: To serve at least one request with the models's max seq len (131072), (4.54 GiB KV cache is needed, which is larger than the available KV cache memory (1.71 GiB). Based on the available memory, the estimated maximum model length is 49584."])
+    assert "49584" in finding.fix.text and finding.evidence["captured"]["available"] == ["1.71 GiB"]
+
+
+def test_secrets_in_log_lines_are_redacted():
+    lines = [
+        "(APIServer pid=1) INFO 08-07 01:36:07 [utils.py:326] non-default args: {'model_tag': 'openai/gpt-oss-120b', 'api_key': ['s3cr3t-key-value'], 'port': 8000}",
+        "(APIServer pid=1) " + ENV.split(") ", 1)[1] + "VLLM_API_KEY",
+        "Authorization: Bearer abcdefghijklmnopqrstuvwxyz hf_abcdefghijklmnopqrstuvwxyz",
+    ]
+    blob = json.dumps([f.to_dict() for f in scan(lines)])
+    assert "unknown-env-var" in blob
+    for secret in ("s3cr3t-key-value", "abcdefghijklmnopqrstuvwxyz"):
+        assert secret not in blob
+
+
+def test_scan_takes_any_iterable_and_empty_input():
+    assert scan([]) == []
+    assert scan(iter(["", "   ", "\n"])) == []
+    assert [f.id for f in scan(line for line in ["INFO:     Application startup complete.\n"])] == ["startup-complete"]
+
+
+def test_findings_serialise_to_the_report_shape():
+    (finding,) = scan(["ModuleNotFoundError: No module named 'triton_kernels'"])
+    d = finding.to_dict()
+    assert set(d) == {"id", "severity", "title", "evidence", "fix", "links", "lines"}
+    assert d["fix"]["commands"] and d["links"]
+    assert d["evidence"]["source"].startswith("https://github.com/vllm-project/vllm/issues/22290")
+    json.dumps(d)
+
+
+# --------------------------------------------------------------------------------------------
+# The table: validated when loaded, bad rows named
+# --------------------------------------------------------------------------------------------
+
+GOOD_ROW = """
+[[signature]]
+id = "x-one"
+severity = "error"
+title = "t"
+patterns = ['''boom''']
+fix = "f"
+source = "https://example.org/1"
+"""
+
+
+def test_the_shipped_table_loads_and_is_big_enough():
+    table = load_signatures()
+    assert len(table) >= 30
+    assert len({s.id for s in table}) == len(table)
+    ids = [s.id for s in table]
+    for required in ("duplicate-triton", "torch-cuda-suffix", "sinks-float32", "bad-cuda-home", "startup-complete"):
+        assert required in ids
+    assert all(s.source and s.fix for s in table)
+    # specific rows sit above the generic ones that would also match their lines
+    assert ids.index("k8s-service-env-vars") < ids.index("unknown-env-var")
+    assert ids.index("attention-backend-env-ignored") < ids.index("unknown-env-var")
+    assert ids.index("triton-kernels-import-failed") < ids.index("triton-kernels-missing")
+    assert ids.index("tool-server-flag-unrecognized") < ids.index("unrecognized-serve-argument")
+    assert ids.index("docker-shm-too-small") < ids.index("disk-full")
+    assert ids.index("rocm-no-kernel-image") < ids.index("cuda-no-kernel-image")
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        (GOOD_ROW.replace("'''boom'''", "'''boom(('''"), "bad regex"),
+        (GOOD_ROW.replace('source = "https://example.org/1"\n', ""), "missing 'source'"),
+        (GOOD_ROW.replace('fix = "f"\n', ""), "missing 'fix'"),
+        (GOOD_ROW.replace('fix = "f"', 'fix = ""'), "missing 'fix'"),
+        (GOOD_ROW.replace('"error"', '"fatal"'), "severity 'fatal'"),
+        (GOOD_ROW + GOOD_ROW, "duplicate id 'x-one'"),
+        (GOOD_ROW.replace('id = "x-one"', 'id = "X One"'), "not kebab-case"),
+        (GOOD_ROW.replace("patterns = ['''boom''']", "patterns = '''boom'''"), "patterns must be list"),
+        (GOOD_ROW + 'colour = "red"\n', "unknown field 'colour'"),
+        ("title = 'no rows'", "no [[signature]] rows"),
+        ("[[signature]\n", "not valid TOML"),
+    ],
+)
+def test_bad_table_rows_are_named(tmp_path, row, problem):
+    path = tmp_path / "signatures.toml"
+    path.write_text(row)
+    with pytest.raises(SignatureError) as e:
+        load_signatures(path)
+    message = str(e.value)
+    assert str(path) in message and problem in message
+    assert "\n" not in message
+
+
+def test_bad_row_names_its_position_and_id():
+    with pytest.raises(SignatureError, match=r"sigs\.toml: signature #2 \(x-two\): patterns: bad regex"):
+        parse_signatures(GOOD_ROW + GOOD_ROW.replace("x-one", "x-two").replace("'''boom'''", "'''[z'''"), "sigs.toml")
+
+
+def test_missing_table_file_is_one_clear_error(tmp_path):
+    with pytest.raises(SignatureError, match="cannot read"):
+        load_signatures(tmp_path / "nope.toml")
