@@ -95,7 +95,7 @@ def _collect(args):
     from .collect import VenvError, collect  # noqa: PLC0415
 
     try:
-        return collect(venv_path=args.venv, deep=args.deep, deep_timeout_s=args.deep_timeout)
+        return collect(args.box, venv_path=args.venv, deep=args.deep, deep_timeout_s=args.deep_timeout)
     except VenvError as e:
         raise DoctorError(str(e)) from None
 
@@ -249,10 +249,12 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env=None) -> int:
+    """The command line. `env` (a collect.Env) points the collectors at another root: tests use it."""
     started = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
+        args.box = env
         return COMMANDS[args.command](args, started)
     except DoctorError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

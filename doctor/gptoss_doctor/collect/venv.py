@@ -53,7 +53,7 @@ def _venv_of_binary(env: Env, binary: str) -> str | None:
 def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
     """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV, the service, the manifest."""
     if explicit:
-        return explicit, "--venv", False
+        return os.path.abspath(explicit), "--venv", False
     active = env.environ.get("VIRTUAL_ENV")
     # the doctor's own venv (activated, or set by `uv run`) holds no serving stack: look further
     if active and not (env.root == Path("/") and _is_own_venv(active)):

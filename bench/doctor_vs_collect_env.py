@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Benchmark: gptoss-doctor's default diagnosis against PyTorch's collect_env, on the same venv.
+
+    python3 bench/doctor_vs_collect_env.py [--venv V] [--runs N] [--doctor "CMD ..."]
+
+Without --venv it makes one the way a user would get CPU torch on this project's machines,
+with `python3.11 -m venv` and pip (not uv): `.work/bench-torch-venv`, `pip install torch==2.13.0`
+(the CPU build; pip finds it through this machine's pip configuration). The venv is kept, so a
+second run measures only.
+
+Each tool runs --runs times (default 5) after one warm-up run, as a fresh process:
+  doctor:       <doctor> --venv V --json     (default: this python -m gptoss_doctor, PYTHONPATH=doctor/)
+  collect_env:  V/bin/python -m torch.utils.collect_env
+It prints min / median / max wall time of each and the ratio of the medians; the goal is >= 10x.
+The doctor exits 0 or 1 (1: it found an error, e.g. a CPU torch build): both count as a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = REPO / ".work" / "bench-torch-venv"
+
+
+def make_venv(venv: Path) -> None:
+    if (venv / "bin" / "python").exists() and any(venv.glob("lib/python*/site-packages/torch/version.py")):
+        return
+    print(f"making {venv}: python3.11 -m venv + pip install torch==2.13.0", file=sys.stderr)
+    subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0"], check=True)
+
+
+def time_runs(argv: list[str], runs: int, env: dict, ok_codes: tuple[int, ...]) -> list[float]:
+    times = []
+    for i in range(runs + 1):
+        started = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+        elapsed = time.perf_counter() - started
+        if proc.returncode not in ok_codes:
+            sys.exit(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        if i:  # the first run warms the page cache
+            times.append(elapsed)
+    return times
+
+
+def describe(name: str, times: list[float]) -> str:
+    return f"{name:<12} median {statistics.median(times):7.3f} s   min {min(times):7.3f} s   max {max(times):7.3f} s   ({len(times)} runs)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", type=Path, help="a venv with torch (default: make .work/bench-torch-venv)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--doctor", help="doctor command (default: this python -m gptoss_doctor)")
+    args = parser.parse_args()
+    venv = args.venv or DEFAULT_VENV
+    if args.venv is None:
+        make_venv(venv)
+    if not (venv / "bin" / "python").exists():
+        sys.exit(f"--venv {venv}: no bin/python there; pass a venv with torch installed")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "doctor"), env.get("PYTHONPATH")]))
+    env.pop("VIRTUAL_ENV", None)
+    doctor = shlex.split(args.doctor) if args.doctor else [sys.executable, "-m", "gptoss_doctor"]
+    doctor_argv = [*doctor, "--venv", str(venv), "--json"]
+    collect_env_argv = [str(venv / "bin" / "python"), "-m", "torch.utils.collect_env"]
+
+    doctor_times = time_runs(doctor_argv, args.runs, env, (0, 1))
+    collect_env_times = time_runs(collect_env_argv, args.runs, env, (0,))
+    ratio = statistics.median(collect_env_times) / statistics.median(doctor_times)
+    print(f"venv: {venv}")
+    print(f"doctor:      {shlex.join(doctor_argv)}")
+    print(f"collect_env: {shlex.join(collect_env_argv)}")
+    print(describe("doctor", doctor_times))
+    print(describe("collect_env", collect_env_times))
+    print(f"ratio        collect_env / doctor = {ratio:.1f}x  (goal >= 10x: {'met' if ratio >= 10 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

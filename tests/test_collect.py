@@ -1,0 +1,482 @@
+"""Collectors against fake roots: real files in tmp_path, real executables on the box's PATH.
+
+The `nvidia-smi`, `nvcc`, `amd-smi` and `systemctl` written here are stand-ins (shell scripts
+printing what the real tools print); this machine has no GPU. Everything else is real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gptoss_doctor.collect import Env, VenvError, collect
+from gptoss_doctor.collect import cuda, gpu, host, service, venv
+from gptoss_doctor.collect.files import offline_files, world_readable_secrets
+
+H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, Enabled, 580.159.04\n"
+PROC_VERSION = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U16)  Thu Sep 4 2025\n"
+    "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
+)
+NVIDIA_SMI_HEADER = "| NVIDIA-SMI 580.159.04    Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
+
+
+class Box:
+    """A fake root: write(path, text) puts a file at a box path, tool(name, script) an executable on PATH."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "usr/bin").mkdir(parents=True)
+        self.environ = {"PATH": "/usr/bin"}
+
+    def write(self, box_path: str, text: str, mode: int = 0o644) -> Path:
+        p = self.root / box_path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(mode)
+        return p
+
+    def tool(self, name: str, body: str, where: str = "/usr/bin") -> None:
+        self.write(f"{where}/{name}", f"#!/bin/sh\n# stand-in for {name} (tests: no GPU here)\n{body}\n", 0o755)
+
+    def env(self, **extra) -> Env:
+        return Env(root=self.root, environ={**self.environ, **extra}, timeout_s=2.0)
+
+
+@pytest.fixture
+def box(tmp_path):
+    return Box(tmp_path / "root")
+
+
+def nvidia_smi_standin(csv: str = H200_CSV, rc: int = 0) -> str:
+    return (
+        'case "$1" in --query-gpu=*) printf \'%s\' "$CSV";; *) printf \'%s\' "$HEADER";; esac\n'
+        f"exit {rc}"
+    ).replace("$CSV", csv.replace("'", "")).replace("$HEADER", NVIDIA_SMI_HEADER)
+
+
+# -- host ---------------------------------------------------------------------------------------
+
+
+def test_host_facts(box):
+    box.write("/etc/os-release", 'ID=ubuntu\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\n')
+    box.write("/etc/hostname", "gpu-01\n")
+    (box.root / "run/systemd/system").mkdir(parents=True)
+    (box.root / "dev/shm").mkdir(parents=True)
+    env = box.env()
+    assert host.os_release(env)["host.os"]["value"] == {"id": "ubuntu", "version_id": "24.04", "pretty_name": "Ubuntu 24.04.1 LTS"}
+    assert host.hostname(env)["host.hostname"]["value"] == "gpu-01"
+    assert host.systemd(env)["host.systemd"]["value"] is True
+    assert host.shm(env)["host.shm_bytes"]["value"] > 0
+
+
+def test_no_systemd_and_no_os_release(box):
+    env = box.env()
+    assert "absent" in host.os_release(env)["host.os"]
+    assert host.systemd(env)["host.systemd"]["value"] is False
+
+
+# -- NVIDIA ---------------------------------------------------------------------------------------
+
+
+def test_nvidia_gpus_driver_and_cuda(box):
+    box.write("/proc/driver/nvidia/version", PROC_VERSION)
+    box.tool("nvidia-smi", nvidia_smi_standin())
+    env = box.env()
+    facts = gpu.nvidia_gpus(env)
+    gpus = facts["nvidia.gpus"]["value"]
+    assert [g["index"] for g in gpus] == [0, 1]
+    assert gpus[0] == {
+        "index": 0, "name": "NVIDIA H200", "uuid": "GPU-1111-2222", "compute_cap": "9.0",
+        "memory_mib": 143771, "persistence_mode": "Enabled",
+    }
+    assert facts["nvidia.driver"] == {"value": {"version": "580.159.04"}, "source": "/proc/driver/nvidia/version"}
+    assert gpu.nvidia_cuda_max(env)["nvidia.cuda_driver_max"]["value"] == "13.0"
+
+
+def test_driver_from_nvidia_smi_when_proc_is_missing(box):
+    box.tool("nvidia-smi", nvidia_smi_standin())
+    facts = gpu.nvidia_gpus(box.env())
+    assert facts["nvidia.driver"]["value"] == {"version": "580.159.04"}
+    assert "nvidia-smi" in facts["nvidia.driver"]["source"]
+
+
+def test_nvidia_smi_failing_is_a_failed_fact_with_its_message(box):
+    box.write("/proc/driver/nvidia/version", PROC_VERSION)
+    box.tool("nvidia-smi", "echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.' >&2; exit 9")
+    facts = gpu.nvidia_gpus(box.env())
+    assert "could not communicate" in facts["nvidia.gpus"]["failed"]
+    assert "exited 9" in facts["nvidia.gpus"]["failed"]
+    # the driver version still came from /proc
+    assert facts["nvidia.driver"]["value"]["version"] == "580.159.04"
+
+
+def test_no_driver_at_all_is_absent(box):
+    facts = gpu.nvidia_gpus(box.env())
+    assert "no NVIDIA driver" in facts["nvidia.gpus"]["absent"]
+    assert "absent" in gpu.nvidia_cuda_max(box.env())["nvidia.cuda_driver_max"]
+
+
+def test_hanging_nvidia_smi_times_out(box):
+    box.tool("nvidia-smi", "sleep 5")
+    env = Env(root=box.root, environ=box.environ, timeout_s=0.3)
+    facts = gpu.nvidia_gpus(env)
+    assert "did not finish in 0.3 s" in facts["nvidia.gpus"]["failed"]
+
+
+def test_nvswitch_and_fabric_manager(box):
+    for i in range(4):
+        box.write(f"/proc/driver/nvidia-nvswitch/devices/0000:0{i}:00.0", "")
+    (box.root / "run/systemd/system").mkdir(parents=True)
+    box.tool("nv-fabricmanager", 'echo "Fabric Manager version is : 570.133.20"')
+    box.tool("systemctl", 'echo inactive; exit 3')
+    env = box.env()
+    assert gpu.nvswitch(env)["nvidia.nvswitch"]["value"] == {"count": 4}
+    assert gpu.fabric_manager(env)["nvidia.fabric_manager"]["value"] == {"installed": True, "active": False, "version": "570.133.20"}
+
+
+def test_no_fabric_manager(box):
+    assert gpu.fabric_manager(box.env())["nvidia.fabric_manager"]["value"]["installed"] is False
+    assert gpu.nvswitch(box.env())["nvidia.nvswitch"]["value"] == {"count": 0}
+
+
+# -- ROCm -----------------------------------------------------------------------------------------
+
+
+def test_rocm_version_and_amd_smi(box):
+    box.write("/opt/rocm/.info/version", "6.4.1-120\n")
+    rows = [{"gpu": 0, "asic": {"market_name": "AMD Instinct MI300X", "target_graphics_version": "gfx942"},
+             "vram": {"size": {"value": 196592, "unit": "MB"}}}]
+    box.tool("amd-smi", f"echo '{json.dumps(rows)}'")
+    env = box.env()
+    assert gpu.rocm_version(env)["rocm.version"]["value"] == "6.4.1"
+    assert gpu.rocm_gpus(env)["rocm.gpus"]["value"] == [
+        {"index": 0, "name": "AMD Instinct MI300X", "gfx": "gfx942", "memory_mib": 196592}
+    ]
+
+
+def test_rocm_smi_fallback(box):
+    data = {"card0": {"Card Series": "AMD Instinct MI325X", "GFX Version": "gfx942", "VRAM Total Memory (B)": str(256 * 2**30)}}
+    box.tool("rocm-smi", f"echo '{json.dumps(data)}'")
+    got = gpu.rocm_gpus(box.env())["rocm.gpus"]["value"]
+    assert got == [{"index": 0, "name": "AMD Instinct MI325X", "gfx": "gfx942", "memory_mib": 256 * 1024}]
+
+
+# -- CUDA_HOME ------------------------------------------------------------------------------------
+
+
+def cuda_toolkit(box: Box, home: str, version: str, version_json: bool = True) -> None:
+    box.tool("nvcc", f'echo "Cuda compilation tools, release {version}, V{version}.88"', where=f"{home}/bin")
+    box.write(f"{home}/include/cuda.h", "/* header */")
+    if version_json:
+        box.write(f"{home}/version.json", json.dumps({"cuda": {"name": "CUDA SDK", "version": f"{version}.1"}}))
+
+
+def test_cuda_home_from_env_var_with_version_json(box):
+    cuda_toolkit(box, "/opt/cuda-12.8", "12.8")
+    got = cuda.cuda_home(box.env(CUDA_HOME="/opt/cuda-12.8"))["cuda_home"]["value"]
+    assert got["rule"] == "CUDA_HOME" and got["path"] == "/opt/cuda-12.8"
+    assert (got["exists"], got["version"], got["version_from"], got["has_cuda_h"]) == (True, "12.8", "version.json", True)
+    assert got["nvcc"] == "/opt/cuda-12.8/bin/nvcc"
+
+
+def test_cuda_path_then_nvcc_on_path_then_default(box):
+    cuda_toolkit(box, "/usr/local/cuda-13.0", "13.0", version_json=False)
+    cuda_toolkit(box, "/usr/local/cuda", "12.9", version_json=False)
+    # CUDA_PATH, when CUDA_HOME is unset
+    got = cuda.cuda_home(box.env(CUDA_PATH="/usr/local/cuda-13.0"))["cuda_home"]["value"]
+    assert (got["rule"], got["version"], got["version_from"]) == ("CUDA_PATH", "13.0", "nvcc")
+    # nvcc on PATH beats /usr/local/cuda
+    env = box.env(PATH="/usr/bin:/usr/local/cuda-13.0/bin")
+    got = cuda.cuda_home(env)["cuda_home"]["value"]
+    assert (got["rule"], got["path"]) == ("nvcc-on-PATH", "/usr/local/cuda-13.0")
+    # neither: the default directory
+    got = cuda.cuda_home(box.env())["cuda_home"]["value"]
+    assert (got["rule"], got["path"], got["version"]) == ("/usr/local/cuda", "/usr/local/cuda", "12.9")
+
+
+def test_cuda_home_pointing_nowhere(box):
+    got = cuda.cuda_home(box.env(CUDA_HOME="/opt/missing"))["cuda_home"]["value"]
+    assert (got["exists"], got["nvcc"], got["version"]) == (False, None, None)
+
+
+def test_wrapper_nvcc_gives_a_home_without_headers(box):
+    # a /usr/local/bin/nvcc wrapper: torch takes /usr/local as CUDA_HOME
+    cuda_toolkit(box, "/usr/local/cuda-13.0", "13.0", version_json=False)
+    box.tool("nvcc", 'exec "$(dirname "$0")/../cuda-13.0/bin/nvcc" "$@"', where="/usr/local/bin")
+    got = cuda.cuda_home(box.env(PATH="/usr/local/bin:/usr/bin"))["cuda_home"]["value"]
+    assert (got["path"], got["has_cuda_h"]) == ("/usr/local", False)
+
+
+def test_no_cuda_at_all(box):
+    assert "absent" in cuda.cuda_home(box.env())["cuda_home"]
+
+
+# -- the venv ---------------------------------------------------------------------------------------
+
+TORCH_VERSION_PY = """# stand-in: the text of a real torch/version.py (2.11.0+cu130), not torch itself
+from typing import Optional
+
+__all__ = ['__version__', 'debug', 'cuda', 'git_version', 'hip', 'xpu']
+__version__ = '2.11.0+cu130'
+debug = False
+cuda: Optional[str] = '13.0'
+git_version = '70d99e998b8955e7a4ab5ff3ba4bc2f4f4d0b2f0'
+hip: Optional[str] = None
+xpu: Optional[str] = None
+"""
+
+ENVS_PY = '''# stand-in: the shape of vllm/envs.py
+import os
+from typing import Any, Callable
+
+if False:
+    VLLM_HOST_IP: str = ""
+
+environment_variables: dict[str, Callable[[], Any]] = {
+    "VLLM_HOST_IP": lambda: os.getenv("VLLM_HOST_IP", ""),
+    "VLLM_ATTENTION_BACKEND": lambda: os.getenv("VLLM_ATTENTION_BACKEND", None),
+    "CUDA_VISIBLE_DEVICES": lambda: os.environ.get("CUDA_VISIBLE_DEVICES", None),
+    "VLLM_USE_TRTLLM_ATTENTION": lambda: os.getenv("VLLM_USE_TRTLLM_ATTENTION", None),
+}
+'''
+
+REGISTRY_PY = '''# stand-in: the shape of vllm/v1/attention/backends/registry.py
+from enum import Enum
+
+class AttentionBackendEnum(Enum):
+    FLASH_ATTN = "vllm.v1.attention.backends.flash_attn.FlashAttentionBackend"
+    TRITON_ATTN = (
+        "vllm.v1.attention.backends.triton_attn.TritonAttentionBackend"
+    )
+    FLASHINFER = "x"
+    CUSTOM = None
+
+    def get_path(self):
+        return self.value
+'''
+
+
+def make_dist(sp: Path, name: str, version: str, owns: list[str], installer: str = "pip") -> None:
+    d = sp / f"{name.replace('-', '_')}-{version}.dist-info"
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nlong description: Name: nope\n")
+    (d / "INSTALLER").write_text(installer + "\n")
+    record = [f"{p},sha256=x,1" for p in owns] + [f"{d.name}/METADATA,,", f"../../../bin/{name},,"]
+    (d / "RECORD").write_text("\n".join(record) + "\n")
+    for p in owns:
+        f = sp / p
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("")
+
+
+def make_venv(root: Path, python: str = "3.12.3") -> Path:
+    sp = root / "lib" / f"python{python.rsplit('.', 1)[0]}" / "site-packages"
+    sp.mkdir(parents=True)
+    (root / "pyvenv.cfg").write_text(f"home = /usr/bin\nimplementation = CPython\nversion_info = {python}\n")
+    (root / "bin").mkdir()
+    return sp
+
+
+def test_venv_distributions_torch_and_vllm(tmp_path, box):
+    v = tmp_path / "venv"
+    sp = make_venv(v)
+    make_dist(sp, "torch", "2.11.0", ["torch/__init__.py", "torch/version.py", "functorch/__init__.py"], installer="uv")
+    (sp / "torch/version.py").write_text(TORCH_VERSION_PY)
+    make_dist(sp, "triton", "3.6.0", ["triton/__init__.py"])
+    make_dist(sp, "pytorch_triton", "3.6.0+git", ["triton/__init__.py", "triton/language/core.py"])
+    make_dist(sp, "typing_extensions", "4.15.0", ["typing_extensions.py", "__pycache__/typing_extensions.cpython-312.pyc"])
+    make_dist(sp, "vllm", "0.26.0", ["vllm/__init__.py", "vllm/envs.py"])
+    (sp / "vllm/envs.py").write_text(ENVS_PY)
+    (sp / "vllm/_version.py").write_text("__version__ = version = '0.26.0'\n__version_tuple__ = version_tuple = (0, 26, 0)\n")
+    box.write("/x", "")
+    reg = sp / "vllm/v1/attention/backends/registry.py"
+    reg.parent.mkdir(parents=True)
+    reg.write_text(REGISTRY_PY)
+    (sp / "~riton").mkdir()
+
+    facts = venv.venv_facts(box.env(), str(v))
+    assert facts["venv"]["value"]["rule"] == "--venv"
+    assert facts["venv"]["value"]["python"] == "3.12.3"
+    dists = {d["name"]: d for d in facts["venv.distributions"]["value"]}
+    assert dists["torch"]["version"] == "2.11.0"  # the dist-info says no +cu130 ...
+    assert facts["torch.build"]["value"]["version"] == "2.11.0+cu130"  # ... version.py does
+    assert facts["torch.build"]["value"]["cuda"] == "13.0"
+    assert dists["torch"]["installer"] == "uv"
+    assert dists["torch"]["top_level"] == ["functorch", "torch"]
+    assert dists["pytorch-triton"]["top_level"] == ["triton"] == dists["triton"]["top_level"]
+    assert dists["typing-extensions"]["top_level"] == ["typing_extensions"]
+    assert facts["venv.leftovers"]["value"] == [{"name": "~riton", "path": str(sp / "~riton"), "kind": "dir"}]
+    assert facts["vllm.install"]["value"]["version"] == "0.26.0"
+    assert facts["vllm.install"]["value"]["version_py"] == "0.26.0"
+    assert facts["vllm.env_vars"]["value"] == ["VLLM_ATTENTION_BACKEND", "VLLM_HOST_IP", "VLLM_USE_TRTLLM_ATTENTION"]
+    assert facts["vllm.attention_backends"]["value"] == ["FLASH_ATTN", "TRITON_ATTN", "FLASHINFER", "CUSTOM"]
+
+
+def test_old_vllm_backend_enum_in_platforms(tmp_path, box):
+    v = tmp_path / "venv"
+    sp = make_venv(v)
+    make_dist(sp, "vllm", "0.10.1+gptoss", ["vllm/__init__.py"])
+    (sp / "vllm/envs.py").write_text(ENVS_PY)
+    p = sp / "vllm/platforms/interface.py"
+    p.parent.mkdir(parents=True)
+    p.write_text("import enum\nclass _Backend(enum.Enum):\n    FLASH_ATTN = enum.auto()\n    TRITON_ATTN_VLLM_V1 = enum.auto()\n")
+    facts = venv.venv_facts(box.env(), str(v))
+    assert facts["vllm.install"]["value"]["version"] == "0.10.1+gptoss"
+    assert facts["vllm.attention_backends"]["value"] == ["FLASH_ATTN", "TRITON_ATTN_VLLM_V1"]
+
+
+def test_no_torch_no_vllm_are_absent(tmp_path, box):
+    v = tmp_path / "venv"
+    make_venv(v)
+    facts = venv.venv_facts(box.env(), str(v))
+    assert "absent" in facts["torch.build"] and "absent" in facts["vllm.install"]
+
+
+def test_venv_rule_order(tmp_path, box):
+    explicit, active, served = (tmp_path / n for n in ("explicit", "active", "served"))
+    make_venv(explicit)
+    for v in (active, served):
+        make_venv(box.root / str(v).lstrip("/"))
+    box.write("/etc/systemd/system/gptoss-vllm.service", f"[Service]\nExecStart={served}/bin/vllm serve m\n")
+    env = box.env(VIRTUAL_ENV=str(active))
+    assert venv.find_venv(env, str(explicit))[:2] == (str(explicit), "--venv")
+    assert venv.find_venv(env, None)[:2] == (str(active), "VIRTUAL_ENV")
+    assert venv.find_venv(box.env(), None)[:2] == (str(served), "service")
+
+
+def test_venv_from_manifest(box):
+    make_venv(box.root / "opt/gptoss/stacks/s1")
+    box.write("/etc/gptoss/manifest.json", json.dumps({"venv": "/opt/gptoss/stacks/s1"}))
+    assert venv.find_venv(box.env(), None)[:2] == ("/opt/gptoss/stacks/s1", "manifest")
+
+
+def test_no_venv_anywhere_is_absent(box):
+    facts = venv.venv_facts(box.env(), None)
+    assert "pass --venv" in facts["venv"]["absent"]
+
+
+def test_explicit_non_venv_is_a_usage_error(tmp_path, box):
+    with pytest.raises(VenvError, match="not a venv"):
+        venv.venv_facts(box.env(), str(tmp_path))
+
+
+# -- the service ------------------------------------------------------------------------------------
+
+UNIT = """[Unit]
+Description=vLLM serving gpt-oss
+
+[Service]
+User=gptoss
+Environment="VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1" HF_HUB_OFFLINE=1
+EnvironmentFile=/etc/gptoss/gptoss.env
+EnvironmentFile=-/etc/gptoss/missing-is-fine.env
+ExecStart=/opt/gptoss/current/bin/vllm serve openai/gpt-oss-120b \\
+    --tensor-parallel-size 2 --host 0.0.0.0 --api-key ${VLLM_API_KEY} $EXTRA_ARGS
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_service_unit_environment_and_serve_flags(box):
+    box.write("/etc/systemd/system/gptoss-vllm.service", UNIT)
+    box.write("/etc/systemd/system/gptoss-vllm.service.d/10-port.conf", "[Service]\nEnvironment=EXTRA=1\n")
+    box.write("/etc/gptoss/gptoss.env", 'VLLM_API_KEY="sk-abcdefghijklmnop"\nexport EXTRA_ARGS="--port 8010 --async-scheduling"\nHF_HUB_OFFLINE=0\n', 0o640)
+    make_venv(box.root / "opt/gptoss/current")
+    facts = service.service_facts(box.env())
+    svc = facts["service"]["value"]
+    assert svc["user"] == "gptoss"
+    assert svc["environment_files"] == ["/etc/gptoss/gptoss.env", "/etc/gptoss/missing-is-fine.env"]
+    assert svc["environment"]["HF_HUB_OFFLINE"] == "0"  # EnvironmentFile= overrides Environment=
+    assert svc["environment"]["EXTRA"] == "1"  # drop-ins are read
+    assert svc["environment_file_errors"] == {}
+    assert svc["venv"] == "/opt/gptoss/current"
+    serve = facts["service.serve"]["value"]
+    assert (serve["model"], serve["tensor_parallel_size"], serve["host"], serve["port"]) == ("openai/gpt-oss-120b", 2, "0.0.0.0", 8010)
+    assert serve["api_key_set"] is True
+    assert serve["flags"]["async-scheduling"] == "True"
+
+
+def test_unreadable_environment_file_is_noted(box):
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nEnvironmentFile=/etc/gptoss/nope.env\nExecStart=/usr/bin/vllm serve m\n")
+    svc = service.service_facts(box.env())["service"]["value"]
+    assert "/etc/gptoss/nope.env" in svc["environment_file_errors"]
+
+
+def test_service_with_bad_port_is_a_failed_serve_fact(box):
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nExecStart=/usr/bin/vllm serve m --port eighty\n")
+    facts = service.service_facts(box.env())
+    assert "--port 'eighty'" in facts["service.serve"]["failed"]
+
+
+def test_shell_env_keeps_relevant_names_only(box):
+    env = box.env(VLLM_USE_V1="1", HOME="/root", NCCL_DEBUG="INFO", HF_TOKEN="hf_abcdefghijklmnop", TIKTOKEN_ENCODINGS_BASE="/t")
+    got = service.shell_env(env)["env.shell"]["value"]
+    assert set(got) == {"VLLM_USE_V1", "NCCL_DEBUG", "HF_TOKEN", "TIKTOKEN_ENCODINGS_BASE"}
+
+
+def test_bad_manifest_is_failed(box):
+    box.write("/etc/gptoss/manifest.json", "{not json")
+    assert "not JSON" in service.manifest_fact(box.env())["manifest"]["failed"]
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def test_world_readable_secrets(box):
+    box.write("/etc/gptoss/api-key", "sk-abcdefghijklmnop\n", 0o644)
+    box.write("/etc/gptoss/gptoss.env", "HF_TOKEN=hf_abcdefghijklmnop\n", 0o644)
+    box.write("/etc/gptoss/manifest.json", '{"stack": "s"}', 0o644)  # readable, but no secret in it
+    box.write("/root/.cache/huggingface/token", "hf_abcdefghijklmnop", 0o600)  # private: fine
+    got = world_readable_secrets(box.env())["files.world_readable_secrets"]["value"]
+    assert [(g["path"], g["mode"]) for g in got] == [("/etc/gptoss/api-key", "0644"), ("/etc/gptoss/gptoss.env", "0644")]
+    assert "HF_TOKEN" in got[1]["what"]
+
+
+def test_secret_behind_a_closed_directory_is_not_readable(box):
+    box.write("/etc/gptoss/api-key", "sk-abcdefghijklmnop\n", 0o644)
+    os.chmod(box.root / "etc/gptoss", 0o750)
+    assert world_readable_secrets(box.env())["files.world_readable_secrets"]["value"] == []
+
+
+def test_offline_files_from_the_service_environment(box):
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nEnvironment=TIKTOKEN_ENCODINGS_BASE=/opt/tiktoken HF_HOME=/srv/hf\nExecStart=/usr/bin/vllm serve m\n")
+    box.write("/opt/tiktoken/o200k_base.tiktoken", "x")
+    (box.root / "srv/hf/hub/models--openai--gpt-oss-20b").mkdir(parents=True)
+    got = offline_files(box.env())["hf.offline_files"]["value"]
+    assert (got["tiktoken_dir"], got["tiktoken_from"], got["files"]) == ("/opt/tiktoken", "service", ["o200k_base.tiktoken"])
+    assert got["hub_models"] == ["openai/gpt-oss-20b"]
+
+
+# -- the whole snapshot -----------------------------------------------------------------------------
+
+
+def test_collect_whole_box_is_redacted_and_complete(box, monkeypatch):
+    box.write("/proc/driver/nvidia/version", PROC_VERSION)
+    box.tool("nvidia-smi", nvidia_smi_standin())
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nExecStart=/usr/bin/vllm serve m --api-key sk-abcdefghijklmnop --hf-token hf_abcdefghijklmnop\n")
+    snap = collect(box.env(HF_TOKEN="hf_abcdefghijklmnop", VLLM_API_KEY="plain-secret"))
+    text = snap.to_json()
+    assert "abcdefghijklmnop" not in text and "plain-secret" not in text
+    assert snap.get("env.shell")["HF_TOKEN"] == "***"
+    assert snap.get("service.serve")["api_key_set"] is True
+    from gptoss_doctor.snapshot import FACT_KEYS
+
+    assert set(snap.facts) == set(FACT_KEYS) - {"deep"}  # every key, one of value/absent/failed
+    for key, fact in snap.facts.items():
+        assert len({"value", "absent", "failed"} & set(fact)) == 1, key
+
+
+def test_a_crashing_collector_becomes_a_failed_fact(box, monkeypatch):
+    def broken(env):
+        raise PermissionError("denied by the test")
+
+    monkeypatch.setattr("gptoss_doctor.collect.COLLECTORS", [(broken, ("host.os", "host.hostname"))])
+    snap = collect(box.env())
+    assert snap.fact("host.os") == {"failed": "PermissionError: denied by the test"}
+    assert "failed" in snap.fact("host.hostname")
