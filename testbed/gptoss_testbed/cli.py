@@ -1,0 +1,81 @@
+"""gptoss-testbed: the local fleet (booted Debian hosts under systemd-nspawn + a loopback package index).
+
+    gptoss-testbed up [--hosts N]     boot N hosts (default 3) and the index; idempotent
+    gptoss-testbed down               stop exactly what `up` started; discard the hosts
+    gptoss-testbed status [--json]    hosts, ssh key, API key, stacks, broken stack
+    gptoss-testbed env [--json]       index URLs per name, stats URL, files the inventory reads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import fleet
+from .errors import TestbedError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gptoss-testbed", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="boot the local fleet (idempotent)")
+    p_up.add_argument("--hosts", type=int, default=fleet.DEFAULT_HOSTS, help="how many hosts (default 3)")
+    p_up.add_argument("--first-address", default=fleet.DEFAULT_FIRST_ADDRESS,
+                      help="loopback address of the first host (default 127.0.0.11)")
+    p_up.add_argument("--index-port", type=int, default=fleet.DEFAULT_INDEX_PORT,
+                      help=f"port of the package index on {fleet.DEFAULT_INDEX_HOST} (default {fleet.DEFAULT_INDEX_PORT})")
+    sub.add_parser("down", help="stop everything `up` started and discard the hosts")
+    for name in ("status", "env"):
+        p = sub.add_parser(name)
+        p.add_argument("--json", action="store_true")
+    return ap
+
+
+def _need_state() -> dict:
+    state = fleet.read_state()
+    if state is None:
+        raise TestbedError("the testbed is not up (no state file); run `gptoss-testbed up`")
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            t0 = time.monotonic()
+            fleet.up(args.hosts, args.first_address, index_port=args.index_port)
+            print(f"done in {time.monotonic() - t0:.1f} s")
+        elif args.command == "down":
+            t0 = time.monotonic()
+            fleet.down()
+            print(f"done in {time.monotonic() - t0:.1f} s")
+        elif args.command == "status":
+            out = fleet.status_json(_need_state())
+            if args.json:
+                print(json.dumps(out, indent=1))
+            else:
+                for h in out["hosts"]:
+                    print(f"{h['name']}  {h['address']}")
+                print(f"ssh key: {out['ssh_key']}")
+                print("stacks: " + ", ".join(f"{s['name']} ({s['vllm']})" for s in out["stacks"]))
+                print(f"broken stack: {out['broken_stack']}")
+        elif args.command == "env":
+            out = fleet.env_json(_need_state())
+            if args.json:
+                print(json.dumps(out, indent=1))
+            else:
+                for k, v in out.items():
+                    print(f"{k}: {v}")
+    except TestbedError as e:
+        print(f"gptoss-testbed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gptoss-testbed: interrupted; run `gptoss-testbed down` to clean up", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""`up`, `down`, `status`: the local fleet as a whole, and its state file.
+
+The state file (STATE_DIR/state.json) is what `status`, `env` and inventories/testbed.py read;
+it is written before any host boots, so `down` can always stop what `up` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import catalog, hosts, image, paths, wheels
+from .errors import TestbedError
+
+DEFAULT_HOSTS = 3
+DEFAULT_FIRST_ADDRESS = "127.0.0.11"
+DEFAULT_INDEX_HOST = "127.0.0.1"
+DEFAULT_INDEX_PORT = 8700
+INDEX_PROCESS_MARK = "gptoss_testbed.index"
+
+
+# --- state ---------------------------------------------------------------------------------
+
+def read_state() -> dict | None:
+    try:
+        return json.loads(paths.STATE_FILE.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise TestbedError(f"{paths.STATE_FILE}: not JSON ({e.msg}); run `gptoss-testbed down` to reset") from None
+
+
+def write_state(state: dict) -> None:
+    paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = paths.STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.chmod(tmp, 0o644)  # no secret inside: the API key is only referenced by path
+    tmp.replace(paths.STATE_FILE)
+
+
+def status_json(state: dict) -> dict:
+    """Exactly the documented `status --json` shape."""
+    return {
+        "hosts": [{"name": h["name"], "address": h["address"]} for h in state["hosts"]],
+        "ssh_key": state["ssh_key"],
+        "api_key": Path(state["api_key_file"]).read_text().strip(),
+        "stacks": [{"name": s["name"], "vllm": s["vllm"]} for s in state["stacks"]],
+        "broken_stack": state["broken_stack"],
+    }
+
+
+def env_json(state: dict) -> dict:
+    """What a deploy or a benchmark needs besides `status`: index URLs, files, stats endpoint."""
+    return {
+        "state_file": str(paths.STATE_FILE),
+        "index_url": state["index"]["url"],
+        "index_mirrors": state["index_mirrors"],
+        "upstream_index_urls": state["upstream_index_urls"],
+        "stats_url": state["index"]["url"] + "_stats",
+        "index_log": state["index"]["log"],
+        "api_key_file": state["api_key_file"],
+        "ssh_key": state["ssh_key"],
+        "extra_stack_files": [state["stack_file"]],
+        "today_stack": state["today_stack"],
+        "broken_stack": state["broken_stack"],
+    }
+
+
+def _hosts_of(state: dict) -> list[hosts.Host]:
+    return [hosts.Host(h["name"], h["address"]) for h in state["hosts"]]
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+def ensure_api_key() -> Path:
+    """The API key the deploy installs on every host (0600, generated once)."""
+    path = paths.API_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def load_knowledge(extra: list[Path] = ()):
+    try:
+        from gptoss_doctor import knowledge
+    except ImportError as e:
+        raise TestbedError(f"cannot import gptoss_doctor.knowledge ({e}); run from the project: `uv run gptoss-testbed up`") from None
+    try:
+        return knowledge.load(extra_stack_files=[str(p) for p in extra])
+    except knowledge.KnowledgeError as e:
+        raise TestbedError(f"knowledge data: {e}") from None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def start_index(root: Path, host: str, port: int) -> int:
+    paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    log = paths.log_file("index")
+    out = paths.log_file("index-stdout")
+    cmd = [sys.executable, "-m", INDEX_PROCESS_MARK, "--root", str(root), "--host", host, "--port", str(port),
+           "--log", str(log)]
+    with out.open("ab") as f:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    paths.pid_file("index").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 15
+    while not port_in_use(host, port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = out.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise TestbedError(f"package index did not start on {host}:{port}: {tail[0]} (log: {out})")
+        time.sleep(0.1)
+    return proc.pid
+
+
+def index_running() -> bool:
+    return hosts.pid_alive(hosts.read_pid(paths.pid_file("index")), INDEX_PROCESS_MARK)
+
+
+# --- up / down -----------------------------------------------------------------------------
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise TestbedError(f"gptoss-testbed {what}: must run as root (uid {os.geteuid()}): systemd-nspawn, debootstrap "
+                           f"and the host roots need it; rerun with sudo")
+
+
+def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
+       index_host: str = DEFAULT_INDEX_HOST, index_port: int = DEFAULT_INDEX_PORT, log=print) -> dict:
+    require_root("up")
+    if count < 1:
+        raise TestbedError(f"--hosts {count}: need at least 1 host")
+    state = read_state()
+    if state is not None:
+        return _already_up(state, count, log)
+
+    started = time.monotonic()
+    image.install_controller_packages(log)
+    wanted = hosts.plan_hosts(count, first_address)
+    busy = [h.address for h in wanted if hosts.address_in_use(h.address)]
+    if busy:
+        raise TestbedError(f"address in use: something already listens on {busy[0]}:22; stop it or pass "
+                           f"--first-address (e.g. 127.0.0.{int(first_address.split('.')[-1]) + 20})")
+    if port_in_use(index_host, index_port):
+        raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
+                           f"or pass --index-port")
+
+    kb = load_knowledge()
+    p = catalog.plan(kb)
+    base, built = image.ensure_image(log)
+    tree = wheels.build_tree(p, log)
+    key = hosts.ensure_ssh_key()
+    api_key_file = ensure_api_key()
+    paths.STACK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    paths.STACK_FILE.write_text(catalog.broken_stack_toml(kb.latest_stack))
+    load_knowledge([paths.STACK_FILE])  # the file we hand out must load
+
+    url = f"http://{index_host}:{index_port}/"
+    state = {
+        "hosts": [{"name": h.name, "address": h.address} for h in wanted],
+        "ssh_key": str(key),
+        "api_key_file": str(api_key_file),
+        "stacks": [s for s in p.stacks if s["name"] != catalog.BROKEN_STACK],
+        "broken_stack": catalog.BROKEN_STACK,
+        "today_stack": kb.latest_stack.name,
+        "stack_file": str(paths.STACK_FILE),
+        "index": {"host": index_host, "port": index_port, "url": url, "root": str(tree),
+                  "log": str(paths.log_file("index"))},
+        "index_mirrors": {name: f"{url}{name}/simple" for name in sorted(p.index_urls)},
+        "upstream_index_urls": dict(sorted(p.index_urls.items())),
+        "image": str(base),
+    }
+    write_state(state)  # before anything starts: `down` finds it all from here
+
+    start_index(tree, index_host, index_port)
+    public_key = Path(str(key) + ".pub").read_text()
+    with ThreadPoolExecutor(max_workers=min(4, count)) as pool:
+        list(pool.map(lambda h: hosts.prepare_root(h, base, public_key), wanted))
+    for h in wanted:
+        hosts.boot(h)
+    states = hosts.wait_ready(wanted)
+    took = time.monotonic() - started
+    state["up_seconds"] = round(took, 1)
+    write_state(state)
+    for h in wanted:
+        log(f"{h.name}  {h.address}  {states[h.name]}")
+    log(f"index {url} ({len(state['index_mirrors'])} indexes); up in {took:.1f} s"
+        + (" (base image built now)" if built else ""))
+    return state
+
+
+def _already_up(state: dict, count: int, log) -> dict:
+    known = _hosts_of(state)
+    if len(known) != count:
+        raise TestbedError(f"the testbed is up with {len(known)} hosts, not --hosts {count}; run `gptoss-testbed down` "
+                           f"first to change it")
+    down_hosts = [h for h in known if not hosts.host_running(h)]
+    if not index_running():
+        start_index(Path(state["index"]["root"]), state["index"]["host"], state["index"]["port"])
+        log("package index restarted")
+    for h in down_hosts:
+        log(f"{h.name} was not running: booting it again")
+        hosts.boot(h)
+    if down_hosts:
+        hosts.wait_ready(down_hosts)
+    for h in known:
+        log(f"{h.name}  {h.address}  running")
+    log(f"already up: {len(known)} hosts, index {state['index']['url']} (nothing to do)")
+    return state
+
+
+def down(log=print) -> list[str]:
+    """Stop every process the testbed started (by its pid files) and discard the hosts."""
+    require_root("down")
+    stopped: list[str] = []
+    state = read_state()
+    known = _hosts_of(state) if state else []
+    # Pid files the state does not name (an `up` cut short) are still ours: they sit in RUN_DIR.
+    for pid_file in sorted(paths.RUN_DIR.glob("nspawn-*.pid")) if paths.RUN_DIR.exists() else []:
+        name = pid_file.name[len("nspawn-"):-len(".pid")]
+        if all(h.name != name for h in known):
+            known.append(hosts.Host(name, ""))
+    with ThreadPoolExecutor(max_workers=max(1, len(known))) as pool:
+        ran = list(pool.map(hosts.stop_host, known))
+    stopped += [h.name for h, r in zip(known, ran) if r]
+    if hosts.stop_process(paths.pid_file("index"), INDEX_PROCESS_MARK, timeout=5):
+        stopped.append("index")
+    for h in known:
+        hosts.discard(h)
+    if paths.HOSTS_DIR.exists():
+        for leftover in paths.HOSTS_DIR.iterdir():  # roots of hosts an interrupted `up` unpacked
+            hosts.discard(hosts.Host(leftover.name, ""))
+    paths.STATE_FILE.unlink(missing_ok=True)
+    paths.STACK_FILE.unlink(missing_ok=True)
+    log(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}; host state discarded")
+    return stopped

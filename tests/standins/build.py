@@ -1,0 +1,215 @@
+"""Builds the stand-in wheels (vLLM, torch, Triton, the pip CUDA toolkit) for the testbed's index.
+
+STAND-INS: vLLM, CUDA torch and Triton need a GPU; these wheels carry their REAL names, versions
+and dependency pins so real resolvers (uv) treat them as the real ones, while the code inside is a
+small standard-library fake (see src/). What is valid in each vLLM version arrives as a VllmSpec,
+made from the knowledge data by the testbed (gptoss_testbed.catalog): nothing here imports it.
+
+Wheels are reproducible: fixed timestamps and sorted entries, so the same spec gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent / "src"
+_ZIP_DATE = (2025, 8, 5, 0, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A wheel
+# ---------------------------------------------------------------------------------------------
+
+def dist_filename_name(name: str) -> str:
+    """The distribution name as wheel file names spell it (PEP 427 / binary distribution format)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def wheel_filename(name: str, version: str, tag: str = "py3-none-any") -> str:
+    return f"{dist_filename_name(name)}-{version}-{tag}.whl"
+
+
+def metadata_text(name: str, version: str, *, summary: str, requires: list[str],
+                  requires_python: str | None) -> str:
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {summary}"]
+    if requires_python:
+        lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {r}" for r in requires]
+    return "\n".join(lines) + "\n\n" + summary + "\n"
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def write_wheel(out_dir: Path, name: str, version: str, files: dict[str, bytes | tuple[bytes, int]], *,
+                summary: str, requires: list[str] = (), requires_python: str | None = None,
+                entry_points: dict[str, str] | None = None, tag: str = "py3-none-any") -> Path:
+    """A real wheel: the files, then METADATA, WHEEL, entry_points.txt and RECORD in .dist-info."""
+    dist_info = f"{dist_filename_name(name)}-{version}.dist-info"
+    entries: dict[str, tuple[bytes, int]] = {
+        path: (content if isinstance(content, tuple) else (content, 0o644)) for path, content in files.items()
+    }
+    entries[f"{dist_info}/METADATA"] = (metadata_text(name, version, summary=summary, requires=list(requires),
+                                                      requires_python=requires_python).encode(), 0o644)
+    entries[f"{dist_info}/WHEEL"] = (
+        f"Wheel-Version: 1.0\nGenerator: gptoss-testbed-standins\nRoot-Is-Purelib: true\nTag: {tag}\n".encode(), 0o644)
+    if entry_points:
+        text = "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(entry_points.items()))
+        entries[f"{dist_info}/entry_points.txt"] = (text.encode(), 0o644)
+    record_path = f"{dist_info}/RECORD"
+    record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, (d, _m) in sorted(entries.items()))
+    record += f"{record_path},,\n"
+    entries[record_path] = (record.encode(), 0o644)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / wheel_filename(name, version, tag)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        # RECORD last, as installers expect; the rest sorted so the bytes are reproducible.
+        for path in sorted(entries, key=lambda p: (p == record_path, p)):
+            data, mode = entries[path]
+            info = zipfile.ZipInfo(path, date_time=_ZIP_DATE)
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    target.write_bytes(buf.getvalue())
+    return target
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.py"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stand-ins
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class VllmSpec:
+    """One stand-in vLLM build: its real name/version/pins and what this version accepts."""
+
+    version: str
+    requires: list[str]
+    requires_python: str
+    flags: dict[str, str]  # "--port": "value" | "bool" | "list"
+    aliases: dict[str, str] = field(default_factory=dict)  # "-tp": "--tensor-parallel-size"
+    deprecated_flags: dict[str, str | None] = field(default_factory=dict)  # flag -> replacement
+    env_vars: list[str] = field(default_factory=list)  # what this version's envs.py lists
+    deprecated_env_vars: dict[str, str | None] = field(default_factory=dict)
+    attention_backends: list[str] = field(default_factory=list)
+    validate_environ: bool = False  # warns "Unknown vLLM environment variable detected"
+    log_style: str = "new"  # "old": 0.10-era log lines; "new": "(APIServer pid=N) ..."
+    registry_style: str = "enum"  # "enum": v1/attention/backends/registry.py; "platforms": _Backend
+    broken: bool = False  # starts, never healthy
+    torch_public: str = ""  # the torch this build was compiled against (public version)
+
+
+def _envs_py(names: list[str]) -> str:
+    rows = "".join(f'    "{n}":\n    lambda: os.getenv("{n}", None),\n' for n in sorted(names))
+    return ('"""STAND-IN for vLLM\'s envs.py: the environment variables this vLLM version knows."""\n\n'
+            "import os\nfrom typing import Any, Callable\n\n"
+            f"environment_variables: dict[str, Callable[[], Any]] = {{\n{rows}}}\n\n\n"
+            "def __getattr__(name: str):\n"
+            "    if name in environment_variables:\n"
+            "        return environment_variables[name]()\n"
+            '    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")\n')
+
+
+def _registry_py(spec: VllmSpec) -> tuple[str, str]:
+    """The attention-backend registry file, where this era's vLLM keeps it (the doctor reads it as text)."""
+    if spec.registry_style == "platforms":
+        members = "".join(f"    {n} = enum.auto()\n" for n in spec.attention_backends)
+        return ("vllm/platforms/interface.py",
+                '"""STAND-IN for vLLM\'s platforms/interface.py: the attention backends this version knows."""\n\n'
+                f"import enum\n\n\nclass _Backend(enum.Enum):\n{members}")
+    members = "".join(f'    {n} = "vllm.standin.{n.lower()}"\n' for n in spec.attention_backends)
+    return ("vllm/v1/attention/backends/registry.py",
+            '"""STAND-IN for vLLM\'s attention backend registry: the backends this version knows."""\n\n'
+            f"from enum import Enum\n\n\nclass AttentionBackendEnum(Enum):\n{members}")
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+]", version))
+
+
+def vllm_files(spec: VllmSpec) -> dict[str, bytes]:
+    files = {f"vllm/{k}": v for k, v in _tree(SRC / "vllm" / "vllm").items()}
+    files["vllm/_version.py"] = (
+        '"""STAND-IN for vLLM\'s _version.py."""\n'
+        f"__version__ = version = {spec.version!r}\n__version_tuple__ = version_tuple = {_version_tuple(spec.version)!r}\n"
+    ).encode()
+    files["vllm/envs.py"] = _envs_py(spec.env_vars).encode()
+    path, text = _registry_py(spec)
+    for parent in Path(path).parents:
+        if str(parent) not in (".", "vllm"):
+            files.setdefault(f"{parent.as_posix()}/__init__.py", b"")
+    files[path] = text.encode()
+    data = {k: v for k, v in spec.__dict__.items() if k not in ("requires", "requires_python")}
+    files["vllm/_standin.json"] = json.dumps(data, indent=1, sort_keys=True).encode()
+    return files
+
+
+def build_vllm(out_dir: Path, spec: VllmSpec) -> Path:
+    return write_wheel(out_dir, "vllm", spec.version, vllm_files(spec), requires=spec.requires,
+                       requires_python=spec.requires_python,
+                       summary="STAND-IN for vLLM (gptoss testbed; the real one needs a GPU)",
+                       entry_points={"vllm": "vllm.entrypoints.cli.main:main"})
+
+
+def build_torch(out_dir: Path, version: str, build: str, cuda: str | None, requires: list[str]) -> Path:
+    """`version` is the distribution version (with or without a local part); `build` what torch/version.py says."""
+    files = _tree(SRC / "torch")
+    files["torch/version.py"] = (
+        '"""STAND-IN for torch/version.py."""\n'
+        f"__version__ = {build!r}\ndebug = False\ncuda = {cuda!r}\ngit_version = 'standin'\nhip = None\nxpu = None\n"
+    ).encode()
+    return write_wheel(out_dir, "torch", version, files, requires=requires, requires_python=">=3.9",
+                       summary="STAND-IN for PyTorch (gptoss testbed)")
+
+
+def build_triton(out_dir: Path, dist: str, version: str) -> Path:
+    files = _tree(SRC / "triton")
+    files["triton/_version.py"] = f'"""STAND-IN."""\n__version__ = {version.split("+")[0]!r}\n'.encode()
+    return write_wheel(out_dir, dist, version, files, requires_python=">=3.9",
+                       summary=f"STAND-IN for {dist} (gptoss testbed)")
+
+
+NVCC_BUILDS = {  # release -> the `Built on` / `Build` lines the real nvcc of that release prints
+    "12.8": ("Fri_Feb_21_20:23:50_PST_2025", "cuda_12.8.r12.8/compiler.35583870_0"),
+    "12.9": ("Tue_May_27_02:21:03_PDT_2025", "cuda_12.9.r12.9/compiler.36037853_0"),
+    "13.0": ("Wed_Aug_20_01:58:59_PM_PDT_2025", "cuda_13.0.r13.0/compiler.36424714_0"),
+}
+
+
+def nvcc_script(full_version: str) -> str:
+    release = ".".join(full_version.split(".")[:2])
+    built, build = NVCC_BUILDS.get(release, ("Mon_Jan_01_00:00:00_PST_2025", f"cuda_{release}.r{release}/compiler.0_0"))
+    return ("#!/bin/sh\n# STAND-IN for nvcc (gptoss testbed): prints what the real `nvcc --version` prints.\n"
+            'case "$1" in\n  --version|-V)\n    cat <<EOF\n'
+            "nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVIDIA Corporation\n"
+            f"Built on {built}\nCuda compilation tools, release {release}, V{full_version}\nBuild {build}\nEOF\n"
+            "    exit 0;;\nesac\necho 'nvcc fatal   : stand-in nvcc compiles nothing (gptoss testbed)' >&2\nexit 1\n")
+
+
+def build_nvcc(out_dir: Path, dist: str, version: str, subdir: str) -> Path:
+    """The pip-provided CUDA toolkit's nvcc under `subdir` (what CUDA_HOME points at)."""
+    subdir = subdir.strip("/")
+    files: dict[str, bytes | tuple[bytes, int]] = {
+        f"{subdir}/bin/nvcc": (nvcc_script(version).encode(), 0o755),
+        f"{subdir}/version.json": json.dumps(
+            {"cuda": {"name": "CUDA SDK", "version": version},
+             "cuda_nvcc": {"name": "CUDA NVCC", "version": version}}, indent=3).encode(),
+        f"{subdir}/include/.standin": b"STAND-IN: no CUDA headers\n",
+    }
+    top = subdir.split("/")[0]
+    files[f"{top}/__init__.py"] = b""
+    return write_wheel(out_dir, dist, version, files, requires_python=">=3",
+                       summary=f"STAND-IN for {dist} (gptoss testbed): nvcc --version only")

@@ -1,0 +1,337 @@
+"""STAND-IN for vLLM's OpenAI-compatible server (the real one needs a GPU). Standard library only.
+
+What it answers is what the project relies on: `vllm serve MODEL [flags]`, `/health`, `/version`,
+`/v1/models` and `/v1/completions` behind the API key, vLLM-shaped log lines, and rejection of
+flags, env vars and attention backends as THIS version of vLLM would. Which names are valid in
+this version was baked into `_standin.json` at build time from the project's knowledge data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+DATA = json.loads((Path(__file__).with_name("_standin.json")).read_text())
+
+# Not a VLLM_* name on purpose: a VLLM_* name would itself be an "unknown vLLM environment variable".
+STARTUP_SECONDS = float(os.environ.get("GPTOSS_STANDIN_STARTUP_S", "1.0"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging in vLLM's shape
+# ---------------------------------------------------------------------------------------------
+
+def log(level: str, where: str, msg: str) -> None:
+    stamp = time.strftime("%m-%d %H:%M:%S")
+    prefix = f"(APIServer pid={os.getpid()}) " if DATA["log_style"] == "new" else ""
+    print(f"{prefix}{level} {stamp} [{where}] {msg}", flush=True)
+
+
+def uvicorn(msg: str) -> None:
+    print(f"INFO:     {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """vLLM accepts --max_model_len as --max-model-len, and -cc.x=y / --compilation-config.x=y."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, val = arg.partition("=")
+            key = key.replace("_", "-")
+            base, dot, _sub = key.partition(".")
+            if dot and base in DATA["flags"]:  # --attention-config.backend=X: the base flag decides
+                arg = f"{base}={_sub}{eq}{val}" if eq else base
+            else:
+                arg = key + eq + val
+        elif arg.startswith("-cc.") and "--compilation-config" in DATA["flags"]:
+            arg = "--compilation-config=" + arg[4:]
+        out.append(arg)
+    return out
+
+
+def config_file_args(path: str) -> list[str]:
+    """The flags of a `--config` YAML file: flat `key: value` lines (what the recipes use)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        print(f"vllm: error: --config {path}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].rstrip()
+        if not line.strip() or ":" not in line:
+            continue
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip().strip("'\"")
+        if val.lower() == "true":
+            args.append(f"--{key}")
+        elif val.lower() != "false":
+            args += [f"--{key}", val]
+    return args
+
+
+def build_parser(prog: str, positional_model: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, add_help=True, allow_abbrev=False)
+    if positional_model:
+        parser.add_argument("model_tag", nargs="?", default=None)
+    for flag, kind in DATA["flags"].items():
+        names = [flag] + [a for a, target in DATA["aliases"].items() if target == flag]
+        dest = flag.lstrip("-").replace("-", "_")
+        if kind == "bool":
+            parser.add_argument(*names, dest=dest, action="store_true", default=None)
+        elif kind == "list":
+            parser.add_argument(*names, dest=dest, nargs="+", default=None)
+        else:
+            parser.add_argument(*names, dest=dest, default=None)
+    return parser
+
+
+def parse_args(argv: list[str], prog: str, positional_model: bool) -> argparse.Namespace:
+    argv = normalize_argv(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 < len(argv):
+            argv = normalize_argv(config_file_args(argv[i + 1])) + argv
+    # The real CLI is invoked as `vllm serve`, but argparse errors read "vllm: error: ...".
+    parser = build_parser("vllm" if positional_model else prog, positional_model)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation, as this version does it
+# ---------------------------------------------------------------------------------------------
+
+def check_env(args: argparse.Namespace) -> None:
+    known = set(DATA["env_vars"])
+    for name in sorted(os.environ):
+        if not name.startswith("VLLM_"):
+            continue
+        if name in DATA["deprecated_env_vars"]:
+            repl = DATA["deprecated_env_vars"][name]
+            log("WARNING", "envs.py:1180", f"{name} is deprecated and will be removed in a future release."
+                + (f" Use {repl} instead." if repl else ""))
+        if name not in known and DATA["validate_environ"]:
+            if getattr(args, "fail_on_environ_validation", None):
+                log("ERROR", "interface.py:612", f"Unknown vLLM environment variable detected: {name}")
+                raise SystemExit(1)
+            log("WARNING", "interface.py:612", f"Unknown vLLM environment variable detected: {name}")
+
+
+def check_flags(argv: list[str]) -> None:
+    for flag, repl in DATA["deprecated_flags"].items():
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            log("WARNING", "arg_utils.py:1890", f"{flag} is deprecated and will be removed in a future release."
+                + (f" Use {repl} instead." if repl else ""))
+
+
+def chosen_backend(args: argparse.Namespace) -> str | None:
+    flag = getattr(args, "attention_backend", None)
+    if flag:
+        return flag
+    config = getattr(args, "attention_config", None)
+    if config and config.startswith("backend="):
+        return config.split("=", 1)[1]
+    if "VLLM_ATTENTION_BACKEND" in DATA["env_vars"]:
+        return os.environ.get("VLLM_ATTENTION_BACKEND") or None
+    return None
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    name = chosen_backend(args)
+    if name is None or name in DATA["attention_backends"]:
+        return
+    print("Traceback (most recent call last):\n"
+          '  File "vllm/attention/selector.py", line 142, in get_attn_backend\n'
+          "    backend = AttentionBackendEnum[backend_name]", file=sys.stderr)
+    print(f"ValueError: Unknown attention backend: '{name}'. Valid options are: "
+          f"{', '.join(DATA['attention_backends'])}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def check_torch() -> None:
+    """vLLM's compiled ops are tied to one torch build; another torch fails at import."""
+    try:
+        import torch  # the stand-in torch: no GPU code
+    except ImportError as e:
+        print(f"ModuleNotFoundError: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    want = DATA["torch_public"]
+    got = str(getattr(torch, "__version__", "")).split("+")[0]
+    if want and got != want:
+        print(f"ImportError: {Path(__file__).parent}/_C.abi3.so: undefined symbol: "
+              "_ZN5torch3jit17parseSchemaOrNameERKSsb", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    model_names: list[str]
+    model_root: str
+    api_key: str | None
+    healthy: bool
+    max_model_len: int
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *a) -> None:  # uvicorn's access-log shape
+        pass
+
+    def _send(self, code: int, body: dict | str) -> None:
+        data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json" if isinstance(body, dict) else "text/plain")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        phrase = {200: "OK", 401: "Unauthorized", 404: "Not Found", 400: "Bad Request", 503: "Service Unavailable"}
+        uvicorn(f'{self.client_address[0]}:{self.client_address[1]} - "{self.command} {self.path} HTTP/1.1" '
+                f"{code} {phrase.get(code, '')}")
+
+    def _authorized(self) -> bool:
+        key = self.server.api_key
+        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/version":
+            return self._send(200, {"version": DATA["version"]})
+        if not self.server.healthy:
+            return self._send(503, {"error": "EngineDeadError: EngineCore encountered an issue."})
+        if path in ("/health", "/ping"):
+            return self._send(200, "")
+        if path == "/load":
+            return self._send(200, {"server_load": 0})
+        if path.startswith("/v1/"):
+            if not self._authorized():
+                return self._send(401, {"error": "Unauthorized"})
+            if path == "/v1/models":
+                created = int(time.time())
+                return self._send(200, {"object": "list", "data": [
+                    {"id": name, "object": "model", "created": created, "owned_by": "vllm",
+                     "root": self.server.model_root, "parent": None, "max_model_len": self.server.max_model_len}
+                    for name in self.server.model_names]})
+        return self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not self.server.healthy:
+            return self._send(503, {"error": "EngineDeadError: EngineCore encountered an issue."})
+        if not path.startswith("/v1/"):
+            return self._send(404, {"detail": "Not Found"})
+        if not self._authorized():
+            return self._send(401, {"error": "Unauthorized"})
+        try:
+            req = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return self._send(400, {"error": {"message": "request body is not JSON", "type": "BadRequestError", "code": 400}})
+        model = req.get("model")
+        if model not in self.server.model_names:
+            return self._send(404, {"error": {"message": f"The model `{model}` does not exist.",
+                                              "type": "NotFoundError", "param": "model", "code": 404}})
+        words = "the quick stand-in model answers every prompt with the same few words".split()
+        n = max(1, min(int(req.get("max_tokens") or 16), len(words)))
+        text = " " + " ".join(words[:n])
+        usage = {"prompt_tokens": len(str(req.get("prompt", req.get("messages", ""))).split()),
+                 "completion_tokens": n}
+        usage["total_tokens"] = usage["prompt_tokens"] + n
+        if path == "/v1/completions":
+            return self._send(200, {"id": f"cmpl-{os.getpid()}-{int(time.time() * 1000)}", "object": "text_completion",
+                                    "created": int(time.time()), "model": model,
+                                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
+                                    "usage": usage})
+        if path == "/v1/chat/completions":
+            return self._send(200, {"id": f"chatcmpl-{os.getpid()}", "object": "chat.completion",
+                                    "created": int(time.time()), "model": model,
+                                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text.strip()},
+                                                 "finish_reason": "length"}],
+                                    "usage": usage})
+        return self._send(404, {"detail": "Not Found"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Serve
+# ---------------------------------------------------------------------------------------------
+
+ROUTES = ["/openapi.json", "/docs", "/health", "/load", "/ping", "/version", "/v1/models",
+          "/v1/completions", "/v1/chat/completions", "/metrics"]
+
+
+def serve(argv: list[str], prog: str, positional_model: bool) -> int:
+    args = parse_args(argv, prog, positional_model)
+    model = getattr(args, "model_tag", None) or args.model or "openai/gpt-oss-20b"
+    names = args.served_model_name or [model]
+    host = args.host or "0.0.0.0"
+    port = int(args.port or 8000)
+    api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
+
+    if DATA["log_style"] == "new":
+        log("INFO", "utils.py:253", f"vLLM server version {DATA['version']}")
+    else:
+        log("INFO", "api_server.py:1805", f"vLLM API server version {DATA['version']}")
+    shown = {k: ("<redacted>" if k == "api_key" else v) for k, v in vars(args).items() if v is not None}
+    log("INFO", "utils.py:326", f"non-default args: {shown}")
+    check_flags(normalize_argv(argv))
+    check_env(args)
+    check_backend(args)
+    check_torch()
+
+    try:
+        server = Server((host, port), Handler)
+    except OSError as e:
+        print(f"OSError: [Errno {e.errno}] {e.strerror}: ('{host}', {port})", file=sys.stderr, flush=True)
+        return 1
+    server.model_names, server.model_root, server.api_key = names, model, api_key
+    server.max_model_len = int(args.max_model_len or 131072)
+    server.healthy = False
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    log("INFO", "model.py:1672", "Resolved architecture: GptOssForCausalLM")
+    log("INFO", "gpu_model_runner.py:2007", f"Starting to load model {model}...")
+    # The socket is bound before the engine is up (as in vLLM): connections succeed, /health does not.
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop.wait(STARTUP_SECONDS)
+    if DATA["broken"]:
+        log("ERROR", "core.py:708", "EngineCore failed to start.")
+        log("ERROR", "core_client.py:564", "Engine core initialization failed. See root cause above. "
+            "Failed core proc(s): {'EngineCore_DP0': 1}")
+    else:
+        server.healthy = True
+        log("INFO", "gpu_model_runner.py:2059", "Model loading took 12.9 GiB and 3.1 seconds")
+        if DATA["log_style"] == "new":
+            log("INFO", "api_server.py:1912", f"Starting vLLM server on http://{host}:{port}")
+        else:
+            log("INFO", "api_server.py:1857", f"Starting vLLM API server 0 on http://{host}:{port}")
+        log("INFO", "launcher.py:29", "Available routes are:")
+        for route in ROUTES:
+            log("INFO", "launcher.py:37", f"Route: {route}, Methods: GET")
+        uvicorn(f"Started server process [{os.getpid()}]")
+        uvicorn("Waiting for application startup.")
+        uvicorn("Application startup complete.")
+    stop.wait()
+    server.shutdown()
+    uvicorn("Shutting down")
+    uvicorn(f"Finished server process [{os.getpid()}]")
+    return 0
