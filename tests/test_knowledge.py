@@ -1,0 +1,441 @@
+"""The knowledge data: the shipped files load, broken copies fail with a clear line, and the
+lookups answer real cases (real nvidia-smi names, real version strings)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from gptoss_doctor import knowledge
+from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from
+
+DATA_FILES = ("stacks.toml", "gpu_families.toml", "recipes.toml", "lifecycle.toml", "drivers.toml", "models.toml")
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return load()
+
+
+def broken_copy(tmp_path: Path, fname: str, old: str, new: str, count: int = 1) -> Path:
+    """A copy of the shipped data with one textual edit in one file."""
+    for f in DATA_FILES:
+        shutil.copy(DATA_DIR / f, tmp_path / f)
+    text = (tmp_path / fname).read_text()
+    assert old in text, f"test setup: {old!r} not in {fname}"
+    (tmp_path / fname).write_text(text.replace(old, new, count))
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_shipped_data_loads_and_is_cached(kb):
+    assert kb is load()
+    assert set(kb.stacks) >= {"vllm-0.10.1-gptoss", "vllm-0.10.1", "vllm-0.13.0", "vllm-0.14.1", "vllm-0.33.0"}
+    assert set(kb.gpu_families) >= {"A100", "H100", "H200", "B200", "GB200", "RTX PRO 6000", "RTX 5090",
+                                    "L40S", "MI300X", "MI325X", "MI355X", "R9700"}
+    assert set(kb.models) == {"gpt-oss-20b", "gpt-oss-120b"}
+
+
+def test_data_files_ship_inside_the_package():
+    for f in DATA_FILES:
+        assert (Path(knowledge.__file__).parent / f).is_file()
+
+
+def test_stacks_are_ordered_oldest_first(kb):
+    versions = [s.vllm_version for s in kb.stacks.values()]
+    releases = [Version(v.base_version) for v in versions]
+    assert releases == sorted(releases)
+    assert list(kb.stacks)[0] == "vllm-0.10.1-gptoss"
+    assert kb.latest_stack.name == "vllm-0.33.0"
+
+
+def test_every_stack_requirement_selects_its_vllm(kb):
+    for s in kb.stacks.values():
+        (req,) = [Requirement(r) for r in s.requirements if Requirement(r).name == "vllm"]
+        assert req.specifier.contains(s.vllm_version, prereleases=True), s.name
+
+
+def test_launch_stack_matches_the_day_one_install(kb):
+    s = kb.stack("vllm-0.10.1-gptoss")
+    assert s.vllm == "0.10.1+gptoss"
+    assert s.prerelease == "allow" and s.index_strategy == "unsafe-best-match"
+    assert s.triton_dist == "pytorch-triton"
+    assert s.torch_local == "+cu128"
+    urls = {i.name: i.url for i in s.indexes}
+    assert urls["pypi"] == "https://pypi.org/simple"
+    assert urls["vllm-gptoss"] == "https://wheels.vllm.ai/gpt-oss/"
+    assert urls["pytorch-nightly-cu128"] == "https://download.pytorch.org/whl/nightly/cu128"
+
+
+def test_todays_stack(kb):
+    s = kb.stack("vllm-0.33.0")
+    assert (s.torch, s.cuda, s.triton, s.torch_local) == ("2.14.0", "13.0", "3.8.0", "+cu130")
+    assert s.torch_backend in ("auto", "cu130")
+    assert s.nvcc_requirement.startswith("nvidia-cuda-nvcc==13.0")
+    assert Version("3.10") not in Requirement(f"x{s.python}").specifier  # 0.33.0 needs >=3.11
+    s26 = kb.stack("vllm-0.26.0")
+    assert (s26.torch, s26.cuda, s26.triton) == ("2.11.0", "13.0", "3.6.0")
+
+
+def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
+    for s in kb.stacks.values():
+        assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
+
+
+def test_unknown_stack_lists_valid_names(kb):
+    with pytest.raises(KnowledgeError, match=r"unknown stack 'vllm-9\.9'.*vllm-0\.33\.0"):
+        kb.stack("vllm-9.9")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_missing_source_is_named(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'source = "vllm 0.33.0 wheel METADATA', 'sauce = "vllm 0.33.0 wheel METADATA')
+    with pytest.raises(KnowledgeError) as e:
+        load_from(d)
+    # the unknown key is reported first; once it is fixed the missing source is
+    assert str(e.value).startswith("stacks.toml: stack 'vllm-0.33.0': sauce: unknown key")
+    text = (d / "stacks.toml").read_text().replace('sauce = "vllm 0.33.0 wheel METADATA', '# "')
+    (d / "stacks.toml").write_text(text)
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.33\.0': source: missing"):
+        load_from(d)
+
+
+def test_missing_source_in_lifecycle(tmp_path):
+    d = broken_copy(tmp_path, "lifecycle.toml",
+                    'source = "[W01011] vllm/envs.py present; [W033] absent; https://github.com/vllm-project/vllm/pull/26315; https://github.com/vllm-project/vllm/pull/32812"\n',
+                    "")
+    with pytest.raises(KnowledgeError, match=r"^lifecycle\.toml: env_var 'VLLM_ATTENTION_BACKEND': source: missing"):
+        load_from(d)
+
+
+def test_unknown_key_is_named(tmp_path):
+    d = broken_copy(tmp_path, "gpu_families.toml", 'name = "H200"', 'name = "H200"\ncolour = "green"')
+    with pytest.raises(KnowledgeError, match=r"^gpu_families\.toml: family 'H200': colour: unknown key"):
+        load_from(d)
+
+
+def test_bad_version_is_named(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'torch = "2.9.1"', 'torch = "2.9.one"')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1': torch: '2\.9\.one' is not a version"):
+        load_from(d)
+
+
+def test_bad_specifier_is_named(tmp_path):
+    d = broken_copy(tmp_path, "recipes.toml", 'vllm = ">=0.23"', 'vllm = "from 0.23 on"')
+    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200 vllm from 0\.23 on\): vllm: .* not a version specifier"):
+        load_from(d)
+
+
+def test_bad_requirement_is_named(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm=>0.13"]')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.13\.0': requirements: 'vllm=>0\.13' is not a requirement"):
+        load_from(d)
+
+
+def test_unknown_family_in_recipe(tmp_path):
+    d = broken_copy(tmp_path, "recipes.toml", 'families = ["MI355X"]', 'families = ["MI999X"]')
+    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ .*: families: unknown family 'MI999X'.*H100"):
+        load_from(d)
+
+
+def test_duplicate_stack(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.28.0"', 'name = "vllm-0.26.0"')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.26\.0': name: duplicate stack"):
+        load_from(d)
+
+
+def test_invalid_toml_is_one_line(tmp_path):
+    d = broken_copy(tmp_path, "drivers.toml", '[[cuda]]', '[[cuda]', count=1)
+    with pytest.raises(KnowledgeError, match=r"^drivers\.toml: not valid TOML"):
+        load_from(d)
+
+
+def test_stack_vllm_must_match_its_requirement(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm==0.12.0"]')
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.13\.0': requirements: vllm==0\.12\.0 does not select vllm 0\.13\.0"):
+        load_from(d)
+
+
+def test_stack_cuda_needs_a_driver_row(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'cuda = "13.0"', 'cuda = "13.9"')
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': cuda: '13\.9' has no row in drivers\.toml"):
+        load_from(d)
+
+
+def test_regex_is_checked(tmp_path):
+    d = broken_copy(tmp_path, "gpu_families.toml", "name_patterns = ['\\bL40S\\b']", "name_patterns = ['L40S(']")
+    with pytest.raises(KnowledgeError, match=r"family 'L40S': name_patterns: 'L40S\(' is not a regular expression"):
+        load_from(d)
+
+
+def test_lifecycle_order_is_checked(tmp_path):
+    d = broken_copy(tmp_path, "lifecycle.toml", 'deprecated = "0.13.0"\nremoved = "0.15.0"', 'deprecated = "0.16.0"\nremoved = "0.15.0"')
+    with pytest.raises(KnowledgeError, match=r"env_var 'VLLM_ATTENTION_BACKEND': removed: 0\.15\.0 is before deprecated 0\.16\.0"):
+        load_from(d)
+
+
+# ------------------------------------------------------------------- site stack files
+
+SITE_STACK = '''
+[[stack]]
+name = "vllm-0.33.0-site"
+era = "our mirror build"
+vllm = "0.33.0"
+torch = "2.14.0"
+torch_local = "+cu130"
+triton_dist = "triton"
+triton = "3.8.0"
+cuda = "13.0"
+python = ">=3.11,<3.15"
+min_driver = "580.95.05"
+indexes = [{ name = "pypi", url = "https://pypi.org/simple" }, { name = "site", url = "https://pypi.example.internal/simple" }]
+index_strategy = "first-index"
+torch_backend = "cu130"
+requirements = ["vllm==0.33.0"]
+nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"
+cuda_home_subdir = "nvidia/cu13"
+source = "site build log 2026-11-20"
+'''
+
+
+def test_extra_stack_file_adds_a_stack(tmp_path):
+    f = tmp_path / "site-stacks.toml"
+    f.write_text(SITE_STACK)
+    kb = load([f])
+    assert "vllm-0.33.0-site" in kb.stacks
+    assert kb.stack("vllm-0.33.0-site").index("site").url == "https://pypi.example.internal/simple"
+    assert "vllm-0.33.0-site" not in load().stacks  # the cached default is untouched
+
+
+def test_extra_stack_file_is_validated_the_same_way(tmp_path):
+    f = tmp_path / "site-stacks.toml"
+    f.write_text(SITE_STACK.replace('min_driver = "580.95.05"', 'min_driver = "575.51.03"'))
+    with pytest.raises(KnowledgeError, match=re.escape(f"{f}: stack 'vllm-0.33.0-site': min_driver: 575.51.03 is below CUDA 13.0's minimum 580.65.06")):
+        load([f])
+    f.write_text(SITE_STACK.replace('name = "vllm-0.33.0-site"', 'name = "vllm-0.33.0"'))
+    with pytest.raises(KnowledgeError, match=r"name: duplicate stack 'vllm-0\.33\.0'"):
+        load([f])
+    f.write_text(SITE_STACK.replace("[[stack]]", "[[stacks]]"))
+    with pytest.raises(KnowledgeError, match=r"stacks: unknown table"):
+        load([f])
+
+
+def test_missing_extra_stack_file(tmp_path):
+    with pytest.raises(KnowledgeError, match=r"nope\.toml: no such file"):
+        load([tmp_path / "nope.toml"])
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.parametrize(
+    "version,expected",
+    [("0.10.1", "valid"), ("0.10.1+gptoss", "valid"), ("0.10.1.1", "valid"), ("0.12.0", "valid"),
+     ("0.13.0", "deprecated"), ("0.14.1", "deprecated"), ("0.15.0", "removed"), ("0.33.0", "removed"),
+     ("0.15.0rc1.dev12+g1234abc", "removed")],
+)
+def test_vllm_attention_backend_lifecycle(kb, version, expected):
+    assert kb.lifecycle_status(kb.env_vars["VLLM_ATTENTION_BACKEND"], version) == expected
+
+
+def test_triton_attn_v1_backend_name(kb):
+    lc = kb.attention_backends["TRITON_ATTN_VLLM_V1"]
+    assert kb.lifecycle_status(lc, "0.10.1+gptoss") == "valid"
+    assert kb.lifecycle_status(lc, "0.33.0") == "removed"
+    assert lc.replacement == "TRITON_ATTN"
+    assert kb.lifecycle_status(kb.attention_backends["TRITON_ATTN"], "0.33.0") == "valid"
+
+
+def test_gptoss_only_names(kb):
+    decode = kb.env_vars["VLLM_USE_TRTLLM_DECODE_ATTENTION"]
+    assert kb.lifecycle_status(decode, "0.10.1+gptoss") == "valid"
+    assert kb.lifecycle_status(decode, "0.10.1") == "removed"
+    assert kb.lifecycle_status(decode, "0.10.0") == "not-yet"
+    renamed = kb.env_vars["VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8"]
+    assert kb.lifecycle_status(renamed, "0.10.1+gptoss") == "not-yet"
+    assert kb.lifecycle_status(renamed, "0.10.1") == "valid"
+    assert kb.lifecycle_status(renamed, "0.23.0") == "removed"
+
+
+def test_fork_only_names_are_never_valid_upstream(kb):
+    lc = kb.env_vars["VLLM_USE_AITER_TRITON_GEMM"]
+    assert kb.lifecycle_status(lc, "0.10.1") == "removed"
+    assert lc.replacement == "VLLM_ROCM_USE_AITER_TRITON_GEMM"
+
+
+def test_flag_lifecycles(kb):
+    assert kb.lifecycle_status(kb.flags["--tool-call-parser openai"], "0.10.1") == "not-yet"
+    assert kb.lifecycle_status(kb.flags["--tool-call-parser openai"], "0.10.2") == "valid"
+    assert kb.lifecycle_status(kb.flags["--compilation-config full_cuda_graph"], "0.33.0") == "removed"
+    assert kb.flags["--async-scheduling"].default_since == "0.14.0"
+    assert kb.lifecycle("--attention-backend") is kb.flags["--attention-backend"]
+
+
+def test_bad_version_in_a_lookup_is_a_knowledge_error(kb):
+    with pytest.raises(KnowledgeError, match=r"'latest' is not a version"):
+        kb.lifecycle_status(kb.env_vars["VLLM_ATTENTION_BACKEND"], "latest")
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def test_launch_recipes(kb):
+    a100 = kb.recipe("A100", "0.10.1+gptoss")
+    assert a100.env == {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN_VLLM_V1"}
+    assert "--async-scheduling" in a100.serve_flags
+    assert kb.recipe("H100", "0.10.1+gptoss").serve_flags == ("--async-scheduling",)
+    b200 = kb.recipe("B200", "0.10.1+gptoss")
+    assert {"VLLM_USE_TRTLLM_ATTENTION", "VLLM_USE_TRTLLM_DECODE_ATTENTION",
+            "VLLM_USE_TRTLLM_CONTEXT_ATTENTION", "VLLM_USE_FLASHINFER_MXFP4_MOE"} <= set(b200.env)
+
+
+def test_recipe_on_0_10_1_drops_the_launch_env(kb):
+    assert kb.recipe("A100", "0.10.1").env == {}
+    assert kb.recipe("A100", "0.10.1.1").env == {}
+
+
+def test_todays_blackwell_recipe_is_the_working_form(kb):
+    r = kb.recipe("B200", "0.33.0")
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" not in r.env
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" in r.notes  # says what upstream still writes
+    assert kb.recipe("B200", "0.20.2").env == {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}
+
+
+def test_dev_builds_find_their_release_recipe(kb):
+    assert kb.recipe("H100", "0.14.0rc2.dev143+gc0a350ca7") is kb.recipe("H100", "0.14.0")
+
+
+def test_recipe_for_unknown_family(kb):
+    with pytest.raises(KnowledgeError, match=r"unknown GPU family 'V100'"):
+        kb.recipe("V100", "0.33.0")
+
+
+def test_no_recipe_before_gpt_oss_support(kb):
+    assert kb.recipe("H100", "0.9.2") is None
+
+
+def test_every_recipe_env_var_and_backend_is_valid_in_its_own_stacks(kb):
+    """Data consistency: what a recipe row prescribes exists in every known stack it covers."""
+    for r in kb.recipes:
+        if r.image:  # written for a vendor fork image, not for any PyPI stack
+            continue
+        for stack in kb.stacks.values():
+            if not r.covers(stack.vllm):
+                continue
+            for name in r.env:
+                lc = kb.env_vars.get(name)
+                assert lc is not None, f"recipe {r.families} {r.vllm}: {name} has no lifecycle row"
+                assert kb.lifecycle_status(lc, stack.vllm) in ("valid", "deprecated"), (r.families, r.vllm, name, stack.name)
+            flags = r.serve_flags
+            for flag, value in zip(flags, flags[1:]):
+                if flag == "--attention-backend":
+                    lc = kb.attention_backends[value]
+                    assert kb.lifecycle_status(lc, stack.vllm) == "valid", (r.families, value, stack.name)
+            for flag in flags:
+                lc = kb.flags.get(flag)
+                if lc is not None:
+                    assert kb.lifecycle_status(lc, stack.vllm) in ("valid", "deprecated"), (r.families, r.vllm, flag, stack.name)
+
+
+def test_every_family_has_a_recipe_today_unless_documented(kb):
+    missing = {f for f in kb.gpu_families if kb.recipe(f, "0.33.0") is None}
+    assert missing == {"R9700"}  # no upstream R9700 recipe after the day-one fork image
+
+
+# -------------------------------------------------------------------------------- GPUs
+
+
+@pytest.mark.parametrize(
+    "name,family",
+    [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100"), ("NVIDIA H200", "H200"),
+     ("NVIDIA B200", "B200"), ("NVIDIA GB200", "GB200"), ("NVIDIA A100-SXM4-80GB", "A100"),
+     ("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA L40S", "L40S"), ("NVIDIA GeForce RTX 5090", "RTX 5090"),
+     ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTX PRO 6000"),
+     ("AMD Instinct MI300X", "MI300X"), ("AMD Instinct MI325X", "MI325X"), ("AMD Instinct MI355X", "MI355X"),
+     ("AMD Radeon AI PRO R9700", "R9700")],
+)
+def test_family_for_real_gpu_names(kb, name, family):
+    assert kb.family_for_gpu(name).name == family
+
+
+def test_family_for_gpu_does_not_confuse_neighbours(kb):
+    assert kb.family_for_gpu("NVIDIA GH200 480GB") is None
+    assert kb.family_for_gpu("Tesla V100-SXM2-16GB", compute_cap="7.0") is None
+    assert kb.family_for_gpu("NVIDIA GB200", compute_cap="10.0").name == "GB200"
+
+
+def test_family_for_gpu_by_gfx_alone(kb):
+    assert kb.family_for_gpu("", gfx="gfx950").name == "MI355X"
+    assert kb.family_for_gpu("AMD Instinct MI300X", gfx="gfx942").name == "MI300X"
+
+
+# ------------------------------------------------------------------------------ drivers
+
+
+def test_min_driver_for_cuda(kb):
+    assert kb.min_driver_for_cuda("13.0") == "580.65.06"
+    assert kb.min_driver_for_cuda("12.8") == "570.26"
+    assert kb.min_driver_for_cuda("13.0.88") == "580.65.06"  # a full toolkit version
+    assert kb.min_driver_for_cuda("9.0") is None
+
+
+def test_max_cuda_for_driver(kb):
+    assert kb.max_cuda_for_driver("580.159.04") == "13.0"  # the lent H200's driver
+    assert kb.max_cuda_for_driver("575.57.08") == "12.9"
+    assert kb.max_cuda_for_driver("570.124.06") == "12.8"
+    assert kb.max_cuda_for_driver("470.82.01") is None
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def test_models_match_the_20b_config(kb):
+    import json
+
+    cfg_path = Path("/work/shared/data/gpt-oss-20b-config.json")
+    if not cfg_path.exists():
+        pytest.skip("shared 20b config not present")
+    cfg = json.loads(cfg_path.read_text())
+    m = kb.models["gpt-oss-20b"]
+    assert m.layers == cfg["num_hidden_layers"]
+    assert m.num_attention_heads == cfg["num_attention_heads"]
+    assert m.num_kv_heads == cfg["num_key_value_heads"]
+    assert m.head_dim == cfg["head_dim"]
+    assert m.hidden_size == cfg["hidden_size"]
+    assert m.vocab_size == cfg["vocab_size"]
+    assert m.num_experts == cfg["num_local_experts"]
+    assert m.sliding_window == cfg["sliding_window"]
+    assert m.sliding_layers == cfg["layer_types"].count("sliding_attention")
+
+
+def test_kv_bytes(kb):
+    m20, m120 = kb.models["gpt-oss-20b"], kb.models["gpt-oss-120b"]
+    assert m20.kv_bytes_per_token() == 2 * 24 * 8 * 64 * 2
+    assert m120.kv_bytes_per_token() == 2 * 36 * 8 * 64 * 2
+    # sliding layers stop growing after the window: a long context costs about half the worst case
+    assert m120.kv_bytes_for_context(100_000) < 0.51 * 100_000 * m120.kv_bytes_per_token()
+    assert m120.kv_bytes_for_context(100) == 100 * m120.kv_bytes_per_token()
+
+
+def test_model_lookup_by_hf_id_and_path(kb):
+    assert kb.model("openai/gpt-oss-120b").name == "gpt-oss-120b"
+    assert kb.model("/models/gpt-oss-20b/").name == "gpt-oss-20b"
+    assert kb.model("meta-llama/Llama-3-8B") is None
+
+
+def test_memory_fit_h100(kb):
+    tp1 = kb.memory_fit("gpt-oss-120b", "H100", 1)
+    assert tp1.gpu_memory_utilization_min == 0.95
+    assert tp1.max_num_batched_tokens_max == 1024
+    tp2 = kb.memory_fit("gpt-oss-120b", "H100", 2)
+    assert tp2.gpu_memory_utilization_below == 0.95
+    assert kb.memory_fit("gpt-oss-20b", "H100", 1) is None
