@@ -13,6 +13,8 @@ Each tool runs --runs times (default 5) after one warm-up run, as a fresh proces
   collect_env:  V/bin/python -m torch.utils.collect_env
 It prints min / median / max wall time of each and the ratio of the medians; the goal is >= 10x.
 The doctor exits 0 or 1 (1: it found an error, e.g. a CPU torch build): both count as a run.
+PYTHONDONTWRITEBYTECODE is dropped for the runs, so the warm-up writes the bytecode an
+installed package has (torch's came with pip install); the measured runs then load it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def main() -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "doctor"), env.get("PYTHONPATH")]))
     env.pop("VIRTUAL_ENV", None)
+    # An installed package has its bytecode compiled (pip and uv do it, or the first run writes it);
+    # a shell with PYTHONDONTWRITEBYTECODE=1 would make every doctor run recompile its sources.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     doctor = shlex.split(args.doctor) if args.doctor else [sys.executable, "-m", "gptoss_doctor"]
     doctor_argv = [*doctor, "--venv", str(venv), "--json"]
     collect_env_argv = [str(venv / "bin" / "python"), "-m", "torch.utils.collect_env"]

@@ -48,18 +48,18 @@ def build_report(
     duration_s: float | None = None,
 ) -> dict:
     ordered = sort_findings(findings)
-    return redact_tree(
-        {
-            "schema": REPORT_SCHEMA,
-            "exit_code": exit_code(ordered),
-            "findings": [f.to_dict() for f in ordered],
-            "facts": facts,
-            "checks": checks,
-            "host": host,
-            "duration_s": duration_s,
-            "doctor_version": __version__,
-        }
-    )
+    return {
+        "schema": REPORT_SCHEMA,
+        "exit_code": exit_code(ordered),
+        # findings quote facts and log lines: redact them; check ids are not secrets
+        # (`api-key-in-argv` names a key, it holds none), so `checks` is left as it is
+        "findings": [redact_tree(f.to_dict()) for f in ordered],
+        "facts": redact_tree(facts),
+        "checks": dict(checks),
+        "host": host,
+        "duration_s": duration_s,
+        "doctor_version": __version__,
+    }
 
 
 def to_json(report: dict) -> str:
