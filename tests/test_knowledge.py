@@ -84,6 +84,23 @@ def test_todays_stack(kb):
     assert (s26.torch, s26.cuda, s26.triton) == ("2.11.0", "13.0", "3.6.0")
 
 
+def test_pip_cuda_toolkit_only_for_cuda_13(kb):
+    """nvidia-cuda-nvcc-cu12 ships ptxas only; the CUDA 13 wheel ships nvcc under nvidia/cu13."""
+    for s in kb.stacks.values():
+        if s.cuda.startswith("12."):
+            assert s.nvcc_requirement is None and s.cuda_home_subdir is None, s.name
+        else:
+            assert Requirement(s.nvcc_requirement).name == "nvidia-cuda-nvcc", s.name
+            assert Requirement(s.nvcc_requirement).specifier.contains(f"{s.cuda}.88"), s.name
+            assert s.cuda_home_subdir == "nvidia/cu13", s.name
+
+
+def test_nvcc_requirement_must_match_the_stack_cuda(tmp_path):
+    d = broken_copy(tmp_path, "stacks.toml", 'nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"', 'nvcc_requirement = "nvidia-cuda-nvcc==13.1.*"')
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': nvcc_requirement: nvidia-cuda-nvcc==13\.1\.\* does not pin CUDA 13\.0"):
+        load_from(d)
+
+
 def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
     for s in kb.stacks.values():
         assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name

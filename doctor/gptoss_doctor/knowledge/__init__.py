@@ -82,10 +82,10 @@ class Stack:
     prerelease: str | None = None
     torch_backend: str | None = None
     requirements: tuple[str, ...]
-    nvcc_requirement: str
-    cuda_home_subdir: str
     era: str
     source: str
+    nvcc_requirement: str | None = None  # pip wheel with this CUDA's nvcc; None: no such wheel
+    cuda_home_subdir: str | None = None  # where that wheel puts the toolkit, under site-packages
     notes: str = ""
 
     @property
@@ -399,8 +399,8 @@ _STACK: _Spec = {
     "prerelease": (_choice("allow", "if-necessary-or-explicit", "if-necessary", "explicit", "disallow"), False),
     "torch_backend": (_choice("auto", "cu126", "cu128", "cu129", "cu130"), False),
     "requirements": (lambda v: tuple(_requirement(x) for x in _str_list(v)), True),
-    "nvcc_requirement": (_requirement, True),
-    "cuda_home_subdir": (_str, True),
+    "nvcc_requirement": (_requirement, False),
+    "cuda_home_subdir": (_str, False),
     "era": (_str, True),
     "notes": (_text, False),
     "source": (_source, True),
@@ -601,10 +601,17 @@ def _check_stack(fname: str, r: dict, drivers: dict[str, DriverFloor]) -> None:
     expect_local = "+cu" + r["cuda"].replace(".", "")
     if r["torch_local"] not in ("", expect_local):
         raise bad("torch_local", f"{r['torch_local']!r} does not match cuda {r['cuda']} (expected {expect_local!r})")
-    index_names = {i.name for i in r["indexes"]}
-    if r.get("index_strategy") is None and len(index_names) > 1:
+    if r.get("index_strategy") is None and len(r["indexes"]) > 1:
         raise bad("index_strategy", "several indexes need an index_strategy (uv's default stops at the first index)")
-    del index_names
+    if ("nvcc_requirement" in r) != ("cuda_home_subdir" in r):
+        raise bad("cuda_home_subdir", "nvcc_requirement and cuda_home_subdir go together (both or neither)")
+    if "nvcc_requirement" in r:
+        spec = Requirement(r["nvcc_requirement"]).specifier
+        major, minor = (int(x) for x in r["cuda"].split("."))
+        if not spec.contains(f"{major}.{minor}.0", prereleases=True) or spec.contains(f"{major}.{minor + 1}.0", prereleases=True):
+            raise bad("nvcc_requirement", f"{r['nvcc_requirement']} does not pin CUDA {r['cuda']} (e.g. nvidia-cuda-nvcc=={r['cuda']}.*)")
+    if r.get("cuda_home_subdir", "").startswith("/"):
+        raise bad("cuda_home_subdir", "must be relative to site-packages, e.g. nvidia/cu13")
 
 
 def _check_recipe(fname: str, r: dict, families: dict[str, GpuFamily]) -> None:
