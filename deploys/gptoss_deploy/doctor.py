@@ -118,11 +118,8 @@ def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
     return f"gptoss-doctor exited {exit_code}: {last}"
 
 
-@operation()
-def doctor_gate(cfg: C.HostConfig):
-    """At execute time: `gptoss-doctor --json`; an error finding fails this host."""
-    if not host.state.is_executing or not cfg.doctor_gate:
-        return
+def run_doctor() -> str | None:
+    """Run `gptoss-doctor --json` on the current host; the gate's verdict (None = pass)."""
     cmd = StringCommand(f"{LINK} --json; echo \"__exit=$?\" >&2")
     _, out = host.run_shell_command(cmd, print_output=False, print_input=False)
     stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
@@ -131,7 +128,15 @@ def doctor_gate(cfg: C.HostConfig):
     for line in err_lines:
         if line.startswith("__exit="):
             code = int(line.split("=", 1)[1] or 2)
-    verdict = gate_verdict(code, stdout, "\n".join(x for x in err_lines if not x.startswith("__exit=")))
+    return gate_verdict(code, stdout, "\n".join(x for x in err_lines if not x.startswith("__exit=")))
+
+
+@operation()
+def doctor_gate(cfg: C.HostConfig):
+    """At execute time: `gptoss-doctor --json`; an error finding fails this host."""
+    if not host.state.is_executing or not cfg.doctor_gate:
+        return
+    verdict = run_doctor()
     if verdict:
         yield StringCommand("echo", shlex.quote("gptoss: " + verdict[:1500]), ">&2", "&&", "false")
 

@@ -168,7 +168,13 @@ def health_gate(cfg: C.HostConfig):
     if ok:
         return
     text = " ".join(line.line for line in out if line.buffer_name == "stderr") or "health check failed"
-    yield StringCommand("echo", shlex.quote(text[-1200:]), ">&2", "&&", "false")
+    # The doctor usually knows why a service never got healthy: add its error findings.
+    from .doctor import run_doctor
+
+    verdict = run_doctor() if cfg.doctor_gate else None
+    if verdict:
+        text = f"{text[-900:]} | {verdict}"
+    yield StringCommand("echo", shlex.quote(text[-1800:]), ">&2", "&&", "false")
 
 
 @deploy("gptoss service")

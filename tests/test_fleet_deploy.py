@@ -1,0 +1,284 @@
+"""The deploy end to end on the local fleet (booted Debian hosts under systemd-nspawn, a loopback
+package index serving stand-in vLLM/torch wheels): bad data refused before any host is touched,
+first deploy, a second deploy with zero changes, every host healthy and authenticated, the
+service user not root, the doctor answering on each host; and the usage guide's failures
+reproduced through real uv resolution against the local index and found by the doctor.
+
+Needs root and `gptoss-testbed` (it runs `gptoss-testbed up`, which is idempotent).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTBED_INVENTORY = REPO / "inventories" / "testbed.py"
+
+pytestmark = [
+    pytest.mark.fleet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root"),
+    pytest.mark.skipif(not TESTBED_INVENTORY.exists(), reason="inventories/testbed.py not there yet"),
+]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def testbed(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    exe = shutil.which("gptoss-testbed") or str(Path(sys.executable).with_name("gptoss-testbed"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def pyinfra(inventory: Path | str, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", "--json", str(inventory), "deploys/gptoss.py", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYINFRA_PROGRESS": "off"},
+    )
+
+
+def results(run: subprocess.CompletedProcess) -> dict:
+    try:
+        return json.loads(run.stdout)["results"]
+    except (ValueError, KeyError, TypeError):
+        pytest.fail(f"pyinfra gave no JSON results (rc {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+
+
+def load_inventory(path: Path) -> dict:
+    """The inventory module's groups, as pyinfra reads them: public lists/tuples."""
+    spec = importlib.util.spec_from_file_location(f"inv_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {k: v for k, v in vars(mod).items() if not k.startswith("_") and isinstance(v, (list, tuple))}
+
+
+def host_datas(groups: dict) -> dict[str, dict]:
+    """{host name: merged data (group, then host)}."""
+    out: dict[str, dict] = {}
+    for value in groups.values():
+        hosts, gdata = (value if len(value) == 2 and isinstance(value[1], dict) and isinstance(value[0], (list, tuple))
+                        else (value, {}))
+        for h in hosts:
+            name, hdata = (h if isinstance(h, tuple) else (h, {}))
+            out.setdefault(name, {}).update({**gdata, **hdata})
+    return out
+
+
+def write_inventory(path: Path, hosts: dict[str, dict]) -> Path:
+    path.write_text("hosts = " + repr([(n, d) for n, d in hosts.items()]) + "\n")
+    return path
+
+
+def ssh(address: str, key: str, command: str) -> tuple[int, str]:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(address, username="root", key_filename=key, timeout=20, look_for_keys=False, allow_agent=False)
+    try:
+        _, out, err = client.exec_command(command, timeout=300)
+        text = out.read().decode() + err.read().decode()
+        return out.channel.recv_exit_status(), text
+    finally:
+        client.close()
+
+
+def http(url: str, key: str | None = None, body: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode())
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def state_fingerprint(fleet: dict) -> dict:
+    """What a deploy would change on each host, read over SSH."""
+    cmd = ("ls -la --time-style=+%s.%N /opt /etc/gptoss /etc/systemd/system /usr/local/bin 2>&1; "
+           "getent passwd gptoss; systemctl show -p ActiveEnterTimestamp gptoss-vllm.service 2>&1")
+    return {h["name"]: ssh(h["address"], fleet["ssh_key"], cmd)[1] for h in fleet["hosts"]}
+
+
+# -- the fleet ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet() -> dict:
+    up = testbed("up")
+    if up.returncode != 0:
+        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
+    st = testbed("status", "--json")
+    assert st.returncode == 0, st.stderr
+    data = json.loads(st.stdout)
+    assert data["hosts"], "the testbed has no hosts"
+    data["inventory"] = host_datas(load_inventory(TESTBED_INVENTORY))
+    return data
+
+
+@pytest.fixture(scope="module")
+def deployed(fleet, tmp_path_factory) -> dict:
+    """Bad data first (on bare or deployed hosts alike), then the first and the second deploy."""
+    out: dict = {}
+    bad_hosts = {n: dict(d) for n, d in fleet["inventory"].items()}
+    victim = sorted(bad_hosts)[-1]
+    bad_hosts[victim]["gptoss_tensor_parallel_size"] = 3
+    inv = write_inventory(tmp_path_factory.mktemp("inv") / "bad.py", bad_hosts)
+    before = state_fingerprint(fleet)
+    out["bad"] = pyinfra(inv)
+    out["bad_victim"] = victim
+    out["bad_unchanged"] = before == state_fingerprint(fleet)
+    out["first"] = pyinfra(TESTBED_INVENTORY)
+    out["second"] = pyinfra(TESTBED_INVENTORY)
+    return out
+
+
+def test_bad_inventory_data_refused_before_any_host_is_touched(deployed):
+    run = deployed["bad"]
+    text = run.stdout + run.stderr
+    assert run.returncode == 1, text[-2000:]
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if "gptoss_tensor_parallel_size=3" in line]
+    assert len(lines) == 1 and f"host {deployed['bad_victim']}:" in lines[0] and "fix: " in lines[0], text[-2000:]
+    assert "Beginning operation run" not in text
+    assert deployed["bad_unchanged"], "a host changed although the run was refused"
+
+
+def test_first_deploy_succeeds_on_every_host(deployed, fleet):
+    run = deployed["first"]
+    res = results(run)
+    assert run.returncode == 0 and res["failed_hosts"] == [] and res["totals"]["error"] == 0, run.stderr[-4000:]
+
+
+def test_second_deploy_changes_nothing(deployed):
+    run = deployed["second"]
+    res = results(run)
+    changed = [(op["name"], op["success"]) for op in res["operations"] if op["success"]]
+    assert run.returncode == 0 and res["totals"]["error"] == 0, run.stderr[-3000:]
+    assert res["totals"]["success"] == 0, f"changed on re-run: {changed}"
+    assert res["totals"]["no_change"] > 0
+
+
+def test_every_host_healthy_and_key_required(deployed, fleet):
+    key = fleet["api_key"]
+    for h in fleet["hosts"]:
+        base = f"http://{h['address']}:8000"
+        assert http(f"{base}/health")[0] == 200, h
+        code, _ = http(f"{base}/v1/models")
+        assert code == 401, f"{h['name']}: /v1/models without the key answered {code}"
+        code, body = http(f"{base}/v1/models", key=key)
+        assert code == 200 and any(m["id"].startswith("openai/gpt-oss") for m in json.loads(body)["data"]), body
+        model = json.loads(body)["data"][0]["id"]
+        code, body = http(f"{base}/v1/completions", key=key, body={"model": model, "prompt": "Hi", "max_tokens": 2})
+        assert code == 200 and json.loads(body)["choices"], body
+
+
+def test_service_runs_as_unprivileged_user_with_secret_files_locked(deployed, fleet):
+    for h in fleet["hosts"]:
+        rc, out = ssh(h["address"], fleet["ssh_key"],
+                      "pid=$(systemctl show -p MainPID --value gptoss-vllm.service); "
+                      "echo user=$(ps -o user= -p $pid); echo uid=$(ps -o uid= -p $pid | tr -d ' '); "
+                      "tr '\\0' ' ' < /proc/$pid/cmdline; echo; "
+                      "stat -c 'mode=%a %U:%G %n' /etc/gptoss /etc/gptoss/api-key /etc/gptoss/gptoss.env; "
+                      "readlink /opt/gptoss/current")
+        assert rc == 0, out
+        assert "user=gptoss" in out and "uid=0" not in out, out
+        assert fleet["api_key"] not in out.split("mode=")[0], "the API key is in the service's argv"
+        assert "mode=640 root:gptoss /etc/gptoss/api-key" in out and "mode=640 root:gptoss /etc/gptoss/gptoss.env" in out
+        assert "mode=750 root:gptoss /etc/gptoss" in out
+        assert "/opt/gptoss/stacks/" in out.splitlines()[-1]
+
+
+def test_doctor_answers_on_every_host(deployed, fleet):
+    for h in fleet["hosts"]:
+        rc, out = ssh(h["address"], fleet["ssh_key"], "command -v gptoss-doctor && gptoss-doctor --json")
+        assert rc == 0, out[-2000:]
+        report = json.loads(out[out.index("{"):])
+        assert report["schema"] == "gptoss-doctor/report@1" and report["exit_code"] == 0
+        assert not [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def test_manifest_describes_the_deploy(deployed, fleet):
+    h = fleet["hosts"][0]
+    rc, out = ssh(h["address"], fleet["ssh_key"], "cat /etc/gptoss/manifest.json")
+    m = json.loads(out)
+    assert m["unit"] == "gptoss-vllm.service" and m["venv"].startswith("/opt/gptoss/stacks/")
+    assert fleet["api_key"] not in out
+    stack = fleet["inventory"][h["name"]]["gptoss_stack"]
+    assert m["stack"] == stack
+
+
+# -- the usage guide's failures, through real uv resolution and the doctor ----------------------
+
+
+def test_guide_failure_torch_without_cuda_suffix_fails_the_doctor_gate(deployed, fleet):
+    """The guide's "check that your pytorch has the +cu128 suffix": a site whose mirror of the
+    PyTorch index is really just PyPI installs PyPI's torch (the cu126 build of 2.7.1) for a
+    stack that needs +cu128. Real uv resolves it against the local index; the doctor gate
+    reports torch-cuda-suffix and fails that host."""
+    from gptoss_doctor import knowledge
+    from packaging.specifiers import SpecifierSet
+
+    kb = knowledge.load()
+    host = fleet["hosts"][-1]["name"]
+    data = dict(fleet["inventory"][host])
+    mirrors = dict(data["gptoss_index_mirrors"])
+    stack = next((s for s in kb.stacks.values() if s.torch_backend and s.torch_local and "3.11.2" in SpecifierSet(s.python)
+                  and kb.recipe(data.get("gptoss_gpu_family", "H100"), s.vllm)), None)
+    assert stack is not None, "no stack with a torch backend fits the fleet's python"
+    mirrors[f"pytorch-{stack.torch_backend}"] = mirrors["pypi"]
+    data.update(gptoss_stack=stack.name, gptoss_index_mirrors=mirrors, gptoss_health_timeout_s=120)
+    inv = write_inventory(Path(os.environ.get("TMPDIR", "/tmp")) / f"gptoss-suffix-{os.getpid()}.py", {host: data})
+    try:
+        run = pyinfra(inv, timeout=900)
+    finally:
+        inv.unlink()
+    text = run.stdout + run.stderr
+    assert run.returncode != 0, "the deploy passed with torch lacking its CUDA suffix"
+    assert "torch-cuda-suffix" in text, text[-3000:]
+    # Put the host back on its own stack for whatever runs next.
+    restore = pyinfra(TESTBED_INVENTORY, "--limit", host)
+    assert restore.returncode == 0, restore.stderr[-3000:]
+
+
+def test_guide_failure_launch_stack_needs_unsafe_best_match(fleet, tmp_path):
+    """The launch-day install (`--extra-index-url` x2, `--pre`) resolves only with
+    `--index-strategy unsafe-best-match`: without it uv takes each package from the first index
+    that has it (the PyTorch index's old copies) and the resolution fails. Real uv, local index."""
+    from gptoss_doctor import knowledge
+
+    kb = knowledge.load()
+    launch = next((s for s in kb.stacks.values() if s.index_strategy == "unsafe-best-match" and s.torch_local), None)
+    if launch is None:
+        pytest.skip("no stack in the knowledge uses unsafe-best-match")
+    mirrors = next(d.get("gptoss_index_mirrors") for d in fleet["inventory"].values())
+    py = launch.python.split(",")[0].lstrip(">=~") or "3.12"
+    uv = str(Path(sys.executable).with_name("uv"))
+    args = [uv, "pip", "compile", "--no-header", "--python-version", py, "--python-platform", "x86_64-manylinux_2_28",
+            "--prerelease", launch.prerelease or "allow", "--no-cache"]
+    for ix in launch.indexes:
+        url = mirrors.get(ix.name, ix.url)
+        args += ["--default-index", url] if ix.name == "pypi" else ["--index", url]
+    req = tmp_path / "req.in"
+    req.write_text("\n".join(launch.requirements) + "\n")
+    with_strategy = subprocess.run(args + ["--index-strategy", "unsafe-best-match", str(req)],
+                                   capture_output=True, text=True, timeout=300)
+    assert with_strategy.returncode == 0, with_strategy.stderr[-2000:]
+    torch_line = next(line for line in with_strategy.stdout.splitlines() if line.startswith("torch=="))
+    assert torch_line.endswith(launch.torch_local), torch_line
+    without = subprocess.run(args + [str(req)], capture_output=True, text=True, timeout=300)
+    torch_without = [line for line in without.stdout.splitlines() if line.startswith("torch==")]
+    assert without.returncode != 0 or not torch_without[0].endswith(launch.torch_local), without.stdout
