@@ -1,0 +1,321 @@
+"""gptoss-doctor's command line, run in-process on real venvs made with uv.
+
+The venvs are real (`uv venv` + `uv pip install` of small packages from the index). What uv
+cannot install here (torch with CUDA, triton, vLLM: GPU-sized) is written into them as
+dist-info + the few text files the doctor reads; each such file says it is a stand-in.
+Bad invocations must give exactly one line on stderr and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptoss_doctor.cli import main
+from gptoss_doctor.collect import Env
+from gptoss_doctor.redact import MASK, is_secret_name, redact_argv, redact_text, redact_tree
+from gptoss_doctor.report import REPORT_SCHEMA
+from gptoss_doctor.snapshot import SCHEMA
+
+STANDIN = "# stand-in written by tests/test_cli.py: the text the doctor reads, not the real package\n"
+
+
+def run(capsys, *argv, env=None, stdin: str | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = main(list(argv), env=env)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_usage_error(rc, out, err, *needles):
+    assert rc == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("gptoss-doctor: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+def uv_venv(path: Path, *packages: str) -> Path:
+    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(path)], check=True)
+    if packages:
+        subprocess.run(["uv", "pip", "install", "-q", "--python", str(path / "bin" / "python"), *packages], check=True)
+    return path
+
+
+def site_packages(venv: Path) -> Path:
+    return next(venv.glob("lib/python3*/site-packages"))
+
+
+def add_standin_dist(venv: Path, name: str, version: str, files: dict[str, str]) -> None:
+    sp = site_packages(venv)
+    d = sp / f"{name.replace('-', '_')}-{version}.dist-info"
+    d.mkdir()
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (d / "INSTALLER").write_text("pip\n")
+    (d / "RECORD").write_text("".join(f"{p},,\n" for p in files) + f"{d.name}/METADATA,,\n")
+    for rel, text in files.items():
+        (sp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sp / rel).write_text(STANDIN + text)
+
+
+@pytest.fixture(scope="session")
+def plain_venv(tmp_path_factory) -> Path:
+    """A real uv venv with two small real packages."""
+    return uv_venv(tmp_path_factory.mktemp("venvs") / "plain", "six", "idna")
+
+
+@pytest.fixture(scope="session")
+def broken_venv(tmp_path_factory) -> Path:
+    """A real uv venv holding the guide's failure: torch CPU build and two distributions owning triton."""
+    v = uv_venv(tmp_path_factory.mktemp("venvs") / "broken", "six")
+    add_standin_dist(v, "torch", "2.8.0", {"torch/__init__.py": "", "torch/version.py": "__version__ = '2.8.0+cpu'\ncuda = None\nhip = None\n"})
+    add_standin_dist(v, "triton", "3.4.0", {"triton/__init__.py": ""})
+    add_standin_dist(v, "pytorch-triton", "3.4.0+gitb3c7d3a", {"triton/__init__.py": "", "triton/_C/libtriton.so": ""})
+    return v
+
+
+@pytest.fixture
+def bare_root(tmp_path) -> Env:
+    """An empty root: no GPU, no service; the doctor looks only at the venv it is given."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return Env(root=root, environ={"PATH": "/usr/bin"})
+
+
+# -- collect ---------------------------------------------------------------------------------------
+
+
+def test_collect_prints_a_snapshot_of_a_real_uv_venv(capsys, plain_venv, bare_root):
+    rc, out, err = run(capsys, "collect", "--venv", str(plain_venv), env=bare_root)
+    assert rc == 0, err
+    snap = json.loads(out)
+    assert snap["schema"] == SCHEMA
+    dists = {d["name"]: d for d in snap["facts"]["venv.distributions"]["value"]}
+    assert {"six", "idna"} <= set(dists)
+    assert dists["six"]["installer"] == "uv"
+    assert dists["six"]["top_level"] == ["six"]
+    assert snap["facts"]["venv"]["value"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert "absent" in snap["facts"]["torch.build"]
+
+
+def test_global_options_before_the_subcommand_still_count(capsys, plain_venv, bare_root):
+    rc, out, _ = run(capsys, "--venv", str(plain_venv), "collect", env=bare_root)
+    assert rc == 0
+    assert json.loads(out)["facts"]["venv"]["value"]["path"] == str(plain_venv)
+
+
+# -- diagnosis -------------------------------------------------------------------------------------
+
+
+def test_json_report_contract_and_exit_code_follow_the_findings(capsys, broken_venv, bare_root):
+    rc, out, err = run(capsys, "--venv", str(broken_venv), "--json", env=bare_root)
+    report = json.loads(out)
+    assert set(report) >= {"schema", "exit_code", "findings", "facts", "checks"}
+    assert report["schema"] == REPORT_SCHEMA
+    assert report["exit_code"] == rc
+    ids = {f["id"] for f in report["findings"]}
+    assert "duplicate-triton" in ids
+    dup = next(f for f in report["findings"] if f["id"] == "duplicate-triton")
+    assert dup["severity"] == "error" and dup["fix"]["commands"]
+    assert rc == 1
+    assert report["checks"]["duplicate-triton"] == "error"
+    assert report["facts"]["torch.build"]["value"]["version"] == "2.8.0+cpu"
+
+
+def test_clean_venv_exits_zero_when_no_error(capsys, plain_venv, bare_root):
+    rc, out, _ = run(capsys, "--venv", str(plain_venv), "--json", env=bare_root)
+    report = json.loads(out)
+    assert [f["id"] for f in report["findings"] if f["severity"] == "error"] == []
+    assert rc == report["exit_code"] == 0
+
+
+def test_only_runs_the_named_checks(capsys, broken_venv, bare_root):
+    rc, out, _ = run(capsys, "--venv", str(broken_venv), "--json", "--only", "duplicate-triton", env=bare_root)
+    report = json.loads(out)
+    assert list(report["checks"]) == ["duplicate-triton"]
+    assert {f["id"] for f in report["findings"]} == {"duplicate-triton"}
+
+
+def test_human_output_is_plain_and_groups_by_severity(capsys, broken_venv, bare_root):
+    rc, out, err = run(capsys, "--venv", str(broken_venv), env=bare_root)
+    assert rc == 1
+    assert "\x1b[" not in out  # not a terminal: no colour codes
+    lines = out.splitlines()
+    assert lines[0].startswith("gptoss-doctor ")
+    assert "Errors (" in out and "duplicate-triton" in out
+    assert out.index("Errors (") < out.index("duplicate-triton")
+    assert "fix: " in out
+    assert "torch 2.8.0+cpu" in out
+
+
+def test_check_from_a_snapshot_file_judges_it_again(capsys, broken_venv, bare_root, tmp_path):
+    rc, out, _ = run(capsys, "collect", "--venv", str(broken_venv), env=bare_root)
+    box = tmp_path / "box.json"
+    box.write_text(out)
+    rc, out, _ = run(capsys, "check", "--from", str(box), "--json")
+    report = json.loads(out)
+    assert "duplicate-triton" in {f["id"] for f in report["findings"]}
+    assert rc == report["exit_code"] == 1
+
+
+def test_check_from_stdin(capsys, plain_venv, bare_root, monkeypatch):
+    _, snap, _ = run(capsys, "collect", "--venv", str(plain_venv), env=bare_root)
+    rc, out, _ = run(capsys, "check", "--from", "-", "--json", stdin=snap, monkeypatch=monkeypatch)
+    assert json.loads(out)["schema"] == REPORT_SCHEMA and rc == 0
+
+
+def test_service_on_all_interfaces_without_a_key(capsys, plain_venv, tmp_path):
+    root = tmp_path / "root"
+    unit = root / "etc/systemd/system/gptoss-vllm.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text(f"[Service]\nExecStart={plain_venv}/bin/vllm serve openai/gpt-oss-20b --host 0.0.0.0\n")
+    rc, out, _ = run(capsys, "--json", "--venv", str(plain_venv), env=Env(root=root, environ={"PATH": "/usr/bin"}))
+    report = json.loads(out)
+    assert report["facts"]["service.serve"]["value"]["host"] == "0.0.0.0"
+    assert "api-without-key" in {f["id"] for f in report["findings"]}
+    # the near miss: loopback only
+    unit.write_text(f"[Service]\nExecStart={plain_venv}/bin/vllm serve openai/gpt-oss-20b --host 127.0.0.1\n")
+    rc, out, _ = run(capsys, "--json", "--venv", str(plain_venv), env=Env(root=root, environ={"PATH": "/usr/bin"}))
+    assert "api-without-key" not in {f["id"] for f in json.loads(out)["findings"]}
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+SINKS_LOG = """INFO 08-06 10:00:01 [api_server.py:1805] vLLM API server version 0.10.1+gptoss
+(VllmWorker TP0 pid=2211) ERROR 08-06 10:00:09 [multiproc_executor.py:559]   File "/opt/venv/lib/python3.12/site-packages/vllm/attention/backends/flashinfer.py", line 1125, in forward
+(VllmWorker TP0 pid=2211) ERROR 08-06 10:00:09 [multiproc_executor.py:559]     assert sinks.dtype == torch.float32, "Sinks must be of type float32"
+(VllmWorker TP0 pid=2211) ERROR 08-06 10:00:09 [multiproc_executor.py:559] AssertionError: Sinks must be of type float32
+"""
+
+
+def test_logs_file_finds_the_signature_with_its_line(capsys, tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text(SINKS_LOG)
+    rc, out, _ = run(capsys, "logs", str(log), "--json")
+    report = json.loads(out)
+    assert report["facts"] == {} and report["schema"] == REPORT_SCHEMA
+    found = next(f for f in report["findings"] if f["id"] == "sinks-float32")
+    assert found["evidence"]["file"] == str(log)
+    assert any(row["line"] == 4 for row in found["lines"])
+    assert rc == report["exit_code"] == 1
+
+
+def test_logs_from_stdin_and_a_clean_log(capsys, monkeypatch):
+    rc, out, _ = run(capsys, "logs", "-", "--json", stdin="INFO:     Application startup complete.\n", monkeypatch=monkeypatch)
+    report = json.loads(out)
+    assert [f for f in report["findings"] if f["severity"] != "info"] == []
+    assert rc == report["exit_code"] == 0
+
+
+def test_logs_human_output_shows_line_numbers(capsys, tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text(SINKS_LOG)
+    rc, out, _ = run(capsys, "logs", str(log))
+    assert "sinks-float32" in out and "     4 | " in out
+
+
+# -- explain / list-checks -------------------------------------------------------------------------
+
+
+def test_list_checks_and_explain(capsys):
+    rc, out, _ = run(capsys, "list-checks", "--json")
+    ids = [c["id"] for c in json.loads(out)["checks"]]
+    for fixed in ("duplicate-triton", "torch-cuda-suffix", "sinks-float32", "bad-cuda-home"):
+        assert fixed in ids
+    rc, out, _ = run(capsys, "explain", "bad-cuda-home")
+    assert rc == 0 and out.startswith("bad-cuda-home") and "CUDA" in out
+    rc, out, _ = run(capsys, "explain", "sinks-float32", "--json")
+    assert json.loads(out)["id"] == "sinks-float32"
+
+
+# -- bad invocations: one line, exit 2 -------------------------------------------------------------
+
+
+def test_missing_snapshot_file(capsys, tmp_path):
+    assert_one_line_usage_error(*run(capsys, "check", "--from", str(tmp_path / "nope.json")), "nope.json", "no such file")
+
+
+def test_snapshot_not_json(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  oops")
+    assert_one_line_usage_error(*run(capsys, "check", "--from", str(bad)), "bad.json", "not JSON", "line 2")
+
+
+def test_snapshot_of_another_schema(capsys, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"schema": "something/else@9", "facts": {}}')
+    assert_one_line_usage_error(*run(capsys, "check", "--from", str(other)), "something/else@9", "gptoss-doctor collect")
+
+
+def test_unknown_check_id_in_only(capsys, tmp_path, plain_venv, bare_root):
+    assert_one_line_usage_error(*run(capsys, "--only", "no-such-check", "--venv", str(plain_venv), env=bare_root), "no-such-check", "list-checks")
+
+
+def test_unknown_id_to_explain(capsys):
+    assert_one_line_usage_error(*run(capsys, "explain", "no-such-check"), "no-such-check", "list-checks")
+
+
+def test_venv_that_is_not_a_venv(capsys, tmp_path):
+    assert_one_line_usage_error(*run(capsys, "collect", "--venv", str(tmp_path)), str(tmp_path), "pyvenv.cfg")
+
+
+def test_missing_log_file(capsys, tmp_path):
+    assert_one_line_usage_error(*run(capsys, "logs", str(tmp_path / "gone.log")), "gone.log")
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["check"], ["logs"], ["--deep-timeout", "soon"], ["explain"]])
+def test_argparse_errors_are_one_line(capsys, argv):
+    assert_one_line_usage_error(*run(capsys, *argv))
+
+
+def test_console_script_runs_as_a_process(broken_venv, tmp_path):
+    """The real entry point, as a user runs it: exit code and stdout through a process boundary."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptoss_doctor", "check", "--from", str(tmp_path / "missing.json")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+# -- redaction -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "VLLM_API_KEY", "api-key", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "HUGGING_FACE_HUB_TOKEN"])
+def test_secret_names(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["TIKTOKEN_ENCODINGS_BASE", "max_tokens", "tokenizer", "VLLM_USE_V1"])
+def test_names_that_are_not_secrets(name):
+    assert not is_secret_name(name)
+
+
+def test_redaction_of_values_text_and_argv():
+    tree = {"HF_TOKEN": "hf_abcdefghijklmnop", "api_key_set": True, "note": "token sk-abcdefghijklmnopq here",
+            "argv": ["vllm", "serve", "m", "--api-key", "plain"], "url": "https://user:pw123@host/x"}
+    got = redact_tree(tree)
+    assert got["HF_TOKEN"] == MASK and got["api_key_set"] is True
+    assert "abcdefghijklmnopq" not in got["note"]
+    assert got["argv"][-1] == MASK
+    assert "pw123" not in got["url"]
+    assert redact_text("export HF_TOKEN=hf_abcdefghijkl") == "export HF_TOKEN=***"
+    assert redact_argv(["--hf-token=hf_abcdefghijkl"]) == ["--hf-token=***"]
+
+
+def test_secrets_never_reach_output(capsys, plain_venv, tmp_path):
+    root = tmp_path / "root"
+    unit = root / "etc/systemd/system/gptoss-vllm.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text(f"[Service]\nEnvironment=HF_TOKEN=hf_servicesecret123\nExecStart={plain_venv}/bin/vllm serve m --api-key keyinargv123\n")
+    env = Env(root=root, environ={"PATH": "/usr/bin", "HF_TOKEN": "hf_shellsecret1234", "VLLM_API_KEY": "shellkey5678"})
+    for argv in (["--json", "--venv", str(plain_venv)], ["--venv", str(plain_venv)], ["collect", "--venv", str(plain_venv)]):
+        _, out, _ = run(capsys, *argv, env=env)
+        for secret in ("servicesecret123", "keyinargv123", "shellsecret1234", "shellkey5678"):
+            assert secret not in out, (argv, secret)
