@@ -136,9 +136,16 @@ def vllm_spec_args(kb, version: str, torch_pin: str, torch_public: str, broken: 
         for tok in _flag_tokens(fit.serve_flags):
             flags.setdefault(tok, "bool" if tok in BOOL_FLAG_NAMES else "value")
     deprecated_flags: dict[str, str | None] = {}
+    bad_values: dict[str, dict[str, str]] = {}  # flag -> {value: "deprecated" | "invalid"}
     for name, lc in kb.flags.items():
-        flag = name if name.startswith("-") else f"--{name}"
+        flag, _, value = (name if name.startswith("-") else f"--{name}").partition(" ")
         status = _status(kb, lc, version)
+        if value:  # a row about one value of a flag ("--tool-call-parser openai")
+            if status != "valid":
+                bad_values.setdefault(flag, {})[value] = "deprecated" if status == "deprecated" else "invalid"
+                if status == "deprecated":
+                    deprecated_flags[f"{flag} {value}"] = lc.replacement
+            continue
         if status in ("valid", "deprecated"):
             flags.setdefault(flag, "bool" if flag in BOOL_FLAG_NAMES else "value")
             if status == "deprecated":
@@ -146,12 +153,14 @@ def vllm_spec_args(kb, version: str, torch_pin: str, torch_public: str, broken: 
         else:
             flags.pop(flag, None)
 
-    env = set(BASE_ENV_VARS)
+    env = set(BASE_ENV_VARS)  # envs.py lists VLLM_* names only; other rows (HSA_*, TRITON_*) are not vLLM's
     for recipe in kb.recipes:
         if recipe.covers(version):
             env |= {k for k in recipe.env if k.startswith("VLLM_")}
     deprecated_env: dict[str, str | None] = {}
     for name, lc in kb.env_vars.items():
+        if not name.startswith("VLLM_"):
+            continue
         status = _status(kb, lc, version)
         if status in ("valid", "deprecated"):
             env.add(name)
@@ -174,6 +183,7 @@ def vllm_spec_args(kb, version: str, torch_pin: str, torch_public: str, broken: 
         "flags": dict(sorted(flags.items())),
         "aliases": {a: t for a, t in BASE_ALIASES.items() if t in flags},
         "deprecated_flags": deprecated_flags,
+        "bad_values": bad_values,
         "env_vars": sorted(env),
         "deprecated_env_vars": deprecated_env,
         "attention_backends": sorted(backends),
@@ -206,6 +216,12 @@ def _nvcc(stack) -> tuple[str, str]:
     return dist, version
 
 
+def _nvcc_lines(stack) -> str:
+    if not stack.nvcc_requirement:
+        return ""
+    return f'nvcc_requirement = "{stack.nvcc_requirement}"\ncuda_home_subdir = "{stack.cuda_home_subdir}"'
+
+
 def broken_stack_toml(today) -> str:
     """The broken stack as a stacks.toml row, loadable by knowledge.load(extra_stack_files=[...])."""
     return f'''# Written by gptoss-testbed: a stack that installs and starts but never becomes healthy.
@@ -230,8 +246,7 @@ index_strategy = "unsafe-best-match"
 prerelease = "allow"
 {f'torch_backend = "{today.torch_backend}"' if today.torch_backend else ""}
 requirements = ["vllm=={BROKEN_VLLM}"]
-nvcc_requirement = "{today.nvcc_requirement}"
-cuda_home_subdir = "{today.cuda_home_subdir}"
+{_nvcc_lines(today)}
 source = "gptoss-testbed stand-in (tests/standins): never a real vLLM release"
 '''
 
@@ -286,8 +301,14 @@ def plan(kb) -> Plan:
                 cuda=s.cuda, requires=torch_requires)
         add(vllm_index, "vllm", version=vllm_version,
             spec=vllm_spec_args(kb, vllm_version, torch_pin, s.torch, broken=broken))
-        dist, nvcc_version = _nvcc(s)
-        add("pypi", "nvcc", dist=dist, version=nvcc_version, subdir=s.cuda_home_subdir)
+        if s.nvcc_requirement:
+            dist, nvcc_version = _nvcc(s)
+            add("pypi", "nvcc", dist=dist, version=nvcc_version, subdir=s.cuda_home_subdir, nvcc=True)
+        elif s.cuda.startswith("12."):
+            # The real CUDA 12 wheel ships ptxas only, no nvcc (knowledge stacks.toml): so does ours,
+            # and a deploy that takes it for a CUDA_HOME fails here as it would for real.
+            add("pypi", "nvcc", dist="nvidia-cuda-nvcc-cu12", version=NVCC_VERSIONS.get(s.cuda, f"{s.cuda}.0"),
+                subdir="nvidia/cuda_nvcc", nvcc=False)
         stacks_out.append({"name": name, "vllm": vllm_version, "index": vllm_index})
 
     mirrors = sorted({w.index for w in standins if w.index.startswith("pytorch")})

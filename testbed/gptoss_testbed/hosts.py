@@ -137,14 +137,64 @@ def host_running(host: Host) -> bool:
     return pid_alive(read_pid(host.pid_file), str(host.root))
 
 
+CGROUP_GROUP = "gptoss-testbed"
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """This host's own cgroup in each systemd-managed hierarchy we are in (v1 name=systemd, v2 unified).
+
+    With --keep-unit nspawn builds its supervisor/payload cgroups under the caller's cgroup; hosts
+    started from one shell would share them and their systemds would fight over one tree
+    (units failing with 219/CGROUP). A cgroup per host keeps them apart.
+    """
+    out: list[Path] = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        num, controllers, path = line.split(":", 2)
+        if controllers == "name=systemd":
+            mount = Path("/sys/fs/cgroup/systemd")
+        elif num == "0" and controllers == "":
+            unified = Path("/sys/fs/cgroup/unified")
+            mount = unified if unified.is_dir() else Path("/sys/fs/cgroup")
+        else:
+            continue
+        if (mount / "cgroup.procs").exists():
+            # Our own cgroup may be nspawn's supervisor of an earlier run: start from its parent.
+            base = path.rstrip("/").split(f"/{CGROUP_GROUP}/")[0]
+            out.append(mount / base.lstrip("/") / CGROUP_GROUP / name)
+    return out
+
+
+def _enter_cgroups(dirs: list[Path]):
+    def enter() -> None:  # runs in the child, before exec
+        for d in dirs:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+    return enter
+
+
+def remove_cgroups(name: str) -> None:
+    for d in cgroup_dirs(name):
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) if d.is_dir() else []:
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def boot(host: Host) -> int:
-    """Start the host's systemd-nspawn in its own session; its pid goes to the pid file."""
+    """Start the host's systemd-nspawn in its own session and cgroup; its pid goes to the pid file."""
     paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    dirs = cgroup_dirs(host.name)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
     cmd = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", f"--machine={host.name}",
            "--link-journal=no", "--resolv-conf=off", "--console=read-only", "-D", str(host.root), "--boot"]
     with host.log_file.open("ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_enter_cgroups(dirs))
     host.pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -216,6 +266,7 @@ def stop_host(host: Host) -> bool:
 
 
 def discard(host: Host) -> None:
+    remove_cgroups(host.name)
     if host.root.exists():
         shutil.rmtree(host.root)
     host.log_file.unlink(missing_ok=True)

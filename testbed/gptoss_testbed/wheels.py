@@ -105,7 +105,7 @@ def build_tree(p: Plan, log=print) -> Path:
         elif w.kind == "triton":
             builder.build_triton(out, a["dist"], a["version"])
         elif w.kind == "nvcc":
-            builder.build_nvcc(out, a["dist"], a["version"], a["subdir"])
+            builder.build_nvcc(out, a["dist"], a["version"], a["subdir"], with_nvcc=a["nvcc"])
         else:  # pragma: no cover - the catalog only makes the kinds above
             raise TestbedError(f"unknown stand-in kind {w.kind!r}")
     for index, requirements in p.downloads.items():

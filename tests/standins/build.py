@@ -101,7 +101,8 @@ class VllmSpec:
     requires_python: str
     flags: dict[str, str]  # "--port": "value" | "bool" | "list"
     aliases: dict[str, str] = field(default_factory=dict)  # "-tp": "--tensor-parallel-size"
-    deprecated_flags: dict[str, str | None] = field(default_factory=dict)  # flag -> replacement
+    deprecated_flags: dict[str, str | None] = field(default_factory=dict)  # flag (or "flag value") -> replacement
+    bad_values: dict[str, dict[str, str]] = field(default_factory=dict)  # flag -> {value: "deprecated"|"invalid"}
     env_vars: list[str] = field(default_factory=list)  # what this version's envs.py lists
     deprecated_env_vars: dict[str, str | None] = field(default_factory=dict)
     attention_backends: list[str] = field(default_factory=list)
@@ -199,17 +200,19 @@ def nvcc_script(full_version: str) -> str:
             "    exit 0;;\nesac\necho 'nvcc fatal   : stand-in nvcc compiles nothing (gptoss testbed)' >&2\nexit 1\n")
 
 
-def build_nvcc(out_dir: Path, dist: str, version: str, subdir: str) -> Path:
-    """The pip-provided CUDA toolkit's nvcc under `subdir` (what CUDA_HOME points at)."""
+def build_nvcc(out_dir: Path, dist: str, version: str, subdir: str, with_nvcc: bool = True) -> Path:
+    """The pip-provided CUDA toolkit under `subdir` (what CUDA_HOME points at).
+
+    with_nvcc=False copies the real CUDA 12 wheel (nvidia-cuda-nvcc-cu12), which ships ptxas only."""
     subdir = subdir.strip("/")
-    files: dict[str, bytes | tuple[bytes, int]] = {
-        f"{subdir}/bin/nvcc": (nvcc_script(version).encode(), 0o755),
-        f"{subdir}/version.json": json.dumps(
+    ptxas = "#!/bin/sh\n# STAND-IN for ptxas (gptoss testbed).\necho 'ptxas: NVIDIA (R) Ptx optimizing assembler'\n"
+    files: dict[str, bytes | tuple[bytes, int]] = {f"{subdir}/bin/ptxas": (ptxas.encode(), 0o755)}
+    if with_nvcc:
+        files[f"{subdir}/bin/nvcc"] = (nvcc_script(version).encode(), 0o755)
+        files[f"{subdir}/version.json"] = json.dumps(
             {"cuda": {"name": "CUDA SDK", "version": version},
-             "cuda_nvcc": {"name": "CUDA NVCC", "version": version}}, indent=3).encode(),
-        f"{subdir}/include/.standin": b"STAND-IN: no CUDA headers\n",
-    }
+             "cuda_nvcc": {"name": "CUDA NVCC", "version": version}}, indent=3).encode()
     top = subdir.split("/")[0]
     files[f"{top}/__init__.py"] = b""
     return write_wheel(out_dir, dist, version, files, requires_python=">=3",
-                       summary=f"STAND-IN for {dist} (gptoss testbed): nvcc --version only")
+                       summary=f"STAND-IN for {dist} (gptoss testbed): {'nvcc --version' if with_nvcc else 'ptxas'} only")

@@ -129,11 +129,34 @@ def check_env(args: argparse.Namespace) -> None:
             log("WARNING", "interface.py:612", f"Unknown vLLM environment variable detected: {name}")
 
 
-def check_flags(argv: list[str]) -> None:
+def check_flags(argv: list[str], args: argparse.Namespace) -> None:
     for flag, repl in DATA["deprecated_flags"].items():
+        if " " in flag:
+            continue  # a deprecated value: below
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             log("WARNING", "arg_utils.py:1890", f"{flag} is deprecated and will be removed in a future release."
                 + (f" Use {repl} instead." if repl else ""))
+    for flag, values in DATA["bad_values"].items():
+        given = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if given is None:
+            continue
+        given_text = " ".join(given) if isinstance(given, list) else str(given)
+        for value, how in values.items():
+            if value not in given_text:
+                continue
+            if how == "deprecated":
+                repl = DATA["deprecated_flags"].get(f"{flag} {value}")
+                log("WARNING", "compilation.py:520", f"{value} is deprecated and will be removed in a future release."
+                    + (f" Use {repl} instead." if repl else ""))
+            elif flag == "--compilation-config":  # vLLM's config dataclasses forbid unknown keys
+                print(f"pydantic_core._pydantic_core.ValidationError: 1 validation error for CompilationConfig\n"
+                      f"{value}\n  Extra inputs are not permitted [type=extra_forbidden, input_value=True, "
+                      f"input_type=bool]", file=sys.stderr, flush=True)
+                raise SystemExit(1)
+            else:
+                print(f"usage: vllm serve [model_tag] [options]\nvllm: error: argument {flag}: invalid choice: "
+                      f"'{value}'", file=sys.stderr, flush=True)
+                raise SystemExit(2)
 
 
 def chosen_backend(args: argparse.Namespace) -> str | None:
@@ -291,7 +314,7 @@ def serve(argv: list[str], prog: str, positional_model: bool) -> int:
         log("INFO", "api_server.py:1805", f"vLLM API server version {DATA['version']}")
     shown = {k: ("<redacted>" if k == "api_key" else v) for k, v in vars(args).items() if v is not None}
     log("INFO", "utils.py:326", f"non-default args: {shown}")
-    check_flags(normalize_argv(argv))
+    check_flags(normalize_argv(argv), args)
     check_env(args)
     check_backend(args)
     check_torch()
