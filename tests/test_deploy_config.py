@@ -7,6 +7,7 @@ knowledge is the real one shipped with the doctor.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,9 +84,10 @@ def test_good_config_uses_knowledge_and_keeps_key_out_of_argv(kb, good):
     assert argv[argv.index("--port") + 1] == "8000" and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "sk-test-0123456789" not in " ".join(argv) and "--api-key" not in argv
     assert "sk-test-0123456789" not in repr(cfg.env)
-    # CUDA_HOME is the pip toolkit inside the stack venv, for the host's python minor.
-    assert cfg.cuda_home == f"{cfg.venv}/lib/python3.11/site-packages/{stack.cuda_home_subdir}"
-    assert cfg.env["CUDA_HOME"] == cfg.cuda_home
+    # CUDA_HOME: the stack's pip toolkit inside its venv (for the host's python minor) if it has one.
+    if stack.nvcc_requirement:
+        assert cfg.cuda_home == f"{cfg.venv}/lib/python3.11/site-packages/{stack.cuda_home_subdir}"
+        assert cfg.env["CUDA_HOME"] == cfg.cuda_home
     recipe = kb.recipe("H100", stack.vllm)
     for k, v in recipe.env.items():
         assert cfg.env[k] == v
@@ -146,6 +148,7 @@ def test_gfx_target_version_names_the_amd_target():
         ({"gptoss_predownload": "maybe"}, "gptoss_predownload", "'maybe'"),
         ({"gptoss_uv_source": "ftp://x/uv.tgz"}, "gptoss_uv_source", "ftp://x/uv.tgz"),
         ({"gptoss_cuda_home": "system"}, "gptoss_cuda_home", "'system'"),
+        ({"gptoss_cuda_home": "rel/cuda"}, "gptoss_cuda_home", "'rel/cuda'"),
         ({"gptoss_tensor_paralel_size": 2}, "gptoss_tensor_paralel_size", "2"),
     ],
 )
@@ -224,3 +227,105 @@ def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
     assert "host @local: gptoss_tensor_parallel_size=3" in errors[0] and "fix: " in errors[0]
     assert "Beginning operation run" not in out
     assert not Path(C.ROOT).exists() and not Path(C.ETC).exists()
+
+
+# -- what the config renders (pure) ------------------------------------------------------------
+
+
+def test_unit_env_and_manifest_never_hold_the_key(kb, good):
+    from gptoss_deploy import manifest, service
+
+    cfg = C.validate("gpu-01", good, DEBIAN, kb)
+    unit = service.unit_text(cfg)
+    assert "User=gptoss" in unit and "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
+    assert "Restart=on-failure" in unit and f"EnvironmentFile={C.KEY_FILE}" in unit
+    assert "sk-test-0123456789" not in unit + service.env_file_text(cfg) + manifest.manifest_text(cfg)
+    assert service.key_file_text(cfg) == "VLLM_API_KEY=sk-test-0123456789\n"
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split("=", 1)[1].split() == cfg.serve_argv()
+    m = json.loads(manifest.manifest_text(cfg))
+    assert m["stack"] == cfg.stack and m["versions"]["vllm"] == cfg.vllm and m["unit"] == C.UNIT
+    assert manifest.manifest_text(cfg) == manifest.manifest_text(C.validate("gpu-01", good, DEBIAN, kb))
+
+
+def test_manifest_redacts_mirror_credentials(kb, good):
+    from gptoss_deploy import manifest
+
+    cfg = C.validate("gpu-01", {**good, "gptoss_index_mirrors": {"pypi": "https://bob:s3cret@mirror.local/simple"}}, DEBIAN, kb)
+    text = manifest.manifest_text(cfg)
+    assert "s3cret" not in text and "https://***@mirror.local/simple" in text
+
+
+def test_uv_options_follow_the_stack(kb, key_file):
+    from gptoss_deploy import python_env
+
+    launch = next(s for s in kb.stacks.values() if s.index_strategy and s.prerelease)
+    facts = {**DEBIAN, "python_version": "3.12.3"}
+    data = {"gptoss_stack": launch.name, "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file}
+    cfg = C.validate("gpu-01", data, facts, kb)
+    args = python_env.uv_install_args(cfg)
+    assert args[args.index("--index-strategy") + 1] == launch.index_strategy
+    assert args[args.index("--prerelease") + 1] == launch.prerelease
+    assert args[args.index("--default-index") + 1] == launch.index("pypi").url
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--index"] == [i.url for i in launch.indexes if i.name != "pypi"]
+    # A mirror moves the source, not the result: the venv is not rebuilt for it.
+    mirrored = C.validate("gpu-01", {**data, "gptoss_index_mirrors": {"pypi": "http://m.local/simple"}}, facts, kb)
+    assert python_env.spec_hash(mirrored) == python_env.spec_hash(cfg)
+    assert "http://m.local/simple" in python_env.uv_install_args(mirrored)
+
+
+def test_torch_backend_goes_through_a_mirrored_pytorch_index(kb, good):
+    from gptoss_deploy import python_env
+
+    stack = next(s for s in reversed(list(kb.stacks.values())) if s.torch_backend and s.torch_backend != "auto")
+    mirror = f"http://m.local/pytorch-{stack.torch_backend}/simple"
+    facts = {**DEBIAN, "python_version": "3.12.3"}
+    data = {**good, "gptoss_stack": stack.name, "gptoss_index_mirrors": {f"pytorch-{stack.torch_backend}": mirror}}
+    cfg = C.validate("gpu-01", data, facts, kb)
+    args = python_env.uv_install_args(cfg)
+    assert "--torch-backend" not in args and mirror in args
+    assert args[args.index("--index-strategy") + 1] == "unsafe-best-match"
+    plain = python_env.uv_install_args(C.validate("gpu-01", {**good, "gptoss_stack": stack.name}, facts, kb))
+    assert plain[plain.index("--torch-backend") + 1] == stack.torch_backend
+
+
+def test_doctor_gate_verdict():
+    from gptoss_doctor import __name__ as _  # noqa: F401  (the doctor is importable here)
+    from gptoss_deploy.doctor import gate_verdict
+
+    assert gate_verdict(0, "{}", "") is None
+    report = {"findings": [{"id": "torch-cuda-suffix", "severity": "error", "title": "torch is 2.7.1+cu126",
+                            "fix": {"text": "reinstall torch"}},
+                           {"id": "x", "severity": "warning", "title": "w"}]}
+    v = gate_verdict(1, json.dumps(report), "")
+    assert "torch-cuda-suffix" in v and "reinstall torch" in v and "x (w)" not in v
+    assert gate_verdict(2, "", "gptoss-doctor: bad flag --x") == "gptoss-doctor exited 2: gptoss-doctor: bad flag --x"
+
+
+def test_parse_host_facts_from_real_shapes():
+    f = F.parse_host_facts([
+        "os_id=ubuntu", "os_like=debian", "arch=x86_64", "python_version=3.12.3",
+        "nvgpu=0, NVIDIA H200, 9.0, 143771, 580.159.04",
+        "nvproc=NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Release Build",
+        "nvswitch_count=0", "system_cuda=13.0",
+    ])
+    assert f["gpus"] == [{"vendor": "nvidia", "index": 0, "name": "NVIDIA H200", "compute_cap": "9.0", "memory_mib": 143771}]
+    assert f["driver_version"] == "580.159.04" and f["system_cuda_version"] == "13.0"
+    amd = F.parse_host_facts(["amdgpu=90402", "amdgpu=90402", "amdgpu=0"])
+    assert [g["gfx"] for g in amd["gpus"]] == ["gfx942", "gfx942"]
+
+
+def test_cuda_home_auto_prefers_pip_then_a_new_enough_system_toolkit(kb, good):
+    with_pip = next((s for s in kb.stacks.values() if s.nvcc_requirement), None)
+    without = next((s for s in kb.stacks.values() if not s.nvcc_requirement and kb.recipe("H100", s.vllm)
+                    and "3.11.2" in __import__("packaging.specifiers").specifiers.SpecifierSet(s.python)), None)
+    if with_pip and "3.11.2" in __import__("packaging.specifiers").specifiers.SpecifierSet(with_pip.python):
+        cfg = C.validate("gpu-01", {**good, "gptoss_stack": with_pip.name}, DEBIAN, kb)
+        assert cfg.cuda_home_source == "pip" and cfg.cuda_home.endswith(with_pip.cuda_home_subdir)
+    if without is not None:
+        cfg = C.validate("gpu-01", {**good, "gptoss_stack": without.name}, {**DEBIAN, "system_cuda_version": without.cuda}, kb)
+        assert (cfg.cuda_home, cfg.cuda_home_source) == ("/usr/local/cuda", "system")
+        cfg = C.validate("gpu-01", {**good, "gptoss_stack": without.name}, {**DEBIAN, "system_cuda_version": "11.8"}, kb)
+        assert cfg.cuda_home is None and "CUDA_HOME" not in cfg.env
+        msg = one_line_error(kb, {**good, "gptoss_stack": without.name, "gptoss_cuda_home": "pip"})
+        assert "no pip CUDA toolkit" in msg and f"cuda-nvcc-{without.cuda.replace('.', '-')}" in msg

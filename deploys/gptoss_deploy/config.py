@@ -455,32 +455,41 @@ def check_python(host: str, facts: Mapping[str, Any], spec: str, stack: str) -> 
 
 
 def choose_cuda_home(host: str, value: Any, vendor: str, stack: Any, venv: str, facts: Mapping[str, Any], py: str) -> tuple[str | None, str]:
+    """(CUDA_HOME, how): "pip" (the stack's nvcc wheel in its venv), "system" (/usr/local/cuda,
+    at least the stack's CUDA), a path, or (None, "none") when there is neither; the default
+    "auto" takes the first that exists. The same path is used to install and to serve."""
     key = "gptoss_cuda_home"
     if vendor == "amd":
         return None, "rocm"
     need = _get(stack, "cuda") or ""
-    if value is None or value == "pip":
-        sub = _get(stack, "cuda_home_subdir")
-        if not _get(stack, "nvcc_requirement") or not sub:
+    sub = _get(stack, "cuda_home_subdir")
+    has_pip = bool(_get(stack, "nvcc_requirement") and sub)
+    have = facts.get("system_cuda_version")
+    system_ok = bool(have) and (not need or _version_tuple(have) >= _version_tuple(need))
+    choice = "auto" if value is None else value
+    if choice == "auto":
+        choice = "pip" if has_pip else "system" if system_ok else "none"
+        if choice == "none":
+            return None, "none"
+    if choice == "pip":
+        if not has_pip:
             raise bad(
-                host, key, value, f"stack {_get(stack, 'name')} has no pip CUDA toolkit in the knowledge",
-                "set gptoss_cuda_home to 'system' or to a toolkit path",
+                host, key, value, f"stack {_get(stack, 'name')} has no pip CUDA toolkit (CUDA {need} has no nvcc wheel)",
+                f"install NVIDIA's toolkit (apt cuda-nvcc-{need.replace('.', '-')}) and set gptoss_cuda_home='system'",
             )
-        if not sub.startswith("/") and not sub.startswith("lib/"):
-            # The knowledge gives the toolkit's place inside site-packages (nvidia/cuda_nvcc).
-            pyver = ".".join((facts.get("python_version") or "").split(".")[:2])
-            if not pyver:
-                raise bad(host, key, value, "python3 not found on the host, so the venv layout is unknown",
-                          "install python3 first (apt-get install python3)")
-            sub = f"lib/python{pyver}/site-packages/{sub}"
-        return f"{venv}/{sub.lstrip('/')}".rstrip("/"), "pip"
-    if value == "system":
-        have = facts.get("system_cuda_version")
+        pyver = ".".join((facts.get("python_version") or "").split(".")[:2])
+        if not pyver:
+            raise bad(host, key, value, "python3 not found on the host, so the venv layout is unknown",
+                      "install python3 first (apt-get install python3)")
+        return f"{venv}/lib/python{pyver}/site-packages/{sub.strip('/')}", "pip"
+    if choice == "system":
         if not have:
-            raise bad(host, key, value, "no CUDA toolkit at /usr/local/cuda", "install one, or use 'pip'")
-        if need and _version_tuple(have) < _version_tuple(need):
-            raise bad(host, key, value, f"system CUDA {have} is older than the {need} this stack needs", "use 'pip' or upgrade the toolkit")
+            raise bad(host, key, value, "no CUDA toolkit at /usr/local/cuda", "install one, or use 'auto'")
+        if not system_ok:
+            raise bad(host, key, value, f"system CUDA {have} is older than the {need} this stack needs", "upgrade the toolkit or use 'auto'")
         return "/usr/local/cuda", "system"
+    if choice == "none":
+        return None, "none"
     return check_abs_path(host, key, value, "/usr/local/cuda"), "path"
 
 
