@@ -319,3 +319,59 @@ def test_secrets_never_reach_output(capsys, plain_venv, tmp_path):
         _, out, _ = run(capsys, *argv, env=env)
         for secret in ("servicesecret123", "keyinargv123", "shellsecret1234", "shellkey5678"):
             assert secret not in out, (argv, secret)
+
+
+# -- --deep ------------------------------------------------------------------------------------------
+
+
+def test_deep_without_torch_says_so_and_stops(capsys, plain_venv, bare_root):
+    rc, out, _ = run(capsys, "collect", "--deep", "--venv", str(plain_venv), env=bare_root)
+    deep = json.loads(out)["facts"]["deep"]["value"]
+    assert deep["torch_import"]["ok"] is False
+    assert "No module named 'torch'" in deep["torch_import"]["error"]
+    assert deep["cuda_init"]["ok"] is False and deep["cuda_init"]["error"] == "not run: torch did not import"
+    assert deep["python"].startswith(str(plain_venv))
+
+
+def test_deep_probe_that_crashes_keeps_the_steps_before(capsys, tmp_path, bare_root):
+    v = uv_venv(tmp_path / "crash")
+    (site_packages(v) / "torch").mkdir()
+    # imports, then kills the interpreter at CUDA init the way a driver fault does
+    (site_packages(v) / "torch" / "__init__.py").write_text(
+        STANDIN + "import os\n__version__ = '2.8.0+cu128'\nclass version:\n    cuda = '12.8'\n"
+        "class cuda:\n    @staticmethod\n    def is_available():\n        os.write(2, b'Segmentation fault in libcuda')\n        os._exit(139)\n"
+    )
+    rc, out, _ = run(capsys, "collect", "--deep", "--venv", str(v), env=bare_root)
+    deep = json.loads(out)["facts"]["deep"]["value"]
+    assert deep["torch_import"]["ok"] is True
+    assert "exit 139" in deep["cuda_init"]["error"] and "Segmentation fault in libcuda" in deep["cuda_init"]["error"]
+
+
+def test_deep_probe_that_hangs_is_cut_at_its_time_limit(capsys, tmp_path, bare_root):
+    v = uv_venv(tmp_path / "hang")
+    (site_packages(v) / "torch").mkdir()
+    (site_packages(v) / "torch" / "__init__.py").write_text(STANDIN + "import time\ntime.sleep(30)\n")
+    rc, out, _ = run(capsys, "collect", "--deep", "--deep-timeout", "1.5", "--venv", str(v), env=bare_root)
+    deep = json.loads(out)["facts"]["deep"]["value"]
+    assert deep["torch_import"]["error"] == "timed out after 1.5 s"
+    assert deep["seconds"] < 10
+
+
+def _cpu_torch_wheel() -> Path | None:
+    return next(Path("/opt/wheels").glob("torch-*+cpu-*.whl"), None) if Path("/opt/wheels").is_dir() else None
+
+
+@pytest.mark.skipif(_cpu_torch_wheel() is None, reason="no CPU torch wheel in /opt/wheels on this machine")
+def test_deep_on_real_cpu_torch(capsys, tmp_path_factory, bare_root):
+    """Real torch (the CPU build): import and matmul work, CUDA is reported missing, Triton does not apply."""
+    v = tmp_path_factory.mktemp("venvs") / "cpu-torch"
+    uv_venv(v)
+    subprocess.run(["uv", "pip", "install", "-q", "--python", str(v / "bin/python"), str(_cpu_torch_wheel())], check=True)
+    rc, out, _ = run(capsys, "collect", "--deep", "--venv", str(v), env=bare_root)
+    facts = json.loads(out)["facts"]
+    deep = facts["deep"]["value"]
+    assert deep["torch_import"]["ok"] is True
+    assert deep["torch_import"]["detail"]["version"] == facts["torch.build"]["value"]["version"]
+    assert deep["cuda_init"]["ok"] is False and "is_available() is False" in deep["cuda_init"]["error"]
+    assert deep["matmul"]["ok"] is True and deep["matmul"]["detail"]["device"].startswith("cpu")
+    assert deep["triton_kernel"]["ok"] is None

@@ -64,7 +64,8 @@ def run_probe(python: Path, timeout_s: float, environ: dict | None = None) -> di
     for name in STEPS:
         if name not in steps:
             # the probe died or hung before this step: say so, with the end of what it printed
-            why = note or (f"probe exited {rc} before this step: {stderr.strip()[-600:]}" if rc else "not reached")
+            tail = stderr.strip()[-600:] or "no output on stderr"
+            why = note or (f"the probe died (exit {rc}) before this step: {tail}" if rc else "not reached")
             steps[name] = {"ok": False, "seconds": None, "error": why, "detail": None}
     steps["python"] = str(python)
     steps["seconds"] = round(time.perf_counter() - started, 3)
