@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from gptoss_doctor import knowledge
-from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from
+from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from, source_links
 
 DATA_FILES = ("stacks.toml", "gpu_families.toml", "recipes.toml", "lifecycle.toml", "drivers.toml", "models.toml")
 
@@ -41,6 +41,31 @@ def test_shipped_data_loads_and_is_cached(kb):
     assert set(kb.gpu_families) >= {"A100", "H100", "H200", "B200", "GB200", "RTX PRO 6000", "RTX 5090",
                                     "L40S", "MI300X", "MI325X", "MI355X", "R9700"}
     assert set(kb.models) == {"gpt-oss-20b", "gpt-oss-120b"}
+
+
+def test_cached_knowledge_is_read_only(kb):
+    with pytest.raises(TypeError):
+        kb.stacks["vllm-9.9"] = kb.latest_stack
+    with pytest.raises(TypeError):
+        kb.recipe("A100", "0.10.1+gptoss").env["X"] = "1"
+
+
+def test_source_links():
+    text = "recipes@1e4b3ad OpenAI/GPT-OSS.md (B200); recipes@0012db8; vllm#32812; https://github.com/vllm-project/vllm/pull/26315, [W033]"
+    assert source_links(text) == [
+        "https://github.com/vllm-project/recipes/blob/1e4b3ad/OpenAI/GPT-OSS.md",
+        "https://github.com/vllm-project/recipes/commit/0012db8",
+        "https://github.com/vllm-project/vllm/pull/32812",
+        "https://github.com/vllm-project/vllm/pull/26315",
+    ]
+
+
+def test_every_row_links_somewhere_or_names_a_file(kb):
+    rows = [*kb.stacks.values(), *kb.gpu_families.values(), *kb.recipes, *kb.env_vars.values(),
+            *kb.attention_backends.values(), *kb.flags.values(), *kb.drivers.values(), *kb.models.values(),
+            *kb.memory_fits]
+    for row in rows:
+        assert row.links or re.search(r"\[W0\d+\]|wheel|\.md|\.json|release notes", row.source), row.source
 
 
 def test_data_files_ship_inside_the_package():

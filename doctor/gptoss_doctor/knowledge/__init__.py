@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -44,6 +45,7 @@ __all__ = [
     "Stack",
     "load",
     "parse_version",
+    "source_links",
 ]
 
 
@@ -56,6 +58,33 @@ class KnowledgeError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 PYPI_INDEX_URL = "https://pypi.org/simple"
+RECIPES_REPO = "https://github.com/vllm-project/recipes"
+
+_URL = re.compile(r"https?://[^\s;,)'\"]+")
+_RECIPES_REF = re.compile(r"recipes@([0-9a-f]{7,40})(?:\s+((?:[\w.-]+/)+[\w.-]+\.(?:md|yaml|jsx)))?")
+_VLLM_REF = re.compile(r"\bvllm#(\d+)")
+
+
+def source_links(source: str) -> list[str]:
+    """Clickable links in a `source` text: URLs as written, `recipes@<sha> <path>` as a GitHub blob
+    (or commit) URL, `vllm#<n>` as a vLLM pull request / issue URL. Order kept, duplicates dropped."""
+    found: list[tuple[int, str]] = [(m.start(), m.group(0).rstrip(".")) for m in _URL.finditer(source)]
+    for m in _RECIPES_REF.finditer(source):
+        sha, path = m.group(1), m.group(2)
+        found.append((m.start(), f"{RECIPES_REPO}/blob/{sha}/{path}" if path else f"{RECIPES_REPO}/commit/{sha}"))
+    for m in _VLLM_REF.finditer(source):
+        found.append((m.start(), f"https://github.com/vllm-project/vllm/pull/{m.group(1)}"))
+    return list(dict.fromkeys(link for _, link in sorted(found)))
+
+
+class _Sourced:
+    """Rows carry `source`; `links` turns it into URLs for a finding's links."""
+
+    source: str
+
+    @property
+    def links(self) -> list[str]:
+        return source_links(self.source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +96,7 @@ class Index:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Stack:
+class Stack(_Sourced):
     name: str
     vllm: str
     torch: str
@@ -102,7 +131,7 @@ class Stack:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GpuFamily:
+class GpuFamily(_Sourced):
     name: str
     vendor: str
     arch: str
@@ -118,13 +147,13 @@ class GpuFamily:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recipe:
+class Recipe(_Sourced):
     """What the recipe prescribes for one family in one vLLM range (first matching row wins)."""
 
     families: tuple[str, ...]
     vllm: str  # a specifier, e.g. ">=0.10.1,<0.10.2" or "==0.10.1+gptoss"
     source: str
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     serve_flags: tuple[str, ...] = ()
     notes: str = ""
     install_extras: tuple[str, ...] = ()  # extras of the vllm requirement, e.g. vllm[flashinfer]
@@ -141,7 +170,7 @@ class Recipe:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Lifecycle:
+class Lifecycle(_Sourced):
     name: str
     kind: str  # "env_var" | "attention_backend" | "flag"
     source: str
@@ -158,7 +187,7 @@ class Lifecycle:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DriverFloor:
+class DriverFloor(_Sourced):
     cuda: str
     min_driver: str
     source: str
@@ -167,7 +196,7 @@ class DriverFloor:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Model:
+class Model(_Sourced):
     name: str
     hf_id: str
     params_b: float
@@ -201,7 +230,7 @@ class Model:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MemoryFit:
+class MemoryFit(_Sourced):
     """A known-good (or known-bad) memory setting for a model on a family at a TP size."""
 
     model: str
@@ -561,7 +590,7 @@ def _read_file(path: Path, tables: dict[str, _Spec], display: str | None = None)
 
 
 def _build(cls: type, parsed: dict[str, Any]) -> Any:
-    kwargs = {k: v for k, v in parsed.items() if not k.startswith("_")}
+    kwargs = {k: (MappingProxyType(v) if isinstance(v, dict) else v) for k, v in parsed.items() if not k.startswith("_")}
     return cls(**kwargs)
 
 
@@ -858,15 +887,16 @@ def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = ()) -> K
         _check_fit("models.toml", r, models, families)
     fits = tuple(_build(MemoryFit, r) for r in model_tables["memory_fit"])
 
+    # Read-only views: the default Knowledge is cached and shared by every check.
     return Knowledge(
-        stacks=stacks,
-        gpu_families=families,
+        stacks=MappingProxyType(stacks),
+        gpu_families=MappingProxyType(families),
         recipes=recipes,
-        env_vars=lifecycles["env_var"],
-        attention_backends=lifecycles["attention_backend"],
-        flags=lifecycles["flag"],
-        drivers=drivers,
-        models=models,
+        env_vars=MappingProxyType(lifecycles["env_var"]),
+        attention_backends=MappingProxyType(lifecycles["attention_backend"]),
+        flags=MappingProxyType(lifecycles["flag"]),
+        drivers=MappingProxyType(drivers),
+        models=MappingProxyType(models),
         memory_fits=fits,
     )
 
