@@ -50,6 +50,13 @@ def test_fixture_ids(log):
         assert f.evidence["line_numbers"] == sorted(f.evidence["line_numbers"])
 
 
+def test_most_fixtures_are_real_excerpts():
+    constructed = [log.name for log in LOGS if _expect(log).get("constructed")]
+    assert len(LOGS) - len(constructed) >= 40, "fixtures should be real report excerpts"
+    for name in constructed:  # built from the message a cited source prints: they must say so
+        assert _expect(FIXTURES / name)["note"], name
+
+
 def test_every_signature_is_exercised_by_a_fixture():
     expected = {i for log in LOGS for i in _expect(log)["expect"]}
     missing = [s.id for s in load_signatures() if s.id not in expected]

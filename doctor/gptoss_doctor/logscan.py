@@ -297,10 +297,15 @@ class _Hit:
     root_cause: LogLine | None = None
 
 
+# Request logging (--enable-log-requests) copies users' prompts into the log: their words are
+# not this server's failures.
+_USER_TEXT = re.compile(r"^(?:Received request|Generated response|Added request) \S+: (?:prompt|output)")
+
+
 def _matches(lines: Sequence[LogLine], table: Sequence[Signature]) -> dict[str, _Hit]:
     hits: dict[str, _Hit] = {}
     for i, line in enumerate(lines):
-        if not line.message.strip():
+        if not line.message.strip() or _USER_TEXT.match(line.message):
             continue
         for sig in table:
             groups = sig.match(line.message)
