@@ -70,6 +70,7 @@ def env_json(state: dict) -> dict:
         "extra_stack_files": [state["stack_file"]],
         "today_stack": state["today_stack"],
         "broken_stack": state["broken_stack"],
+        "tiktoken_url": state["tiktoken_url"],
     }
 
 
@@ -89,6 +90,22 @@ def ensure_api_key() -> Path:
             f.write(secrets.token_urlsafe(24) + "\n")
     os.chmod(path, 0o600)
     return path
+
+
+def write_tiktoken_standins() -> Path:
+    """STAND-IN o200k_base / cl100k_base vocab files, in tiktoken's format (base64 token, rank).
+
+    The real ones come from openaipublic.blob.core.windows.net, which testbed machines cannot
+    reach; the deploy copies these from the controller (gptoss_tiktoken_url = file://...)."""
+    import base64
+
+    d = paths.TIKTOKEN_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    for name in ("o200k_base.tiktoken", "cl100k_base.tiktoken"):
+        (d / name).write_text(rows)
+        os.chmod(d / name, 0o644)
+    return d
 
 
 def load_knowledge(extra: list[Path] = ()):
@@ -168,6 +185,7 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     paths.STACK_FILE.parent.mkdir(parents=True, exist_ok=True)
     paths.STACK_FILE.write_text(catalog.broken_stack_toml(kb.latest_stack))
     load_knowledge([paths.STACK_FILE])  # the file we hand out must load
+    tiktoken_dir = write_tiktoken_standins()
 
     url = f"http://{index_host}:{index_port}/"
     state = {
@@ -182,6 +200,7 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
                   "log": str(paths.log_file("index"))},
         "index_mirrors": {name: f"{url}{name}/simple" for name in sorted(p.index_urls)},
         "upstream_index_urls": dict(sorted(p.index_urls.items())),
+        "tiktoken_url": f"file://{tiktoken_dir}/",
         "image": str(base),
     }
     write_state(state)  # before anything starts: `down` finds it all from here

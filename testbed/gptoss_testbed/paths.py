@@ -14,6 +14,7 @@ RUN_DIR = STATE_DIR / "run"  # pid files and logs of the processes the testbed s
 STATE_FILE = STATE_DIR / "state.json"
 SSH_KEY = STATE_DIR / "ssh" / "id_ed25519"
 API_KEY_FILE = STATE_DIR / "api-key"
+TIKTOKEN_DIR = STATE_DIR / "tiktoken"  # stand-in harmony vocab files (the public bucket is unreachable here)
 STACK_FILE = STATE_DIR / "testbed-stacks.toml"  # the broken stack, loadable by knowledge.load(extra_stack_files=...)
 
 IMAGES_DIR = CACHE_DIR / "images"

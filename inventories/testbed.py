@@ -1,0 +1,60 @@
+"""The local fleet (`gptoss-testbed up`) as a pyinfra inventory:
+
+    uv run gptoss-testbed up && uv run pyinfra -y inventories/testbed.py deploys/gptoss.py
+
+Reads the testbed's state file (/var/lib/gptoss-testbed/state.json, or $GPTOSS_TESTBED_STATE/state.json)
+and targets its hosts over SSH with the testbed's key. The group data is what the deploy needs
+on hosts without GPUs and without internet: every package index mapped to the testbed's
+loopback index, the stand-in broken stack loadable, the harmony vocab from the controller.
+Override any key with --data, e.g. `--data gptoss_stack=vllm-0.10.1-gptoss`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pyinfra.api.exceptions import PyinfraError
+
+STATE_FILE = Path(os.environ.get("GPTOSS_TESTBED_STATE", "/var/lib/gptoss-testbed")) / "state.json"
+
+
+def _state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except FileNotFoundError:
+        raise PyinfraError(f"inventories/testbed.py: {STATE_FILE} not found: the local fleet is not up; "
+                           f"run `uv run gptoss-testbed up` first") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PyinfraError(f"inventories/testbed.py: cannot read {STATE_FILE} ({e}); "
+                           f"run `uv run gptoss-testbed down && uv run gptoss-testbed up`") from None
+
+
+_S = _state()
+
+testbed = (
+    [
+        (h["name"], {
+            "ssh_hostname": h["address"],
+            # The service answers on port 8000 of each host's own loopback address.
+            "gptoss_bind_address": h["address"],
+        })
+        for h in _S["hosts"]
+    ],
+    {
+        "ssh_user": "root",
+        "ssh_key": _S["ssh_key"],
+        "ssh_known_hosts_file": "/dev/null",
+        "ssh_strict_host_key_checking": "no",
+        "gptoss_stack": _S["today_stack"],
+        "gptoss_gpu_family": "H100",  # the hosts have no GPUs: the deploy builds as for H100
+        "gptoss_model": "20b",
+        "gptoss_port": 8000,
+        "gptoss_index_mirrors": _S["index_mirrors"],
+        "gptoss_api_key_file": _S["api_key_file"],
+        "gptoss_extra_stack_files": [_S["stack_file"]],
+        "gptoss_tiktoken_url": _S["tiktoken_url"],
+        "gptoss_health_timeout_s": 60,
+    },
+)
