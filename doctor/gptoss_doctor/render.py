@@ -109,6 +109,12 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
             secs = f" {step['seconds']:.1f}s" if isinstance(step.get("seconds"), (int, float)) else ""
             steps.append(f"{name} {state}{secs}")
         lines.append(("deep", " · ".join(steps)))
+        for name in ("torch_import", "cuda_init", "matmul", "triton_kernel"):
+            step = deep.get(name) or {}
+            error = step.get("error") or ""
+            if step.get("ok") is False and not error.startswith("not run"):
+                # the last line of the error is what to search for; the fact keeps the whole tail
+                lines.append(("", f"{name}: {error.strip().splitlines()[-1][:300] if error.strip() else 'failed'}"))
     return lines
 
 
