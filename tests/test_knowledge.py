@@ -126,6 +126,12 @@ def test_nvcc_requirement_must_match_the_stack_cuda(tmp_path):
         load_from(d)
 
 
+def test_torch_backend_index(kb):
+    idx = kb.stack("vllm-0.33.0").torch_backend_index
+    assert (idx.name, idx.url) == ("pytorch-cu130", "https://download.pytorch.org/whl/cu130")
+    assert kb.stack("vllm-0.10.1-gptoss").torch_backend_index is None  # explicit nightly index instead
+
+
 def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
     for s in kb.stacks.values():
         assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
@@ -319,6 +325,9 @@ def test_flag_lifecycles(kb):
     assert kb.lifecycle_status(kb.flags["--tool-call-parser openai"], "0.10.2") == "valid"
     assert kb.lifecycle_status(kb.flags["--compilation-config full_cuda_graph"], "0.33.0") == "removed"
     assert kb.flags["--async-scheduling"].default_since == "0.14.0"
+    compat = kb.flags["--async-scheduling structured-output"]
+    assert kb.lifecycle_status(compat, "0.11.0") == "not-yet"
+    assert kb.lifecycle_status(compat, "0.11.1") == "valid"
     assert kb.lifecycle("--attention-backend") is kb.flags["--attention-backend"]
 
 

@@ -58,6 +58,7 @@ class KnowledgeError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 PYPI_INDEX_URL = "https://pypi.org/simple"
+PYTORCH_INDEX_ROOT = "https://download.pytorch.org/whl"
 RECIPES_REPO = "https://github.com/vllm-project/recipes"
 
 _URL = re.compile(r"https?://[^\s;,)'\"]+")
@@ -128,6 +129,14 @@ class Stack(_Sourced):
 
     def index(self, name: str) -> Index | None:
         return next((i for i in self.indexes if i.name == name), None)
+
+    @property
+    def torch_backend_index(self) -> Index | None:
+        """The PyTorch index a `cuXXX` torch_backend stands for, named so a deploy can mirror it
+        (`pytorch-cu130` -> https://download.pytorch.org/whl/cu130); None for "auto" or unset."""
+        if not self.torch_backend or not self.torch_backend.startswith("cu"):
+            return None
+        return Index(name=f"pytorch-{self.torch_backend}", url=f"{PYTORCH_INDEX_ROOT}/{self.torch_backend}")
 
 
 @dataclass(frozen=True, kw_only=True)
