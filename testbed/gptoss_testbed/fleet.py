@@ -252,7 +252,7 @@ def down(log=print) -> list[str]:
     for pid_file in sorted(paths.RUN_DIR.glob("nspawn-*.pid")) if paths.RUN_DIR.exists() else []:
         name = pid_file.name[len("nspawn-"):-len(".pid")]
         if all(h.name != name for h in known):
-            known.append(hosts.Host(name, ""))
+            known.append(hosts.Host(name, hosts.pid_file_address(pid_file)))
     with ThreadPoolExecutor(max_workers=max(1, len(known))) as pool:
         ran = list(pool.map(hosts.stop_host, known))
     stopped += [h.name for h, r in zip(known, ran) if r]

@@ -115,9 +115,17 @@ def prepare_root(host: Host, base: Path, public_key: str) -> None:
 
 # --- processes -----------------------------------------------------------------------------
 
+def pid_file_address(pid_file: Path) -> str:
+    try:
+        parts = pid_file.read_text().split()
+    except OSError:
+        return ""
+    return parts[1] if len(parts) > 1 else ""
+
+
 def read_pid(pid_file: Path) -> int | None:
     try:
-        return int(pid_file.read_text().strip())
+        return int(pid_file.read_text().split()[0])
     except (OSError, ValueError):
         return None
 
@@ -140,7 +148,7 @@ def host_running(host: Host) -> bool:
 CGROUP_GROUP = "gptoss-testbed"
 
 
-def cgroup_dirs(name: str) -> list[Path]:
+def cgroup_dirs(host: Host) -> list[Path]:
     """This host's own cgroup in each systemd-managed hierarchy we are in (v1 name=systemd, v2 unified).
 
     With --keep-unit nspawn builds its supervisor/payload cgroups under the caller's cgroup; hosts
@@ -160,7 +168,8 @@ def cgroup_dirs(name: str) -> list[Path]:
         if (mount / "cgroup.procs").exists():
             # Our own cgroup may be nspawn's supervisor of an earlier run: start from its parent.
             base = path.rstrip("/").split(f"/{CGROUP_GROUP}/")[0]
-            out.append(mount / base.lstrip("/") / CGROUP_GROUP / name)
+            # Named by address too: two testbeds (state dirs) may both have a gptoss-1.
+            out.append(mount / base.lstrip("/") / CGROUP_GROUP / f"{host.name}@{host.address}")
     return out
 
 
@@ -171,8 +180,8 @@ def _enter_cgroups(dirs: list[Path]):
     return enter
 
 
-def remove_cgroups(name: str) -> None:
-    for d in cgroup_dirs(name):
+def remove_cgroups(host: Host) -> None:
+    for d in cgroup_dirs(host):
         for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) if d.is_dir() else []:
             try:
                 sub.rmdir()
@@ -187,7 +196,7 @@ def remove_cgroups(name: str) -> None:
 def boot(host: Host) -> int:
     """Start the host's systemd-nspawn in its own session and cgroup; its pid goes to the pid file."""
     paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
-    dirs = cgroup_dirs(host.name)
+    dirs = cgroup_dirs(host)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     cmd = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", f"--machine={host.name}",
@@ -195,7 +204,7 @@ def boot(host: Host) -> int:
     with host.log_file.open("ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_enter_cgroups(dirs))
-    host.pid_file.write_text(f"{proc.pid}\n")
+    host.pid_file.write_text(f"{proc.pid} {host.address}\n")  # the address names its cgroup
     return proc.pid
 
 
@@ -266,7 +275,7 @@ def stop_host(host: Host) -> bool:
 
 
 def discard(host: Host) -> None:
-    remove_cgroups(host.name)
+    remove_cgroups(host)
     if host.root.exists():
         shutil.rmtree(host.root)
     host.log_file.unlink(missing_ok=True)
