@@ -142,15 +142,20 @@ ENV = "(APIServer pid=1) WARNING 07-14 08:38:33 [envs.py:2041] Unknown vLLM envi
 
 
 def test_first_signature_in_the_table_claims_the_line():
-    findings = {f.id: f for f in scan([ENV + "VLLM_ATTENTION_BACKEND", ENV + "VLLM_USE_V1"])}
-    assert set(findings) == {"attention-backend-env-ignored", "unknown-env-var"}
-    assert findings["unknown-env-var"].evidence["captured"]["name"] == ["VLLM_USE_V1"]
+    # a Kubernetes service link is also an "unknown env var": the specific (info) row above claims it
+    findings = {f.id: f for f in scan([ENV + "VLLM_PROD_ROUTER_SERVICE_PORT_9000_TCP", ENV + "VLLM_USE_V1"])}
+    assert {i: f.severity for i, f in findings.items()} == {"k8s-service-env-vars": "info", "stale-vllm-env": "warning"}
+    assert findings["stale-vllm-env"].evidence["captured"]["name"] == ["VLLM_USE_V1"]
+    # and the same table with the rows swapped loses that distinction
+    table = list(load_signatures())
+    swapped = [s for s in table if s.id != "k8s-service-env-vars"] + [s for s in table if s.id == "k8s-service-env-vars"]
+    assert [f.id for f in scan([ENV + "VLLM_PROD_ROUTER_SERVICE_PORT_9000_TCP"], swapped)] == ["stale-vllm-env"]
 
 
 def test_one_finding_per_id_with_every_line_number():
     lines = ["INFO 01-01 00:00:00 [a.py:1] starting"] + [ENV + f"VLLM_FOO_{n}" for n in range(8)]
     (finding,) = scan(lines)
-    assert finding.id == "unknown-env-var"
+    assert finding.id == "stale-vllm-env"
     assert finding.evidence["line_numbers"] == list(range(2, 10))
     assert finding.evidence["count"] == 8
     assert finding.evidence["captured"]["name"] == [f"VLLM_FOO_{n}" for n in range(8)]
@@ -169,7 +174,7 @@ def test_errors_come_before_warnings_and_infos():
     ]
     assert [(f.severity, f.id) for f in scan(lines)] == [
         ("error", "kv-cache-no-memory"),
-        ("warning", "unknown-env-var"),
+        ("warning", "stale-vllm-env"),
         ("info", "startup-complete"),
     ]
 
@@ -179,6 +184,9 @@ def test_root_cause_folds_the_downstream_engine_failure():
     (root,) = findings
     assert root.id == "kv-cache-no-memory"
     assert root.evidence["downstream"] == [{"id": "engine-core-failed", "first_line": 25, "count": 2}]
+    # the evidence quotes the exception, not the `raise ValueError(...` source line above it
+    assert root.evidence["first_line"] == 7
+    assert root.evidence["message"].startswith("ValueError: No available memory for the cache blocks.")
 
 
 def test_downstream_alone_points_at_the_preceding_exception():
@@ -217,7 +225,7 @@ def test_known_root_cause_in_the_subprocess_beats_the_inspect_failure():
         "(APIServer pid=9) ValueError: Model architectures ['GptOssForCausalLM'] failed to be inspected. Please check the logs for more details.",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "vllm-c-undefined-symbol"
+    assert finding.id == "vllm-torch-pair"
     assert finding.evidence["captured"]["symbol"] == ["_ZN3c104cuda9SetDeviceEi"]
     assert finding.evidence["downstream"] == [{"id": "model-inspect-failed", "first_line": 1, "count": 2}]
 
@@ -236,7 +244,7 @@ def test_secrets_in_log_lines_are_redacted():
         "Authorization: Bearer abcdefghijklmnopqrstuvwxyz hf_abcdefghijklmnopqrstuvwxyz",
     ]
     blob = json.dumps([f.to_dict() for f in scan(lines)])
-    assert "unknown-env-var" in blob
+    assert "stale-vllm-env" in blob
     for secret in ("s3cr3t-key-value", "abcdefghijklmnopqrstuvwxyz"):
         assert secret not in blob
 
@@ -280,11 +288,10 @@ def test_the_shipped_table_loads_and_is_big_enough():
         assert required in ids
     assert all(s.source and s.fix for s in table)
     # specific rows sit above the generic ones that would also match their lines
-    assert ids.index("k8s-service-env-vars") < ids.index("unknown-env-var")
-    assert ids.index("attention-backend-env-ignored") < ids.index("unknown-env-var")
+    assert ids.index("k8s-service-env-vars") < ids.index("stale-vllm-env")
     assert ids.index("triton-kernels-import-failed") < ids.index("triton-kernels-missing")
-    assert ids.index("tool-server-flag-unrecognized") < ids.index("unrecognized-serve-argument")
-    assert ids.index("docker-shm-too-small") < ids.index("disk-full")
+    assert ids.index("tool-server-flag-unrecognized") < ids.index("stale-serve-flag")
+    assert ids.index("shm-too-small") < ids.index("disk-full")
     assert ids.index("rocm-no-kernel-image") < ids.index("cuda-no-kernel-image")
 
 

@@ -339,6 +339,14 @@ def _shown_lines(lines: Sequence[LogLine], hit: _Hit) -> list[dict]:
     return out
 
 
+def _telling_message(lines: Sequence[LogLine], hit: _Hit) -> str:
+    """The exception line if one matched (not the `raise ...` source line above it), else the first."""
+    for i in hit.indexes:
+        if _EXCEPTION_LINE.match(lines[i].message):
+            return lines[i].message.strip()
+    return lines[hit.indexes[0]].message.strip()
+
+
 class _Blank(dict):
     def __missing__(self, key: str) -> str:
         return "<" + key + ">"  # not captured in this log: reads as a placeholder
@@ -360,12 +368,13 @@ def _finding(lines: Sequence[LogLine], hit: _Hit) -> Finding:
         "first_line": first.number,
         "line_numbers": [lines[i].number for i in hit.indexes],
         "count": len(hit.indexes),
-        "message": redact(first.message.strip())[:MAX_LINE_CHARS],
-        "captured": {k: [redact(x) for x in v] for k, v in hit.groups.items()},
-        "source": sig.source,
+        "message": redact(_telling_message(lines, hit))[:MAX_LINE_CHARS],
     }
+    if hit.groups:
+        evidence["captured"] = {k: [redact(x) for x in v] for k, v in hit.groups.items()}
     if first.process:
         evidence["process"] = first.process
+    evidence["source"] = sig.source
     if hit.root_cause is not None:
         evidence["root_cause"] = {
             "line": hit.root_cause.number,
