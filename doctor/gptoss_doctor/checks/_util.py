@@ -80,7 +80,8 @@ def venv_path(snap: Snapshot) -> str:
 
 
 def venv_python(snap: Snapshot) -> str:
-    return posixpath.join(venv_path(snap), "bin", "python")
+    venv = snap.get("venv") or {}
+    return venv.get("executable") or posixpath.join(venv_path(snap), "bin", "python")
 
 
 def uv_pip(snap: Snapshot, verb: str, *args: str) -> str:

@@ -40,9 +40,11 @@ def _nvcc_fix(snap, kb) -> list[str]:
         stack, _ = current_stack(snap, kb)
     except NotApplicable:
         return []
+    if not getattr(stack, "nvcc_requirement", None):
+        return []  # no pip wheel carries this CUDA's nvcc: install the toolkit from NVIDIA
     site = ((snap.get("venv") or {}).get("site_packages") or [None])[0]
     commands = [uv_pip(snap, "install", stack.nvcc_requirement)]
-    if site:
+    if site and getattr(stack, "cuda_home_subdir", None):
         commands.append(f"export CUDA_HOME={posixpath.join(site, stack.cuda_home_subdir)}")
     return commands
 

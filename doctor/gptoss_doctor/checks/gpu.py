@@ -315,6 +315,7 @@ def tp_exceeds_gpus(snap, kb):
             commands=[f"systemctl edit --full {unit_name(snap)}  # lower --tensor-parallel-size",
                       f"systemctl restart {unit_name(snap)}"],
         ),
+        links=["https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html"],
     )
 
 

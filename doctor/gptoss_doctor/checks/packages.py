@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import posixpath
+import shlex
 
 from packaging.utils import canonicalize_name
 
@@ -18,6 +18,7 @@ from ._util import (
     installed_version,
     nvidia_gpus,
     public,
+    rocm_gpus,
     stack_install_commands,
     uv_pip,
     version,
@@ -26,6 +27,8 @@ from ._util import (
 
 # Distributions that install the `triton` import package (PyTorch's nightly and ROCm builds
 # ship it under other names). Owning `triton` per RECORD counts too, so leftovers show up.
+DESIGN = "docs/design.md#on-a-deployed-host"  # this project's layout of a deployed host
+
 TRITON_DISTS = ("triton", "pytorch-triton", "pytorch-triton-rocm", "triton-nightly")
 
 
@@ -140,6 +143,8 @@ def torch_cuda_suffix(snap, kb):
     """
     torch = snap.get("torch.build") or {}
     installed = str(torch.get("version") or "")
+    if torch.get("hip") and rocm_gpus(snap):
+        raise NotApplicable("a ROCm torch on an AMD box: the knowledge's stacks are CUDA builds")
     try:
         stack, how = current_stack(snap, kb)
     except NotApplicable:
@@ -183,37 +188,33 @@ def _suffix_finding(snap, installed, wanted, how, stack):
     severity="warning",
     title="`~`-prefixed leftovers of an interrupted install in site-packages",
     category="packages",
-    needs=("venv.distributions",),
+    needs=("venv.leftovers",),
     links=["https://github.com/vllm-project/vllm/issues/12219"],
 )
 def tilde_leftover_dists(snap, kb):
-    """site-packages holds `~`-prefixed directories left by an interrupted pip install/uninstall.
+    """site-packages holds `~`-prefixed entries left by an interrupted pip install/uninstall.
 
-    Why: pip renames a distribution to `~name` while replacing it; when that is interrupted the
-    renamed copy stays. pip then warns "Ignoring invalid distribution ~orch" forever, and the
-    half-removed files can shadow or break the real package.
+    Why: pip renames what it is replacing to `~xxx` (`~orch`, `~riton`) and deletes it at the
+    end; when that is interrupted the renamed copy stays. pip then warns "Ignoring invalid
+    distribution ~orch" on every run, and a leftover `~riton-*.dist-info` still claims files.
 
-    Fix: remove the listed directories (pip's warning names them too), then reinstall the
-    distribution they belonged to.
+    Fix: remove the listed entries, then reinstall the distribution they belonged to (`~orch`
+    is torch, `~riton` is triton).
 
     Source: vllm-project/vllm#12219 ("WARNING: Ignoring invalid distribution -orch").
     """
-    leftovers = []
-    for d in distributions(snap):
-        base = posixpath.basename(str(d.get("dist_info") or "").rstrip("/"))
-        if str(d.get("name", "")).startswith("~") or base.startswith("~"):
-            leftovers.append(d)
+    leftovers = [x for x in (snap.get("venv.leftovers") or []) if isinstance(x, dict) and x.get("path")]
     if not leftovers:
         return
-    paths = [str(d.get("dist_info") or posixpath.join(str(d.get("location", "")), str(d.get("name")))) for d in leftovers]
+    paths = [str(x["path"]) for x in leftovers]
     yield Finding(
         id="tilde-leftover-dists",
         severity="warning",
-        title=f"{len(leftovers)} leftover `~` distribution(s) in site-packages",
-        evidence=evidence(snap, ["venv.distributions"], leftovers=paths),
+        title=f"{len(leftovers)} `~` leftover(s) in site-packages: " + ", ".join(str(x.get("name")) for x in leftovers[:4]),
+        evidence=evidence(snap, ["venv.leftovers"], leftovers=leftovers),
         fix=Fix(
-            text="Delete the leftovers; if one belonged to a package you use (~orch is torch), reinstall it.",
-            commands=["rm -rf -- " + " ".join(paths)],
+            text="Delete the leftovers; then reinstall the package each belonged to (its name with the first letter restored).",
+            commands=["rm -rf -- " + " ".join(shlex.quote(p) for p in paths)],
         ),
         links=["https://github.com/vllm-project/vllm/issues/12219"],
     )
@@ -306,6 +307,8 @@ def vllm_torch_pair(snap, kb):
     each stack row's source (vLLM METADATA `Requires-Dist: torch==...`).
     """
     vllm = str((snap.get("vllm.install") or {}).get("version"))
+    if (snap.get("torch.build") or {}).get("hip"):
+        raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
     stack = kb.stack_for_vllm(vllm) if version(vllm) else None
     if stack is None:
         raise NotApplicable(f"vLLM {vllm} matches no knowledge stack")
@@ -385,6 +388,7 @@ def _same(have: str | None, want: str | None, *, local: bool = True) -> bool:
     title="Installed versions differ from the deployed manifest",
     category="packages",
     needs=("manifest",),
+    links=[DESIGN],
 )
 def manifest_drift(snap, kb):
     """vLLM, torch (with its CUDA build) or Triton differ from what the deploy recorded in
@@ -435,6 +439,7 @@ def manifest_drift(snap, kb):
             text="Re-run the deploy for this host, or reinstall the manifest's stack:",
             commands=commands,
         ),
+        links=[DESIGN, *([stack.source] if stack else [])],
     )
 
 

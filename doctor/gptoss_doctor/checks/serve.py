@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..findings import Finding, Fix, check
 from ._util import (
     GUIDE,
@@ -12,6 +14,8 @@ from ._util import (
     serve_flags,
     truthy,
     unit_name,
+    public,
+    version,
     vllm_version,
 )
 
@@ -23,7 +27,30 @@ def _flag_lifecycle(kb, flag: str, value: str | None = None):
         for key in (f"{name} {value}", f"{name}={value}"):
             if key in kb.flags:
                 return kb.flags[key]
-    return kb.flags.get(name) or kb.flags.get(flag)
+    return kb.flags.get(name)
+
+
+def _json_keys(value) -> list[str]:
+    """Top-level keys of a JSON-object flag value (`--compilation-config '{"full_cuda_graph": true}'`)."""
+    try:
+        parsed = json.loads(str(value))
+    except (TypeError, ValueError):
+        return []
+    return list(parsed) if isinstance(parsed, dict) else []
+
+
+def _flag_rows(kb, flag: str, value) -> list:
+    """Every knowledge row this flag touches: the flag, its value, or a key inside its JSON."""
+    rows = [_flag_lifecycle(kb, flag, str(value))]
+    rows += [kb.flags.get(f"--{flag} {key}") for key in _json_keys(value)]
+    dotted = flag.split(".", 1)  # -cc.full_cuda_graph=true is --compilation-config full_cuda_graph
+    if len(dotted) == 2:
+        rows.append(kb.flags.get(f"--{dotted[0]} {dotted[1].split('.')[0]}"))
+    return [r for r in dict.fromkeys(rows) if r is not None]
+
+
+# Flag values with a check of their own, which says more than "not in this vLLM".
+DEDICATED_ROWS = {"--tool-call-parser openai"}
 
 
 def _edit_unit(snap, what: str) -> list[str]:
@@ -57,14 +84,14 @@ def stale_serve_flag(snap, kb):
     vllm = vllm_version(snap)
     bad = []
     for flag, value in sorted(serve_flags(snap).items()):
-        lc = _flag_lifecycle(kb, flag, str(value))
-        if lc is None:
-            continue
-        status = kb.lifecycle_status(lc, vllm)
-        if status == "valid":
-            continue
-        bad.append({"flag": lc.name, "value": value, "status": status, "replacement": lc.replacement,
-                    "note": lc.note or None, "source": lc.source})
+        for lc in _flag_rows(kb, flag, value):
+            if lc.name in DEDICATED_ROWS:
+                continue
+            status = kb.lifecycle_status(lc, vllm)
+            if status == "valid":
+                continue
+            bad.append({"flag": lc.name, "value": value, "status": status, "replacement": lc.replacement,
+                        "note": lc.note or None, "source": lc.source})
     if not bad:
         return
     worst = "error" if any(b["status"] in ("removed", "not-yet") for b in bad) else "warning"
@@ -133,7 +160,7 @@ def tool_call_parser_openai(snap, kb):
 
 @check(
     "auto-tool-choice-missing",
-    severity="warning",
+    severity="error",
     title="Tool calling half-configured (parser without --enable-auto-tool-choice, or the reverse)",
     category="serve",
     needs=("service.serve",),
@@ -190,16 +217,19 @@ def async_structured_output(snap, kb):
     #29379.
     """
     vllm = vllm_version(snap)
+    row = kb.flags.get("--async-scheduling")
+    # When async scheduling learned structured output: a "--async-scheduling structured-output"
+    # row (introduced = the fixing release), as the knowledge names flag values.
     compat = kb.flags.get("--async-scheduling structured-output")
-    if compat is None:
-        raise NotApplicable("the knowledge has no lifecycle row for async scheduling with structured output")
+    if row is None or compat is None or not compat.introduced:
+        raise NotApplicable("the knowledge has no '--async-scheduling structured-output' row (since when they work together)")
     if kb.lifecycle_status(compat, vllm) in ("valid", "deprecated"):
         pp = flag_value(snap, "--pipeline-parallel-size")
         if not pp or str(pp) == "1":
             return
     explicit = has_flag(snap, "--async-scheduling") and truthy(flag_value(snap, "--async-scheduling") or "True")
-    default_on = kb.flags.get("--async-scheduling default")
-    on_by_default = default_on is not None and kb.lifecycle_status(default_on, vllm) in ("valid", "deprecated")
+    since = getattr(row, "default_since", None)
+    on_by_default = bool(since) and version(vllm) is not None and public(version(vllm)) >= version(since)
     if has_flag(snap, "--no-async-scheduling") or not (explicit or on_by_default):
         return
     yield Finding(

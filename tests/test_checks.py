@@ -1,0 +1,202 @@
+"""The doctor's checks, driven by data.
+
+Each file tests/fixtures/checks/<check-id>/<case>.json names a base snapshot from
+tests/fixtures/snapshots/, changes some facts, and lists the findings that check (and only that
+check) must report: `[]` is a false-alarm case, which must also have *run* (status "ok", not
+skipped). See tests/fixtures/checks/README.md for the case format.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gptoss_doctor import checks
+from gptoss_doctor.checks import UnknownCheckError, run_checks, run_one, select
+from gptoss_doctor.findings import REGISTRY, SEVERITIES, CheckSpec, Finding, Fix
+from gptoss_doctor.knowledge import Lifecycle, load
+from gptoss_doctor.snapshot import FACT_KEYS, Snapshot, load_snapshot
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BASES = FIXTURES / "snapshots"
+CASES = sorted((FIXTURES / "checks").glob("*/*.json"))
+KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+CASE_KEYS = {"snapshot", "patch", "merge", "append", "knowledge", "expect", "status", "_comment"}
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return load()
+
+
+def load_base(name: str) -> dict:
+    path = BASES / f"{name}.json"
+    assert path.is_file(), f"case names base snapshot {name!r}, but {path} does not exist"
+    return load_snapshot(path.read_text(), str(path)).data
+
+
+def apply_case(base: dict, case: dict, where: str) -> Snapshot:
+    """The base snapshot with the case's changes: patch replaces facts, merge updates a dict
+    value's keys (null deletes one), append extends a list value."""
+    data = copy.deepcopy(base)
+    facts = data["facts"]
+    for op in ("patch", "merge", "append"):
+        for key in case.get(op, {}):
+            assert key in FACT_KEYS, f"{where}: {op} names {key!r}, which is not in snapshot.FACT_KEYS"
+    for key, fact in case.get("patch", {}).items():
+        if fact is None:
+            facts.pop(key, None)
+        else:
+            assert isinstance(fact, dict) and len({"value", "absent", "failed"} & fact.keys()) == 1, (
+                f"{where}: patch[{key!r}] must be one fact state: {{'value': ...}}, {{'absent': why}} or {{'failed': error}}"
+            )
+            facts[key] = fact
+    for key, changes in case.get("merge", {}).items():
+        target = facts[key]["value"]
+        assert isinstance(target, dict), f"{where}: merge[{key!r}]: the base's value is not an object"
+        for k, val in changes.items():
+            if val is None:
+                target.pop(k, None)
+            else:
+                target[k] = val
+    for key, items in case.get("append", {}).items():
+        target = facts[key]["value"]
+        assert isinstance(target, list), f"{where}: append[{key!r}]: the base's value is not a list"
+        target.extend(items)
+    return Snapshot(data)
+
+
+def with_rows(kb, rows: dict, where: str):
+    """The knowledge plus lifecycle rows a case adds ({"flags": {name: {field: value}}}): for a
+    check whose knowledge row has not landed yet, so its logic is tested all the same."""
+    changes = {}
+    for table, named in rows.items():
+        assert table in ("flags", "env_vars", "attention_backends"), f"{where}: knowledge table {table!r}"
+        kind = {"flags": "flag", "env_vars": "env_var", "attention_backends": "attention_backend"}[table]
+        changes[table] = {**getattr(kb, table), **{n: Lifecycle(name=n, kind=kind, **f) for n, f in named.items()}}
+    return dataclasses.replace(kb, **changes)
+
+
+def case_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+def assert_well_formed(finding: Finding, spec: CheckSpec, where: str) -> None:
+    assert finding.id == spec.id, f"{where}: finding id {finding.id!r} from check {spec.id!r}"
+    assert SEVERITIES.index(finding.severity) >= SEVERITIES.index(spec.severity), (
+        f"{where}: {finding.severity} is worse than the check's declared worst {spec.severity}"
+    )
+    assert finding.title.strip(), f"{where}: empty title"
+    assert isinstance(finding.evidence, dict) and finding.evidence.get("sources"), (
+        f"{where}: evidence must say what was seen and where (a 'sources' entry)"
+    )
+    assert finding.fix.text.strip(), f"{where}: a fix needs its text"
+    assert finding.links, f"{where}: a finding needs at least one source link"
+    for cmd in finding.fix.commands:
+        assert cmd.strip() and "None" not in cmd, f"{where}: malformed fix command {cmd!r}"
+    json.dumps(finding.to_dict())  # the report serialises it
+
+
+@pytest.mark.parametrize("path", CASES, ids=case_id)
+def test_case(path: Path, kb):
+    case = json.loads(path.read_text())
+    where = case_id(path)
+    assert set(case) <= CASE_KEYS, f"{where}: unknown keys {sorted(set(case) - CASE_KEYS)}"
+    spec = REGISTRY.get(path.parent.name)
+    assert spec is not None, f"{where}: directory {path.parent.name!r} names no registered check"
+    snap = apply_case(load_base(case["snapshot"]), case, where)
+    if case.get("knowledge"):
+        kb = with_rows(kb, case["knowledge"], where)
+
+    findings, status = run_one(snap, kb, spec)
+
+    got = sorted((f.id, f.severity) for f in findings)
+    want = sorted((e["id"], e["severity"]) for e in case["expect"])
+    assert got == want, f"{where}: status {status!r}; findings: {[f.title for f in findings]}"
+    for f in findings:
+        assert_well_formed(f, spec, where)
+    expected_status = case.get("status") or (want and SEVERITIES[min(SEVERITIES.index(s) for _, s in want)]) or "ok"
+    assert status.startswith(expected_status), f"{where}: status {status!r}, expected {expected_status!r}"
+
+
+def test_every_check_has_a_true_and_a_false_alarm_case():
+    positive, negative = set(), set()
+    for path in CASES:
+        case = json.loads(path.read_text())
+        if case["expect"]:
+            positive.add(path.parent.name)
+        elif not case.get("status"):  # a false-alarm case must have run, not been skipped
+            negative.add(path.parent.name)
+    missing = [
+        f"{cid}: " + ", ".join(k for k, have in (("a true case", cid in positive), ("a false-alarm case", cid in negative)) if not have)
+        for cid in REGISTRY
+        if cid not in positive or cid not in negative
+    ]
+    assert not missing, "checks without cases: " + "; ".join(missing)
+
+
+def test_ids_are_unique_kebab_case_and_documented():
+    assert len(REGISTRY) >= 29
+    for cid, spec in REGISTRY.items():
+        assert cid == spec.id and KEBAB.match(cid), cid
+        assert spec.category and spec.title, cid
+        assert set(spec.needs) <= FACT_KEYS.keys(), f"{cid} needs unknown facts {set(spec.needs) - FACT_KEYS.keys()}"
+        # `gptoss-doctor explain ID` prints the docstring: it must say what, why, fix and source
+        assert "Why:" in spec.explain and "Fix:" in spec.explain and "Source:" in spec.explain, cid
+    for required in ("duplicate-triton", "torch-cuda-suffix", "sinks-float32", "bad-cuda-home"):
+        assert required in REGISTRY
+
+
+@pytest.mark.parametrize("base", sorted(p.stem for p in BASES.glob("*.json")))
+def test_base_snapshots_are_healthy(base, kb):
+    """A base is a healthy box: no check finds anything or crashes there, so each case's
+    finding comes from its own change."""
+    findings, statuses = run_checks(Snapshot(load_base(base)), kb)
+    assert not [s for s in statuses.values() if s.startswith("crashed")], statuses
+    assert [(f.id, f.title) for f in findings] == []
+
+
+def _spec(fn, needs=()) -> CheckSpec:
+    return CheckSpec(id="probe", severity="warning", title="t", category="test", needs=tuple(needs), fn=fn, explain="")
+
+
+def test_run_one_reports_skipped_crashed_and_worst_severity(kb):
+    snap = Snapshot({"facts": {"host.shm_bytes": {"failed": "df timed out"}, "host.hostname": {"value": "x"}}})
+
+    def boom(snap, kb):
+        raise KeyError("gpu")
+
+    def not_here(snap, kb):
+        raise checks.NotApplicable("no Blackwell GPU")
+
+    def two(snap, kb):
+        yield Finding("probe", "info", "i", {"sources": {}}, Fix("t"))
+        yield Finding("probe", "warning", "w", {"sources": {}}, Fix("t"))
+
+    assert run_one(snap, kb, _spec(two, needs=["host.shm_bytes"]))[1] == "skipped: host.shm_bytes could not be collected (df timed out)"
+    assert run_one(snap, kb, _spec(two, needs=["nvidia.gpus"]))[1] == "skipped: nvidia.gpus absent (not collected)"
+    assert run_one(snap, kb, _spec(boom))[1] == "crashed: KeyError: 'gpu'"
+    assert run_one(snap, kb, _spec(not_here))[1] == "skipped: no Blackwell GPU"
+    found, status = run_one(snap, kb, _spec(two, needs=["host.hostname"]))
+    assert status == "warning" and len(found) == 2
+
+
+def test_only_selects_by_id_or_category_and_rejects_unknown_names(kb):
+    assert [s.id for s in select(["duplicate-triton"])] == ["duplicate-triton"]
+    security = {s.id for s in select(["security"])}
+    assert "api-without-key" in security and "duplicate-triton" not in security
+    findings, statuses = run_checks(Snapshot(load_base("h200-vllm-0.33.0")), kb, only=["duplicate-triton", "bad-cuda-home"])
+    assert set(statuses) == {"duplicate-triton", "bad-cuda-home"}
+    with pytest.raises(UnknownCheckError, match="'no-such-check'"):
+        run_checks(Snapshot({"facts": {}}), kb, only=["no-such-check"])
+
+
+def test_empty_snapshot_skips_or_passes_without_crashing(kb):
+    """A snapshot with nothing collected (another OS, a broken collector) never crashes a check."""
+    _, statuses = run_checks(Snapshot({"facts": {}}), kb)
+    assert not [(k, s) for k, s in statuses.items() if s.startswith("crashed")]
