@@ -331,6 +331,12 @@ def test_flag_lifecycles(kb):
     assert kb.lifecycle("--attention-backend") is kb.flags["--attention-backend"]
 
 
+def test_lifecycle_status_by_name(kb):
+    assert kb.lifecycle_status("TRITON_ATTN_VLLM_V1", "0.33.0") == "removed"
+    with pytest.raises(KnowledgeError, match=r"no lifecycle row for 'VLLM_NOPE'"):
+        kb.lifecycle_status("VLLM_NOPE", "0.33.0")
+
+
 def test_bad_version_in_a_lookup_is_a_knowledge_error(kb):
     with pytest.raises(KnowledgeError, match=r"'latest' is not a version"):
         kb.lifecycle_status(kb.env_vars["VLLM_ATTENTION_BACKEND"], "latest")
@@ -422,6 +428,11 @@ def test_family_for_gpu_does_not_confuse_neighbours(kb):
     assert kb.family_for_gpu("NVIDIA GH200 480GB") is None
     assert kb.family_for_gpu("Tesla V100-SXM2-16GB", compute_cap="7.0") is None
     assert kb.family_for_gpu("NVIDIA GB200", compute_cap="10.0").name == "GB200"
+
+
+@pytest.mark.parametrize("cc", ["9.0", 9, 9.0, "9"])
+def test_family_for_gpu_compute_cap_forms(kb, cc):
+    assert kb.family_for_gpu("NVIDIA H100 PCIe", compute_cap=cc).name == "H100"
 
 
 def test_family_for_gpu_by_gfx_alone(kb):

@@ -735,9 +735,10 @@ class Knowledge:
     # -- GPUs -----------------------------------------------------------------------------
     def family_for_gpu(self, name: str, compute_cap: str | None = None, gfx: str | None = None) -> GpuFamily | None:
         """The family whose name pattern matches; compute capability / gfx break ties or stand alone."""
+        cc = _compute_cap(compute_cap)
         by_name = [f for f in self.gpu_families.values() if name and f.matches_name(name)]
-        if compute_cap is not None:
-            by_name = [f for f in by_name if f.compute_capability in (None, str(compute_cap))] or by_name
+        if cc is not None:
+            by_name = [f for f in by_name if f.compute_capability in (None, cc)] or by_name
         if gfx is not None:
             by_name = [f for f in by_name if f.gfx in (None, gfx)] or by_name
         if by_name:
@@ -770,12 +771,17 @@ class Knowledge:
                 return table[name]
         return None
 
-    @staticmethod
-    def lifecycle_status(lc: Lifecycle, vllm_version: str | Version) -> str:
+    def lifecycle_status(self, lc: Lifecycle | str, vllm_version: str | Version) -> str:
         """"valid" | "deprecated" | "removed" | "not-yet" for this name on this vLLM.
 
-        A version counts as the release it belongs to (0.10.1+gptoss -> 0.10.1, 0.14.0rc2.dev5 ->
-        0.14.0); `only_in` / `not_in` name the exact builds that differed (the +gptoss wheel)."""
+        `lc` is a row or a name (KnowledgeError when no table has it). A version counts as the
+        release it belongs to (0.10.1+gptoss -> 0.10.1, 0.14.0rc2.dev5 -> 0.14.0); `only_in` /
+        `not_in` name the exact builds that differed (the +gptoss wheel)."""
+        if isinstance(lc, str):
+            row = self.lifecycle(lc)
+            if row is None:
+                raise KnowledgeError(f"no lifecycle row for {lc!r} (lifecycle.toml: env_var, attention_backend, flag)")
+            lc = row
         v = parse_version(vllm_version)
         release = _release_of(v)
         if not lc.upstream:
@@ -821,6 +827,14 @@ class Knowledge:
              if f.model == model and f.family == family and f.tensor_parallel_size == tensor_parallel_size),
             None,
         )
+
+
+def _compute_cap(cc: object) -> str | None:
+    """'9.0' from '9.0', 9, 9.0, '9' or '(9, 0)'-like text; None when absent or unreadable."""
+    if cc is None:
+        return None
+    m = re.match(r"\D*(\d+)(?:\D+(\d+))?", str(cc))
+    return f"{int(m.group(1))}.{int(m.group(2) or 0)}" if m else None
 
 
 def _release_of(v: Version) -> Version:
