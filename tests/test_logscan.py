@@ -104,10 +104,16 @@ MSG = "AssertionError: Sinks must be of type float32"
         # journalctl -u gptoss-vllm, short and short-iso
         (f"Nov 27 10:00:00 gpu-01 vllm[123]: (APIServer pid=123) WARNING 11-27 10:00:00 [envs.py:2128] {MSG}", MSG, "WARNING", "APIServer"),
         (f"2025-11-27T10:00:00+0000 gpu-01 python3[123]: {MSG}", MSG, None, None),
+        (f"авг 18 14:15:04 llm python3[28059]: (EngineCore pid=28059) ERROR 08-18 14:15:04 [core.py:1] {MSG}", MSG, "ERROR", "EngineCore"),
         # kubectl logs --timestamps / --prefix, supervisor wrappers
         (f"2026-01-22T19:54:36.819Z ERROR 01-22 11:54:36.819 [config.py:32] {MSG}", MSG, "ERROR", None),
         (f"[pod/vllm-0/vllm] {MSG}", MSG, None, None),
         (f"[2026-01-22 19:54:36] [/bin/sh]: ERROR 01-22 11:54:36.819 [config.py:32] {MSG}", MSG, "ERROR", None),
+        # containerd/CRI pod logs, docker's json-file driver, journalctl -o short-monotonic, Ray's bare pid
+        (f"2025-08-05T10:11:12.123456789Z stderr F (EngineCore_DP0 pid=1) ERROR 08-05 10:11:12 [core.py:1] {MSG}", MSG, "ERROR", "EngineCore_DP0"),
+        ('{"log":"(APIServer pid=1) ' + MSG + '\\n","stream":"stderr","time":"2025-08-05T10:11:12.1Z"}', MSG, None, "APIServer"),
+        (f"[ 8123.456789] gpu-01 vllm[123]: {MSG}", MSG, None, None),
+        (f"(pid=4242) {MSG}", MSG, None, None),
         # torch.distributed rank prefix, uvicorn's level prefix
         (f"[rank0]: {MSG}", MSG, None, None),
         ("INFO:     Application startup complete.", "Application startup complete.", "INFO", None),

@@ -12,6 +12,7 @@ error was found; otherwise it is folded into the root cause's evidence.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -182,11 +183,16 @@ _LEVELS = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL"
 
 # Each prefix is stripped at most once, in this order (outermost wrapper first).
 _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
-    # journalctl -o short: "Nov 27 10:00:00 host vllm[123]: "
-    ("journal", re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    # journalctl -o short: "Nov 27 10:00:00 host vllm[123]: ", month names in the host's locale ("Okt", "авг")
+    ("journal", re.compile(r"^[^\W\d_]{3,5}\.? [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
     # journalctl -o short-iso / syslog: "2025-11-27T10:00:00+0000 host vllm[123]: "
     ("journal", re.compile(
         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    # journalctl -o short-monotonic, dmesg: "[12345.678901] host vllm[123]: ", "[ 1234.5678] "
+    ("journal", re.compile(r"^\[\s*\d+\.\d+\] \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    ("kernel", re.compile(r"^\[\s*\d+\.\d+\] ")),
+    # containerd/CRI log files (/var/log/pods/...): "2025-08-05T10:11:12.123456789Z stderr F "
+    ("cri", re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d) (?:stdout|stderr) [FP] ")),
     # docker compose: "vllm-1  | ", "gptoss_vllm_1 | "
     ("compose", re.compile(r"^[A-Za-z0-9][\w.-]*\s+\| ?")),
     # docker logs -t / kubectl --timestamps / many collectors: ISO timestamp first
@@ -199,7 +205,7 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
     # torch.distributed rank prefix
     ("rank", re.compile(r"^\[rank\d+\]:\s?")),
     # vLLM process prefix: "(VllmWorker TP0 pid=1234) ", "(EngineCore_DP0 pid=1) ", "(APIServer pid=1) "
-    ("process", re.compile(r"^\((?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
+    ("process", re.compile(r"^\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
     # vLLM logger header, every era: "ERROR 08-05 10:11:12 [file.py:511] " / "INFO 02-16 18:30:09 file.py:190] "
     ("header", re.compile(
         rf"^(?P<level>{_LEVELS}) +\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? +\[?[\w.<>-]+(?::\d+)?\] ?")),
@@ -220,9 +226,21 @@ class LogLine:
     stripped: tuple[str, ...] = field(default=())  # kinds of prefix removed, outermost first
 
 
+def _unwrap_docker_json(raw: str) -> str:
+    """A line of docker's json-file log ({"log": "...\\n", "stream": ..., "time": ...}) holds the real line."""
+    if raw.startswith('{"log":'):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return raw
+        if isinstance(record, dict) and isinstance(record.get("log"), str):
+            return record["log"]
+    return raw
+
+
 def parse_line(number: int, raw: str) -> LogLine:
     """Strip colour codes, then each known prefix at most once, outermost first."""
-    text = _ANSI.sub("", raw.rstrip("\r\n"))
+    text = _ANSI.sub("", _unwrap_docker_json(raw.rstrip("\r\n")).rstrip("\r\n"))
     message = text
     level = process = None
     stripped: list[str] = []
