@@ -375,3 +375,22 @@ def test_deep_on_real_cpu_torch(capsys, tmp_path_factory, bare_root):
     assert deep["cuda_init"]["ok"] is False and "is_available() is False" in deep["cuda_init"]["error"]
     assert deep["matmul"]["ok"] is True and deep["matmul"]["detail"]["device"].startswith("cpu")
     assert deep["triton_kernel"]["ok"] is None
+
+
+# -- the snapshot recorded on a real H200 ------------------------------------------------------------
+
+H200_REAL = Path(__file__).parent / "fixtures" / "snapshots" / "h200-real.json"
+
+
+def test_real_h200_snapshot_judged_offline(capsys):
+    """Recorded with `collect --deep` on the lent H200 (torch 2.11.0+cu130, no vLLM): judged here, without a GPU."""
+    rc, out, _ = run(capsys, "check", "--from", str(H200_REAL), "--json")
+    report = json.loads(out)
+    gpus = report["facts"]["nvidia.gpus"]["value"]
+    assert gpus[0]["name"] == "NVIDIA H200" and gpus[0]["compute_cap"] == "9.0"
+    assert report["facts"]["torch.build"]["value"]["version"] == "2.11.0+cu130"
+    assert all(report["facts"]["deep"]["value"][s]["ok"] for s in ("torch_import", "cuda_init", "matmul", "triton_kernel"))
+    assert rc == report["exit_code"] == (1 if any(f["severity"] == "error" for f in report["findings"]) else 0)
+    rc, out, _ = run(capsys, "check", "--from", str(H200_REAL))
+    assert "1x NVIDIA H200 (cc 9.0, 140 GiB) · driver 580.159.04 (CUDA <= 13.0)" in out
+    assert "triton_kernel ok" in out

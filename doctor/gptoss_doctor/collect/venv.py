@@ -113,16 +113,14 @@ def read_metadata_header(path: Path) -> dict[str, str]:
 def top_level_from_record(text: str) -> list[str]:
     """First path parts a distribution owns per RECORD: packages and modules, not its dist-info or scripts."""
     names = set()
-    for line in text.splitlines():
-        path = line.split(",", 1)[0]
-        head = path.split("/", 1)[0]
-        if not head or head.startswith("..") or head.endswith((".dist-info", ".data")) or head == "__pycache__":
-            continue
-        if "/" not in path:  # a module file: foo.py, foo.cpython-312-x86_64-linux-gnu.so, foo.pth
-            if head.endswith(".pth"):
-                continue
-            head = head.split(".", 1)[0]
-        names.add(head)
+    # dedupe the first path parts first: torch's RECORD has ~20k rows but three top-level names
+    for head in {line.partition("/")[0] for line in text.split("\n")}:
+        if "," in head:  # no "/" before the first ",": a top-level file (six.py, foo.cpython-312-x86_64-linux-gnu.so)
+            file = head.partition(",")[0]
+            if file and not file.endswith(".pth") and not file.startswith(".."):
+                names.add(file.split(".", 1)[0])
+        elif head and not head.startswith("..") and not head.endswith((".dist-info", ".data")) and head != "__pycache__":
+            names.add(head.strip())
     return sorted(names)
 
 
