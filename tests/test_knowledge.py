@@ -314,6 +314,17 @@ def test_gptoss_only_names(kb):
     assert kb.lifecycle_status(renamed, "0.23.0") == "removed"
 
 
+def test_replacements_that_name_a_row_are_valid_where_the_old_name_stops(kb):
+    """A replacement that is itself a backend or env var row must work where the old name ends."""
+    for table in (kb.env_vars, kb.attention_backends):
+        for lc in table.values():
+            new = table.get((lc.replacement or "").strip())
+            if new is None:
+                continue
+            end = lc.removed or kb.latest_stack.vllm
+            assert kb.lifecycle_status(new, end) in ("valid", "deprecated"), (lc.name, new.name, end)
+
+
 def test_fork_only_names_are_never_valid_upstream(kb):
     lc = kb.env_vars["VLLM_USE_AITER_TRITON_GEMM"]
     assert kb.lifecycle_status(lc, "0.10.1") == "removed"
