@@ -22,6 +22,10 @@ def _expect(log: Path) -> dict:
     return json.loads(log.with_suffix(".json").read_text())
 
 
+def _read(log: Path) -> list[str]:
+    return log.read_text(encoding="utf-8").splitlines()
+
+
 def _scan_file(log: Path):
     with log.open(encoding="utf-8") as f:
         return scan(f)
@@ -236,6 +240,15 @@ def test_known_root_cause_in_the_subprocess_beats_the_inspect_failure():
     assert finding.evidence["downstream"] == [{"id": "model-inspect-failed", "first_line": 1, "count": 2}]
 
 
+def test_explained_by_folds_the_effect_into_its_cause():
+    (finding,) = _scan_file(FIXTURES / "nccl-shm-minimax-h200.log")
+    assert finding.id == "shm-too-small"
+    assert finding.evidence["downstream"] == [{"id": "nccl-error", "first_line": 1, "count": 2}]
+    # without the shared-memory line the NCCL error stands on its own
+    (alone,) = scan(_read(FIXTURES / "nccl-shm-minimax-h200.log")[:1])
+    assert alone.id == "nccl-error" and "downstream" not in alone.evidence
+
+
 def test_fix_text_is_filled_from_captured_groups():
     (finding,) = scan(["ValueError: Total number of attention heads (64) must be divisible by tensor parallel size (3)."])
     assert finding.title == "Tensor-parallel size 3 does not divide the 64 attention heads"
@@ -315,6 +328,7 @@ def test_the_shipped_table_loads_and_is_big_enough():
         (GOOD_ROW + 'colour = "red"\n', "unknown field 'colour'"),
         ("title = 'no rows'", "no [[signature]] rows"),
         ("[[signature]\n", "not valid TOML"),
+        (GOOD_ROW + 'explained_by = ["nope"]\n', "explained_by names 'nope'"),
     ],
 )
 def test_bad_table_rows_are_named(tmp_path, row, problem):

@@ -63,6 +63,8 @@ class Signature:
     downstream: bool = False
     # Also point at the exception line of the traceback that precedes the match.
     root_cause_before: bool = False
+    # Ids of failures that cause this one: when one of them is found, this folds into it.
+    explained_by: tuple[str, ...] = ()
 
     def match(self, message: str) -> dict[str, str] | None:
         """None when no pattern matches; else the named groups of every pattern that matches."""
@@ -91,6 +93,7 @@ _FIELDS = {
     "unless": list,
     "downstream": bool,
     "root_cause_before": bool,
+    "explained_by": list,
 }
 _REQUIRED = ("id", "severity", "title", "patterns", "fix", "source")
 
@@ -121,7 +124,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         raise SignatureError(f"{where}: id is not kebab-case")
     if row["severity"] not in SEVERITIES:
         raise SignatureError(f"{where}: severity {row['severity']!r} not in {SEVERITIES}")
-    for key in ("commands", "links"):
+    for key in ("commands", "links", "explained_by"):
         for item in row.get(key, []):
             if not isinstance(item, str) or not item:
                 raise SignatureError(f"{where}: {key} holds {item!r}, expected non-empty strings")
@@ -139,6 +142,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         unless=unless,
         downstream=row.get("downstream", False),
         root_cause_before=row.get("root_cause_before", False),
+        explained_by=tuple(row.get("explained_by", [])),
     )
 
 
@@ -159,6 +163,10 @@ def parse_signatures(text: str, where: str) -> tuple[Signature, ...]:
             raise SignatureError(f"{where}: signature #{n}: duplicate id {sig.id!r} (first at #{seen[sig.id]})")
         seen[sig.id] = n
         signatures.append(sig)
+    for n, sig in enumerate(signatures, start=1):
+        for other in sig.explained_by:
+            if other not in seen or other == sig.id:
+                raise SignatureError(f"{where}: signature #{n} ({sig.id}): explained_by names {other!r}, not another id here")
     return tuple(signatures)
 
 
@@ -412,21 +420,24 @@ def _finding(lines: Sequence[LogLine], hit: _Hit) -> Finding:
 def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Signature]) -> list[Finding]:
     order = {sig.id: n for n, sig in enumerate(table)}
     roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
-    findings: list[Finding] = []
-    folded: list[_Hit] = []
+    folded: dict[str, list[_Hit]] = {}  # root id -> the hits it explains
+    kept: list[_Hit] = []
     for hit in hits.values():
-        if hit.signature.downstream and roots:
-            folded.append(hit)
-            continue
-        findings.append(_finding(lines, hit))
-    if folded:
-        # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
-        first_root = min(roots, key=lambda h: h.indexes[0])
-        root = next(f for f in findings if f.id == first_root.signature.id)
-        root.evidence["downstream"] = [
-            {"id": h.signature.id, "first_line": lines[h.indexes[0]].number, "count": len(h.indexes)}
-            for h in sorted(folded, key=lambda h: h.indexes[0])
-        ]
+        causes = [hits[i] for i in hit.signature.explained_by if i in hits]
+        if not causes and hit.signature.downstream and roots:
+            causes = [min(roots, key=lambda h: h.indexes[0])]
+        if causes:
+            # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
+            folded.setdefault(causes[0].signature.id, []).append(hit)
+        else:
+            kept.append(hit)
+    findings = [_finding(lines, hit) for hit in kept]
+    for finding in findings:
+        if finding.id in folded:
+            finding.evidence["downstream"] = [
+                {"id": h.signature.id, "first_line": lines[h.indexes[0]].number, "count": len(h.indexes)}
+                for h in sorted(folded[finding.id], key=lambda h: h.indexes[0])
+            ]
     rank = {s: n for n, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: (rank[f.severity], f.evidence["first_line"], order[f.id]))
     return findings
