@@ -448,7 +448,9 @@ def test_offline_files_from_the_service_environment(box):
     box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nEnvironment=TIKTOKEN_ENCODINGS_BASE=/opt/tiktoken HF_HOME=/srv/hf\nExecStart=/usr/bin/vllm serve m\n")
     box.write("/opt/tiktoken/o200k_base.tiktoken", "x")
     (box.root / "srv/hf/hub/models--openai--gpt-oss-20b").mkdir(parents=True)
-    got = offline_files(box.env())["hf.offline_files"]["value"]
+    box.write("/opt/tiktoken_cache/fb374d419588a4632f3f557e76b4b70aebbca790", "x")
+    got = offline_files(box.env(TIKTOKEN_CACHE_DIR="/opt/tiktoken_cache"))["hf.offline_files"]["value"]
+    assert got["tiktoken_cache_files"] == ["fb374d419588a4632f3f557e76b4b70aebbca790"]
     assert (got["tiktoken_dir"], got["tiktoken_from"], got["files"]) == ("/opt/tiktoken", "service", ["o200k_base.tiktoken"])
     assert got["hub_models"] == ["openai/gpt-oss-20b"]
 

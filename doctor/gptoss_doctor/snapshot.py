@@ -57,7 +57,8 @@ FACT_KEYS: dict[str, str] = {
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
     "files.world_readable_secrets": '[{"path": str, "mode": "0644", "what": str}]',
     "hf.offline_files": '{"tiktoken_dir": str | None, "tiktoken_dir_exists": bool, "tiktoken_from": "service" | "shell" | None, '
-    '"files": [str] (in tiktoken_dir), "hf_home": str, "hf_home_from": "service" | "shell" | None, "hub_cache": str, '
+    '"files": [str] (in tiktoken_dir), "tiktoken_cache_dir": str | None (TIKTOKEN_CACHE_DIR), '
+    '"tiktoken_cache_files": [str], "hf_home": str, "hf_home_from": "service" | "shell" | None, "hub_cache": str, '
     '"hub_models": ["openai/gpt-oss-20b"]}',
     "deep": '{"torch_import": step, "cuda_init": step, "matmul": step, "triton_kernel": step} '
     'with step = {"ok": bool | None (None: does not apply here), "seconds": float | None, "error": str | None, '

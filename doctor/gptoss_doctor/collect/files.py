@@ -94,6 +94,12 @@ def offline_files(env: Env) -> dict:
     files = []
     if tiktoken_dir and env.path(tiktoken_dir).is_dir():
         files = sorted(p.name for p in env.path(tiktoken_dir).iterdir() if p.is_file())
+    # tiktoken's own download cache (files named by the sha1 of their URL), which openai_harmony
+    # also falls back to: staged encodings may live here instead of TIKTOKEN_ENCODINGS_BASE
+    cache_dir, _ = setting("TIKTOKEN_CACHE_DIR")
+    cache_files = []
+    if cache_dir and env.path(cache_dir).is_dir():
+        cache_files = sorted(p.name for p in env.path(cache_dir).iterdir() if p.is_file())
     hf_home, hf_from = setting("HF_HOME")
     if not hf_home:
         hf_home = f"{_home_of(env, (unit or {}).get('user'))}/.cache/huggingface"
@@ -111,12 +117,14 @@ def offline_files(env: Env) -> dict:
                 "tiktoken_dir_exists": bool(tiktoken_dir) and env.path(tiktoken_dir).is_dir(),
                 "tiktoken_from": tiktoken_from,
                 "files": files,
+                "tiktoken_cache_dir": cache_dir,
+                "tiktoken_cache_files": cache_files,
                 "hf_home": hf_home,
                 "hf_home_from": hf_from,
                 "hub_cache": hub,
                 "hub_models": models,
             },
-            "TIKTOKEN_ENCODINGS_BASE, HF_HOME, HF_HUB_CACHE",
+            "TIKTOKEN_ENCODINGS_BASE, TIKTOKEN_CACHE_DIR, HF_HOME, HF_HUB_CACHE",
         )
     }
 

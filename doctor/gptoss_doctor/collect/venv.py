@@ -9,6 +9,7 @@ import ast
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..snapshot import absent, failed, value
@@ -163,25 +164,31 @@ def read_egg_info(d: Path, location: Path) -> dict | None:
     }
 
 
+def _read_entry(entry: Path, sp: Path) -> dict | None:
+    if entry.name.endswith(".dist-info"):
+        return read_dist_info(entry, sp)
+    return read_egg_info(entry, sp)
+
+
 def scan_site_packages(sp: Path) -> tuple[list[dict], list[dict]]:
     """(distributions, `~` leftovers) of one site-packages directory."""
-    dists, leftovers = [], []
+    leftovers, metadata_dirs = [], []
     for entry in sorted(sp.iterdir(), key=lambda p: p.name):
         name = entry.name
         if name.startswith("~"):
             # pip renames what it is removing to ~xxx; an interrupted uninstall leaves it behind
             kind = "dist-info" if name.endswith(".dist-info") else "dir" if entry.is_dir() else "file"
             leftovers.append({"name": name, "path": str(entry), "kind": kind})
-            continue
-        if name.endswith(".dist-info"):
-            d = read_dist_info(entry, sp)
-        elif name.endswith(".egg-info"):
-            d = read_egg_info(entry, sp)
-        else:
-            continue
-        if d:
-            dists.append(d)
-    return dists, leftovers
+        elif name.endswith((".dist-info", ".egg-info")):
+            metadata_dirs.append(entry)
+    if len(metadata_dirs) > 32:
+        # a serving venv has ~200 distributions, three small files each: on overlay or network file
+        # systems the reads wait on I/O, which threads overlap (the GIL is released while reading)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dist-info") as pool:
+            found = list(pool.map(lambda e: _read_entry(e, sp), metadata_dirs))
+    else:
+        found = [_read_entry(e, sp) for e in metadata_dirs]
+    return [d for d in found if d], leftovers
 
 
 # -- torch and vLLM, read as text --------------------------------------------------------------
