@@ -19,7 +19,7 @@ from ..snapshot import Snapshot
 from ._util import NotApplicable
 
 # Imported for their @check side effect; the order here is the order checks run and list.
-from . import packages, cuda, gpu, env, serve, security, offline  # noqa: F401,E402
+from . import packages, cuda, gpu, env, serve, security, offline, deep  # noqa: F401,E402
 
 __all__ = ["run_checks", "select", "UnknownCheckError", "NotApplicable"]
 

@@ -89,20 +89,44 @@ def uv_pip(snap: Snapshot, verb: str, *args: str) -> str:
     return " ".join(["uv", "pip", verb, "--python", shlex.quote(venv_python(snap)), *map(shlex.quote, args)])
 
 
-def stack_install_commands(snap: Snapshot, stack, *extra: str) -> list[str]:
-    """Install a knowledge stack into the inspected venv, as the stack's row says to."""
-    args: list[str] = list(extra)
+def stack_args(stack) -> list[str]:
+    """The uv options a knowledge stack installs with: its extra indexes, strategy, prereleases, torch backend."""
+    args: list[str] = []
     for index in stack.indexes or ():
         url = getattr(index, "url", index)
         if url.rstrip("/") != "https://pypi.org/simple":
             args += ["--extra-index-url", url]
-    if stack.index_strategy:
-        args += ["--index-strategy", stack.index_strategy]
-    if stack.prerelease:
-        args += ["--prerelease", stack.prerelease]
-    if stack.torch_backend:
-        args += ["--torch-backend", stack.torch_backend]
-    return [uv_pip(snap, "install", *stack.requirements, *args)]
+    for opt, val in (("--index-strategy", stack.index_strategy), ("--prerelease", stack.prerelease),
+                     ("--torch-backend", stack.torch_backend)):
+        if val:
+            args += [opt, val]
+    return args
+
+
+def stack_install_commands(snap: Snapshot, stack, *extra: str) -> list[str]:
+    """Install a knowledge stack into the inspected venv, as the stack's row says to."""
+    return [uv_pip(snap, "install", *stack.requirements, *extra, *stack_args(stack))]
+
+
+STACKS_DIR = "/opt/gptoss/stacks"  # where the deploy keeps one venv per stack (docs/design.md)
+
+
+def python_in(spec: str) -> str:
+    """The newest of Python 3.10-3.14 inside `spec` (the interpreters uv can fetch)."""
+    for minor in (14, 13, 12, 11, 10):
+        if in_specifier(f"3.{minor}.0", spec):
+            return f"3.{minor}"
+    return "3.12"
+
+
+def fresh_stack_commands(stack) -> list[str]:
+    """A new venv for another stack beside the current one (switching is the deploy's job)."""
+    path = posixpath.join(STACKS_DIR, stack.name)
+    py = posixpath.join(path, "bin", "python")
+    return [
+        f"uv venv --python {python_in(stack.python)} {path}",
+        " ".join(["uv", "pip", "install", "--python", py, *map(shlex.quote, stack.requirements), *stack_args(stack)]),
+    ]
 
 
 # --- distributions --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ._util import (
     dists_by_name,
     evidence,
     fmt_mm,
+    fresh_stack_commands,
     major_minor,
     nvidia_gpus,
     rocm_gpus,
@@ -161,11 +162,12 @@ def driver_too_old(snap, kb):
     need = kb.min_driver_for_cuda(str(cuda))
     too_old_for_min = bool(need and version(driver) and version(driver) < version(need))
     driver_max = snap.get("nvidia.cuda_driver_max")
-    too_new_for_max = bool(driver_max and major_minor(driver_max) and major_minor(cuda) > major_minor(driver_max))
+    torch_mm, max_mm = major_minor(cuda), major_minor(driver_max)
+    too_new_for_max = bool(torch_mm and max_mm and torch_mm > max_mm)
     if not (too_old_for_min or too_new_for_max):
         return
     fallback = _newest_stack_for_driver(kb, driver, driver_max)
-    commands = stack_install_commands(snap, fallback) if fallback else []
+    commands = fresh_stack_commands(fallback) if fallback else []
     yield Finding(
         id="driver-too-old",
         severity="error",
@@ -177,7 +179,8 @@ def driver_too_old(snap, kb):
         ),
         fix=Fix(
             text=f"Upgrade the NVIDIA driver to >= {need or 'the CUDA ' + str(cuda) + ' minimum'} (and reboot)"
-            + (f", or install stack {fallback.name} (CUDA {fallback.cuda}, driver >= {fallback.min_driver}) instead:" if fallback else "."),
+            + (f", or serve the newest stack this driver runs, {fallback.name} (CUDA {fallback.cuda}, driver >= "
+               f"{fallback.min_driver}), from a venv of its own:" if fallback else "."),
             commands=commands,
         ),
         links=[CUDA_COMPAT, "https://github.com/vllm-project/vllm/issues/44335"],
@@ -190,7 +193,8 @@ def _newest_stack_for_driver(kb, driver: str, driver_max) -> object | None:
     for s in kb.stacks.values():
         if d is not None and version(s.min_driver) and version(s.min_driver) > d:
             continue
-        if driver_max and major_minor(driver_max) and major_minor(s.cuda) > major_minor(driver_max):
+        max_mm = major_minor(driver_max)
+        if max_mm and major_minor(s.cuda) and major_minor(s.cuda) > max_mm:
             continue
         fits.append(s)
     return fits[-1] if fits else None  # stacks are ordered oldest first

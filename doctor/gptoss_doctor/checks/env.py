@@ -258,3 +258,42 @@ def v0_engine_forced(snap, kb):
         fix=Fix(text="Remove VLLM_USE_V1 so vLLM uses its V1 engine.", commands=commands),
         links=["https://github.com/vllm-project/vllm/issues/22383"],
     )
+
+
+@check(
+    "service-env-file-missing",
+    severity="error",
+    title="The service's EnvironmentFile does not exist",
+    category="env",
+    needs=("service",),
+    links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
+)
+def service_env_file_missing(snap, kb):
+    """An EnvironmentFile= of the vLLM unit (without the optional `-` prefix) does not exist.
+
+    Why: systemd refuses to start the unit ("Failed to load environment files"), so vLLM never
+    runs; and everything the file should set (VLLM_API_KEY, HF_HOME, the recipe's variables) is
+    missing from what the doctor sees, too. A file the doctor may not read (permission denied
+    when not run as root) is not reported: systemd reads it as root.
+
+    Fix: restore the file (re-run the deploy, which writes it 0640 root:gptoss).
+
+    Source: systemd.exec(5) EnvironmentFile=; docs/design.md (/etc/gptoss/gptoss.env).
+    """
+    errors = (snap.get("service") or {}).get("environment_file_errors") or {}
+    missing = {p: e for p, e in errors.items() if "no such file" in str(e).lower()}
+    if not missing:
+        return
+    unit = unit_name(snap)
+    yield Finding(
+        id="service-env-file-missing",
+        severity="error",
+        title=f"{unit} reads {', '.join(missing)}, which does not exist: systemd will not start it",
+        evidence=evidence(snap, ["service"], environment_file_errors=missing, unit=unit),
+        fix=Fix(
+            text="Re-run the deploy for this host (it writes the file), or create it with the service's settings:",
+            commands=[*(f"install -m 0640 -o root -g gptoss /dev/null {p}" for p in missing),
+                      f"systemctl restart {unit}"],
+        ),
+        links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
+    )

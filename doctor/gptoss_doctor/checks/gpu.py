@@ -40,10 +40,15 @@ def _env_fix(snap, label: str, set_vars: dict[str, str] | None = None, unset: li
     set_vars, unset = set_vars or {}, unset or []
     if label == "service":
         path = env_file_hint(snap)
-        cmds = [f"sed -i '/^{n}=/d' {path}" for n in [*unset, *set_vars]]
-        cmds += [f"echo '{n}={v}' >> {path}" for n, v in set_vars.items()]
+        names = [*unset, *set_vars]
+        cmds = ["sed -i " + " ".join(f"-e '/^{n}=/d'" for n in names) + f" {path}"]
+        if set_vars:
+            lines = "\\n".join(f"{n}={v}" for n, v in set_vars.items())
+            cmds.append(f"printf '{lines}\\n' >> {path}")
         return cmds + [f"systemctl restart {unit_name(snap)}"]
-    return [f"unset {n}" for n in unset] + [f"export {n}={v}" for n, v in set_vars.items()]
+    return ([f"unset {' '.join(unset)}"] if unset else []) + (
+        ["export " + " ".join(f"{n}={v}" for n, v in set_vars.items())] if set_vars else []
+    )
 
 
 @check(

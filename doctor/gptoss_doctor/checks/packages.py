@@ -18,7 +18,9 @@ from ._util import (
     installed_version,
     nvidia_gpus,
     public,
+    python_in,
     rocm_gpus,
+    stack_args,
     stack_install_commands,
     uv_pip,
     version,
@@ -353,7 +355,7 @@ def python_outside_stack(snap, kb):
     if ok is None or ok:
         return
     path = (snap.get("venv") or {}).get("path") or "/opt/gptoss/current"
-    pick = _python_in(stack.python)
+    pick = python_in(stack.python)
     yield Finding(
         id="python-outside-stack",
         severity="error",
@@ -365,14 +367,6 @@ def python_outside_stack(snap, kb):
         ),
         links=[stack.source],
     )
-
-
-def _python_in(spec: str) -> str:
-    """The newest of 3.10-3.14 inside `spec` (the interpreters uv can fetch)."""
-    for minor in (14, 13, 12, 11, 10):
-        if in_specifier(f"3.{minor}.0", spec):
-            return f"3.{minor}"
-    return "3.12"
 
 
 def _same(have: str | None, want: str | None, *, local: bool = True) -> bool:
@@ -476,4 +470,71 @@ def tool_server_needs_gpt_oss(snap, kb):
         evidence=evidence(snap, ["service.serve", "venv.distributions"], tool_server=tool_server),
         fix=Fix(text="Install the gpt-oss tool package into the serving venv.", commands=[uv_pip(snap, "install", "gpt-oss")]),
         links=[GUIDE + "#tool-use"],
+    )
+
+
+def _stack_args_or_auto(snap, kb) -> list[str]:
+    try:
+        stack, _ = current_stack(snap, kb)
+    except NotApplicable:
+        return ["--torch-backend", "auto"]
+    return stack_args(stack)
+
+
+# A recipe's `install_extras` name vLLM extras; this is the distribution each extra brings.
+EXTRA_DISTS = {"flashinfer": "flashinfer-python"}
+
+
+@check(
+    "recipe-extras-missing",
+    severity="error",
+    title="The recipe's vLLM extra for this GPU is not installed",
+    category="packages",
+    needs=("vllm.install", "venv.distributions"),
+    links=[GUIDE + "#b200"],
+)
+def recipe_extras_missing(snap, kb):
+    """The recipe for this GPU family and vLLM asks for an install extra (`vllm[flashinfer]` on
+    B200 before 0.11.1) whose distribution is not in the venv.
+
+    Why: before FlashInfer became a hard dependency (vLLM 0.11.1) a plain `pip install vllm`
+    left it out; on Blackwell the sink-capable attention (TRT-LLM through FlashInfer) and the
+    FlashInfer MXFP4 MoE are then missing and vLLM warns "Please `pip install vllm[flashinfer]`"
+    or fails choosing a backend. The extras come from the knowledge's recipe rows.
+
+    Fix: reinstall vLLM with the extra, same version.
+
+    Source: the gpt-oss vLLM guide for 0.10.1 (B200: `uv pip install vllm[flashinfer]==0.10.1
+    --torch-backend=auto`); vllm-project/vllm#21959 (flashinfer moved to an extra).
+    """
+    vllm = str((snap.get("vllm.install") or {}).get("version"))
+    from ._util import gpu_families  # noqa: PLC0415 (keeps this module's imports about packages)
+
+    families = {fam.name: fam for _, fam in gpu_families(snap, kb) if fam is not None}
+    if not families:
+        raise NotApplicable("no GPU of a known family")
+    have = dists_by_name(snap)
+    missing: dict[str, list[str]] = {}
+    sources = []
+    for fam in families.values():
+        recipe = kb.recipe(fam.name, vllm)
+        for extra in getattr(recipe, "install_extras", ()) or ():
+            dist = EXTRA_DISTS.get(extra, extra)
+            if canonicalize_name(dist) not in have:
+                missing.setdefault(extra, []).append(fam.name)
+                sources.append(recipe.source)
+    if not missing:
+        return
+    extras = ",".join(sorted(missing))
+    yield Finding(
+        id="recipe-extras-missing",
+        severity="error",
+        title=f"vLLM {vllm} on {', '.join(sorted({f for v in missing.values() for f in v}))} needs vllm[{extras}]; "
+        + ", ".join(EXTRA_DISTS.get(e, e) for e in sorted(missing)) + " is not installed",
+        evidence=evidence(snap, ["vllm.install", "venv.distributions", "nvidia.gpus"], vllm=vllm, missing_extras=missing),
+        fix=Fix(
+            text=f"Reinstall vLLM {vllm} with the [{extras}] extra.",
+            commands=[uv_pip(snap, "install", f"vllm[{extras}]=={vllm}", *_stack_args_or_auto(snap, kb))],
+        ),
+        links=sorted(set(sources)) + [GUIDE + "#b200"],
     )

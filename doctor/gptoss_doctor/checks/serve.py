@@ -246,3 +246,49 @@ def async_structured_output(snap, kb):
         ),
         links=[compat.source, GUIDE],
     )
+
+
+@check(
+    "max-model-len-too-long",
+    severity="error",
+    title="--max-model-len above the model's context length",
+    category="serve",
+    needs=("service.serve",),
+    links=["https://github.com/vllm-project/vllm/issues/17924", "https://github.com/gpustack/gpustack/issues/313"],
+)
+def max_model_len_too_long(snap, kb):
+    """`--max-model-len` is larger than the served gpt-oss model's context (131072 tokens).
+
+    Why: vLLM refuses to start with "User-specified max_model_len (...) is greater than the
+    derived max_model_len"; with VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 it starts, and prompts past the
+    real length later crash the engine with a CUDA device-side assert (index out of bounds).
+
+    Fix: use at most the model's length and drop VLLM_ALLOW_LONG_MAX_MODEL_LEN.
+
+    Source: vllm-project/vllm#17924; gpustack/gpustack#313; the model's config.json
+    (max_position_embeddings, via the knowledge).
+    """
+    from ._util import effective_env, served_model  # noqa: PLC0415
+
+    model = served_model(snap, kb)
+    raw = flag_value(snap, "--max-model-len")
+    try:
+        asked = int(str(raw).lower().replace("k", "000")) if raw is not None else None
+    except ValueError:
+        asked = None
+    if asked is None or asked <= model.max_model_len:
+        return
+    label, key, env = effective_env(snap)
+    allowed = truthy(env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", ""))
+    yield Finding(
+        id="max-model-len-too-long",
+        severity="warning" if allowed else "error",
+        title=f"--max-model-len {raw} is above {model.name}'s {model.max_model_len} tokens"
+        + (" (VLLM_ALLOW_LONG_MAX_MODEL_LEN lets it start; long prompts will crash it)" if allowed else ""),
+        evidence=evidence(snap, ["service.serve", key], max_model_len=raw, model=model.name, model_max=model.max_model_len,
+                          VLLM_ALLOW_LONG_MAX_MODEL_LEN=env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")),
+        fix=Fix(text=f"Serve with --max-model-len {model.max_model_len} or less"
+                + (" and remove VLLM_ALLOW_LONG_MAX_MODEL_LEN." if allowed else "."),
+                commands=_edit_unit(snap, f"--max-model-len {model.max_model_len}")),
+        links=["https://github.com/vllm-project/vllm/issues/17924", model.source],
+    )
