@@ -11,7 +11,7 @@ from gptoss_deploy import host as host_unit
 cfg, kb = plan.current_config()
 doctor.build_wheel()  # on the controller, before any host is touched (cached by source hash)
 
-host_unit.apply(cfg)
+host_unit.apply(cfg, missing_packages=cfg.missing_packages)
 gpu.apply(cfg)
 installed, switched = python_env.apply(cfg)
 gpu.check_cuda_home(cfg)

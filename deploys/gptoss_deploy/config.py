@@ -129,6 +129,7 @@ class HostConfig:
     nvswitch_count: int
     driver_version: str | None
     gpu_count: int
+    missing_packages: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -629,6 +630,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         nvswitch_count=int(facts.get("nvswitch_count") or 0),
         driver_version=facts.get("driver_version"),
         gpu_count=len(gpus),
+        missing_packages=tuple(facts.get("missing_packages") or ()),
     )
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
-from pyinfra.operations import files
 
 from . import config as C
 from .python_env import UV, UV_ENV, controller_uv, state_fact
@@ -59,10 +58,10 @@ def build_wheel() -> str:
     except NameError:
         _lock = BoundedSemaphore(1)
     with _lock:
+        if "last" in _built:  # one build per deploy run
+            return _built["last"]
         root = doctor_source()
         key = source_hash(root)
-        if key in _built:
-            return _built[key]
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy" / f"doctor-{key}"
         wheels = sorted(cache.glob("*.whl")) if cache.is_dir() else []
         if not wheels:
@@ -75,8 +74,8 @@ def build_wheel() -> str:
                 raise DoctorBuildError(f"building the doctor wheel failed: {last}; fix: `uv build --wheel doctor` by hand")
             os.replace(tmp, cache) if not cache.exists() else None
             wheels = sorted(cache.glob("*.whl"))
-        _built[key] = str(wheels[-1])
-        return _built[key]
+        _built["last"] = str(wheels[-1])
+        return _built["last"]
 
 
 def wheel_sha(path: str) -> str:
@@ -87,8 +86,12 @@ def wheel_sha(path: str) -> str:
 def doctor_venv(cfg: C.HostConfig, wheel: str):
     """/opt/gptoss/doctor: a venv with just the doctor wheel and its small dependencies."""
     want = wheel_sha(wheel)
-    if state_fact(cfg).get("doctor") == want:
+    state = state_fact(cfg)
+    if state.get("doctor") == want and state["links"].get(LINK) == f"{C.DOCTOR_DIR}/bin/gptoss-doctor":
         host.noop(f"doctor {want} installed")
+        return
+    if state.get("doctor") == want:
+        yield StringCommand(f"ln -sfn {C.DOCTOR_DIR}/bin/gptoss-doctor {LINK}")
         return
     remote = f"{WHEEL_DIR}/{os.path.basename(wheel)}"
     yield StringCommand("mkdir", "-p", WHEEL_DIR)
@@ -99,6 +102,7 @@ def doctor_venv(cfg: C.HostConfig, wheel: str):
         f"{UV_ENV} {UV} pip install --python {C.DOCTOR_DIR}/bin/python --default-index {shlex.quote(cfg.pypi_url)} {remote}"
     )
     yield StringCommand(f"echo {want} > {DOCTOR_MARKER}")
+    yield StringCommand(f"ln -sfn {C.DOCTOR_DIR}/bin/gptoss-doctor {LINK}")
 
 
 def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
@@ -144,8 +148,7 @@ def doctor_gate(cfg: C.HostConfig):
 @deploy("gptoss doctor")
 def apply(cfg: C.HostConfig):
     wheel = build_wheel()
-    doctor_venv(name="doctor venv", cfg=cfg, wheel=wheel)
-    files.link(name="gptoss-doctor on PATH", path=LINK, target=f"{C.DOCTOR_DIR}/bin/gptoss-doctor")
+    doctor_venv(name="doctor venv, gptoss-doctor on PATH", cfg=cfg, wheel=wheel)
 
 
 @deploy("gptoss doctor gate")

@@ -32,6 +32,9 @@ for p in /sys/class/kfd/kfd/topology/nodes/*/properties; do
 done
 if [ -x /usr/local/cuda/bin/nvcc ]; then echo "system_cuda=$(/usr/local/cuda/bin/nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\),.*/\1/p')"; fi
 if systemctl is-enabled unattended-upgrades >/dev/null 2>&1; then echo "unattended_upgrades=1"; fi
+for p in python3 ca-certificates; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "missing_pkg=$p"
+done
 true
 """
 
@@ -44,7 +47,7 @@ def gfx_name(target_version: str) -> str:
 
 
 def parse_host_facts(lines: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"gpus": [], "nvswitch_count": 0}
+    out: dict[str, Any] = {"gpus": [], "nvswitch_count": 0, "missing_packages": []}
     for line in lines:
         key, _, val = line.partition("=")
         val = val.strip()
@@ -68,6 +71,8 @@ def parse_host_facts(lines: list[str]) -> dict[str, Any]:
                     break
         elif key == "system_cuda":
             out["system_cuda_version"] = val or None
+        elif key == "missing_pkg" and val:
+            out["missing_packages"].append(val)
         elif key == "unattended_upgrades":
             out["unattended_upgrades"] = True
         elif key in ("os_id", "os_like", "os_version", "os_pretty", "arch", "python_path", "python_version",
@@ -89,7 +94,7 @@ class HostFacts(FactBase):
 class DeployState(FactBase):
     """What this deploy left on the host: `key=value` lines, {} on a bare host."""
 
-    def command(self, uv: str, markers: list[str], current: str, doctor_marker: str, files: list[str]) -> str:
+    def command(self, uv: str, markers: list[str], current: str, doctor_marker: str, files: list[str], links: tuple = ()) -> str:
         parts = [
             f"if [ -x {shlex.quote(uv)} ]; then echo \"uv=$({shlex.quote(uv)} --version 2>/dev/null)\"; fi",
             f"echo \"current=$(readlink {shlex.quote(current)} 2>/dev/null)\"",
@@ -99,17 +104,21 @@ class DeployState(FactBase):
             parts.append(f"if [ -r {shlex.quote(m)} ]; then echo \"marker:{m}=$(cat {shlex.quote(m)})\"; fi")
         for f in files:
             parts.append(f"if [ -s {shlex.quote(f)} ]; then echo \"file:{f}=1\"; fi")
+        for ln in links:
+            parts.append(f"echo \"link:{ln}=$(readlink {shlex.quote(ln)} 2>/dev/null)\"")
         parts.append("true")
         return "sh -c " + shlex.quote("; ".join(parts))
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"markers": {}, "files": set()}
+        out: dict[str, Any] = {"markers": {}, "files": set(), "links": {}}
         for line in output:
             key, _, val = line.partition("=")
             if key.startswith("marker:"):
                 out["markers"][key[7:]] = val.strip()
             elif key.startswith("file:"):
                 out["files"].add(key[5:])
+            elif key.startswith("link:"):
+                out["links"][key[5:]] = val.strip()
             else:
                 out[key] = val.strip()
         return out

@@ -11,13 +11,13 @@ CUDA_HOME is chosen once in the config and used both by the install and by the s
 from __future__ import annotations
 
 import shlex
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
 from . import config as C
+from .ops import ManagedFile, files_in_place
 
 UNATTENDED_BLACKLIST = "/etc/apt/apt.conf.d/51gptoss-gpu-packages"
 # Package name patterns (regexes, as unattended-upgrades reads them) that must only change
@@ -140,12 +140,8 @@ def apply(cfg: C.HostConfig):
         systemd.service(name="persistence mode", service="nvidia-persistenced", running=True, enabled=True)
         hold_gpu_packages(name="hold NVIDIA packages")
     if cfg.gpu_count:
-        files.put(
-            name="GPU packages out of unattended upgrades",
-            src=StringIO(unattended_blacklist()),
-            dest=UNATTENDED_BLACKLIST,
-            mode="0644",
-        )
+        files_in_place(name="GPU packages out of unattended upgrades",
+                       files=(ManagedFile(UNATTENDED_BLACKLIST, unattended_blacklist()),))
 
 
 @deploy("gptoss cuda home")

@@ -1,41 +1,40 @@
-"""The host: system packages (apt), the unprivileged service user, directories."""
+"""The host: system packages (apt), the unprivileged service user, every directory the deploy uses."""
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt
 
 from . import config as C
+from .ops import ManagedDir, dirs_in_place, system_account
 
 # python3 builds the venvs and runs the gates; ca-certificates for https indexes.
 PACKAGES = ("python3", "ca-certificates")
+TIKTOKEN_DIR = f"{C.STATE_DIR}/tiktoken"
+UV_CACHE = "/var/cache/gptoss/uv"
 
 
-def missing_packages(installed: dict, wanted: tuple[str, ...]) -> list[str]:
-    return [p for p in wanted if p not in installed]
+def directories(cfg: C.HostConfig) -> tuple[ManagedDir, ...]:
+    svc = C.SERVICE_USER
+    dirs = [
+        ManagedDir(C.ROOT), ManagedDir(C.BIN_DIR), ManagedDir(C.STACKS_DIR),
+        # /etc/gptoss holds the key: root writes, the service group reads, nobody else enters.
+        ManagedDir(C.ETC, "root", svc, "0750"),
+        ManagedDir(C.STATE_DIR, svc, svc, "0750"),
+        ManagedDir(f"{C.STATE_DIR}/cache", svc, svc, "0750"),
+        ManagedDir("/var/cache/gptoss", "root", "root", "0700"),
+        ManagedDir(UV_CACHE, "root", "root", "0700"),
+        ManagedDir(cfg.hf_home, svc, svc, "0750"),
+    ]
+    if cfg.tiktoken_url:
+        dirs.append(ManagedDir(TIKTOKEN_DIR, "root", svc, "0750"))
+    return tuple(dirs)
 
 
 @deploy("gptoss host")
-def apply(cfg: C.HostConfig):
-    missing = missing_packages(host.get_fact(DebPackages) or {}, PACKAGES)
-    if missing:
+def apply(cfg: C.HostConfig, missing_packages: tuple[str, ...] = ()):
+    if missing_packages:
         # Only touch the apt cache when something is missing: a re-run stays a no-op.
-        apt.packages(name="system packages", packages=missing, update=True)
-
-    server.group(name="service group", group=C.SERVICE_USER, system=True)
-    server.user(
-        name="service user (unprivileged)",
-        user=C.SERVICE_USER,
-        group=C.SERVICE_USER,
-        home=C.STATE_DIR,
-        shell="/usr/sbin/nologin",
-        system=True,
-        create_home=False,
-    )
-    files.directory(name="/opt/gptoss", path=C.ROOT, user="root", group="root", mode="0755")
-    # /etc/gptoss holds the key: root writes, the service group reads, nobody else enters.
-    files.directory(name="/etc/gptoss", path=C.ETC, user="root", group=C.SERVICE_USER, mode="0750")
-    files.directory(name="service state dir", path=C.STATE_DIR, user=C.SERVICE_USER, group=C.SERVICE_USER, mode="0750")
-    files.directory(name="service cache dir", path=f"{C.STATE_DIR}/cache", user=C.SERVICE_USER, group=C.SERVICE_USER, mode="0750")
+        apt.packages(name="system packages", packages=list(missing_packages), update=True)
+    system_account(name="service user (unprivileged, no login)", user=C.SERVICE_USER, home=C.STATE_DIR)
+    dirs_in_place(name="directories", dirs=directories(cfg))

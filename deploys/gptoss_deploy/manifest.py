@@ -6,13 +6,12 @@ Deterministic (no timestamps): the same config writes the same bytes, so a re-ru
 from __future__ import annotations
 
 import json
-from io import StringIO
 from urllib.parse import urlsplit, urlunsplit
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from . import config as C
+from .ops import ManagedFile, files_in_place
 from .service import UNIT_PATH
 
 SCHEMA = "gptoss-deploy/manifest@1"
@@ -70,5 +69,4 @@ def manifest_text(cfg: C.HostConfig) -> str:
 
 @deploy("gptoss manifest")
 def apply(cfg: C.HostConfig):
-    return files.put(name="manifest", src=StringIO(manifest_text(cfg)), dest=C.MANIFEST,
-                     user="root", group="root", mode="0644")
+    return files_in_place(name="manifest", files=(ManagedFile(C.MANIFEST, manifest_text(cfg)),))

@@ -9,11 +9,11 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.files import File
-from pyinfra.operations import files
 
 from . import config as C
+from .host import TIKTOKEN_DIR
+from .ops import PathsState
 
-TIKTOKEN_DIR = f"{C.STATE_DIR}/tiktoken"
 # openai_harmony loads these by name from TIKTOKEN_ENCODINGS_BASE instead of downloading.
 TIKTOKEN_FILES = ("o200k_base.tiktoken", "cl100k_base.tiktoken")
 # Fallback sizes (GiB on disk) when the knowledge has no model row.
@@ -27,23 +27,28 @@ _FETCH_PY = (
 
 
 @operation()
-def tiktoken_file(url_base: str, filename: str):
-    dest = f"{TIKTOKEN_DIR}/{filename}"
-    st = host.get_fact(File, path=dest)
-    if st and st.get("size"):
-        host.noop(f"{dest} present")
+def tiktoken_files(url_base: str):
+    """o200k_base / cl100k_base in TIKTOKEN_DIR, fetched on the host (or pushed from a
+    file:// dir on the controller) when missing."""
+    state = host.get_fact(PathsState, paths=tuple(f"{TIKTOKEN_DIR}/{f}" for f in TIKTOKEN_FILES), hashes=False)
+    missing = [f for f in TIKTOKEN_FILES if not state.get(f"{TIKTOKEN_DIR}/{f}")]
+    if not missing:
+        host.noop("tiktoken files present")
         return
-    src = url_base.rstrip("/") + "/" + filename
-    tmp = f"{dest}.tmp"
-    if src.startswith("file://"):
-        local = src[len("file://"):]
-        if not os.path.isfile(local):
-            yield StringCommand("echo", shlex.quote(f"gptoss: {local} missing on the controller; fix gptoss_tiktoken_url"), ">&2", "&&", "false")
-            return
-        yield FileUploadCommand(local, tmp)
-    else:
-        yield StringCommand("python3", "-c", shlex.quote(_FETCH_PY), shlex.quote(src), tmp)
-    yield StringCommand(f"chmod 0644 {tmp} && mv -f {tmp} {dest}")
+    for filename in missing:
+        dest = f"{TIKTOKEN_DIR}/{filename}"
+        src = url_base.rstrip("/") + "/" + filename
+        tmp = f"{dest}.tmp"
+        if src.startswith("file://"):
+            local = src[len("file://"):]
+            if not os.path.isfile(local):
+                msg = f"gptoss: {local} missing on the controller; fix gptoss_tiktoken_url"
+                yield StringCommand("echo", shlex.quote(msg), ">&2", "&&", "false")
+                return
+            yield FileUploadCommand(local, tmp)
+        else:
+            yield StringCommand("python3", "-c", shlex.quote(_FETCH_PY), shlex.quote(src), tmp)
+        yield StringCommand(f"chmod 0644 {tmp} && mv -f {tmp} {dest}")
 
 
 def weights_gib(cfg: C.HostConfig, kb) -> float:
@@ -78,12 +83,10 @@ def predownload(cfg: C.HostConfig, need_gib: float):
 
 @deploy("gptoss model")
 def apply(cfg: C.HostConfig, kb=None):
-    files.directory(name="HF cache", path=cfg.hf_home, user=C.SERVICE_USER, group=C.SERVICE_USER, mode="0750")
+    """The HF cache dir itself is made by the host unit (with the other directories)."""
     changed = []
     if cfg.tiktoken_url:
-        files.directory(name="tiktoken dir", path=TIKTOKEN_DIR, user="root", group=C.SERVICE_USER, mode="0755")
-        for fn in TIKTOKEN_FILES:
-            changed.append(tiktoken_file(name=f"tiktoken {fn}", url_base=cfg.tiktoken_url, filename=fn))
+        changed.append(tiktoken_files(name="tiktoken files (offline harmony vocab)", url_base=cfg.tiktoken_url))
     if cfg.predownload:
         changed.append(predownload(name=f"pre-download {cfg.model}", cfg=cfg, need_gib=weights_gib(cfg, kb)))
     return changed

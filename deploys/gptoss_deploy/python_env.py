@@ -6,6 +6,7 @@ interrupted install has no marker, so it is rebuilt and `current` never points a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -18,11 +19,12 @@ from . import config as C
 from .facts import DeployState
 
 UV = f"{C.BIN_DIR}/uv"
-UV_CACHE = "/var/cache/gptoss/uv"
+UV_CACHE = "/var/cache/gptoss/uv"  # created by the host unit
 # uv must never fetch a Python or read a user's config on a server.
 UV_ENV = f"UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_CACHE_DIR={UV_CACHE} UV_NO_PROGRESS=1"
 
 
+@functools.lru_cache(maxsize=1)
 def controller_uv() -> tuple[str, str]:
     """(path, version) of the uv that runs this deploy; it is what gets pushed."""
     import uv as uv_pkg
@@ -73,6 +75,7 @@ def state_fact(cfg: C.HostConfig) -> dict:
         current=C.CURRENT,
         doctor_marker=f"{C.DOCTOR_DIR}/.gptoss-complete",
         files=[],
+        links=("/usr/local/bin/gptoss-doctor",),
     )
 
 
@@ -149,10 +152,6 @@ def switch_current(cfg: C.HostConfig):
 
 @deploy("gptoss python")
 def apply(cfg: C.HostConfig):
-    from pyinfra.operations import files
-
-    files.directory(name="uv cache", path=UV_CACHE, mode="0700")
-    files.directory(name="stacks dir", path=C.STACKS_DIR, mode="0755")
     uv_binary(name="uv binary", cfg=cfg)
     installed = stack_venv(name=f"stack venv {cfg.stack}", cfg=cfg)
     switched = switch_current(name="switch current", cfg=cfg)

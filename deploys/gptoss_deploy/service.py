@@ -7,14 +7,12 @@ directory) and reaches vLLM through EnvironmentFile: never argv, never a log lin
 from __future__ import annotations
 
 import shlex
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
-from pyinfra.facts.files import File, Sha256File
-from pyinfra.operations import files, systemd
+from pyinfra.api import StringCommand, deploy, operation
 
 from . import config as C
+from .ops import ManagedFile, files_in_place, unit_running
 
 UNIT_PATH = f"/etc/systemd/system/{C.UNIT}"
 
@@ -82,6 +80,15 @@ ProtectHome=yes
 PrivateTmp=yes
 ProtectControlGroups=yes
 ProtectKernelModules=yes
+ProtectKernelTunables=yes
+ProtectKernelLogs=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
+# NETLINK: NCCL and RDMA enumerate interfaces. No PrivateDevices (the GPUs) and no
+# MemoryDenyWriteExecute (Triton and torch.compile JIT).
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 RestrictSUIDSGID=yes
 LockPersonality=yes
 RestrictRealtime=yes
@@ -131,22 +138,6 @@ print('healthy: /health 200, /v1/models lists %s, completion ok' % model)
 """
 
 
-@operation()
-def secret_file(text: str, dest: str, group: str):
-    """A root-owned 0640 file whose content is never printed (files.put --diff would show it)."""
-    import hashlib
-
-    want = hashlib.sha256(text.encode()).hexdigest()
-    st = host.get_fact(File, path=dest)
-    if st and host.get_fact(Sha256File, path=dest) == want and (st["user"], st["group"], st["mode"]) == ("root", group, 640):
-        host.noop(f"{dest} up to date")
-        return
-    tmp = f"{dest}.tmp"
-    yield StringCommand("rm", "-f", tmp, "&&", "(", "umask", "077", "&&", "touch", tmp, ")")
-    yield FileUploadCommand(StringIO(text), tmp)
-    yield StringCommand("chown", f"root:{group}", tmp, "&&", "chmod", "0640", tmp, "&&", "mv", "-f", tmp, dest)
-
-
 def local_base(cfg: C.HostConfig) -> str:
     addr = cfg.bind_address
     if addr in ("0.0.0.0", "::"):
@@ -179,18 +170,17 @@ def health_gate(cfg: C.HostConfig):
 
 @deploy("gptoss service")
 def apply(cfg: C.HostConfig, inputs_changed):
-    """`inputs_changed`: a callable saying whether the stack/current/model inputs changed."""
-    env = files.put(name="service env file", src=StringIO(env_file_text(cfg)), dest=C.ENV_FILE,
-                    user="root", group=C.SERVICE_USER, mode="0640")
-    key = secret_file(name="API key file", text=key_file_text(cfg), dest=C.KEY_FILE, group=C.SERVICE_USER)
-    unit = files.put(name="systemd unit", src=StringIO(unit_text(cfg)), dest=UNIT_PATH,
-                     user="root", group="root", mode="0644")
-    systemd.daemon_reload(name="daemon-reload (unit changed)", _if=unit.did_change)
-    started = systemd.service(name="service running and enabled", service=C.UNIT, running=True, enabled=True)
-
-    def restart_needed() -> bool:
-        changed = env.did_change() or key.did_change() or unit.did_change() or inputs_changed()
-        return changed and not started.did_change()
-
-    systemd.service(name="restart (inputs changed)", service=C.UNIT, restarted=True, _if=restart_needed)
+    """`inputs_changed`: a callable saying (at execute time) whether the stack, `current`, the
+    manifest or the model files changed, which the running service must pick up."""
+    files = files_in_place(name="env file, API key file, systemd unit", files=(
+        ManagedFile(C.ENV_FILE, env_file_text(cfg), "root", C.SERVICE_USER, "0640"),
+        ManagedFile(C.KEY_FILE, key_file_text(cfg), "root", C.SERVICE_USER, "0640"),
+        ManagedFile(UNIT_PATH, unit_text(cfg)),
+    ))
+    unit_running(
+        name="service enabled and running (restarted when its inputs changed)",
+        unit=C.UNIT,
+        reload_if=files.did_change,
+        restart_if=lambda: files.did_change() or inputs_changed(),
+    )
     health_gate(name="health gate", cfg=cfg)
