@@ -16,7 +16,6 @@ from ._util import (
     major_minor,
     nvidia_gpus,
     rocm_gpus,
-    stack_install_commands,
     uv_pip,
     version,
 )
@@ -66,7 +65,8 @@ def bad_cuda_home(snap, kb):
     /usr/local/cuda. The guide: "If the output you see is garbage, that might be because you
     haven't properly set CUDA_HOME. The CUDA version needs to be greater than or equal to 12.8
     and must be the same for installation and serving." This check reports, in order: a
-    CUDA_HOME that does not exist; no toolkit where one is needed; no nvcc in it; a toolkit older
+    CUDA_HOME that does not exist; no toolkit where one is needed; no nvcc (or, where needed, no
+    include/cuda.h) in it; a toolkit older
     than the oldest CUDA any knowledge stack uses; a different CUDA major than torch's build
     (error) or minor (warning, torch's own rule).
 
@@ -115,6 +115,10 @@ def bad_cuda_home(snap, kb):
         if needed or rule in ("CUDA_HOME", "CUDA_PATH"):
             yield finding("warning", f"CUDA_HOME {path} (from {rule}) has no bin/nvcc",
                           f"Point CUDA_HOME at a full toolkit: {want}.")
+        return
+    if needed and home.get("has_cuda_h") is False:
+        yield finding("warning", f"CUDA_HOME {path} (from {rule}) has nvcc but no include/cuda.h",
+                      f"JIT compiles need the headers too: point CUDA_HOME at a full toolkit ({want}).")
         return
     home_mm = major_minor(home.get("version"))
     if home_mm is None:

@@ -23,6 +23,8 @@ def _var_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]:
     The installed vLLM's own list of env vars (read from its envs.py) is the authority on
     what it reads; the knowledge adds deprecation and the replacement."""
     lc = kb.env_vars.get(name)
+    if lc is not None and getattr(lc, "upstream", True) is False:
+        return "fork-only", lc
     known = snap.get("vllm.env_vars")
     status = kb.lifecycle_status(lc, vllm) if lc is not None else None
     if isinstance(known, list) and name.startswith("VLLM_"):
@@ -59,6 +61,7 @@ def _describe(s: dict, vllm: str) -> str:
         "not-yet": f"not yet in vLLM {vllm}",
         "deprecated": f"deprecated in vLLM {vllm}",
         "unknown": f"not read by vLLM {vllm}",
+        "fork-only": "only in a vendor fork, never read by upstream vLLM",
     }[s["status"]]
     return f"{s['name']} ({what}" + (f"; use {s['replacement']}" if s["replacement"] else "") + ")"
 
@@ -153,6 +156,18 @@ def _backend_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]
     return kb.lifecycle_status(lc, vllm), lc
 
 
+def _backend_fix(snap, where: str, name: str, replacement: str | None) -> list[str]:
+    unit = unit_name(snap)
+    if where.startswith("service") and "VLLM_ATTENTION_BACKEND" in where:
+        path = env_file_hint(snap)
+        edit = f"sed -i 's/^VLLM_ATTENTION_BACKEND=.*/VLLM_ATTENTION_BACKEND={replacement}/' {path}" if replacement else (
+            f"sed -i '/^VLLM_ATTENTION_BACKEND=/d' {path}")
+        return [edit, f"systemctl restart {unit}"]
+    if where.startswith("shell"):
+        return [f"export VLLM_ATTENTION_BACKEND={replacement}"] if replacement else ["unset VLLM_ATTENTION_BACKEND"]
+    return [f"systemctl edit --full {unit}  # --attention-backend {replacement or '(remove)'}", f"systemctl restart {unit}"]
+
+
 @check(
     "attention-backend-unknown",
     severity="error",
@@ -208,12 +223,7 @@ def attention_backend_unknown(snap, kb):
             fix=Fix(
                 text=(f"Replace {name} with {replacement}" if replacement else f"Remove the {name} override")
                 + " (or drop the override: vLLM picks a sink-capable backend for gpt-oss itself).",
-                commands=(
-                    [f"sed -i 's/{name}/{replacement}/' {env_file_hint(snap)}", f"systemctl restart {unit_name(snap)}"]
-                    if replacement and "VLLM_ATTENTION_BACKEND" in where and where.startswith("service")
-                    else [f"export VLLM_ATTENTION_BACKEND={replacement}"] if replacement and where.startswith("shell")
-                    else [f"systemctl edit --full {unit_name(snap)}  # fix --attention-backend", f"systemctl restart {unit_name(snap)}"]
-                ),
+                commands=_backend_fix(snap, where, name, replacement),
             ),
             links=["https://github.com/vllm-project/vllm/pull/25489", *([lc.source] if lc is not None else [])],
         )

@@ -15,8 +15,6 @@ from ._util import (
     gpu_count,
     major_minor,
     nvidia_gpus,
-    rocm_gpus,
-    serve,
     served_model,
     target_vllm,
     tensor_parallel_size,
@@ -471,17 +469,20 @@ def memory_fit_known_oom(snap, kb):
 @check(
     "recipe-env-for-other-gpu",
     severity="warning",
-    title="Env vars from another GPU family's recipe",
+    title="Env settings copied from another GPU family's recipe",
     category="gpu",
     needs=(),
     links=[GUIDE],
 )
 def recipe_env_for_other_gpu(snap, kb):
-    """The serving environment sets variables that only another GPU family's recipe prescribes.
+    """The serving environment holds a setting (name and value) that only another GPU family's
+    recipe prescribes.
 
     Why: recipes are per family: AITER switches are for AMD Instinct, TRT-LLM attention switches
-    for B200. Copied to another box they are ignored at best and, at worst, select kernels this
-    GPU lacks (FlashInfer/TRT-LLM paths on Hopper fail with "attention sinks not supported").
+    for B200, `VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1` for A100. Copied to another box they
+    are ignored at best; at worst they pick a slower or unsupported kernel (Triton attention
+    instead of FA3 on Hopper; FlashInfer paths that reject attention sinks). A variable that this
+    box's own recipes also use, or a value no recipe prescribes, is not reported.
 
     Fix: remove them from the environment vLLM runs with.
 
@@ -491,24 +492,27 @@ def recipe_env_for_other_gpu(snap, kb):
     if not families:
         raise NotApplicable("no GPU of a known family")
     mine = {f.name for f in families}
-    ours, theirs = set(), {}
+    ours: set[str] = set()  # names any of this box's recipes set (whatever the value)
+    theirs: dict[tuple[str, str], set[str]] = {}  # (name, value) -> the families that prescribe it
     for r in kb.recipes:
-        target = ours if mine & set(r.families) else None
-        for n in r.env:
-            if target is not None:
+        for n, val in r.env.items():
+            if mine & set(r.families):
                 ours.add(n)
             else:
-                theirs.setdefault(n, set()).update(r.families)
+                theirs.setdefault((n, str(val)), set()).update(r.families)
     label, key, env = effective_env(snap)
-    foreign = {n: sorted(theirs[n]) for n in env if n in theirs and n not in ours}
+    foreign = {n: sorted(theirs[(n, str(val))]) for n, val in env.items() if (n, str(val)) in theirs and n not in ours}
     if not foreign:
         return
     yield Finding(
         id="recipe-env-for-other-gpu",
         severity="warning",
-        title=f"{', '.join(sorted(foreign))} come from the {', '.join(sorted({f for v in foreign.values() for f in v}))} "
-        f"recipe; this box has {', '.join(sorted(mine))}",
-        evidence=evidence(snap, [key, "nvidia.gpus", "rocm.gpus"], environment=label, variables=foreign, families=sorted(mine)),
+        title=", ".join(f"{n}={env[n]}" for n in sorted(foreign))
+        + f" come(s) from the {', '.join(sorted({f for v in foreign.values() for f in v}))} recipe; "
+        f"this box has {', '.join(sorted(mine))}",
+        evidence=evidence(snap, [key, "nvidia.gpus", "rocm.gpus"], environment=label,
+                          settings={n: {"value": env[n], "recipe_of": fams} for n, fams in foreign.items()},
+                          families=sorted(mine)),
         fix=Fix(text=f"Remove them from the {label} environment.", commands=_env_fix(snap, label, unset=sorted(foreign))),
         links=[GUIDE],
     )

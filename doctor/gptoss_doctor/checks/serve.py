@@ -150,7 +150,7 @@ def tool_call_parser_openai(snap, kb):
         title=f"`--tool-call-parser openai` needs vLLM >= {lc.introduced}; this is {vllm}",
         evidence=evidence(snap, ["service.serve", "vllm.install"], vllm=vllm, tool_call_parser=parser, introduced=lc.introduced),
         fix=Fix(
-            text=f"Upgrade to a stack with the parser" + (f" (e.g. {newer[0].name})" if newer else "")
+            text="Upgrade to a stack with the parser" + (f" (e.g. {newer[0].name})" if newer else "")
             + ", or drop the flag and use /v1/responses.",
             commands=_edit_unit(snap, "remove --tool-call-parser openai, or upgrade the stack"),
         ),
