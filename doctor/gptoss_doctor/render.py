@@ -7,6 +7,7 @@ markup. On a terminal it is coloured; piped, it is plain text with no wrapping.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TextIO
 
@@ -121,12 +122,24 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
 # -- findings ---------------------------------------------------------------------------------------
 
 
-def _evidence_text(evidence: dict) -> list[str]:
+def _scalar(val) -> str:
+    if isinstance(val, (dict, list, tuple)):
+        return json.dumps(val, default=str)
+    return str(val)
+
+
+def evidence_lines(evidence: dict) -> list[str]:
+    """Evidence as `key: value` lines; dicts one level deep as indented lines, None left out."""
     out = []
     for key, val in (evidence or {}).items():
-        if isinstance(val, (list, tuple)) and val and not all(isinstance(v, (str, int, float)) for v in val):
+        if val is None:
+            continue
+        if isinstance(val, dict):
             out.append(f"{key}:")
-            out += [f"  - {v}" for v in val]
+            out += [f"  {k}: {_scalar(v)}" for k, v in val.items() if v is not None]
+        elif isinstance(val, (list, tuple)) and val and any(isinstance(v, (dict, list)) for v in val):
+            out.append(f"{key}:")
+            out += [f"  - {_scalar(v)}" for v in val]
         elif isinstance(val, (list, tuple)):
             out.append(f"{key}: {', '.join(str(v) for v in val)}")
         else:
@@ -140,7 +153,7 @@ def render_finding(console: Console, f: dict) -> None:
     head.append(f"{MARK[sev]} {f['id']}", style=STYLE[sev])
     head.append(f"  {f['title']}")
     console.print(head)
-    for line in _evidence_text(f.get("evidence") or {}):
+    for line in evidence_lines(f.get("evidence") or {}):
         console.print(Text("      " + line, style=STYLE["dim"]))
     for row in f.get("lines") or []:
         console.print(Text(f"      {row.get('line', ''):>6} | {row.get('text', '')}", style=STYLE["dim"]))

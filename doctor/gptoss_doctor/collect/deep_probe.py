@@ -65,7 +65,8 @@ def cuda_init():
                 "name": props.name,
                 "capability": f"{props.major}.{props.minor}",
                 "memory_mib": props.total_memory // (1 << 20),
-                "gcn_arch": getattr(props, "gcnArchName", None),
+                # ROCm's gfx target; on CUDA builds gcnArchName just repeats the name
+                "gcn_arch": getattr(props, "gcnArchName", None) if getattr(torch.version, "hip", None) else None,
             }
         )
     arch_list = torch.cuda.get_arch_list()
