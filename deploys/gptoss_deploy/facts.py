@@ -84,6 +84,9 @@ def parse_host_facts(lines: list[str]) -> dict[str, Any]:
 class HostFacts(FactBase):
     """OS, arch, python3, GPUs (NVIDIA via nvidia-smi, AMD via KFD topology), NVSwitch, CUDA."""
 
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
+
     def command(self) -> str:
         return "sh -c " + shlex.quote(_HOST_FACTS_SH)
 
@@ -93,6 +96,9 @@ class HostFacts(FactBase):
 
 class DeployState(FactBase):
     """What this deploy left on the host: `key=value` lines, {} on a bare host."""
+
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
 
     def command(self, uv: str, markers: list[str], current: str, doctor_marker: str, files: list[str], links: tuple = ()) -> str:
         parts = [

@@ -28,6 +28,9 @@ GPU_PACKAGE_PATTERNS = ("nvidia-", "libnvidia-", "cuda-", "libcuda", "linux-modu
 class NvidiaPackages(FactBase):
     """Installed NVIDIA packages (name=version) and the apt holds among them."""
 
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
+
     def command(self) -> str:
         return (
             "sh -c " + shlex.quote(

@@ -41,6 +41,9 @@ class ManagedDir:
 class PathsState(FactBase):
     """For each path: `path|type|mode|user|group|sha256` (sha256 `-` for non-files), or `path|missing`."""
 
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
+
     def command(self, paths: tuple, hashes: bool = True) -> str:
         q = " ".join(shlex.quote(p) for p in paths)
         sha = 'if [ -f "$p" ]; then s=$(sha256sum "$p" | cut -c1-64); else s=-; fi' if hashes else "s=-"
@@ -108,6 +111,11 @@ def dirs_in_place(dirs: tuple):
 
 
 class AccountState(FactBase):
+    """The user's passwd and group entries; {} when neither exists."""
+
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
+
     def command(self, user: str) -> str:
         u = shlex.quote(user)
         return f"sh -c 'getent group {u} | sed s/^/group:/; getent passwd {u} | sed s/^/passwd:/; true'"
@@ -139,6 +147,11 @@ def system_account(user: str, home: str):
 
 
 class UnitState(FactBase):
+    """systemctl is-active / is-enabled of one unit."""
+
+    def default(self):  # no output at all (a bare host)
+        return self.process([])
+
     def command(self, unit: str) -> str:
         u = shlex.quote(unit)
         return f"sh -c 'echo active=$(systemctl is-active {u}); echo enabled=$(systemctl is-enabled {u} 2>/dev/null)'"
