@@ -394,3 +394,41 @@ def test_real_h200_snapshot_judged_offline(capsys):
     rc, out, _ = run(capsys, "check", "--from", str(H200_REAL))
     assert "1x NVIDIA H200 (cc 9.0, 140 GiB) · driver 580.159.04 (CUDA <= 13.0)" in out
     assert "triton_kernel ok" in out
+
+
+# -- rendering and the speed contract ----------------------------------------------------------------
+
+
+def test_evidence_lines_nest_one_level_and_drop_none():
+    from gptoss_doctor.render import evidence_lines
+
+    lines = evidence_lines({"cuda_home": {"path": "/opt/cuda", "nvcc": None}, "why": None, "ids": ["a", "b"], "dists": [{"name": "triton"}]})
+    assert lines == ["cuda_home:", "  path: /opt/cuda", "ids: a, b", "dists:", '  - {"name": "triton"}']
+
+
+def test_summary_of_a_rocm_box():
+    from gptoss_doctor.render import summary_lines
+
+    facts = {
+        "nvidia.gpus": {"absent": "no nvidia-smi on PATH"},
+        "rocm.gpus": {"value": [{"index": 0, "name": "AMD Instinct MI300X", "gfx": "gfx942", "memory_mib": 196592}]},
+        "rocm.version": {"value": "6.4.1"},
+        "venv": {"failed": "/opt/v (from service) is not a venv: no pyvenv.cfg there"},
+    }
+    lines = dict(summary_lines(facts))
+    assert lines["gpu"] == "1x AMD Instinct MI300X (gfx942) · ROCm 6.4.1"
+    assert lines["venv"].startswith("could not collect: /opt/v")
+    assert "stack" not in lines
+
+
+def test_json_path_imports_neither_rich_nor_torch(broken_venv, tmp_path):
+    """--json must stay cheap: no rich, and never torch or vLLM (they take seconds to import)."""
+    code = (
+        "import sys, io, contextlib\n"
+        "from gptoss_doctor.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()): rc = main(['--venv', {str(broken_venv)!r}, '--json'])\n"
+        "heavy = sorted(m for m in ('rich', 'torch', 'vllm', 'triton') if m in sys.modules)\n"
+        "print(rc, heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "1 []", proc.stderr
