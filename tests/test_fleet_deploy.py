@@ -34,7 +34,7 @@ pytestmark = [
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def testbed(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_testbed(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     exe = shutil.which("gptoss-testbed") or str(Path(sys.executable).with_name("gptoss-testbed"))
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -118,10 +118,13 @@ def state_fingerprint(fleet: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def fleet() -> dict:
-    up = testbed("up")
-    if up.returncode != 0:
-        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
-    st = testbed("status", "--json")
+    """The running fleet ($GPTOSS_TESTBED_STATE picks another one), else `gptoss-testbed up`."""
+    st = run_testbed("status", "--json")
+    if st.returncode != 0:
+        up = run_testbed("up")
+        if up.returncode != 0:
+            pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
+        st = run_testbed("status", "--json")
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
     assert data["hosts"], "the testbed has no hosts"
