@@ -402,6 +402,12 @@ def test_service_unit_environment_and_serve_flags(box):
     assert serve["flags"]["async-scheduling"] == "True"
 
 
+def test_exec_start_quoting_as_the_deploy_writes_it():
+    env = {"V": "x y", "K": "k1"}
+    words = ["vllm", "--chat-template", "$${HOME}/t 100%%", "${K}", "$V", "--api-key=${K}"]
+    assert service.expand_exec(words, env) == ["vllm", "--chat-template", "${HOME}/t 100%", "k1", "x", "y", "--api-key=k1"]
+
+
 def test_unreadable_environment_file_is_noted(box):
     box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nEnvironmentFile=/etc/gptoss/nope.env\nExecStart=/usr/bin/vllm serve m\n")
     svc = service.service_facts(box.env())["service"]["value"]
@@ -482,3 +488,47 @@ def test_a_crashing_collector_becomes_a_failed_fact(box, monkeypatch):
     snap = collect(box.env())
     assert snap.fact("host.os") == {"failed": "PermissionError: denied by the test"}
     assert "failed" in snap.fact("host.hostname")
+
+
+# -- what the deploy writes, as the doctor reads it ---------------------------------------------------
+
+
+def test_collect_reads_the_files_the_deploy_writes(box, tmp_path):
+    """The deploy's own unit, EnvironmentFile, key file and manifest (rendered by deploys/), under a fake root."""
+    sys_path = str(Path(__file__).resolve().parents[1] / "deploys")
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from gptoss_deploy import config as C, manifest, service as unit_mod
+    from gptoss_doctor import knowledge
+
+    key = tmp_path / "api-key"
+    key.write_text("sk-test-0123456789abc\n")
+    key.chmod(0o600)
+    kb = knowledge.load()
+    debian = {"os_id": "debian", "os_like": None, "os_pretty": "Debian GNU/Linux 12", "arch": "x86_64",
+              "python_path": "/usr/bin/python3", "python_version": "3.11.2", "gpus": [], "nvswitch_count": 0}
+    stack = [s for s in kb.stacks.values() if kb.recipe("H100", s.vllm)][-1].name
+    cfg = C.validate("gpu-01", {"gptoss_stack": stack, "gptoss_gpu_family": "H100", "gptoss_api_key_file": str(key)}, debian, kb)
+
+    box.write(f"/etc/systemd/system/{C.UNIT}", unit_mod.unit_text(cfg))
+    box.write(C.ENV_FILE, unit_mod.env_file_text(cfg), 0o640)
+    box.write(C.KEY_FILE, unit_mod.key_file_text(cfg), 0o640)
+    box.write("/etc/gptoss/manifest.json", manifest.manifest_text(cfg))
+    make_venv(box.root / cfg.venv.lstrip("/"))
+    current = box.root / C.CURRENT.lstrip("/")  # the deploy points `current` at the active stack's venv
+    if not current.exists():
+        current.symlink_to(box.root / cfg.venv.lstrip("/"))
+
+    snap = collect(box.env())
+    serve = snap.get("service.serve")
+    assert serve["api_key_set"] is True  # from the key file, never from argv
+    assert serve["model"] and serve["model"] in " ".join(cfg.serve_argv())
+    assert serve["tensor_parallel_size"] == cfg.tensor_parallel_size
+    assert (serve["host"], serve["port"]) == (cfg.bind_address, cfg.port)
+    assert snap.get("service")["user"] == "gptoss"
+    assert (snap.get("venv")["rule"], snap.get("venv")["path"]) == ("service", C.CURRENT)
+    assert snap.get("manifest")["stack"] == cfg.stack
+    assert snap.get("files.world_readable_secrets") == []  # 0640 is right
+    assert "sk-test-0123456789abc" not in snap.to_json()

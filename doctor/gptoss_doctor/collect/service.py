@@ -74,14 +74,17 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 
 def expand_exec(argv: list[str], environ: dict[str, str]) -> list[str]:
-    """systemd's ExecStart= expansion: a lone `$VAR` splits into words, `${VAR}` stays one word."""
+    """systemd's ExecStart= expansion: a lone `$VAR` splits into words, `${VAR}` stays one word,
+    `$$` is a literal `$` and `%%` a literal `%` (the deploy's quoting writes both)."""
     out = []
     for word in argv:
         lone = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
         if lone:
             out += environ.get(lone.group(1), "").split()
             continue
-        out.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: environ.get(m.group(1), ""), word))
+        pieces = word.split("$$")  # expand inside each piece, join with the literal "$"
+        pieces = [re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: environ.get(m.group(1), ""), p) for p in pieces]
+        out.append("$".join(pieces).replace("%%", "%"))
     return out
 
 
