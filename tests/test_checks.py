@@ -189,3 +189,26 @@ def test_empty_snapshot_skips_or_passes_without_crashing(kb):
     """A snapshot with nothing collected (another OS, a broken collector) never crashes a check."""
     _, statuses = run_checks(Snapshot({"facts": {}}), kb)
     assert not [(k, s) for k, s in statuses.items() if s.startswith("crashed")]
+
+
+JUNK = (None, "garbage", True, ["x"], {"x": 1})
+
+
+def test_facts_of_unexpected_shape_never_crash_a_check(kb):
+    """A snapshot from another collector version, or edited by hand, may hold any JSON in a
+    fact: every check reads it as absent or junk (skipped / ok), none crashes."""
+    data = load_base("b200x8-vllm-0.10.1-gptoss")  # every fact valued: service, manifest, fabric manager
+    crashed = set()
+    targets = [(key, None) for key in data["facts"]] + [
+        (key, sub) for key, fact in data["facts"].items() if isinstance(fact.get("value"), dict) for sub in fact["value"]
+    ]
+    for key, sub in targets:
+        for junk in JUNK:
+            d = copy.deepcopy(data)
+            if sub is None:
+                d["facts"][key] = {"value": junk}
+            else:
+                d["facts"][key]["value"][sub] = junk
+            _, statuses = run_checks(Snapshot(d), kb)
+            crashed |= {(cid, key, sub, s) for cid, s in statuses.items() if s.startswith("crashed")}
+    assert not crashed, sorted(crashed)[:10]

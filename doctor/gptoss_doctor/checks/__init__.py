@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..findings import REGISTRY, SEVERITIES, CheckSpec, Finding
-from ..snapshot import Snapshot
-from ._util import NotApplicable
+from ..snapshot import FACT_KEYS, Snapshot
 
 # Imported for their @check side effect; the order here is the order checks run and list.
-from . import packages, cuda, gpu, env, serve, security, offline, deep  # noqa: F401,E402
+from . import cuda, deep, env, gpu, offline, packages, security, serve  # noqa: F401,E402
+from ._util import NotApplicable
 
 __all__ = ["run_checks", "select", "UnknownCheckError", "NotApplicable"]
 
@@ -44,11 +44,20 @@ def select(only: Iterable[str] | None = None) -> list[CheckSpec]:
     return [s for s in specs if s.id in wanted or s.category in wanted]
 
 
+def _shape(key: str) -> type | None:
+    """The JSON type FACT_KEYS documents for a fact's value (an object, a list), else None."""
+    doc = FACT_KEYS.get(key, "").lstrip()
+    return dict if doc.startswith("{") else list if doc.startswith("[") else None
+
+
 def _missing_need(snap: Snapshot, spec: CheckSpec) -> str | None:
-    """Why a needed fact has no value, or None when every need is valued."""
+    """Why a needed fact has no usable value, or None when every need is valued."""
     for key in spec.needs:
         fact = snap.fact(key)
         if "value" in fact:
+            want = _shape(key)
+            if want is not None and not isinstance(fact["value"], want):
+                return f"{key} is a {type(fact['value']).__name__}, not the {want.__name__} the snapshot format says"
             continue
         if "failed" in fact:
             return f"{key} could not be collected ({fact['failed']})"

@@ -20,6 +20,37 @@ class NotApplicable(Exception):
     """Raised by a check that does not apply to this box; the runner reports `skipped: <msg>`."""
 
 
+# --- typed reads: a fact of an unexpected shape reads as empty, never crashes a check --------
+
+
+def fact_obj(snap: Snapshot, key: str) -> dict:
+    v = snap.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def fact_list(snap: Snapshot, key: str) -> list:
+    v = snap.get(key)
+    return v if isinstance(v, list) else []
+
+
+def obj(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def as_int(v: Any, default: int | None = None) -> int | None:
+    """An int from an int or a numeric string (bool is not a number here)."""
+    if isinstance(v, bool):
+        return default
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def as_str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
 # --- versions -------------------------------------------------------------------------------
 
 
@@ -72,16 +103,12 @@ def evidence(snap: Snapshot, keys: Iterable[str], **seen: Any) -> dict[str, Any]
 
 def venv_path(snap: Snapshot) -> str:
     """The venv the fix commands should act on: the inspected one, else the deployed one."""
-    venv = snap.get("venv") or {}
-    if venv.get("path"):
-        return venv["path"]
-    manifest = snap.get("manifest") or {}
-    return manifest.get("venv") or DEFAULT_VENV
+    path = as_str(fact_obj(snap, "venv").get("path")) or as_str(fact_obj(snap, "manifest").get("venv"))
+    return path or DEFAULT_VENV
 
 
 def venv_python(snap: Snapshot) -> str:
-    venv = snap.get("venv") or {}
-    return venv.get("executable") or posixpath.join(venv_path(snap), "bin", "python")
+    return as_str(fact_obj(snap, "venv").get("executable")) or posixpath.join(venv_path(snap), "bin", "python")
 
 
 def uv_pip(snap: Snapshot, verb: str, *args: str) -> str:
@@ -133,7 +160,7 @@ def fresh_stack_commands(stack) -> list[str]:
 
 
 def distributions(snap: Snapshot) -> list[dict]:
-    return [d for d in (snap.get("venv.distributions") or []) if isinstance(d, dict)]
+    return [d for d in fact_list(snap, "venv.distributions") if isinstance(d, dict)]
 
 
 def dists_by_name(snap: Snapshot) -> dict[str, list[dict]]:
@@ -157,16 +184,16 @@ def current_stack(snap: Snapshot, kb):
     Raises NotApplicable when neither names a stack the knowledge holds.
     """
     manifest = snap.get("manifest")
-    if isinstance(manifest, dict) and manifest.get("stack"):
+    if isinstance(manifest, dict) and isinstance(manifest.get("stack"), str):
         name = manifest["stack"]
         if name in kb.stacks:
             return kb.stacks[name], f"manifest stack {name!r} ({snap.source('manifest') or 'manifest'})"
-    vllm = (snap.get("vllm.install") or {}).get("version")
+    vllm = fact_obj(snap, "vllm.install").get("version")
     if version(vllm) is not None:
         stack = kb.stack_for_vllm(vllm)
         if stack is not None:
             return stack, f"installed vLLM {vllm} matches stack {stack.name!r}"
-    if isinstance(manifest, dict) and manifest.get("stack"):
+    if isinstance(manifest, dict) and isinstance(manifest.get("stack"), str):
         raise NotApplicable(
             f"manifest stack {manifest['stack']!r} is not in the knowledge (known: {', '.join(kb.stacks)})"
         )
@@ -176,10 +203,12 @@ def current_stack(snap: Snapshot, kb):
 
 
 def vllm_version(snap: Snapshot) -> str:
-    """The installed vLLM version; NotApplicable when vLLM is not installed."""
-    v = (snap.get("vllm.install") or {}).get("version")
+    """The installed vLLM version; NotApplicable when vLLM is not installed or its version is junk."""
+    v = fact_obj(snap, "vllm.install").get("version")
     if not v:
         raise NotApplicable("vLLM is not installed in the inspected venv")
+    if version(v) is None:
+        raise NotApplicable(f"vLLM's version {v!r} ({snap.source('vllm.install') or 'vllm.install'}) is not a version")
     return str(v)
 
 
@@ -187,11 +216,11 @@ def vllm_version(snap: Snapshot) -> str:
 
 
 def nvidia_gpus(snap: Snapshot) -> list[dict]:
-    return [g for g in (snap.get("nvidia.gpus") or []) if isinstance(g, dict)]
+    return [g for g in fact_list(snap, "nvidia.gpus") if isinstance(g, dict)]
 
 
 def rocm_gpus(snap: Snapshot) -> list[dict]:
-    return [g for g in (snap.get("rocm.gpus") or []) if isinstance(g, dict)]
+    return [g for g in fact_list(snap, "rocm.gpus") if isinstance(g, dict)]
 
 
 def gpu_families(snap: Snapshot, kb) -> list[tuple[dict, Any]]:
@@ -212,15 +241,15 @@ def gpu_count(snap: Snapshot) -> int:
 
 
 def service(snap: Snapshot) -> dict:
-    return snap.get("service") or {}
+    return fact_obj(snap, "service")
 
 
 def serve(snap: Snapshot) -> dict:
-    return snap.get("service.serve") or {}
+    return fact_obj(snap, "service.serve")
 
 
 def serve_flags(snap: Snapshot) -> dict:
-    return serve(snap).get("flags") or {}
+    return obj(serve(snap).get("flags"))
 
 
 def _canonical(flag: str) -> str:
@@ -251,7 +280,7 @@ def env_sources(snap: Snapshot) -> list[tuple[str, str, dict]]:
     if isinstance(shell, dict):
         out.append(("shell", "env.shell", shell))
     svc_env = service(snap).get("environment")
-    if isinstance(svc_env, dict):
+    if isinstance(svc_env, dict) and snap.has("service"):
         out.append(("service", "service", svc_env))
     return out
 
@@ -276,11 +305,10 @@ def env_file_hint(snap: Snapshot) -> str:
 
 def target_vllm(snap: Snapshot, kb) -> str:
     """The vLLM the box serves: the installed one, else the deployed manifest's stack's."""
-    v = (snap.get("vllm.install") or {}).get("version")
-    if v:
-        return str(v)
+    if fact_obj(snap, "vllm.install").get("version"):
+        return vllm_version(snap)
     manifest = snap.get("manifest")
-    if isinstance(manifest, dict) and manifest.get("stack") in kb.stacks:
+    if isinstance(manifest, dict) and isinstance(manifest.get("stack"), str) and manifest["stack"] in kb.stacks:
         return kb.stacks[manifest["stack"]].vllm
     raise NotApplicable("vLLM is not installed and no manifest names a stack")
 
@@ -297,11 +325,8 @@ def served_model(snap: Snapshot, kb):
 
 
 def tensor_parallel_size(snap: Snapshot) -> int:
-    tp = serve(snap).get("tensor_parallel_size") or flag_value(snap, "--tensor-parallel-size", "-tp") or 1
-    try:
-        return int(tp)
-    except (TypeError, ValueError):
-        return 1
+    tp = as_int(serve(snap).get("tensor_parallel_size")) or as_int(flag_value(snap, "--tensor-parallel-size")) or 1
+    return max(tp, 1)
 
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default since 0.1 (CacheConfig.gpu_memory_utilization)

@@ -8,13 +8,17 @@ from ..findings import Finding, Fix, check
 from ._util import (
     GUIDE,
     NotApplicable,
+    as_int,
+    as_str,
     current_stack,
     dists_by_name,
     evidence,
+    fact_obj,
     fmt_mm,
     fresh_stack_commands,
     major_minor,
     nvidia_gpus,
+    obj,
     rocm_gpus,
     uv_pip,
     version,
@@ -28,7 +32,7 @@ def _cuda_home_needed(snap) -> str | None:
     dists = dists_by_name(snap)
     if "flashinfer-python" in dists and not ({"flashinfer-cubin", "flashinfer-jit-cache"} & dists.keys()):
         return "flashinfer-python is installed without flashinfer-cubin/flashinfer-jit-cache, so its kernels JIT-compile with nvcc"
-    svc_env = (snap.get("service") or {}).get("environment") or {}
+    svc_env = obj(fact_obj(snap, "service").get("environment"))
     if "CUDA_HOME" in svc_env:
         return f"the service sets CUDA_HOME={svc_env['CUDA_HOME']}"
     return None
@@ -42,7 +46,8 @@ def _nvcc_fix(snap, kb) -> list[str]:
         return []
     if not getattr(stack, "nvcc_requirement", None):
         return []  # no pip wheel carries this CUDA's nvcc: install the toolkit from NVIDIA
-    site = ((snap.get("venv") or {}).get("site_packages") or [None])[0]
+    sites = fact_obj(snap, "venv").get("site_packages")
+    site = as_str(sites[0]) if isinstance(sites, list) and sites else None
     commands = [uv_pip(snap, "install", stack.nvcc_requirement)]
     if site and getattr(stack, "cuda_home_subdir", None):
         commands.append(f"export CUDA_HOME={posixpath.join(site, stack.cuda_home_subdir)}")
@@ -78,7 +83,7 @@ def bad_cuda_home(snap, kb):
     """
     if rocm_gpus(snap) and not nvidia_gpus(snap):
         raise NotApplicable("ROCm box: CUDA_HOME is not used")
-    torch = snap.get("torch.build") or {}
+    torch = fact_obj(snap, "torch.build")
     torch_mm = major_minor(torch.get("cuda"))
     if torch_mm is None:
         raise NotApplicable("torch is not a CUDA build (see torch-cuda-suffix)")
@@ -158,11 +163,11 @@ def driver_too_old(snap, kb):
 
     Source: NVIDIA CUDA compatibility guide; vllm-project/vllm#44335, #42756, #43847.
     """
-    torch = snap.get("torch.build") or {}
+    torch = fact_obj(snap, "torch.build")
     cuda = torch.get("cuda")
     if not cuda:
         raise NotApplicable("torch is not a CUDA build")
-    driver = str((snap.get("nvidia.driver") or {}).get("version") or "")
+    driver = str(fact_obj(snap, "nvidia.driver").get("version") or "")
     need = kb.min_driver_for_cuda(str(cuda))
     too_old_for_min = bool(need and version(driver) and version(driver) < version(need))
     driver_max = snap.get("nvidia.cuda_driver_max")
@@ -227,13 +232,13 @@ def fabric_manager_inactive(snap, kb):
     Source: NVIDIA Fabric Manager user guide; aws-samples/aws-deep-learning-ami-ubuntu-dcv-desktop#33
     ("CUDA initialization fails with 802 system error owing to lack of nvidia-fabricmanager").
     """
-    count = int((snap.get("nvidia.nvswitch") or {}).get("count") or 0)
+    count = as_int(fact_obj(snap, "nvidia.nvswitch").get("count"), 0)
     if count <= 0:
         return
-    fm = snap.get("nvidia.fabric_manager") or {}
+    fm = fact_obj(snap, "nvidia.fabric_manager")
     if fm.get("installed") and fm.get("active"):
         return
-    driver = str((snap.get("nvidia.driver") or {}).get("version") or "")
+    driver = str(fact_obj(snap, "nvidia.driver").get("version") or "")
     branch = driver.split(".")[0] if driver else "<driver-branch>"
     commands = ([] if fm.get("installed") else [f"apt-get install -y nvidia-fabricmanager-{branch}"]) + [
         "systemctl enable --now nvidia-fabricmanager",
@@ -275,9 +280,9 @@ def fabric_manager_version_mismatch(snap, kb):
     Source: NVIDIA Fabric Manager user guide; ollama/ollama#12136 (fixed by reinstalling the
     fabric manager of the driver's version).
     """
-    fm = snap.get("nvidia.fabric_manager") or {}
+    fm = fact_obj(snap, "nvidia.fabric_manager")
     fm_v = fm.get("version")
-    driver = str((snap.get("nvidia.driver") or {}).get("version") or "")
+    driver = str(fact_obj(snap, "nvidia.driver").get("version") or "")
     if not fm.get("installed") or not fm_v or not driver or version(fm_v) == version(driver) or str(fm_v) == driver:
         return
     branch = driver.split(".")[0]
@@ -313,7 +318,7 @@ def torch_wrong_vendor(snap, kb):
 
     Source: PyTorch install matrix; vLLM ROCm install docs.
     """
-    torch = snap.get("torch.build") or {}
+    torch = fact_obj(snap, "torch.build")
     nv, amd = nvidia_gpus(snap), rocm_gpus(snap)
     if torch.get("hip") and nv and not amd:
         want, have = "CUDA", f"ROCm (hip {torch.get('hip')})"

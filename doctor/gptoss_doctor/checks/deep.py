@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..findings import Finding, Fix, check
-from ._util import NotApplicable, current_stack, evidence, stack_install_commands, uv_pip
+from ._util import NotApplicable, current_stack, evidence, fact_obj, stack_install_commands, uv_pip
 
 STEPS = ("torch_import", "cuda_init", "matmul", "triton_kernel")
 
@@ -47,7 +47,7 @@ def deep_probe_failed(snap, kb):
     Source: the probe's own output (error line and frame); PyTorch CUDA notes; Triton needs a C
     compiler at run time (its launcher is built on first use).
     """
-    deep = snap.get("deep") or {}
+    deep = fact_obj(snap, "deep")
     failed = [(s, deep[s]) for s in STEPS if isinstance(deep.get(s), dict) and deep[s].get("ok") is False]
     if not failed:
         return

@@ -8,7 +8,9 @@ from ._util import (
     effective_env,
     env_file_hint,
     evidence,
+    fact_obj,
     flag_value,
+    obj,
     truthy,
     unit_name,
     vllm_version,
@@ -118,7 +120,7 @@ def stale_vllm_env(snap, kb):
     Source: vllm-project/vllm#32812 (remove deprecated env vars), #50292 (VLLM_ATTENTION_BACKEND
     ignored on 0.26); lifecycle rows in the knowledge.
     """
-    yield from _stale_finding(snap, kb, "shell", "env.shell", snap.get("env.shell") or {}, "stale-vllm-env")
+    yield from _stale_finding(snap, kb, "shell", "env.shell", fact_obj(snap, "env.shell"), "stale-vllm-env")
 
 
 @check(
@@ -140,7 +142,7 @@ def stale_vllm_env_service(snap, kb):
 
     Source: vllm-project/vllm#32812, #50292; lifecycle rows in the knowledge.
     """
-    env = (snap.get("service") or {}).get("environment") or {}
+    env = obj(fact_obj(snap, "service").get("environment"))
     yield from _stale_finding(snap, kb, "service", "service", env, "stale-vllm-env-service")
 
 
@@ -290,7 +292,7 @@ def service_env_file_missing(snap, kb):
 
     Source: systemd.exec(5) EnvironmentFile=; docs/design.md (/etc/gptoss/gptoss.env).
     """
-    errors = (snap.get("service") or {}).get("environment_file_errors") or {}
+    errors = obj(fact_obj(snap, "service").get("environment_file_errors"))
     missing = {p: e for p, e in errors.items() if "no such file" in str(e).lower()}
     if not missing:
         return

@@ -6,13 +6,14 @@ from ..findings import Finding, Fix, check
 from ._util import (
     GUIDE,
     NotApplicable,
+    as_int,
     effective_env,
     env_file_hint,
     evidence,
     flag_value,
+    gpu_count,
     gpu_families,
     gpu_memory_utilization,
-    gpu_count,
     major_minor,
     nvidia_gpus,
     served_model,
@@ -212,7 +213,9 @@ def shm_too_small(snap, kb):
     tp = tensor_parallel_size(snap)
     if tp <= 1:
         return
-    shm = int(snap.get("host.shm_bytes") or 0)
+    shm = as_int(snap.get("host.shm_bytes"))
+    if shm is None:
+        raise NotApplicable(f"host.shm_bytes is {snap.get('host.shm_bytes')!r}, not a size")
     if shm >= SHM_FLOOR:
         return
     yield Finding(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from ..findings import Finding, Fix, check
-from ._util import GUIDE, NotApplicable, effective_env, evidence, serve, truthy
+from ._util import GUIDE, NotApplicable, as_str, effective_env, evidence, fact_obj, serve, truthy
 
 HARMONY_FILES = ("o200k_base.tiktoken", "cl100k_base.tiktoken")  # what the guide tells you to stage
 HARMONY_NEEDS = "o200k_base.tiktoken"  # gpt-oss's harmony encoding is built on o200k_base
@@ -46,14 +46,14 @@ def offline_tokenizer_files(snap, kb):
     Source: the gpt-oss vLLM guide, Troubleshooting (Harmony vocab download);
     vllm-project/vllm#22525; openai/harmony#46, #71.
     """
-    files = snap.get("hf.offline_files") or {}
+    files = fact_obj(snap, "hf.offline_files")
     label, key, env = effective_env(snap)
-    base = files.get("tiktoken_dir") or env.get("TIKTOKEN_ENCODINGS_BASE")
+    base = as_str(files.get("tiktoken_dir")) or as_str(env.get("TIKTOKEN_ENCODINGS_BASE"))
     offline = _offline(env)
     seen = dict(environment=label, TIKTOKEN_ENCODINGS_BASE=base, offline_vars=offline or None,
                 files=files.get("files"), tiktoken_dir_exists=files.get("tiktoken_dir_exists"))
     if base:
-        if HARMONY_NEEDS in (files.get("files") or []):
+        if HARMONY_NEEDS in (files.get("files") if isinstance(files.get("files"), list) else []):
             return
         state = "does not exist" if files.get("tiktoken_dir_exists") is False else f"has no {HARMONY_NEEDS}"
         yield Finding(
@@ -109,7 +109,7 @@ def hf_offline_model_missing(snap, kb):
     model = str(serve(snap).get("model") or "")
     if not model or model.startswith(("/", ".")) or model.count("/") != 1:
         raise NotApplicable(f"the service serves a local path ({model or 'none'}), not a hub id")
-    files = snap.get("hf.offline_files") or {}
+    files = fact_obj(snap, "hf.offline_files")
     if model in (files.get("hub_models") or []):
         return
     hub = files.get("hub_cache") or "~/.cache/huggingface/hub"

@@ -14,6 +14,8 @@ from ._util import (
     distributions,
     dists_by_name,
     evidence,
+    fact_list,
+    fact_obj,
     in_specifier,
     installed_version,
     nvidia_gpus,
@@ -23,8 +25,9 @@ from ._util import (
     stack_args,
     stack_install_commands,
     uv_pip,
-    version,
     venv_python,
+    version,
+    vllm_version,
 )
 
 # Distributions that install the `triton` import package (PyTorch's nightly and ROCm builds
@@ -50,7 +53,7 @@ def _triton_to_keep(snap, kb) -> tuple[str, str | None, str]:
         return stack.triton_dist, stack.triton, how
     except NotApplicable:
         pass
-    torch = (snap.get("torch.build") or {})
+    torch = fact_obj(snap, "torch.build")
     if torch.get("hip"):
         return "pytorch-triton-rocm", None, f"torch {torch.get('version')} is a ROCm build"
     v = version(torch.get("version"))
@@ -143,7 +146,7 @@ def torch_cuda_suffix(snap, kb):
     Source: the gpt-oss vLLM guide, Known Issues ("double check your pytorch version has
     suffix `+cu128`").
     """
-    torch = snap.get("torch.build") or {}
+    torch = fact_obj(snap, "torch.build")
     installed = str(torch.get("version") or "")
     if torch.get("hip") and rocm_gpus(snap):
         raise NotApplicable("a ROCm torch on an AMD box: the knowledge's stacks are CUDA builds")
@@ -169,7 +172,7 @@ def torch_cuda_suffix(snap, kb):
 
 
 def _suffix_finding(snap, installed, wanted, how, stack):
-    torch = snap.get("torch.build") or {}
+    torch = fact_obj(snap, "torch.build")
     kind = "a CPU build" if not torch.get("cuda") and not torch.get("hip") else f"built for CUDA {torch.get('cuda')}"
     if stack is not None:
         commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
@@ -205,7 +208,7 @@ def tilde_leftover_dists(snap, kb):
 
     Source: vllm-project/vllm#12219 ("WARNING: Ignoring invalid distribution -orch").
     """
-    leftovers = [x for x in (snap.get("venv.leftovers") or []) if isinstance(x, dict) and x.get("path")]
+    leftovers = [x for x in fact_list(snap, "venv.leftovers") if isinstance(x, dict) and x.get("path")]
     if not leftovers:
         return
     paths = [str(x["path"]) for x in leftovers]
@@ -259,7 +262,7 @@ def nvidia_cu12_cu13_mixed(snap, kb):
         major = _cuda_major_of_dist(name)
         if major:
             by_major[major].append(f"{name}=={d.get('version')}")
-    torch_cuda = version((snap.get("torch.build") or {}).get("cuda"))
+    torch_cuda = version(fact_obj(snap, "torch.build").get("cuda"))
     torch_major = torch_cuda.release[0] if torch_cuda is not None else None
     mixed = by_major[12] and (by_major[13] or torch_major == 13)
     if not mixed:
@@ -267,7 +270,7 @@ def nvidia_cu12_cu13_mixed(snap, kb):
     stale_major = 12 if torch_major in (13, None) else 13
     stale = [x.split("==")[0] for x in by_major[stale_major]]
     commands = [uv_pip(snap, "uninstall", *stale)]
-    torch_v = version((snap.get("torch.build") or {}).get("version"))
+    torch_v = version(fact_obj(snap, "torch.build").get("version"))
     if torch_v is not None:  # uninstalling shared namespace files can break torch's own wheels
         commands.append(uv_pip(snap, "install", "--reinstall-package", "torch", f"torch=={public(torch_v)}"))
     yield Finding(
@@ -308,13 +311,13 @@ def vllm_torch_pair(snap, kb):
     Source: vllm-project/vllm#20361, #13608, #21226 (undefined symbol after a torch change);
     each stack row's source (vLLM METADATA `Requires-Dist: torch==...`).
     """
-    vllm = str((snap.get("vllm.install") or {}).get("version"))
-    if (snap.get("torch.build") or {}).get("hip"):
+    vllm = vllm_version(snap)
+    if fact_obj(snap, "torch.build").get("hip"):
         raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
-    stack = kb.stack_for_vllm(vllm) if version(vllm) else None
+    stack = kb.stack_for_vllm(vllm)
     if stack is None:
         raise NotApplicable(f"vLLM {vllm} matches no knowledge stack")
-    torch = str((snap.get("torch.build") or {}).get("version") or "")
+    torch = str(fact_obj(snap, "torch.build").get("version") or "")
     have, want = version(torch), version(stack.torch)
     if have is not None and want is not None and public(have) == public(want):
         return
@@ -347,14 +350,14 @@ def python_outside_stack(snap, kb):
 
     Source: vLLM wheel METADATA Requires-Python, per stack row in the knowledge.
     """
-    py = (snap.get("venv") or {}).get("python")
+    py = fact_obj(snap, "venv").get("python")
     if not py:
         raise NotApplicable("the venv's Python version was not collected")
     stack, how = current_stack(snap, kb)
     ok = in_specifier(py, stack.python)
     if ok is None or ok:
         return
-    path = (snap.get("venv") or {}).get("path") or "/opt/gptoss/current"
+    path = fact_obj(snap, "venv").get("path") or "/opt/gptoss/current"
     pick = python_in(stack.python)
     yield Finding(
         id="python-outside-stack",
@@ -396,18 +399,18 @@ def manifest_drift(snap, kb):
 
     Source: /etc/gptoss/manifest.json written by the deploy (docs/design.md).
     """
-    manifest = snap.get("manifest") or {}
+    manifest = fact_obj(snap, "manifest")
     recorded = manifest.get("versions")
     if not isinstance(recorded, dict) or not recorded:
         raise NotApplicable("the manifest records no versions")
     drift = []
     if recorded.get("vllm") and snap.has("vllm.install"):
-        have = (snap.get("vllm.install") or {}).get("version")
+        have = fact_obj(snap, "vllm.install").get("version")
         if not _same(have, recorded["vllm"]):
             drift.append({"name": "vllm", "manifest": recorded["vllm"], "installed": have, "fact": "vllm.install"})
     if recorded.get("torch") and snap.has("torch.build"):
         want = str(recorded["torch"]) + str(recorded.get("torch_local") or "")
-        have = (snap.get("torch.build") or {}).get("version")
+        have = fact_obj(snap, "torch.build").get("version")
         # torch_local "" means PyPI's default build: compare the public version only
         if not _same(have, want, local=bool(recorded.get("torch_local"))):
             drift.append({"name": "torch", "manifest": want, "installed": have, "fact": "torch.build"})
@@ -507,7 +510,7 @@ def recipe_extras_missing(snap, kb):
     Source: the gpt-oss vLLM guide for 0.10.1 (B200: `uv pip install vllm[flashinfer]==0.10.1
     --torch-backend=auto`); vllm-project/vllm#21959 (flashinfer moved to an extra).
     """
-    vllm = str((snap.get("vllm.install") or {}).get("version"))
+    vllm = vllm_version(snap)
     from ._util import gpu_families  # noqa: PLC0415 (keeps this module's imports about packages)
 
     families = {fam.name: fam for _, fam in gpu_families(snap, kb) if fam is not None}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import ipaddress
 
 from ..findings import Finding, Fix, check
-from ._util import env_file_hint, evidence, has_flag, serve, unit_name
+from ._util import env_file_hint, evidence, fact_list, has_flag, serve, unit_name
 
 KEY_FILE = "/etc/gptoss/api-key"
 VLLM_SECURITY = "https://docs.vllm.ai/en/latest/usage/security.html"
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
+def _is_loopback(host) -> bool:
+    if not isinstance(host, str) or not host:
         return False  # vLLM binds every interface when --host is not given
     host = host.strip("[]")
     if host == "localhost":
@@ -88,7 +88,7 @@ def world_readable_secrets(snap, kb):
     Source: systemd.exec(5) EnvironmentFile=; the deploy's layout (docs/design.md: 0640
     root:gptoss).
     """
-    files = [f for f in (snap.get("files.world_readable_secrets") or []) if isinstance(f, dict) and f.get("path")]
+    files = [f for f in fact_list(snap, "files.world_readable_secrets") if isinstance(f, dict) and f.get("path")]
     if not files:
         return
     yield Finding(

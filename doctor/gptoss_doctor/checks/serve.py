@@ -11,10 +11,10 @@ from ._util import (
     evidence,
     flag_value,
     has_flag,
+    public,
     serve_flags,
     truthy,
     unit_name,
-    public,
     version,
     vllm_version,
 )
