@@ -201,6 +201,10 @@ class RemoteWheels(FactBase):
         return "sh -c " + shlex.quote(f"for f in {shlex.quote(path)}/*.whl; do [ -f \"$f\" ] && "
                                       "echo \"$(stat -c %s \"$f\") $(basename \"$f\")\"; done; true")
 
+    @staticmethod
+    def default() -> dict:
+        return {}
+
     def process(self, output: list[str]) -> dict:
         out = {}
         for line in output:

@@ -1,0 +1,42 @@
+"""Rolling upgrade of a serving fleet: `pyinfra INV deploys/upgrade.py --data gptoss_stack=NEW`.
+
+1. Prepare (no host changes): every host's config for NEW and for the stack it runs now (its
+   rollback), validated like the deploy's; the wheels of NEW resolved and downloaded once on
+   the controller (gptoss_deploy.wheelhouse).
+2. Stage, on every host in parallel, the service untouched: wheels pushed, NEW's venv built
+   (complete only with its marker), NEW's and the rollback stack's service files staged.
+   A host that fails here, or cannot be reached, stops the upgrade before any restart.
+3. Roll (gptoss_deploy.rollout): the canary, then batches of `gptoss_upgrade_batch` hosts
+   (a count or a percentage, default 1): drain, switch, restart, health gate, restore; a failed
+   gate rolls that host back and stops the run (exit 1) with the doctor's reading of the host.
+   Stacks beyond `gptoss_keep_stacks` (default 2: NEW and the rollback) are pruned.
+
+Settings (inventory data): gptoss_upgrade_batch, gptoss_keep_stacks, gptoss_lb_drain_cmd and
+gptoss_lb_restore_cmd (run on the controller; {host}/{address} substituted), gptoss_wheelhouse
+('controller' or 'off'). GPTOSS_UPGRADE_REPORT=PATH (environment) writes the run's report as JSON.
+Run it without --serial/--no-wait: the batch loop needs pyinfra's default op-by-op execution.
+"""
+
+from pyinfra import host
+
+from gptoss_deploy import python_env, rollout, wheelhouse
+from gptoss_deploy.facts import HostFacts
+
+new, old, settings, state = rollout.host_configs()
+
+python_env.uv_binary(name="uv binary", cfg=new)
+if settings.wheelhouse:
+    hf = host.get_fact(HostFacts)  # the venv's Python is the host's python3
+    wh = wheelhouse.build(new, hf.get("python_version") or "3", hf.get("arch") or "x86_64")
+    wheelhouse.push(name=f"stage: wheels of {new.stack} from the controller", cfg=new, wh=wh)
+    wheelhouse.staged_venv(name=f"stage: venv {new.stack} (from the wheelhouse)", cfg=new, wh=wh)
+else:
+    python_env.stack_venv(name=f"stage: venv {new.stack}", cfg=new)
+rollout.stage_files(
+    name="stage: service files of both stacks",
+    new=new, old=old, record_rollback=rollout.stack_of(state["current"]) != new.stack,
+)
+rollout.roll(
+    name=f"roll to {new.stack}: drain, switch, restart, health gate (canary, then batches)",
+    new=new, old=old, st=settings, installed=state["stacks"],
+)
