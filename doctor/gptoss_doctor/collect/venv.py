@@ -340,4 +340,17 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
     facts["venv.leftovers"] = value(leftovers)
     facts["torch.build"] = torch_build(sps)
     facts.update(vllm_facts(sps, dists))
+    if box_path and str(host) != path:
+        facts = _rebase(facts, str(host), path)  # a fake root (tests): show the box's paths
     return facts
+
+
+def _rebase(obj, host_prefix: str, box_prefix: str):
+    """A copy of a JSON-like tree with host paths under a fake root written as the box's paths."""
+    if isinstance(obj, dict):
+        return {k: _rebase(v, host_prefix, box_prefix) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rebase(v, host_prefix, box_prefix) for v in obj]
+    if isinstance(obj, str) and host_prefix in obj:
+        return obj.replace(host_prefix, box_prefix)
+    return obj
