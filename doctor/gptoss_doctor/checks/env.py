@@ -309,3 +309,63 @@ def service_env_file_missing(snap, kb):
         ),
         links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
     )
+
+
+def _box_vendors(snap) -> set[str]:
+    from ._util import nvidia_gpus, rocm_gpus  # noqa: PLC0415
+
+    return {v for v, gpus in (("nvidia", nvidia_gpus(snap)), ("amd", rocm_gpus(snap))) if gpus}
+
+
+@check(
+    "attention-backend-wrong-gpu",
+    severity="error",
+    title="Attention backend forced for the other GPU vendor",
+    category="env",
+    needs=("service.serve",),
+    links=["https://github.com/vllm-project/vllm/issues/30919"],
+)
+def attention_backend_wrong_gpu(snap, kb):
+    """The service forces an attention backend (`--attention-backend`, or VLLM_ATTENTION_BACKEND
+    where still read) that exists only for the other GPU vendor (a ROCM_* backend on NVIDIA).
+
+    Why: a recipe copied across vendors selects a backend the platform does not register, and
+    vLLM stops with "Selected backend ... is not valid for this configuration" or "Unknown
+    attention backend". The vendor of each backend name is knowledge data.
+
+    Fix: drop the override (vLLM chooses a sink-capable backend for gpt-oss on each GPU) or use
+    this vendor's recipe.
+
+    Source: vllm-project/vllm#30919 (a forced backend rejected for gpt-oss); the gpt-oss
+    recipe's per-vendor sections; knowledge lifecycle rows (vendor).
+    """
+    vendors = _box_vendors(snap)
+    if len(vendors) != 1:
+        raise NotApplicable("no GPUs, or GPUs of both vendors")
+    (vendor,) = vendors
+    forced = []
+    flag = flag_value(snap, "--attention-backend", "--attention-config.backend")
+    if flag:
+        forced.append(("--attention-backend", str(flag)))
+    label, _, env = effective_env(snap)
+    if env.get("VLLM_ATTENTION_BACKEND"):
+        forced.append((f"{label} VLLM_ATTENTION_BACKEND", str(env["VLLM_ATTENTION_BACKEND"])))
+    wrong = []
+    for where, name in forced:
+        lc = kb.attention_backends.get(name)
+        if lc is not None and lc.vendor and lc.vendor != vendor:
+            wrong.append({"set_in": where, "backend": name, "backend_vendor": lc.vendor, "source": lc.source})
+    if not wrong:
+        return
+    yield Finding(
+        id="attention-backend-wrong-gpu",
+        severity="error",
+        title=", ".join(f"{w['backend']} ({w['set_in']}) is an {w['backend_vendor'].upper()} backend" for w in wrong)
+        + f"; this box has {vendor.upper()} GPUs",
+        evidence=evidence(snap, ["service.serve", "service", "nvidia.gpus", "rocm.gpus"], vendor=vendor, forced=wrong),
+        fix=Fix(
+            text="Remove the override and let vLLM choose:",
+            commands=[_backend_fix(snap, w["set_in"], w["backend"], None)[0] for w in wrong] + [f"systemctl restart {unit_name(snap)}"],
+        ),
+        links=["https://github.com/vllm-project/vllm/issues/30919"],
+    )
