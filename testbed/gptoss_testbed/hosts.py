@@ -270,8 +270,8 @@ def _children(pid: int) -> list[int]:
 
 
 def stop_host(host: Host) -> bool:
-    ran = stop_process(host.pid_file, str(host.root))
-    return ran
+    # A short grace: the host's state is discarded anyway, so an orderly shutdown is a courtesy.
+    return stop_process(host.pid_file, str(host.root), timeout=5.0)
 
 
 def discard(host: Host) -> None:
