@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,36 @@ def test_facts_of_unexpected_shape_never_crash_a_check(kb):
             _, statuses = run_checks(Snapshot(d), kb)
             crashed |= {(cid, key, sub, s) for cid, s in statuses.items() if s.startswith("crashed")}
     assert not crashed, sorted(crashed)[:10]
+
+
+def _run_env_file_fix(finding: Finding, env: dict, env_file: Path) -> dict:
+    """Run a finding's fix commands (those that edit the EnvironmentFile) with bash on a real
+    copy of the file; return the file as systemd would read it afterwards."""
+    from gptoss_doctor.collect.service import parse_env_file
+
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    for cmd in finding.fix.commands:
+        if cmd.startswith("systemctl"):
+            continue
+        subprocess.run(["bash", "-c", cmd.replace("/etc/gptoss/gptoss.env", str(env_file))], check=True)
+    return parse_env_file(env_file.read_text())
+
+
+@pytest.mark.parametrize("case", [
+    "sinks-float32/gptoss-b200-without-trtllm-vars",
+    "stale-vllm-env-service/upstream-recipe-moe-var-on-0-33",
+    "recipe-env-for-other-gpu/aiter-on-h100",
+    "v0-engine-forced/use-v1-0",
+    "attention-backend-unknown/new-name-in-env-on-0-10-1",
+])
+def test_env_file_fixes_fix_the_finding(case, kb, tmp_path):
+    """The copy-pastable commands really repair the EnvironmentFile: run them on a real file,
+    re-read it, and the same check finds nothing."""
+    spec = REGISTRY[case.split("/")[0]]
+    data = json.loads((FIXTURES / "checks" / f"{case}.json").read_text())
+    snap = apply_case(load_base(data["snapshot"]), data, case)
+    (finding,) = run_one(snap, kb, spec)[0]
+    fixed_env = _run_env_file_fix(finding, snap.get("service")["environment"], tmp_path / "gptoss.env")
+    snap.get("service")["environment"] = fixed_env
+    findings, status = run_one(snap, kb, spec)
+    assert findings == [] and status == "ok", [f.title for f in findings]

@@ -298,6 +298,11 @@ def truthy(value: Any) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_file_delete(path: str, names: Iterable[str]) -> str:
+    """A sed command deleting NAME=... lines (with or without `export`) from an EnvironmentFile."""
+    return f"sed -i -E '/^(export +)?({'|'.join(names)})=/d' {shlex.quote(path)}"
+
+
 def env_file_hint(snap: Snapshot) -> str:
     files = service(snap).get("environment_files") or []
     return files[0] if files else "/etc/gptoss/gptoss.env"

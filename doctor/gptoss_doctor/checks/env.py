@@ -6,6 +6,7 @@ from ..findings import Finding, Fix, check
 from ._util import (
     NotApplicable,
     effective_env,
+    env_file_delete,
     env_file_hint,
     evidence,
     fact_obj,
@@ -77,7 +78,7 @@ def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
     names = [s["name"] for s in stale]
     if label == "service":
         path = env_file_hint(snap)
-        commands = [f"sed -i '/^{n}=/d' {path}" for n in names] + [f"systemctl restart {unit_name(snap)}"]
+        commands = [env_file_delete(path, names), f"systemctl restart {unit_name(snap)}"]
         where = f"the service's environment ({path})"
     else:
         commands = [f"unset {' '.join(names)}"]
@@ -162,8 +163,8 @@ def _backend_fix(snap, where: str, name: str, replacement: str | None) -> list[s
     unit = unit_name(snap)
     if where.startswith("service") and "VLLM_ATTENTION_BACKEND" in where:
         path = env_file_hint(snap)
-        edit = f"sed -i 's/^VLLM_ATTENTION_BACKEND=.*/VLLM_ATTENTION_BACKEND={replacement}/' {path}" if replacement else (
-            f"sed -i '/^VLLM_ATTENTION_BACKEND=/d' {path}")
+        edit = (f"sed -i -E 's/^(export +)?VLLM_ATTENTION_BACKEND=.*/VLLM_ATTENTION_BACKEND={replacement}/' {path}"
+                if replacement else env_file_delete(path, ["VLLM_ATTENTION_BACKEND"]))
         return [edit, f"systemctl restart {unit}"]
     if where.startswith("shell"):
         return [f"export VLLM_ATTENTION_BACKEND={replacement}"] if replacement else ["unset VLLM_ATTENTION_BACKEND"]
@@ -259,7 +260,7 @@ def v0_engine_forced(snap, kb):
     if value is None or truthy(value):
         return
     commands = (
-        [f"sed -i '/^VLLM_USE_V1=/d' {env_file_hint(snap)}", f"systemctl restart {unit_name(snap)}"]
+        [env_file_delete(env_file_hint(snap), ["VLLM_USE_V1"]), f"systemctl restart {unit_name(snap)}"]
         if label == "service" else ["unset VLLM_USE_V1"]
     )
     yield Finding(

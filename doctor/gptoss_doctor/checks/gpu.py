@@ -8,6 +8,7 @@ from ._util import (
     NotApplicable,
     as_int,
     effective_env,
+    env_file_delete,
     env_file_hint,
     evidence,
     flag_value,
@@ -40,7 +41,7 @@ def _env_fix(snap, label: str, set_vars: dict[str, str] | None = None, unset: li
     if label == "service":
         path = env_file_hint(snap)
         names = [*unset, *set_vars]
-        cmds = ["sed -i " + " ".join(f"-e '/^{n}=/d'" for n in names) + f" {path}"]
+        cmds = [env_file_delete(path, names)]
         if set_vars:
             lines = "\\n".join(f"{n}={v}" for n, v in set_vars.items())
             cmds.append(f"printf '{lines}\\n' >> {path}")
