@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from gptoss_doctor import checks
 from gptoss_doctor.checks import UnknownCheckError, run_checks, run_one, select
 from gptoss_doctor.findings import REGISTRY, SEVERITIES, CheckSpec, Finding, Fix
