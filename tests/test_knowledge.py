@@ -65,7 +65,7 @@ def test_every_row_links_somewhere_or_names_a_file(kb):
             *kb.attention_backends.values(), *kb.flags.values(), *kb.drivers.values(), *kb.models.values(),
             *kb.memory_fits]
     for row in rows:
-        assert row.links or re.search(r"\[W0\d+\]|wheel|\.md|\.json|release notes", row.source), row.source
+        assert row.links or re.search(r"\[W0\d+\]|\[WHEELS\]|wheel|\.md|\.json|release notes", row.source), row.source
 
 
 def test_data_files_ship_inside_the_package():
@@ -158,9 +158,11 @@ def test_missing_source_is_named(tmp_path):
 
 
 def test_missing_source_in_lifecycle(tmp_path):
-    d = broken_copy(tmp_path, "lifecycle.toml",
-                    'source = "[W01011] vllm/envs.py present; [W033] absent; https://github.com/vllm-project/vllm/pull/26315; https://github.com/vllm-project/vllm/pull/32812"\n',
-                    "")
+    d = broken_copy(tmp_path, "lifecycle.toml", 'name = "VLLM_ATTENTION_BACKEND"', 'name = "VLLM_ATTENTION_BACKEND"')
+    text = (d / "lifecycle.toml").read_text()
+    row = text.index('name = "VLLM_ATTENTION_BACKEND"')
+    src = text.index("\nsource = ", row)
+    (d / "lifecycle.toml").write_text(text[:src] + text[text.index("\n", src + 1):])
     with pytest.raises(KnowledgeError, match=r"^lifecycle\.toml: env_var 'VLLM_ATTENTION_BACKEND': source: missing"):
         load_from(d)
 
@@ -178,8 +180,8 @@ def test_bad_version_is_named(tmp_path):
 
 
 def test_bad_specifier_is_named(tmp_path):
-    d = broken_copy(tmp_path, "recipes.toml", 'vllm = ">=0.23"', 'vllm = "from 0.23 on"')
-    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200 vllm from 0\.23 on\): vllm: .* not a version specifier"):
+    d = broken_copy(tmp_path, "recipes.toml", 'vllm = ">=0.22"', 'vllm = "from 0.22 on"')
+    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200 vllm from 0\.22 on\): vllm: .* not a version specifier"):
         load_from(d)
 
 
@@ -311,7 +313,9 @@ def test_gptoss_only_names(kb):
     renamed = kb.env_vars["VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8"]
     assert kb.lifecycle_status(renamed, "0.10.1+gptoss") == "not-yet"
     assert kb.lifecycle_status(renamed, "0.10.1") == "valid"
-    assert kb.lifecycle_status(renamed, "0.23.0") == "removed"
+    assert kb.lifecycle_status(renamed, "0.22.0") == "deprecated"
+    assert kb.lifecycle_status(renamed, "0.23.0") == "deprecated"  # still in 0.23.0's envs.py
+    assert kb.lifecycle_status(renamed, "0.24.0") == "removed"
 
 
 def test_replacements_that_name_a_row_are_valid_where_the_old_name_stops(kb):
@@ -375,7 +379,10 @@ def test_todays_blackwell_recipe_is_the_working_form(kb):
     r = kb.recipe("B200", "0.33.0")
     assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" not in r.env
     assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" in r.notes  # says what upstream still writes
+    flags = list(r.serve_flags)
+    assert flags[flags.index("--moe-backend") + 1] == "flashinfer_trtllm"
     assert kb.recipe("B200", "0.20.2").env == {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}
+    assert "--moe-backend" not in kb.recipe("B200", "0.20.2").serve_flags  # not before 0.17
 
 
 def test_dev_builds_find_their_release_recipe(kb):
@@ -512,3 +519,39 @@ def test_memory_fit_h100(kb):
     tp2 = kb.memory_fit("gpt-oss-120b", "H100", 2)
     assert tp2.gpu_memory_utilization_below == 0.95
     assert kb.memory_fit("gpt-oss-20b", "H100", 1) is None
+
+
+# ------------------------------------------------------------- the wheel re-check tool
+
+
+def _fake_vllm_wheel(path: Path, *, envs: list[str], backends: list[str], args: list[str], strip_suffix=False) -> Path:
+    """A real zip laid out like a vLLM wheel, holding only the files the tool reads."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("vllm/envs.py", "environment_variables = {\n" + "".join(f'    "{e}": lambda: None,\n' for e in envs) + "}\n")
+        z.writestr("vllm/attention/backends/registry.py",
+                   "class AttentionBackendEnum(Enum):\n" + "".join(f"    {b} = 'x'\n" for b in backends) + "\n\ndef f():\n    pass\n")
+        z.writestr("vllm/engine/arg_utils.py", "\n".join(f"    {a}: int = 0" for a in args) + "\n")
+        z.writestr("vllm/attention/selector.py", 'x = name.removesuffix(\n    "_VLLM_V1")\n' if strip_suffix else "")
+    return path
+
+
+def test_wheelcheck_reads_a_wheel_and_finds_disagreements(kb, tmp_path):
+    import zipfile
+
+    from gptoss_doctor.knowledge import _wheelcheck as wc
+
+    whl = _fake_vllm_wheel(tmp_path / "vllm-0.12.0.whl", envs=["VLLM_ATTENTION_BACKEND", "VLLM_USE_V1"],
+                           backends=["TRITON_ATTN", "FLASH_ATTN"], args=["async_scheduling", "cuda_graph_sizes"],
+                           strip_suffix=True)
+    w = wc.wheel_names(zipfile.ZipFile(whl))
+    assert "TRITON_ATTN_VLLM_V1" in w["attention_backends"]  # accepted through suffix stripping
+    seen = wc.presence(kb, w)
+    assert seen["VLLM_ATTENTION_BACKEND"] is True and seen["--cuda-graph-sizes"] is True
+    assert seen["--moe-backend"] is False
+    bad = wc.disagreements(kb, {"0.12.0": seen})
+    # this fake 0.12.0 still has VLLM_USE_V1 (gone from 0.11.1) and lacks names 0.12.0 has
+    assert "VLLM_USE_V1: vllm 0.12.0: knowledge says removed, the wheel has it" in bad
+    assert any(line.startswith("--max-cudagraph-capture-size: vllm 0.12.0: knowledge says valid, the wheel lacks it") for line in bad)
+    assert not any(line.startswith(("VLLM_ATTENTION_BACKEND:", "TRITON_ATTN_VLLM_V1:", "--cuda-graph-sizes:")) for line in bad)
