@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,48 @@ def test_env_file_fixes_fix_the_finding(case, kb, tmp_path):
     snap.get("service")["environment"] = fixed_env
     findings, status = run_one(snap, kb, spec)
     assert findings == [] and status == "ok", [f.title for f in findings]
+
+
+def _standins_build():
+    """tests/standins/build.py (stand-in wheels with real names and versions), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("standins_build", Path(__file__).parent / "standins" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_duplicate_triton_fix_repairs_a_real_uv_venv(kb, tmp_path):
+    """End to end on a real venv made with uv: two distributions own triton/, the collector sees
+    them, the check fires, its fix commands (run with bash, against a local wheel directory in
+    place of the package index) leave one Triton whose files are all there, and the check passes."""
+    from gptoss_doctor.collect import Env, collect
+
+    build = _standins_build()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    build.build_triton(wheels, "triton", "3.3.1")
+    build.build_triton(wheels, "pytorch-triton", "3.4.0+git11ec6354")
+    venv = tmp_path / "venv"
+    offline = {"UV_OFFLINE": "1", "UV_FIND_LINKS": str(wheels), "UV_NO_CACHE": "1", "PATH": os.environ["PATH"]}
+    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=offline)
+    py = str(venv / "bin" / "python")
+    for pin in ("triton==3.3.1", "pytorch-triton==3.4.0+git11ec6354"):  # one at a time, as people do
+        subprocess.run(["uv", "pip", "install", "-q", "--python", py, pin], check=True, env=offline)
+
+    def diagnose():
+        snap = collect(Env(environ={"PATH": "/usr/bin:/bin"}), venv_path=str(venv))
+        # this venv has no vLLM and no manifest: the torch nightly rule decides which Triton stays
+        snap.set("torch.build", {"value": {"version": "2.7.1+cu128", "cuda": "12.8", "hip": None, "path": "-"}})
+        return run_one(snap, kb, REGISTRY["duplicate-triton"])
+
+    (finding,), status = diagnose()
+    assert status == "error" and finding.evidence["keep"] == "triton"
+    for cmd in finding.fix.commands:
+        subprocess.run(["bash", "-c", cmd], check=True, env=offline)
+    findings, status = diagnose()
+    assert (findings, status) == ([], "ok")
+    sp = next(venv.glob("lib/python3*/site-packages"))
+    assert (sp / "triton" / "_version.py").read_text().count("3.3.1") == 1  # the kept one's files, complete
