@@ -35,6 +35,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{PROG} --help`)")
 
 
+EPILOG = """examples:
+  gptoss-doctor                                  diagnose this box (the service's venv, or VIRTUAL_ENV)
+  gptoss-doctor --venv /opt/gptoss/current --deep
+  gptoss-doctor collect > box.json               then, anywhere: gptoss-doctor check --from box.json
+  journalctl -u gptoss-vllm --no-pager | gptoss-doctor logs -
+  gptoss-doctor explain duplicate-triton
+
+exit status: 0 no error finding, 1 an error finding, 2 bad invocation"""
+
+
 def _common(p: argparse.ArgumentParser, sub: bool) -> None:
     # On subcommands the defaults are SUPPRESS so that `gptoss-doctor --json collect` keeps --json.
     d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
@@ -50,7 +60,12 @@ def _diagnose_opts(p: argparse.ArgumentParser, sub: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Diagnose a gpt-oss / vLLM box: stable finding ids, exact fixes.")
+    parser = _Parser(
+        prog=PROG,
+        description="Diagnose a gpt-oss / vLLM box: stable finding ids, exact fixes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _common(parser, sub=False)
     _diagnose_opts(parser, sub=False)
