@@ -329,3 +329,10 @@ def test_cuda_home_auto_prefers_pip_then_a_new_enough_system_toolkit(kb, good):
         assert cfg.cuda_home is None and "CUDA_HOME" not in cfg.env
         msg = one_line_error(kb, {**good, "gptoss_stack": without.name, "gptoss_cuda_home": "pip"})
         assert "no pip CUDA toolkit" in msg and f"cuda-nvcc-{without.cuda.replace('.', '-')}" in msg
+
+
+def test_bare_host_without_python3_is_judged_by_the_distro_candidate(kb, good):
+    f = F.parse_host_facts(["os_id=debian", "arch=x86_64", "python_candidate=3.11.2-1+b1", "missing_pkg=python3"])
+    assert (f["python_version"], f["python_path"], f["missing_packages"]) == ("3.11.2", "/usr/bin/python3", ["python3"])
+    cfg = C.validate("gpu-01", good, {**f, "gpus": []}, kb)
+    assert cfg.python == "/usr/bin/python3" and cfg.missing_packages == ("python3",)

@@ -7,6 +7,7 @@ doctor marker). One command each keeps a no-change re-run to a few round trips p
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -18,7 +19,8 @@ if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"; echo "os_like=${ID_LIKE:-}"; echo "os_version=${VERSION_ID:-}"; echo "os_pretty=${PRETTY_NAME:-}"
 echo "arch=$(uname -m)"
 PY=$(command -v python3 2>/dev/null)
-if [ -n "$PY" ]; then echo "python_path=$PY"; echo "python_version=$($PY -c 'import platform;print(platform.python_version())' 2>/dev/null)"; fi
+if [ -n "$PY" ]; then echo "python_path=$PY"; echo "python_version=$($PY -c 'import platform;print(platform.python_version())' 2>/dev/null)"
+else echo "python_candidate=$(apt-cache policy python3 2>/dev/null | awk '/Candidate:/{print $2}')"; fi
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv,noheader,nounits 2>/dev/null | sed 's/^/nvgpu=/'
 fi
@@ -71,6 +73,11 @@ def parse_host_facts(lines: list[str]) -> dict[str, Any]:
                     break
         elif key == "system_cuda":
             out["system_cuda_version"] = val or None
+        elif key == "python_candidate":
+            # No python3 yet: the host unit installs the distro's, so judge that version.
+            m = re.match(r"\d+\.\d+(\.\d+)?", val)
+            if m:
+                out["python_candidate"] = m.group(0)
         elif key == "missing_pkg" and val:
             out["missing_packages"].append(val)
         elif key == "unattended_upgrades":
@@ -78,6 +85,8 @@ def parse_host_facts(lines: list[str]) -> dict[str, Any]:
         elif key in ("os_id", "os_like", "os_version", "os_pretty", "arch", "python_path", "python_version",
                      "rocm_version"):
             out[key] = val or None
+    if not out.get("python_version") and out.get("python_candidate"):
+        out["python_version"], out["python_path"] = out["python_candidate"], "/usr/bin/python3"
     return out
 
 

@@ -1,0 +1,233 @@
+"""Fleet doctor: one report for the whole fleet.
+
+    pyinfra INV deploys/doctor.py [--data gptoss_doctor_json=PATH]   table at the end (JSON to PATH)
+    python deploys/doctor.py INV [--json] [--limit HOST]...          the same through pyinfra's API
+
+Collect, then judge, then render: `gptoss-doctor collect` runs on every host in parallel (the
+doctor the deploy installed at /opt/gptoss/doctor, on PATH as gptoss-doctor), only the snapshot
+comes back, and the controller's own checks judge it (gptoss_doctor.report.diagnose ->
+checks.run_checks, the controller's knowledge), so every host is judged by the same rules.
+One table: hosts by findings, with drift from each host's manifest (/etc/gptoss/manifest.json).
+
+Exit code, the doctor's contract over the fleet: the worst host's. 0: no error finding anywhere;
+1: an error finding on some host; 2: a host could not be read (unreachable, no doctor) or bad
+invocation. Under the pyinfra CLI a host with an error finding fails its operation, so pyinfra
+exits 1 too.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # script mode: gevent first, as the pyinfra CLI does
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json
+import shlex
+import sys
+
+SCHEMA = "gptoss-doctor/fleet@1"
+DOCTOR = "/usr/local/bin/gptoss-doctor"
+COLLECT = f"timeout 300 {DOCTOR} collect; echo \"__exit=$?\" >&2"
+
+
+# -- judge (pure) --------------------------------------------------------------------------------
+
+
+def _exit_of(stderr: str) -> int | None:
+    for line in stderr.splitlines():
+        if line.startswith("__exit="):
+            return int(line.split("=", 1)[1] or 2)
+    return None
+
+
+def unreadable(name: str, why: str) -> dict:
+    return {"host": name, "exit_code": 2, "error": why, "stack": None, "vllm_manifest": None,
+            "vllm_installed": None, "drift": [], "counts": {}, "findings": []}
+
+
+def judge(name: str, stdout: str, stderr: str) -> dict:
+    """One host's row from `gptoss-doctor collect` output: judged here with the controller's checks."""
+    from gptoss_doctor.report import build_report, diagnose
+    from gptoss_doctor.snapshot import SnapshotError, load_snapshot
+
+    code = _exit_of(stderr)
+    if code != 0 or not stdout.strip():
+        tail = [x for x in stderr.splitlines() if not x.startswith("__exit=")][-1:] or ["no output"]
+        hint = "gptoss-doctor is not installed there (run deploys/gptoss.py)" if code in (126, 127) else tail[0][:300]
+        return unreadable(name, f"`gptoss-doctor collect` exited {code}: {hint}")
+    try:
+        snap = load_snapshot(stdout, f"{name}:gptoss-doctor collect")
+    except SnapshotError as e:
+        return unreadable(name, f"its snapshot is unreadable: {e}")
+    findings, statuses = diagnose(snap)
+    report = build_report(findings, snap.facts, statuses, name)
+    manifest = snap.get("manifest") if snap.has("manifest") else None
+    installed = (snap.get("vllm.install") or {}).get("version") if snap.has("vllm.install") else None
+    shown = [f for f in report["findings"] if f["severity"] in ("error", "warning")]
+    return {
+        "host": name,
+        "exit_code": report["exit_code"],
+        "error": None,
+        "stack": (manifest or {}).get("stack"),
+        "vllm_manifest": ((manifest or {}).get("versions") or {}).get("vllm"),
+        "vllm_installed": installed,
+        "drift": drift_of(report["findings"], manifest),
+        "counts": {s: sum(1 for f in report["findings"] if f["severity"] == s) for s in ("error", "warning", "info")},
+        "findings": [{"id": f["id"], "severity": f["severity"], "title": f["title"],
+                      "fix": (f.get("fix") or {}).get("text")} for f in shown],
+    }
+
+
+def drift_of(findings: list[dict], manifest: dict | None) -> list[str]:
+    """What differs from the manifest, from the doctor's manifest-drift finding (pure)."""
+    if manifest is None:
+        return ["no manifest"]
+    out = []
+    for f in findings:
+        if f["id"] == "manifest-drift":
+            for d in (f.get("evidence") or {}).get("drift") or []:
+                out.append(f"{d.get('name')} {d.get('installed') or 'missing'} (manifest {d.get('manifest')})")
+    return out
+
+
+def fleet_report(rows: list[dict]) -> dict:
+    rows = sorted(rows, key=lambda r: (-r["exit_code"], -r["counts"].get("error", 0), -r["counts"].get("warning", 0), r["host"]))
+    return {"schema": SCHEMA, "exit_code": max((r["exit_code"] for r in rows), default=0), "hosts": rows}
+
+
+def render_table(report: dict, file=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stdout, width=160, highlight=False)
+    table = Table(title=f"gptoss fleet doctor: {len(report['hosts'])} host(s)", show_lines=False)
+    for col in ("host", "stack (manifest)", "vLLM installed", "drift from manifest", "errors", "warnings", "findings"):
+        table.add_column(col, overflow="fold")
+    style = {0: "green", 1: "red", 2: "magenta"}
+    for r in report["hosts"]:
+        found = r["error"] or ", ".join(f["id"] for f in r["findings"]) or "-"
+        table.add_row(r["host"], r["stack"] or "-", r["vllm_installed"] or "-", "; ".join(r["drift"]) or "none",
+                      str(r["counts"].get("error", "-")), str(r["counts"].get("warning", "-")), found,
+                      style=style.get(r["exit_code"]))
+    console.print(table)
+    worst = report["exit_code"]
+    console.print({0: "no errors on any host", 1: "error findings: see the hosts in red (gptoss-doctor on the host explains)",
+                   2: "some hosts could not be read"}[worst] + f" · exit {worst}")
+
+
+def emit(report: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        render_table(report)
+
+
+def run_collect(host) -> tuple[str, str]:
+    ok, out = host.run_shell_command(COLLECT, print_output=False, print_input=False)
+    return ("\n".join(x.line for x in out if x.buffer_name == "stdout"),
+            "\n".join(x.line for x in out if x.buffer_name == "stderr"))
+
+
+# -- script mode: pyinfra's API ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
+    ap = argparse.ArgumentParser(prog="python deploys/doctor.py", description="gptoss fleet doctor")
+    ap.add_argument("inventory")
+    ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ap.add_argument("--limit", action="append", default=[], metavar="HOST", help="only these hosts (repeatable)")
+    a = ap.parse_args(argv)
+    if not os.path.isfile(a.inventory):
+        print(f"gptoss fleet doctor: inventory {a.inventory}: no such file; fix: give an inventory file such as "
+              f"inventories/cluster.py", file=sys.stderr)
+        return 2
+
+    import gevent
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    try:
+        inventory = make_inventory(a.inventory)
+    except Exception as e:  # the inventory's own one-line errors (PyinfraError and the like)
+        print(f"gptoss fleet doctor: inventory {a.inventory}: {e}", file=sys.stderr)
+        return 2
+    unknown = [n for n in a.limit if inventory.get_host(n, None) is None]
+    if unknown:
+        print(f"gptoss fleet doctor: --limit {unknown[0]}: not a host of {a.inventory}", file=sys.stderr)
+        return 2
+    wanted = [h for h in inventory if not a.limit or h.name in a.limit]
+    state = State(inventory, Config(), initial_limit=wanted if a.limit else None)
+    with ctx_state.use(state):
+        try:
+            connect_all(state)
+        except PyinfraError:
+            pass  # no host reachable: every row says so below
+        active = [h for h in wanted if h in state.active_hosts]
+
+        def one(h):
+            with ctx_host.use(h):
+                try:
+                    return judge(h.name, *run_collect(h))
+                except Exception as e:  # a lost connection: this host is unreadable
+                    return unreadable(h.name, f"{type(e).__name__}: {e}"[:300])
+
+        jobs = [gevent.spawn(one, h) for h in active]
+        gevent.joinall(jobs)
+        rows = [j.value for j in jobs]
+        rows += [unreadable(h.name, "could not connect") for h in wanted if h not in active]
+        for h in active:
+            h.disconnect()
+    report = fleet_report(rows)
+    emit(report, a.json)
+    return report["exit_code"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+# -- under the pyinfra CLI: one operation per host; the last to finish prints the table ------------
+
+else:
+    from pyinfra import host as _host
+    from pyinfra.api import StringCommand as _Cmd
+    from pyinfra.api import operation as _operation
+
+    @_operation()
+    def fleet_doctor(json_path: str | None):
+        """`gptoss-doctor collect` on this host, judged on the controller; the table once all are in."""
+        if not _host.state.is_executing:
+            return
+        st = _host.state
+        fleet = getattr(st, "_gptoss_fleet_doctor", None)
+        if fleet is None:
+            fleet = st._gptoss_fleet_doctor = {"rows": {}, "expected": {h.name for h in st.inventory.get_active_hosts()}}
+        try:
+            row = judge(_host.name, *run_collect(_host))
+        except Exception as e:
+            row = unreadable(_host.name, f"{type(e).__name__}: {e}"[:300])
+        fleet["rows"][_host.name] = row
+        if fleet["expected"] <= set(fleet["rows"]):
+            rows = list(fleet["rows"].values())
+            rows += [unreadable(h.name, "could not connect") for h in st.inventory
+                     if st.is_host_in_limit(h) and h.name not in fleet["rows"]]
+            report = fleet_report(rows)
+            render_table(report)
+            if json_path:
+                with open(json_path, "w") as f:
+                    json.dump(report, f, indent=1)
+        if row["exit_code"]:
+            why = row["error"] or ", ".join(f"{f['severity']} {f['id']}" for f in row["findings"] if f["severity"] == "error")
+            yield _Cmd("echo", shlex.quote(f"gptoss fleet doctor: {_host.name}: {why}"), ">&2", "&&", "false")
+        else:
+            _host.noop(f"{row['counts'].get('warning', 0)} warning(s), no errors")
+
+    fleet_doctor(name="gptoss-doctor collect, judged on the controller",
+                 json_path=_host.data.get("gptoss_doctor_json"))
