@@ -358,10 +358,13 @@ def test_deep_probe_that_hangs_is_cut_at_its_time_limit(capsys, tmp_path, bare_r
 
 
 def _cpu_torch_wheel() -> Path | None:
-    return next(Path("/opt/wheels").glob("torch-*+cpu-*.whl"), None) if Path("/opt/wheels").is_dir() else None
+    """This machine's CPU torch wheel for the running Python (the venv is made with it)."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    wheels = Path("/opt/wheels").glob(f"torch-*+cpu-{tag}-*.whl") if Path("/opt/wheels").is_dir() else []
+    return next(iter(wheels), None)
 
 
-@pytest.mark.skipif(_cpu_torch_wheel() is None, reason="no CPU torch wheel in /opt/wheels on this machine")
+@pytest.mark.skipif(_cpu_torch_wheel() is None, reason="no CPU torch wheel for this Python in /opt/wheels on this machine")
 def test_deep_on_real_cpu_torch(capsys, tmp_path_factory, bare_root):
     """Real torch (the CPU build): import and matmul work, CUDA is reported missing, Triton does not apply."""
     v = tmp_path_factory.mktemp("venvs") / "cpu-torch"
