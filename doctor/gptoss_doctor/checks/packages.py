@@ -541,3 +541,51 @@ def recipe_extras_missing(snap, kb):
         ),
         links=sorted(set(sources)) + [GUIDE + "#b200"],
     )
+
+
+@check(
+    "triton-version-mismatch",
+    severity="error",
+    title="Triton is not the version torch pins",
+    category="packages",
+    needs=("venv.distributions", "torch.build"),
+    links=["https://github.com/vllm-project/vllm/issues/39664", "https://github.com/vllm-project/vllm/issues/3426"],
+)
+def triton_version_mismatch(snap, kb):
+    """The Triton the stack pairs with torch (its distribution and version) is missing, or
+    installed at another version.
+
+    Why: each torch release pins one Triton (`torch 2.7.1` requires `triton==3.3.1`); another
+    one breaks torch.compile ("cannot import name 'triton_key' from 'triton.compiler.compiler'")
+    and vLLM's gpt-oss MoE kernels ("Failed to import Triton kernels. Please make sure your
+    triton version is compatible", then a much slower fallback). It happens after a stray
+    `pip install -U triton`, or when a nightly torch loses its pytorch-triton.
+
+    Fix: install the stack's Triton at its version.
+
+    Source: vllm-project/vllm#39664, #3426; pytorch/pytorch#123042; the stack rows' triton pins
+    (from torch's METADATA `Requires-Dist: triton==...`).
+    """
+    if fact_obj(snap, "torch.build").get("hip"):
+        raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
+    stack, how = current_stack(snap, kb)
+    have = installed_version(snap, stack.triton_dist)
+    want = version(stack.triton)
+    if have is not None and version(have) is not None and want is not None and public(version(have)) == public(want):
+        return
+    others = [f"{d.get('name')} {d.get('version')}" for d in _triton_owners(snap) if canonicalize_name(str(d.get("name"))) != stack.triton_dist]
+    pin = f"{stack.triton_dist}=={stack.triton}"
+    yield Finding(
+        id="triton-version-mismatch",
+        severity="error",
+        title=f"{stack.name} pairs torch {stack.torch} with {pin}; "
+        + (f"{stack.triton_dist} {have} is installed" if have else f"{stack.triton_dist} is not installed")
+        + (f" ({', '.join(others)} instead)" if others and not have else ""),
+        evidence=evidence(snap, ["venv.distributions", "torch.build"], installed=have, wanted=pin, other_tritons=others or None,
+                          stack_from=how),
+        fix=Fix(
+            text=f"Install {pin}" + (" (and see duplicate-triton for the other Triton)" if others else "") + ".",
+            commands=[uv_pip(snap, "install", "--reinstall", pin, *stack_args(stack))],
+        ),
+        links=["https://github.com/vllm-project/vllm/issues/39664", stack.source],
+    )
