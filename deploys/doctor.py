@@ -146,15 +146,22 @@ def main(argv: list[str] | None = None) -> int:
               f"inventories/cluster.py", file=sys.stderr)
         return 2
 
+    import logging
+
     import gevent
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)  # known_hosts chatter; our errors are rows
+    # The order pyinfra's CLI sets things up in: the inventory file may read the contexts.
+    state, config = State(), Config()
+    ctx_state.set(state)
+    ctx_config.set(config)
     try:
-        inventory = make_inventory(a.inventory)
+        inventory = make_inventory(a.inventory, cwd=os.getcwd())
     except Exception as e:  # the inventory's own one-line errors (PyinfraError and the like)
         print(f"gptoss fleet doctor: inventory {a.inventory}: {e}", file=sys.stderr)
         return 2
@@ -162,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"gptoss fleet doctor: --limit {unknown[0]}: not a host of {a.inventory}", file=sys.stderr)
         return 2
+    ctx_inventory.set(inventory)
     wanted = [h for h in inventory if not a.limit or h.name in a.limit]
-    state = State(inventory, Config(), initial_limit=wanted if a.limit else None)
+    state.init(inventory, config, initial_limit=wanted if a.limit else None)
     with ctx_state.use(state):
         try:
             connect_all(state)
