@@ -507,3 +507,23 @@ def test_zz_down_stops_exactly_what_up_started(tb):
     assert busy.returncode == 1 and len(busy.stderr.strip().splitlines()) == 1
     assert f"address in use: something already listens on {FIRST}:22" in busy.stderr
     assert not (STATE / "state.json").exists()
+
+
+@pytest.mark.fleet
+def test_zz_stale_state_gives_bare_hosts(tb):
+    """A state file whose processes are gone (machine restarted, CI after a session) is discarded:
+    the next `up` boots bare hosts instead of reviving the old roots."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    stale = dict(tb["state"], hosts=tb["state"]["hosts"][:1])
+    (STATE / "state.json").write_text(json.dumps(stale))
+    old_root = STATE / "hosts" / "gptoss-1"
+    (old_root / "root").mkdir(parents=True, exist_ok=True)
+    (old_root / "root" / "left-by-an-old-deploy").write_text("x")
+    try:
+        up = run_testbed("up", "--hosts", "1", "--first-address", FIRST, "--index-port", str(INDEX_PORT))
+        assert up.returncode == 0, up.stderr
+        assert "discarding it" in up.stdout
+        assert not (old_root / "root" / "left-by-an-old-deploy").exists()
+        assert (old_root / "etc/hostname").read_text().strip() == "gptoss-1"
+    finally:
+        assert run_testbed("down").returncode == 0

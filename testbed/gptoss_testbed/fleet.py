@@ -162,6 +162,11 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     if count < 1:
         raise TestbedError(f"--hosts {count}: need at least 1 host")
     state = read_state()
+    if state is not None and not _anything_running(state):
+        # Left by a machine restart or killed processes: nothing of it runs, so start from bare hosts.
+        log("found a testbed state with nothing running: discarding it")
+        _discard_all(state)
+        state = None
     if state is not None:
         return _already_up(state, count, log)
 
@@ -222,6 +227,23 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     return state
 
 
+def _anything_running(state: dict) -> bool:
+    return index_running() or any(hosts.host_running(h) for h in _hosts_of(state))
+
+
+def _discard_all(state: dict | None) -> None:
+    known = _hosts_of(state) if state else []
+    for h in known:
+        hosts.discard(h)
+        h.pid_file.unlink(missing_ok=True)
+    if paths.HOSTS_DIR.exists():
+        for leftover in paths.HOSTS_DIR.iterdir():  # roots of hosts an interrupted `up` unpacked
+            hosts.discard(hosts.Host(leftover.name, ""))
+    paths.pid_file("index").unlink(missing_ok=True)
+    paths.STATE_FILE.unlink(missing_ok=True)
+    paths.STACK_FILE.unlink(missing_ok=True)
+
+
 def _already_up(state: dict, count: int, log) -> dict:
     known = _hosts_of(state)
     if len(known) != count:
@@ -258,12 +280,6 @@ def down(log=print) -> list[str]:
     stopped += [h.name for h, r in zip(known, ran) if r]
     if hosts.stop_process(paths.pid_file("index"), INDEX_PROCESS_MARK, timeout=5):
         stopped.append("index")
-    for h in known:
-        hosts.discard(h)
-    if paths.HOSTS_DIR.exists():
-        for leftover in paths.HOSTS_DIR.iterdir():  # roots of hosts an interrupted `up` unpacked
-            hosts.discard(hosts.Host(leftover.name, ""))
-    paths.STATE_FILE.unlink(missing_ok=True)
-    paths.STACK_FILE.unlink(missing_ok=True)
+    _discard_all({"hosts": [{"name": h.name, "address": h.address} for h in known]})
     log(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}; host state discarded")
     return stopped

@@ -59,7 +59,7 @@ def ensure_image(log=print) -> tuple[Path, bool]:
         run(["debootstrap", "--variant=minbase", SUITE, str(work), MIRROR], "debootstrap", timeout=1200)
         _install_packages(work, IMAGE_PACKAGES)
         _scrub(work)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # two `up`s may build at once
         run(["tar", "--numeric-owner", "--xattrs", "-I", "zstd -T0 -3", "-cf", str(tmp), "-C", str(work), "."],
             "packing the base image", timeout=900)
         tmp.rename(target)
