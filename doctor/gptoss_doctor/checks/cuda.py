@@ -73,7 +73,8 @@ def bad_cuda_home(snap, kb):
     CUDA_HOME that does not exist; no toolkit where one is needed; no nvcc (or, where needed, no
     include/cuda.h) in it; a toolkit older
     than the oldest CUDA any knowledge stack uses; a different CUDA major than torch's build
-    (error) or minor (warning, torch's own rule).
+    (error) or minor (warning, torch's own rule). A toolkit found only by the default search
+    (nvcc on PATH, /usr/local/cuda) is judged only when something here compiles with it.
 
     Fix: point CUDA_HOME at a toolkit of torch's CUDA version, in the shell and in the service's
     EnvironmentFile; the stack row names a pip-installable nvcc for the venv.
@@ -112,12 +113,15 @@ def bad_cuda_home(snap, kb):
             )
         return
     path, rule = home.get("path"), home.get("rule")
+    explicit = rule in ("CUDA_HOME", "CUDA_PATH")
+    if not needed and not explicit:
+        return  # a toolkit found by default search that nothing here compiles with
     if home.get("exists") is False:
         yield finding("error", f"CUDA_HOME resolves to {path} (from {rule}), which does not exist",
                       f"Set {rule if rule in ('CUDA_HOME', 'CUDA_PATH') else 'CUDA_HOME'} to {want}, or unset it.")
         return
     if not home.get("nvcc"):
-        if needed or rule in ("CUDA_HOME", "CUDA_PATH"):
+        if needed or explicit:
             yield finding("warning", f"CUDA_HOME {path} (from {rule}) has no bin/nvcc",
                           f"Point CUDA_HOME at a full toolkit: {want}.")
         return

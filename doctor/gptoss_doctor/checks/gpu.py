@@ -15,6 +15,7 @@ from ._util import (
     gpu_count,
     gpu_families,
     gpu_memory_utilization,
+    has_flag,
     major_minor,
     nvidia_gpus,
     served_model,
@@ -290,7 +291,8 @@ def _visible_gpus(snap) -> tuple[int, str]:
     links=["https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html"],
 )
 def tp_exceeds_gpus(snap, kb):
-    """`--tensor-parallel-size` x `--pipeline-parallel-size` exceeds the GPUs visible to vLLM.
+    """`--tensor-parallel-size` x `--pipeline-parallel-size` (x the data-parallel ranks on this node)
+    exceeds the GPUs visible to vLLM.
 
     Why: vLLM needs one GPU per rank on a single node; with fewer it waits for Ray resources or
     fails with "The number of required GPUs exceeds the total number of available GPUs".
@@ -304,19 +306,19 @@ def tp_exceeds_gpus(snap, kb):
     if not (snap.has("nvidia.gpus") or snap.has("rocm.gpus")):
         raise NotApplicable("no GPU list collected (nvidia.gpus / rocm.gpus)")
     tp = tensor_parallel_size(snap)
-    pp = flag_value(snap, "--pipeline-parallel-size", "-pp") or 1
-    try:
-        pp = int(pp)
-    except (TypeError, ValueError):
-        pp = 1
+    pp = as_int(flag_value(snap, "--pipeline-parallel-size"), 1) or 1
+    dp = as_int(flag_value(snap, "--data-parallel-size"), 1) or 1
+    if has_flag(snap, "--data-parallel-size-local"):
+        dp = as_int(flag_value(snap, "--data-parallel-size-local"), dp) or dp  # the ranks on this node
     visible, why = _visible_gpus(snap)
-    if tp * pp <= visible:
+    if tp * pp * dp <= visible:
         return
     yield Finding(
         id="tp-exceeds-gpus",
         severity="error",
-        title=f"TP {tp} x PP {pp} needs {tp * pp} GPUs; vLLM can see {visible}",
-        evidence=evidence(snap, ["service.serve", "nvidia.gpus", "service"], tensor_parallel_size=tp, pipeline_parallel_size=pp, visible=visible, visible_from=why),
+        title=f"TP {tp} x PP {pp}" + (f" x DP {dp}" if dp > 1 else "") + f" needs {tp * pp * dp} GPUs; vLLM can see {visible}",
+        evidence=evidence(snap, ["service.serve", "nvidia.gpus", "service"], tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                          data_parallel_size=dp, visible=visible, visible_from=why),
         fix=Fix(
             text=f"Serve with --tensor-parallel-size <= {visible} (a divisor of 64 for gpt-oss), or make more GPUs visible.",
             commands=[f"systemctl edit --full {unit_name(snap)}  # lower --tensor-parallel-size",
