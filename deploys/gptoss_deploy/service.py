@@ -116,7 +116,8 @@ def req(path, auth, body=None):
     except urllib.error.HTTPError as e: return e.code, e.read()
     except OSError as e: return None, str(e).encode()
 def fail(msg):
-    log = subprocess.run(['journalctl', '-u', unit, '-n', '5', '--no-pager', '-o', 'cat'], capture_output=True, text=True).stdout.strip().replace('\n', ' | ')
+    lines = subprocess.run(['journalctl', '-u', unit, '-n', '60', '--no-pager', '-o', 'cat'], capture_output=True, text=True).stdout.splitlines()
+    log = ' | '.join([l for l in lines if '" 200' not in l and '" 401' not in l and '" 503' not in l][-4:])
     print('gptoss health: ' + msg + ('; last log: ' + log[-600:] if log else ''), file=sys.stderr); sys.exit(1)
 deadline = time.time() + timeout
 while True:
