@@ -336,3 +336,68 @@ def test_bare_host_without_python3_is_judged_by_the_distro_candidate(kb, good):
     assert (f["python_version"], f["python_path"], f["missing_packages"]) == ("3.11.2", "/usr/bin/python3", ["python3"])
     cfg = C.validate("gpu-01", good, {**f, "gpus": []}, kb)
     assert cfg.python == "/usr/bin/python3" and cfg.missing_packages == ("python3",)
+
+
+# -- the example inventories and the Vagrantfile -----------------------------------------------
+
+
+def _groups(path: Path) -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem + "_inventory", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {k: v for k, v in vars(mod).items() if not k.startswith("_") and isinstance(v, (list, tuple))}
+
+
+UBUNTU_2404 = {"os_id": "ubuntu", "os_like": "debian", "arch": "x86_64", "python_path": "/usr/bin/python3",
+               "python_version": "3.12.3", "gpus": [], "nvswitch_count": 0}
+
+
+def _gpu_facts(group: str) -> dict:
+    """What each example group's hosts would report (nvidia-smi lines / KFD gfx targets)."""
+    if group == "mi300x":
+        return {**F.parse_host_facts([f"amdgpu=90402" for _ in range(8)]), **{k: v for k, v in UBUNTU_2404.items() if k != "gpus"}}
+    name, n, sw = {"h100": ("NVIDIA H100 80GB HBM3", 8, 4), "h200": ("NVIDIA H200", 8, 4), "b200": ("NVIDIA B200", 8, 2)}[group]
+    cc = "10.0" if group == "b200" else "9.0"
+    lines = [f"nvgpu={i}, {name}, {cc}, 143771, 580.95.05" for i in range(n)] + [f"nvswitch_count={sw}"]
+    return {**UBUNTU_2404, **{k: v for k, v in F.parse_host_facts(lines).items() if k in ("gpus", "driver_version", "nvswitch_count")}}
+
+
+def test_cluster_example_validates_for_every_group(kb, key_file):
+    groups = _groups(REPO / "inventories" / "cluster.py")
+    families = set()
+    for group, (hosts, data) in groups.items():
+        for h in hosts:
+            name, hdata = h if isinstance(h, tuple) else (h, {})
+            cfg = C.validate(name, {**data, **hdata, "gptoss_api_key_file": key_file}, _gpu_facts(group), kb)
+            families.add(cfg.family)
+            assert cfg.stack in kb.stacks
+    assert len(families) == len(groups), "one group per GPU family"
+
+
+def test_every_data_key_is_documented_in_the_cluster_example():
+    text = (REPO / "inventories" / "cluster.py").read_text()
+    missing = [k for k in C.KEYS if k not in text]
+    assert not missing, f"undocumented keys: {missing}"
+
+
+def test_vagrant_inventory_imports_and_its_data_validates(kb, key_file):
+    groups = _groups(REPO / "inventories" / "vagrant.py")
+    hosts, data = groups["vagrant_vms"]
+    assert hosts == ["@vagrant/gptoss-1", "@vagrant/gptoss-2", "@vagrant/gptoss-3"]
+    cfg = C.validate(hosts[0], {**data, "gptoss_api_key_file": key_file}, UBUNTU_2404, kb)
+    assert cfg.bind_address == "0.0.0.0"
+    vagrantfile = (REPO / "Vagrantfile").read_text()
+    for h in hosts:
+        assert f'"{h.split("/")[1]}"' in vagrantfile
+
+
+def test_vagrantfile_syntax():
+    import shutil
+
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.skip("ruby not installed (Debian package ruby)")
+    r = subprocess.run([ruby, "-c", str(REPO / "Vagrantfile")], capture_output=True, text=True)
+    assert r.returncode == 0 and "Syntax OK" in r.stdout, r.stderr
