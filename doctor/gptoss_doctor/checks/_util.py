@@ -97,8 +97,9 @@ def public(v: Version) -> Version:
 
 
 def evidence(snap: Snapshot, keys: Iterable[str], **seen: Any) -> dict[str, Any]:
-    """What was seen, plus where each fact came from (the collector's `source`, else the key)."""
-    return {**seen, "sources": {k: snap.source(k) or f"fact {k}" for k in keys}}
+    """What was seen, plus where each fact it came from was read (the collector's `source`, else
+    the key); facts that have no value on this box are left out."""
+    return {**seen, "sources": {k: snap.source(k) or f"fact {k}" for k in keys if snap.has(k)}}
 
 
 def venv_path(snap: Snapshot) -> str:
