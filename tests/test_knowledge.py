@@ -504,6 +504,9 @@ def test_kv_bytes(kb):
     # sliding layers stop growing after the window: a long context costs about half the worst case
     assert m120.kv_bytes_for_context(100_000) < 0.51 * 100_000 * m120.kv_bytes_per_token()
     assert m120.kv_bytes_for_context(100) == 100 * m120.kv_bytes_per_token()
+    # vLLM 0.25.1 on H100: 10.52 GiB of KV cache held 303,646 tokens of gpt-oss-120b
+    assert abs(10.52 * 2**30 / m120.kv_bytes_per_token_full_layers() - 303_646) < 0.01 * 303_646
+    assert m120.weights_gib <= m120.weights_gib_max
 
 
 def test_model_lookup_by_hf_id_and_path(kb):

@@ -223,7 +223,17 @@ class Model(_Sourced):
     sliding_layers: int
     max_model_len: int
     source: str
+    weights_gib_max: float | None = None  # the largest loaded size seen (older MoE kernels)
     notes: str = ""
+
+    @property
+    def full_layers(self) -> int:
+        return self.layers - self.sliding_layers
+
+    def kv_bytes_per_token_full_layers(self, dtype_bytes: int = 2) -> int:
+        """What vLLM's KV cache needs per token: K and V of the full-attention layers only
+        (sliding layers hold a fixed 128-token window per sequence)."""
+        return 2 * self.full_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """K and V for every layer: the worst case, as if no layer were sliding-window."""
@@ -497,6 +507,7 @@ _MODEL: _Spec = {
     "params_b": (_number, True),
     "active_params_b": (_number, True),
     "weights_gib": (_number, True),
+    "weights_gib_max": (_number, False),
     "num_attention_heads": (_int, True),
     "num_kv_heads": (_int, True),
     "head_dim": (_int, True),
@@ -680,6 +691,8 @@ def _check_fit(fname: str, r: dict, models: dict[str, Model], families: dict[str
 
 
 def _check_model(fname: str, r: dict) -> None:
+    if r.get("weights_gib_max", r["weights_gib"]) < r["weights_gib"]:
+        raise KnowledgeError(f"{fname}: {r['_label']}: weights_gib_max: below weights_gib ({r['weights_gib']})")
     if r["sliding_layers"] > r["layers"]:
         raise KnowledgeError(f"{fname}: {r['_label']}: sliding_layers: more than layers ({r['layers']})")
     if r["num_attention_heads"] % r["num_kv_heads"]:
