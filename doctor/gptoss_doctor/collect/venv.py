@@ -9,7 +9,6 @@ import ast
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..snapshot import absent, failed, value
@@ -181,13 +180,8 @@ def scan_site_packages(sp: Path) -> tuple[list[dict], list[dict]]:
             leftovers.append({"name": name, "path": str(entry), "kind": kind})
         elif name.endswith((".dist-info", ".egg-info")):
             metadata_dirs.append(entry)
-    if len(metadata_dirs) > 32:
-        # a serving venv has ~200 distributions, three small files each: on overlay or network file
-        # systems the reads wait on I/O, which threads overlap (the GIL is released while reading)
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dist-info") as pool:
-            found = list(pool.map(lambda e: _read_entry(e, sp), metadata_dirs))
-    else:
-        found = [_read_entry(e, sp) for e in metadata_dirs]
+    # serial on purpose: threads measured slower here (138 dist-infos: 17 ms serial, 27-43 ms threaded)
+    found = [_read_entry(e, sp) for e in metadata_dirs]
     return [d for d in found if d], leftovers
 
 
