@@ -429,6 +429,7 @@ def test_stand_in_vllm_rejects_what_its_version_rejects(venvs):
         assert f"Unknown vLLM environment variable detected: {stale_env[0]}" in log
         assert "Starting vLLM" in log
         assert get(served.url + "/health")[0] == 200
+        assert b"vllm:num_requests_running" in get(served.url + "/metrics")[1]
         assert json.loads(get(served.url + "/version")[1]) == {"version": today}
         assert get(served.url + "/v1/models")[0] == 401
         code, body = get(served.url + "/v1/models", key="k3y")

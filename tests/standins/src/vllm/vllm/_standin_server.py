@@ -209,6 +209,7 @@ class Server(ThreadingHTTPServer):
     api_key: str | None
     healthy: bool
     max_model_len: int
+    completions: int = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -243,6 +244,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, "")
         if path == "/load":
             return self._send(200, {"server_load": 0})
+        if path == "/metrics":  # a few of vLLM's Prometheus series, so scrapers find the names
+            name = self.server.model_names[0]
+            return self._send(200, "".join(
+                f'{series}{{model_name="{name}"}} {val}\n' for series, val in (
+                    ("vllm:num_requests_running", 0), ("vllm:num_requests_waiting", 0),
+                    ("vllm:request_success_total", self.server.completions))))
         if path.startswith("/v1/"):
             if not self._authorized():
                 return self._send(401, {"error": "Unauthorized"})
@@ -278,6 +285,7 @@ class Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": len(str(req.get("prompt", req.get("messages", ""))).split()),
                  "completion_tokens": n}
         usage["total_tokens"] = usage["prompt_tokens"] + n
+        self.server.completions += 1
         if path == "/v1/completions":
             return self._send(200, {"id": f"cmpl-{os.getpid()}-{int(time.time() * 1000)}", "object": "text_completion",
                                     "created": int(time.time()), "model": model,

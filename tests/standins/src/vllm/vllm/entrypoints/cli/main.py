@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import _standin_server
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--version"]:
+    if argv[:1] in (["--version"], ["-v"]):
         print(_standin_server.DATA["version"])
         return 0
     if not argv or argv[0] in ("-h", "--help"):
