@@ -31,9 +31,11 @@ Data keys (all optional unless marked; host data wins over group data, group ove
   gptoss_index_mirrors           {index-name: url} for mirrors / air-gapped sites. Index names
                                  come from the stack ("pypi" is the default index; the doctor's
                                  own dependencies come from the "pypi" mirror too).
-  gptoss_uv_source               "controller" (default: push the controller's uv binary) or a
-                                 URL of a uv release tarball (uv-<arch>-unknown-linux-gnu.tar.gz)
-                                 on your mirror, needed when controller and host arch differ.
+  gptoss_uv_source               "controller" (default: push the controller's uv binary),
+                                 "index" (the same uv version's wheel from the "pypi" index or
+                                 its mirror) or a URL of a uv release tarball
+                                 (uv-<arch>-unknown-linux-gnu.tar.gz); "index" or a URL when
+                                 controller and host architectures differ.
   gptoss_cuda_home               "pip" (default: the stack's pip CUDA toolkit inside its venv),
                                  "system" (/usr/local/cuda, must be >= the stack's CUDA) or a
                                  path. The same CUDA_HOME is used to install and to serve.

@@ -322,6 +322,8 @@ def torch_backend_index(backend: str | None, mirrors: Mapping[str, str]) -> str 
 
 def check_uv_source(host: str, value: Any, controller_arch: str, host_arch: str | None) -> str:
     key = "gptoss_uv_source"
+    if value == "index":
+        return "index"
     if value is None or value == "controller":
         if host_arch and host_arch != controller_arch:
             raise bad(
@@ -329,7 +331,7 @@ def check_uv_source(host: str, value: Any, controller_arch: str, host_arch: str 
                 f"set gptoss_uv_source to a URL of uv-{host_arch}-unknown-linux-gnu.tar.gz",
             )
         return "controller"
-    return check_url(host, key, value, "use 'controller' or a URL of a uv release tarball")
+    return check_url(host, key, value, "use 'controller', 'index' (the uv wheel from the pypi mirror) or a URL of a uv release tarball")
 
 
 def check_abs_path(host: str, key: str, value: Any, default: str) -> str:

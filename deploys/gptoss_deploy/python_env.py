@@ -79,6 +79,21 @@ def state_fact(cfg: C.HostConfig) -> dict:
     )
 
 
+_UV_FROM_INDEX_PY = r"""
+import html, io, platform, re, sys, urllib.parse, urllib.request, zipfile
+index, version, dest = sys.argv[1:4]
+base = index.rstrip('/') + '/uv/'
+page = urllib.request.urlopen(base, timeout=60).read().decode()
+arch = platform.machine()
+links = [html.unescape(l).split('#')[0] for l in re.findall(r'href="([^"]+)"', page)]
+whl = [l for l in links if l.endswith('.whl') and f'uv-{version}-' in l and 'manylinux' in l and arch in l]
+if not whl:
+    sys.exit(f'gptoss: no uv {version} manylinux wheel for {arch} at {base}; fix: mirror it, or use gptoss_uv_source=controller')
+z = zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(urllib.parse.urljoin(base, whl[0]), timeout=300).read()))
+open(dest, 'wb').write(z.read([n for n in z.namelist() if n.endswith('/scripts/uv')][0]))
+"""
+
+
 @operation()
 def uv_binary(cfg: C.HostConfig):
     """uv at /opt/gptoss/bin/uv: the controller's own binary, or a release tarball from a mirror."""
@@ -90,6 +105,17 @@ def uv_binary(cfg: C.HostConfig):
             return
         yield StringCommand("mkdir", "-p", C.BIN_DIR)
         yield FileUploadCommand(path, f"{UV}.tmp", remote_temp_filename=f"{UV}.upload")
+        yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
+        return
+    if cfg.uv_source == "index":
+        _, version = controller_uv()
+        if have == version:
+            host.noop(f"{version} already at {UV}")
+            return
+        # The same uv version as the controller's, from the uv wheel on the "pypi" index (mirror).
+        yield StringCommand("mkdir", "-p", C.BIN_DIR)
+        yield StringCommand("python3", "-c", shlex.quote(_UV_FROM_INDEX_PY), shlex.quote(cfg.pypi_url),
+                            shlex.quote(version.split()[1]), f"{UV}.tmp")
         yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
         return
     if have:

@@ -321,15 +321,12 @@ def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
     return None, f"healthy, /version {served}"
 
 
-def quick_probe(cfg: C.HostConfig) -> bool:
-    """Already on this stack and serving it healthily (a re-run skips such a host)?"""
-    from .service import local_base
-
+def switched_to(cfg: C.HostConfig) -> bool:
+    """`current`, the live manifest and unit already those of `cfg` (an earlier run switched it)?"""
     cmd = (f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && grep -q {shlex.quote(json.dumps(cfg.stack))} {C.MANIFEST} '
            f'&& cmp -s {STAGED_DIR}/{cfg.stack}/{C.UNIT} /etc/systemd/system/{C.UNIT} '
-           f'&& systemctl is-active --quiet {C.UNIT} && python3 -c {shlex.quote(_VERSION_PY)} {local_base(cfg)}')
-    ok, out, _ = _run(cmd)
-    return ok and versions_match(out.strip().splitlines()[-1] if out.strip() else None, cfg.vllm)
+           f'&& cmp -s {STAGED_DIR}/{cfg.stack}/gptoss.env {C.ENV_FILE} && systemctl is-active --quiet {C.UNIT}')
+    return _run(cmd)[0]
 
 
 def doctor_reading(since: float) -> dict:
@@ -476,7 +473,7 @@ def failure_text(ro: Rollout, r: HostResult, new: str) -> str:
 
 
 def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig | None, st: Settings, address: str):
-    if quick_probe(new):
+    if switched_to(new) and gate(new)[0] is None:  # a re-run: on the new stack and healthy
         r.status = "already"
         return
     t_out = time.time()
