@@ -140,8 +140,9 @@ STACKS_DIR = "/opt/gptoss/stacks"  # where the deploy keeps one venv per stack (
 
 
 def python_in(spec: str) -> str:
-    """The newest of Python 3.10-3.14 inside `spec` (the interpreters uv can fetch)."""
-    for minor in (14, 13, 12, 11, 10):
+    """A Python inside `spec` that uv can fetch: 3.12 where allowed (what the gpt-oss tools
+    package needs and vLLM's wheels are most used with), else the newest allowed."""
+    for minor in (12, 14, 13, 11, 10):
         if in_specifier(f"3.{minor}.0", spec):
             return f"3.{minor}"
     return "3.12"

@@ -84,15 +84,18 @@ def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
         commands = [f"unset {' '.join(names)}"]
         where = "this shell"
     replacements = [f"{s['name']} -> {s['replacement']}" for s in stale if s["replacement"]]
+    words = {"removed": "removed", "not-yet": "not yet there", "deprecated": "deprecated", "unknown": "unknown",
+             "fork-only": "fork-only"}
     yield Finding(
         id=check_id,
         severity=worst,
-        title=f"{len(stale)} VLLM_* variable(s) in {where} that vLLM {vllm} ignores or deprecates: "
-        + ", ".join(_describe(s, vllm) for s in stale[:3]),
-        evidence=evidence(snap, [key, "vllm.install", "vllm.env_vars"], vllm=vllm, variables=stale),
+        title=f"vLLM {vllm} ignores or deprecates {len(stale)} variable(s) in {where}: "
+        + ", ".join(f"{s['name']} ({words[s['status']]})" for s in stale),
+        evidence=evidence(snap, [key, "vllm.install", "vllm.env_vars"], vllm=vllm, variables=stale,
+                          explained=[_describe(s, vllm) for s in stale]),
         fix=Fix(
             text=f"Remove them from {where}"
-            + (f" and use the replacements as serve flags ({'; '.join(replacements)})." if replacements else "."),
+            + (". Replacements: " + "; ".join(replacements) if replacements else "."),
             commands=commands,
         ),
         links=[*ENV_LINKS, *sorted({s["source"] for s in stale if s["source"] and s["source"].startswith("http")})],

@@ -365,7 +365,8 @@ def python_outside_stack(snap, kb):
         title=f"Python {py} is outside {stack.name}'s range {stack.python}",
         evidence=evidence(snap, ["venv"], python=py, needed=stack.python, stack_from=how),
         fix=Fix(
-            text=f"Recreate {path} with Python {pick} and reinstall the stack.",
+            text=f"Recreate {path} with Python {pick} and reinstall the stack"
+            + (" (on a deployed host: set its python in the host config and re-run the deploy)." if snap.has("manifest") else "."),
             commands=[f"uv venv --clear --python {pick} {path}", *stack_install_commands(snap, stack)],
         ),
         links=[stack.source],
@@ -476,12 +477,10 @@ def tool_server_needs_gpt_oss(snap, kb):
     )
 
 
-def _stack_args_or_auto(snap, kb) -> list[str]:
-    try:
-        stack, _ = current_stack(snap, kb)
-    except NotApplicable:
-        return ["--torch-backend", "auto"]
-    return stack_args(stack)
+def _stack_args_or_auto(snap, kb, vllm: str) -> list[str]:
+    """Install options of the stack of this vLLM version (not the manifest's: it may have drifted)."""
+    stack = kb.stack_for_vllm(vllm)
+    return stack_args(stack) if stack is not None else ["--torch-backend", "auto"]
 
 
 # A recipe's `install_extras` name vLLM extras; this is the distribution each extra brings.
@@ -537,7 +536,7 @@ def recipe_extras_missing(snap, kb):
         evidence=evidence(snap, ["vllm.install", "venv.distributions", "nvidia.gpus"], vllm=vllm, missing_extras=missing),
         fix=Fix(
             text=f"Reinstall vLLM {vllm} with the [{extras}] extra.",
-            commands=[uv_pip(snap, "install", f"vllm[{extras}]=={vllm}", *_stack_args_or_auto(snap, kb))],
+            commands=[uv_pip(snap, "install", f"vllm[{extras}]=={vllm}", *_stack_args_or_auto(snap, kb, vllm))],
         ),
         links=sorted(set(sources)) + [GUIDE + "#b200"],
     )
