@@ -137,6 +137,17 @@ def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
         assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
 
 
+def test_stack_lookups_by_vllm_version(kb):
+    assert kb.stack_for_vllm("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
+    assert kb.stack_for_vllm("0.10.1").name == "vllm-0.10.1"
+    assert kb.stack_for_vllm("0.26.0+cu130").name == "vllm-0.26.0"  # a local build of a known release
+    assert kb.stack_for_vllm("0.27.1") is None
+    assert kb.era_stack("0.27.1").name == "vllm-0.26.0"
+    assert kb.era_stack("0.9.2") is None
+    assert kb.era_stack("0.10.1.1").name == "vllm-0.10.1"  # not the +gptoss pre-release
+    assert kb.era_stack("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
+
+
 def test_unknown_stack_lists_valid_names(kb):
     with pytest.raises(KnowledgeError, match=r"unknown stack 'vllm-9\.9'.*vllm-0\.33\.0"):
         kb.stack("vllm-9.9")
@@ -276,6 +287,19 @@ def test_extra_stack_file_is_validated_the_same_way(tmp_path):
         load([f])
     f.write_text(SITE_STACK.replace("[[stack]]", "[[stacks]]"))
     with pytest.raises(KnowledgeError, match=r"stacks: unknown table"):
+        load([f])
+
+
+def test_extra_stack_file_as_a_bare_path(tmp_path):
+    f = tmp_path / "site-stacks.toml"
+    f.write_text(SITE_STACK)
+    assert "vllm-0.33.0-site" in load(str(f)).stacks
+
+
+def test_row_that_is_not_a_table(tmp_path):
+    f = tmp_path / "site-stacks.toml"
+    f.write_text('stack = ["vllm-0.33.0"]\n')
+    with pytest.raises(KnowledgeError, match=r"stack #1: must be a table"):
         load([f])
 
 

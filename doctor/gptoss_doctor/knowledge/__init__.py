@@ -566,6 +566,8 @@ def _parse_rows(fname: str, table: str, rows: Any, spec: _Spec) -> list[dict[str
         raise KnowledgeError(f"{fname}: {table}: must be an array of tables ([[{table}]])")
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise KnowledgeError(f"{fname}: {table} #{i + 1}: must be a table ([[{table}]] with key = value lines)")
         label = _row_label(table, i, row)
         unknown = sorted(set(row) - set(spec))
         if unknown:
@@ -740,9 +742,13 @@ class Knowledge:
         return same_public[0] if same_public else None
 
     def era_stack(self, vllm_version: str | Version) -> Stack | None:
-        """The newest stack at or below this version: the era it belongs to."""
+        """The newest public-release stack at or below this version (a local build such as
+        0.10.1+gptoss only answers for itself): the era the version belongs to."""
         v = parse_version(vllm_version)
-        older = [s for s in self.stacks.values() if s.vllm_version <= v]
+        exact = [s for s in self.stacks.values() if s.vllm_version == v]
+        if exact:
+            return exact[0]
+        older = [s for s in self.stacks.values() if not s.vllm_version.local and s.vllm_version <= v]
         return max(older, key=lambda s: s.vllm_version) if older else None
 
     # -- GPUs -----------------------------------------------------------------------------
@@ -944,7 +950,8 @@ def _load_default() -> Knowledge:
 
 def load(extra_stack_files: Iterable[str | Path] = ()) -> Knowledge:
     """The shipped knowledge (cached), plus a site's own stacks from `extra_stack_files`."""
-    extra = tuple(extra_stack_files)
+    # one path given bare is one file, not a sequence of characters
+    extra = (extra_stack_files,) if isinstance(extra_stack_files, (str, Path)) else tuple(extra_stack_files)
     if not extra:
         return _load_default()
     return load_from(DATA_DIR, extra)
