@@ -17,8 +17,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import MappingProxyType
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -34,6 +34,7 @@ DATA_DIR = Path(__file__).resolve().parent
 
 __all__ = [
     "DATA_DIR",
+    "DriverFloor",
     "GpuFamily",
     "Index",
     "Knowledge",
