@@ -420,6 +420,8 @@ def test_recipe_for_unknown_family(kb):
 
 def test_no_recipe_before_gpt_oss_support(kb):
     assert kb.recipe("H100", "0.9.2") is None
+    assert kb.recipe("RTX 5090", "0.10.1+gptoss") is None  # the launch wheel did not support it
+    assert kb.recipe("RTX 5090", "0.10.1") is not None
 
 
 def test_every_recipe_env_var_and_backend_is_valid_in_its_own_stacks(kb):
