@@ -37,6 +37,7 @@ STATE_DIR = "/var/lib/gptoss"
 UNIT = "gptoss-vllm.service"
 SERVICE_USER = "gptoss"
 MARKER = ".gptoss-complete"
+STACKS_D = f"{ETC}/stacks.d"  # the site's extra stack files, so the doctor on the host knows them
 
 DEFAULT_PORT = 8000
 DEFAULT_BIND = "127.0.0.1"
@@ -130,6 +131,7 @@ class HostConfig:
     driver_version: str | None
     gpu_count: int
     missing_packages: tuple[str, ...] = ()
+    extra_stack_files: tuple[str, ...] = ()  # on the controller; copied to STACKS_D for the doctor
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -633,6 +635,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         driver_version=facts.get("driver_version"),
         gpu_count=len(gpus),
         missing_packages=tuple(facts.get("missing_packages") or ()),
+        extra_stack_files=extra_files(data.get("gptoss_extra_stack_files")),
     )
 
 
@@ -668,6 +671,11 @@ def deploy_env(hf_home: str, cuda_home: str | None, vendor: str, tiktoken_url: s
         env["CUDA_HOME"] = cuda_home
         env["PATH"] = f"{cuda_home}/bin:{CURRENT}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
     return env
+
+
+def extra_files(extra: Any) -> tuple[str, ...]:
+    files = [] if not extra else ([extra] if isinstance(extra, str) else list(extra))
+    return tuple(os.path.expanduser(f) for f in files if isinstance(f, str))
 
 
 def load_knowledge(host: str, extra: Any) -> Any:

@@ -20,6 +20,7 @@ def directories(cfg: C.HostConfig) -> tuple[ManagedDir, ...]:
         ManagedDir(C.ROOT), ManagedDir(C.BIN_DIR), ManagedDir(C.STACKS_DIR),
         # /etc/gptoss holds the key: root writes, the service group reads, nobody else enters.
         ManagedDir(C.ETC, "root", svc, "0750"),
+        ManagedDir(C.STACKS_D, "root", "root", "0755"),
         ManagedDir(C.STATE_DIR, svc, svc, "0750"),
         ManagedDir(f"{C.STATE_DIR}/cache", svc, svc, "0750"),
         ManagedDir("/var/cache/gptoss", "root", "root", "0700"),

@@ -6,6 +6,8 @@ Deterministic (no timestamps): the same config writes the same bytes, so a re-ru
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from pyinfra.api import deploy
@@ -60,7 +62,12 @@ def manifest(cfg: C.HostConfig) -> dict:
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "tool_servers": list(cfg.tool_servers),
         "recipe_source": cfg.recipe_source,
+        "extra_stack_files": [stack_file_dest(f) for f in cfg.extra_stack_files],
     }
+
+
+def stack_file_dest(path: str) -> str:
+    return f"{C.STACKS_D}/{os.path.basename(path)}"
 
 
 def manifest_text(cfg: C.HostConfig) -> str:
@@ -69,4 +76,7 @@ def manifest_text(cfg: C.HostConfig) -> str:
 
 @deploy("gptoss manifest")
 def apply(cfg: C.HostConfig):
-    return files_in_place(name="manifest", files=(ManagedFile(C.MANIFEST, manifest_text(cfg)),))
+    # The site's own stacks go along, so the doctor can judge a host deployed from one of them.
+    stacks = tuple(ManagedFile(stack_file_dest(f), Path(f).read_text()) for f in cfg.extra_stack_files)
+    return files_in_place(name="manifest (and the site's extra stack files)",
+                          files=(ManagedFile(C.MANIFEST, manifest_text(cfg)), *stacks))

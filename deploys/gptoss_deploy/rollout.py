@@ -444,7 +444,8 @@ def rollout_for(state, new_stack: str, spec: str) -> Rollout:
     """One Rollout per pyinfra run, over the hosts active when it is first asked for."""
     key = id(state)
     if key not in _rollouts:
-        names = [h.name for h in state.inventory.get_active_hosts()]
+        active = set(state.inventory.get_active_hosts())
+        names = [h.name for h in state.inventory if h in active]  # inventory order: the first is the canary
         _rollouts[key] = Rollout(names, spec, new_stack)
     return _rollouts[key]
 
