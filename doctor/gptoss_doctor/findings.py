@@ -7,6 +7,7 @@ and the deploy gate reports them.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -86,7 +87,7 @@ def check(
             category=category,
             needs=tuple(needs),
             fn=fn,
-            explain=(fn.__doc__ or "").strip(),
+            explain=inspect.cleandoc(fn.__doc__ or ""),
             links=list(links),
         )
         return fn
