@@ -164,6 +164,7 @@ def test_first_deploy_succeeds_on_every_host(deployed, fleet):
     run = deployed["first"]
     res = results(run)
     assert run.returncode == 0 and res["failed_hosts"] == [] and res["totals"]["error"] == 0, run.stderr[-4000:]
+    assert fleet["api_key"] not in run.stdout + run.stderr, "the API key reached pyinfra's output"
 
 
 def test_second_deploy_changes_nothing(deployed):

@@ -107,7 +107,8 @@ def nvidia_driver(cfg: C.HostConfig):
         f"DEBIAN_FRONTEND=noninteractive apt-get install -y "
         f"nvidia-headless-{branch}-server-open nvidia-utils-{branch}-server"
     )
-    yield StringCommand("echo 'gptoss: NVIDIA driver installed; reboot this host, then run the deploy again' >&2")
+    # Stop this host here: the new driver only loads after a reboot.
+    yield StringCommand("echo 'gptoss: NVIDIA driver installed; fix: reboot this host, then run the deploy again' >&2 && false")
 
 
 @operation()
