@@ -160,7 +160,8 @@ def stack_venv(cfg: C.HostConfig):
             f"{UV_ENV} {UV} pip install --python {venv_py} {common} {shlex.quote(cfg.nvcc_requirement)}"
         )
     cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
-    reqs = " ".join(shlex.quote(r) for r in cfg.requirements)
+    # nvcc again in the full install, so one resolution covers everything in the venv.
+    reqs = " ".join(shlex.quote(r) for r in (*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])))
     yield StringCommand(f"{cuda}{UV_ENV} {UV} pip install --python {venv_py} {common} {reqs}")
     yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
 
