@@ -8,7 +8,8 @@ with `python3.11 -m venv` and pip (not uv): `.work/bench-torch-venv`, `pip insta
 (the CPU build; pip finds it through this machine's pip configuration). The venv is kept, so a
 second run measures only.
 
-Each tool runs --runs times (default 5) after one warm-up run, as a fresh process:
+Each tool runs --runs times (default 5) after one warm-up run, as a fresh process, the two
+alternating so that both see the same machine load (the load average is printed):
   doctor:       <doctor> --venv V --json     (default: this python -m gptoss_doctor, PYTHONPATH=doctor/)
   collect_env:  V/bin/python -m torch.utils.collect_env
 It prints min / median / max wall time of each and the ratio of the medians; the goal is >= 10x.
@@ -40,17 +41,24 @@ def make_venv(venv: Path) -> None:
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0"], check=True)
 
 
-def time_runs(argv: list[str], runs: int, env: dict, ok_codes: tuple[int, ...]) -> list[float]:
-    times = []
-    for i in range(runs + 1):
-        started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-        elapsed = time.perf_counter() - started
-        if proc.returncode not in ok_codes:
-            sys.exit(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-        if i:  # the first run warms the page cache
-            times.append(elapsed)
-    return times
+def run_once(argv: list[str], env: dict, ok_codes: tuple[int, ...]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in ok_codes:
+        sys.exit(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def time_interleaved(a: list[str], b: list[str], runs: int, env: dict) -> tuple[list[float], list[float]]:
+    """Alternate the two commands so that both see the same machine load; one warm-up run each."""
+    run_once(a, env, (0, 1))  # the doctor exits 1 when it finds an error: still a run
+    run_once(b, env, (0,))
+    times_a, times_b = [], []
+    for _ in range(runs):
+        times_a.append(run_once(a, env, (0, 1)))
+        times_b.append(run_once(b, env, (0,)))
+    return times_a, times_b
 
 
 def describe(name: str, times: list[float]) -> str:
@@ -78,10 +86,11 @@ def main() -> int:
     doctor_argv = [*doctor, "--venv", str(venv), "--json"]
     collect_env_argv = [str(venv / "bin" / "python"), "-m", "torch.utils.collect_env"]
 
-    doctor_times = time_runs(doctor_argv, args.runs, env, (0, 1))
-    collect_env_times = time_runs(collect_env_argv, args.runs, env, (0,))
+    load_before = os.getloadavg()[0]
+    doctor_times, collect_env_times = time_interleaved(doctor_argv, collect_env_argv, args.runs, env)
+    load_after = os.getloadavg()[0]
     ratio = statistics.median(collect_env_times) / statistics.median(doctor_times)
-    print(f"venv: {venv}")
+    print(f"venv: {venv}   (1-min load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs)")
     print(f"doctor:      {shlex.join(doctor_argv)}")
     print(f"collect_env: {shlex.join(collect_env_argv)}")
     print(describe("doctor", doctor_times))
