@@ -401,3 +401,21 @@ def test_vagrantfile_syntax():
         pytest.skip("ruby not installed (Debian package ruby)")
     r = subprocess.run([ruby, "-c", str(REPO / "Vagrantfile")], capture_output=True, text=True)
     assert r.returncode == 0 and "Syntax OK" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("snapshot, family", [("h100-real.json", "H100"), ("h200-real.json", "H200")])
+def test_family_detected_from_gpus_recorded_on_real_boxes(kb, good, snapshot, family):
+    """The GPU names and driver of snapshots recorded on real machines, fed through the same
+    `nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version` line shape."""
+    path = REPO / "tests" / "fixtures" / "snapshots" / snapshot
+    if not path.exists():
+        pytest.skip(f"{path} not recorded")
+    facts = json.loads(path.read_text())["facts"]
+    driver = facts["nvidia.driver"]["value"]["version"]
+    lines = [f"nvgpu={g['index']}, {g['name']}, {g['compute_cap']}, {g['memory_mib']}, {driver}"
+             for g in facts["nvidia.gpus"]["value"]]
+    parsed = F.parse_host_facts(lines + ["os_id=ubuntu", "os_like=debian", "arch=x86_64", "python_version=3.12.3",
+                                         "python_path=/usr/bin/python3"])
+    data = {k: v for k, v in good.items() if k != "gptoss_gpu_family"}
+    cfg = C.validate("gpu-01", data, parsed, kb)
+    assert cfg.family == family and cfg.driver_version == driver and cfg.gpu_count == len(lines)
