@@ -185,6 +185,7 @@ def make_handler(tree: IndexTree, stats: Stats, log_path: Path | None):
 class IndexServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # uv opens dozens of connections at once; the default backlog (5) drops them
 
 
 def make_server(root: Path, host: str, port: int, log_path: Path | None = None) -> IndexServer:
