@@ -153,6 +153,9 @@ def vllm_spec_args(kb, version: str, torch_pin: str, torch_public: str, broken: 
         else:
             flags.pop(flag, None)
 
+    if "--attention-backend" in flags:  # both came with the attention env vars' replacement (vLLM PR 26315)
+        flags.setdefault("--attention-config", "value")
+
     env = set(BASE_ENV_VARS)  # envs.py lists VLLM_* names only; other rows (HSA_*, TRITON_*) are not vLLM's
     for recipe in kb.recipes:
         if recipe.covers(version):
