@@ -286,3 +286,28 @@ def test_guide_failure_launch_stack_needs_unsafe_best_match(fleet, tmp_path):
     without = subprocess.run(args + [str(req)], capture_output=True, text=True, timeout=300)
     torch_without = [line for line in without.stdout.splitlines() if line.startswith("torch==")]
     assert without.returncode != 0 or not torch_without[0].endswith(launch.torch_local), without.stdout
+
+
+def test_unreachable_mcp_tool_server_stops_the_host_before_the_service_changes(deployed, fleet):
+    host = fleet["hosts"][0]
+    before = state_fingerprint({**fleet, "hosts": [host]})
+    run = pyinfra(TESTBED_INVENTORY, "--limit", host["name"], "--data", 'gptoss_tool_servers=["127.0.0.1:9"]')
+    text = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "MCP tool server(s) unreachable" in text and "127.0.0.1:9" in text, text[-2000:]
+    assert state_fingerprint({**fleet, "hosts": [host]}) == before
+    assert http(f"http://{host['address']}:8000/health")[0] == 200
+
+
+def test_broken_stack_fails_the_health_gate_with_the_reason(deployed, fleet):
+    """The testbed's broken stack installs and starts but never gets healthy: the health gate
+    fails that host, naming what it saw; deploying the good stack again brings it back."""
+    host = fleet["hosts"][0]["name"]
+    run = pyinfra(TESTBED_INVENTORY, "--limit", host, "--data", f"gptoss_stack={fleet['broken_stack']}",
+                  "--data", "gptoss_health_timeout_s=15")
+    text = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "gptoss health: /health not 200 after 15s" in text, text[-2000:]
+    restore = pyinfra(TESTBED_INVENTORY, "--limit", host)
+    assert restore.returncode == 0, restore.stderr[-3000:]
+    assert http(f"http://{fleet['hosts'][0]['address']}:8000/health")[0] == 200
