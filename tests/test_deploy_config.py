@@ -419,3 +419,11 @@ def test_family_detected_from_gpus_recorded_on_real_boxes(kb, good, snapshot, fa
     data = {k: v for k, v in good.items() if k != "gptoss_gpu_family"}
     cfg = C.validate("gpu-01", data, parsed, kb)
     assert cfg.family == family and cfg.driver_version == driver and cfg.gpu_count == len(lines)
+
+
+def test_fabric_manager_package_follows_the_driver_branch():
+    from gptoss_deploy.gpu import fabric_manager_package
+
+    assert fabric_manager_package("580.95.05") == "nvidia-fabricmanager-580"
+    assert fabric_manager_package("570.148.08") == "nvidia-fabricmanager-570"
+    assert fabric_manager_package("590.48.01") == "nvidia-fabricmanager"

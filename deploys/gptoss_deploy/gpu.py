@@ -55,6 +55,13 @@ def driver_branch(version: str) -> str:
     return version.split(".")[0]
 
 
+def fabric_manager_package(driver: str) -> str:
+    """Ubuntu names it per branch up to 580 and drops the branch from 590 on (NVIDIA's driver
+    docs, "Ubuntu 590 and later packages"); its version must equal the driver's exactly."""
+    branch = driver_branch(driver)
+    return "nvidia-fabricmanager" if branch.isdigit() and int(branch) >= 590 else f"nvidia-fabricmanager-{branch}"
+
+
 def unattended_blacklist() -> str:
     pats = "\n".join(f'    "{p}";' for p in GPU_PACKAGE_PATTERNS)
     return (
@@ -74,7 +81,7 @@ def fabric_manager(cfg: C.HostConfig):
     if installed and all(v.startswith(drv) for v in installed.values()) and all(n in state["holds"] for n in want):
         host.noop(f"fabric manager {drv} installed and held")
         return
-    pkg = f"nvidia-fabricmanager-{driver_branch(drv)}"
+    pkg = fabric_manager_package(drv)
     yield StringCommand(f"apt-mark unhold {pkg} >/dev/null 2>&1 || true")
     yield StringCommand(
         f"DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-change-held-packages "

@@ -224,6 +224,8 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
     name, written before anything switches. The live files and the service are not touched."""
     from io import StringIO
 
+    if host.state.is_executing:
+        staged_hosts(host.state).add(host.name)
     want = {}
     for cfg in (new, old) if old else (new,):
         for staged, text, mode in staged_files(cfg).values():
@@ -438,6 +440,26 @@ class Rollout:
 
 
 _rollouts: dict[int, Rollout] = {}
+_staged: dict[int, set] = {}
+
+
+def staged_hosts(state) -> set:
+    """Hosts whose staging reached its last operation in this run (execute time)."""
+    return _staged.setdefault(id(state), set())
+
+
+def execution_mode_error(state, names: list[str]) -> str | None:
+    """The batch loop needs every host's roll greenlet alive at once, after every host staged:
+    pyinfra's default op-by-op execution. --serial/--no-wait/--parallel N break that (pure)."""
+    pool = getattr(getattr(state, "pool", None), "size", None)
+    if pool is not None and pool < len(names):
+        return (f"pyinfra's pool runs {pool} hosts at a time, the rollout has {len(names)}: run without --parallel "
+                f"(set gptoss_upgrade_batch for the batch size)")
+    missing = [n for n in names if n not in staged_hosts(state)]
+    if missing:
+        return (f"{', '.join(missing)} not staged yet when the roll started: run without --serial/--no-wait "
+                f"(the upgrade stages every host before it restarts any)")
+    return None
 
 
 def rollout_for(state, new_stack: str, spec: str) -> Rollout:
@@ -533,6 +555,12 @@ def roll(new: C.HostConfig, old: C.HostConfig | None, st: Settings, installed: d
             f"gptoss upgrade stopped before any restart: {', '.join(failed_before)} failed staging or could not be "
             f"reached; {host.name} left untouched on its current stack"), ">&2", "&&", "false")
         return
+    mode_error = execution_mode_error(state, [n for b in ro.batches for n in b])
+    if mode_error:
+        ro.stop(host.name, "execution mode")
+        r.status = "not-reached"
+        yield StringCommand("echo", shlex.quote(f"gptoss upgrade refused before any restart: {mode_error}"), ">&2", "&&", "false")
+        return
     ro.wait_turn(host.name)
     if ro.stopped_by:
         r.status = "not-reached"
@@ -554,7 +582,8 @@ def roll(new: C.HostConfig, old: C.HostConfig | None, st: Settings, installed: d
     from pyinfra import logger
 
     timing = f", out of service {r.out_of_service_s}s" if r.out_of_service_s is not None else ""
-    logger.info(f"{host.print_prefix}{r.status} to {new.stack}{timing}"
+    said = {"upgraded": f"upgraded to {new.stack}", "already": f"already on {new.stack}, healthy"}[r.status]
+    logger.info(f"{host.print_prefix}{said}{timing}"
                 + (f", pruned {', '.join(r.pruned)}" if r.pruned else ""))
     if r.status == "already" and not r.pruned:
         host.noop(f"already on {new.stack}, healthy")
