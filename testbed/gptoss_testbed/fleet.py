@@ -173,9 +173,10 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     started = time.monotonic()
     image.install_controller_packages(log)
     wanted = hosts.plan_hosts(count, first_address)
-    busy = [h.address for h in wanted if hosts.address_in_use(h.address)]
+    # :22 for the host's sshd, :8000 for the service the deploy puts there.
+    busy = [f"{h.address}:{port}" for h in wanted for port in (22, 8000) if hosts.address_in_use(h.address, port)]
     if busy:
-        raise TestbedError(f"address in use: something already listens on {busy[0]}:22; stop it or pass "
+        raise TestbedError(f"address in use: something already listens on {busy[0]}; stop it or pass "
                            f"--first-address (e.g. 127.0.0.{int(first_address.split('.')[-1]) + 20})")
     if port_in_use(index_host, index_port):
         raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
