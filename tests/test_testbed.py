@@ -244,6 +244,13 @@ def test_index_serves_pep503_and_counts_bytes(tmp_path):
 
 
 def test_cli_errors_are_one_line(monkeypatch, capsys):
+    for argv, needle in ((["up", "--first-address", "abc"], "--first-address 'abc' is not an IPv4 address"),
+                         (["up", "--first-address", "10.0.0.1"], "must stay inside 127.0.0.0/8"),
+                         (["up", "--hosts", "0"], "--hosts 0: need at least 1 host"),
+                         (["up", "--index-port", "70000"], "--index-port 70000: not a TCP port")):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
     monkeypatch.setattr(fleet.os, "geteuid", lambda: 1000)
     assert cli.main(["up"]) == 1
     err = capsys.readouterr().err.strip()

@@ -27,8 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--index-port", type=int, default=fleet.DEFAULT_INDEX_PORT,
                       help=f"port of the package index on {fleet.DEFAULT_INDEX_HOST} (default {fleet.DEFAULT_INDEX_PORT})")
     sub.add_parser("down", help="stop everything `up` started and discard the hosts")
-    for name in ("status", "env"):
-        p = sub.add_parser(name)
+    for name, text in (("status", "hosts, ssh key, API key, stacks, broken stack"),
+                       ("env", "index URLs per name, stats URL, files the inventory reads")):
+        p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
     return ap
 

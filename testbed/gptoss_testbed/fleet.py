@@ -158,9 +158,12 @@ def require_root(what: str) -> None:
 
 def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
        index_host: str = DEFAULT_INDEX_HOST, index_port: int = DEFAULT_INDEX_PORT, log=print) -> dict:
-    require_root("up")
     if count < 1:
         raise TestbedError(f"--hosts {count}: need at least 1 host")
+    wanted = hosts.plan_hosts(count, first_address)  # bad arguments fail before anything else
+    if not 0 < index_port < 65536:
+        raise TestbedError(f"--index-port {index_port}: not a TCP port (1-65535)")
+    require_root("up")
     state = read_state()
     if state is not None and not _anything_running(state):
         # Left by a machine restart or killed processes: nothing of it runs, so start from bare hosts.
@@ -172,7 +175,6 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
 
     started = time.monotonic()
     image.install_controller_packages(log)
-    wanted = hosts.plan_hosts(count, first_address)
     # :22 for the host's sshd, :8000 for the service the deploy puts there.
     busy = [f"{h.address}:{port}" for h in wanted for port in (22, 8000) if hosts.address_in_use(h.address, port)]
     if busy:

@@ -9,6 +9,7 @@ Processes are tracked by their pid files, never found by name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -44,8 +45,11 @@ class Host:
 
 def plan_hosts(count: int, first_address: str) -> list[Host]:
     """gptoss-1.. on consecutive loopback addresses from first_address."""
-    a, b, c, d = (int(x) for x in first_address.split("."))
-    if a != 127 or d + count - 1 > 254:
+    try:
+        a, b, c, d = ipaddress.IPv4Address(first_address).packed
+    except ValueError:
+        raise TestbedError(f"--first-address {first_address!r} is not an IPv4 address; pick e.g. 127.0.0.11") from None
+    if a != 127 or d + count - 1 > 254 or d == 0:
         raise TestbedError(f"--first-address {first_address} with --hosts {count}: addresses must stay inside 127.0.0.0/8 "
                            f"(last octet <= 254); pick e.g. 127.0.0.11")
     return [Host(f"gptoss-{i + 1}", f"{a}.{b}.{c}.{d + i}") for i in range(count)]
