@@ -119,6 +119,18 @@ def test_failure_text_names_host_step_rollback_doctor_and_untouched_hosts():
     assert text.splitlines()[-1] == "not reached (left untouched): h2, h3"
 
 
+def test_execution_mode_error_refuses_serial_and_small_pools():
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(pool=SimpleNamespace(size=3))
+    R.staged_hosts(state).update({"h1", "h2", "h3"})
+    assert R.execution_mode_error(state, ["h1", "h2", "h3"]) is None
+    assert "--parallel" in R.execution_mode_error(SimpleNamespace(pool=SimpleNamespace(size=1)), ["h1", "h2"])
+    serial = SimpleNamespace(pool=SimpleNamespace(size=3))
+    R.staged_hosts(serial).add("h1")
+    assert R.execution_mode_error(serial, ["h1", "h2", "h3"]).startswith("h2, h3 not staged yet")
+
+
 def test_pick_wheels_takes_the_best_wheel_for_the_host_and_refuses_sdists():
     lock = {"packages": [
         {"name": "torch", "version": "2.9.0", "wheels": [
