@@ -171,50 +171,25 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
         _discard_all(state)
         state = None
     if state is not None:
-        return _already_up(state, count, log)
+        return _already_up(state, wanted, log)
 
     started = time.monotonic()
     image.install_controller_packages(log)
-    # :22 for the host's sshd, :8000 for the service the deploy puts there.
-    busy = [f"{h.address}:{port}" for h in wanted for port in (22, 8000) if hosts.address_in_use(h.address, port)]
-    if busy:
-        raise TestbedError(f"address in use: something already listens on {busy[0]}; stop it or pass "
-                           f"--first-address (e.g. 127.0.0.{int(first_address.split('.')[-1]) + 20})")
-    if port_in_use(index_host, index_port):
-        raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
-                           f"or pass --index-port")
-
+    check_addresses_free(wanted, index_host, index_port)
     kb = load_knowledge()
     p = catalog.plan(kb)
     base, built = image.ensure_image(log)
     tree = wheels.build_tree(p, log)
-    key = hosts.ensure_ssh_key()
-    api_key_file = ensure_api_key()
     paths.STACK_FILE.parent.mkdir(parents=True, exist_ok=True)
     paths.STACK_FILE.write_text(catalog.broken_stack_toml(kb.latest_stack))
     load_knowledge([paths.STACK_FILE])  # the file we hand out must load
-    tiktoken_dir = write_tiktoken_standins()
-
-    url = f"http://{index_host}:{index_port}/"
-    state = {
-        "hosts": [{"name": h.name, "address": h.address} for h in wanted],
-        "ssh_key": str(key),
-        "api_key_file": str(api_key_file),
-        "stacks": [s for s in p.stacks if s["name"] != catalog.BROKEN_STACK],
-        "broken_stack": catalog.BROKEN_STACK,
-        "today_stack": kb.latest_stack.name,
-        "stack_file": str(paths.STACK_FILE),
-        "index": {"host": index_host, "port": index_port, "url": url, "root": str(tree),
-                  "log": str(paths.log_file("index"))},
-        "index_mirrors": {name: f"{url}{name}/simple" for name in sorted(p.index_urls)},
-        "upstream_index_urls": dict(sorted(p.index_urls.items())),
-        "tiktoken_url": f"file://{tiktoken_dir}/",
-        "image": str(base),
-    }
+    state = new_state(wanted, p, kb.latest_stack.name, tree, base, index_host, index_port,
+                      ssh_key=hosts.ensure_ssh_key(), api_key_file=ensure_api_key(),
+                      tiktoken_dir=write_tiktoken_standins())
     write_state(state)  # before anything starts: `down` finds it all from here
 
     start_index(tree, index_host, index_port)
-    public_key = Path(str(key) + ".pub").read_text()
+    public_key = Path(state["ssh_key"] + ".pub").read_text()
     with ThreadPoolExecutor(max_workers=min(4, count)) as pool:
         list(pool.map(lambda h: hosts.prepare_root(h, base, public_key), wanted))
     for h in wanted:
@@ -225,9 +200,41 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     write_state(state)
     for h in wanted:
         log(f"{h.name}  {h.address}  {states[h.name]}")
-    log(f"index {url} ({len(state['index_mirrors'])} indexes); up in {took:.1f} s"
+    log(f"index {state['index']['url']} ({len(state['index_mirrors'])} indexes); up in {took:.1f} s"
         + (" (base image built now)" if built else ""))
     return state
+
+
+def check_addresses_free(wanted: list[hosts.Host], index_host: str, index_port: int) -> None:
+    # :22 for the host's sshd, :8000 for the service the deploy puts there.
+    busy = [f"{h.address}:{port}" for h in wanted for port in (22, 8000) if hosts.address_in_use(h.address, port)]
+    if busy:
+        last = int(wanted[0].address.split(".")[-1])
+        raise TestbedError(f"address in use: something already listens on {busy[0]}; stop it or pass "
+                           f"--first-address (e.g. 127.0.0.{min(last + 20, 200)})")
+    if port_in_use(index_host, index_port):
+        raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
+                           f"or pass --index-port")
+
+
+def new_state(wanted: list[hosts.Host], p: catalog.Plan, today: str, tree: Path, image_path: Path,
+              index_host: str, index_port: int, *, ssh_key: Path, api_key_file: Path, tiktoken_dir: Path) -> dict:
+    url = f"http://{index_host}:{index_port}/"
+    return {
+        "hosts": [{"name": h.name, "address": h.address} for h in wanted],
+        "ssh_key": str(ssh_key),
+        "api_key_file": str(api_key_file),
+        "stacks": [s for s in p.stacks if s["name"] != catalog.BROKEN_STACK],
+        "broken_stack": catalog.BROKEN_STACK,
+        "today_stack": today,
+        "stack_file": str(paths.STACK_FILE),
+        "index": {"host": index_host, "port": index_port, "url": url, "root": str(tree),
+                  "log": str(paths.log_file("index"))},
+        "index_mirrors": {name: f"{url}{name}/simple" for name in sorted(p.index_urls)},
+        "upstream_index_urls": dict(sorted(p.index_urls.items())),
+        "tiktoken_url": f"file://{tiktoken_dir}/",
+        "image": str(image_path),
+    }
 
 
 def _anything_running(state: dict) -> bool:
@@ -247,11 +254,11 @@ def _discard_all(state: dict | None) -> None:
     paths.STACK_FILE.unlink(missing_ok=True)
 
 
-def _already_up(state: dict, count: int, log) -> dict:
+def _already_up(state: dict, wanted: list[hosts.Host], log) -> dict:
     known = _hosts_of(state)
-    if len(known) != count:
-        raise TestbedError(f"the testbed is up with {len(known)} hosts, not --hosts {count}; run `gptoss-testbed down` "
-                           f"first to change it")
+    if known != wanted:
+        raise TestbedError(f"the testbed is up with {len(known)} hosts from {known[0].address}, not --hosts {len(wanted)} "
+                           f"from {wanted[0].address}; run `gptoss-testbed down` first to change it")
     down_hosts = [h for h in known if not hosts.host_running(h)]
     if not index_running():
         start_index(Path(state["index"]["root"]), state["index"]["host"], state["index"]["port"])
