@@ -222,7 +222,7 @@ def wait_ready(hosts: list[Host], timeout: float = 180.0) -> dict[str, str]:
             if not host_running(h):
                 tail = h.log_file.read_text(errors="replace").strip().splitlines()[-1:] if h.log_file.exists() else []
                 raise TestbedError(f"{h.name}: systemd-nspawn exited during boot: {tail[0] if tail else 'no output'} "
-                                   f"(log: {h.log_file})")
+                                   f"(log: {h.log_file}); `gptoss-testbed down` cleans up")
         with ThreadPoolExecutor(max_workers=len(pending)) as pool:
             results = dict(zip([h.name for h in pending], pool.map(system_state, pending)))
         for h in list(pending):
@@ -233,7 +233,8 @@ def wait_ready(hosts: list[Host], timeout: float = 180.0) -> dict[str, str]:
         if pending:
             if time.monotonic() > deadline:
                 detail = ", ".join(f"{h.name}={results[h.name] or 'no ssh'}" for h in pending)
-                raise TestbedError(f"hosts not ready after {timeout:.0f} s: {detail} (logs in {paths.RUN_DIR})")
+                raise TestbedError(f"hosts not ready after {timeout:.0f} s: {detail} (logs in {paths.RUN_DIR}); "
+                                   f"`gptoss-testbed down` cleans up")
             time.sleep(0.5)
     return states
 
