@@ -197,31 +197,27 @@ def main(argv: list[str] | None = None) -> int:
     return report["exit_code"]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # -- under the pyinfra CLI: one operation per host; the last to finish prints the table ------------
 
-else:
-    from pyinfra import host as _host
-    from pyinfra.api import StringCommand as _Cmd
-    from pyinfra.api import operation as _operation
 
-    @_operation()
+def _deploy_for_this_host() -> None:
+    from pyinfra import host
+    from pyinfra.api import StringCommand, operation
+
+    @operation()
     def fleet_doctor(json_path: str | None):
         """`gptoss-doctor collect` on this host, judged on the controller; the table once all are in."""
-        if not _host.state.is_executing:
+        if not host.state.is_executing:
             return
-        st = _host.state
+        st = host.state
         fleet = getattr(st, "_gptoss_fleet_doctor", None)
         if fleet is None:
             fleet = st._gptoss_fleet_doctor = {"rows": {}, "expected": {h.name for h in st.inventory.get_active_hosts()}}
         try:
-            row = judge(_host.name, *run_collect(_host))
-        except Exception as e:
-            row = unreadable(_host.name, f"{type(e).__name__}: {e}"[:300])
-        fleet["rows"][_host.name] = row
+            row = judge(host.name, *run_collect(host))
+        except Exception as e:  # a lost connection: this host is unreadable
+            row = unreadable(host.name, f"{type(e).__name__}: {e}"[:300])
+        fleet["rows"][host.name] = row
         if fleet["expected"] <= set(fleet["rows"]):
             rows = list(fleet["rows"].values())
             rows += [unreadable(h.name, "could not connect") for h in st.inventory
@@ -233,9 +229,17 @@ else:
                     json.dump(report, f, indent=1)
         if row["exit_code"]:
             why = row["error"] or ", ".join(f"{f['severity']} {f['id']}" for f in row["findings"] if f["severity"] == "error")
-            yield _Cmd("echo", shlex.quote(f"gptoss fleet doctor: {_host.name}: {why}"), ">&2", "&&", "false")
+            yield StringCommand("echo", shlex.quote(f"gptoss fleet doctor: {host.name}: {why}"), ">&2", "&&", "false")
         else:
-            _host.noop(f"{row['counts'].get('warning', 0)} warning(s), no errors")
+            host.noop(f"{row['counts'].get('warning', 0)} warning(s), no errors")
 
-    fleet_doctor(name="gptoss-doctor collect, judged on the controller",
-                 json_path=_host.data.get("gptoss_doctor_json"))
+    fleet_doctor(name="gptoss-doctor collect, judged on the controller", json_path=host.data.get("gptoss_doctor_json"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+else:
+    from pyinfra.context import ctx_host
+
+    if ctx_host.isset():  # exec'd by `pyinfra INV deploys/doctor.py` for one host
+        _deploy_for_this_host()

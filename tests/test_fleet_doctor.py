@@ -1,0 +1,199 @@
+"""Fleet doctor (deploys/doctor.py): judging snapshots on the controller with the real checks,
+the table and JSON, exit codes; then on the local fleet: every host collected, drift from a
+host's manifest, an error finding on one host, an unreachable host.
+
+The fleet tests share the upgrade tests' testbed (GPTOSS_UPGRADE_TESTBED_STATE, default
+/var/lib/gptoss-testbed-upgrade, hosts 127.0.0.41-43) so they never disturb another fleet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptoss_doctor.snapshot import SCHEMA, value
+
+REPO = Path(__file__).resolve().parents[1]
+INVENTORY = REPO / "inventories" / "testbed.py"
+STATE_DIR = os.environ.get("GPTOSS_UPGRADE_TESTBED_STATE", "/var/lib/gptoss-testbed-upgrade")
+FIRST_ADDRESS = os.environ.get("GPTOSS_UPGRADE_TESTBED_ADDRESS", "127.0.0.41")
+INDEX_PORT = os.environ.get("GPTOSS_UPGRADE_TESTBED_INDEX_PORT", "8741")
+
+
+def _load_fleet_doctor():
+    """deploys/doctor.py is a pyinfra deploy file and a script; outside pyinfra it is a plain module."""
+    spec = importlib.util.spec_from_file_location("fleet_doctor", REPO / "deploys" / "doctor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FD = _load_fleet_doctor()
+
+
+def snapshot(manifest: dict | None, vllm: str | None) -> str:
+    facts = {}
+    if manifest is not None:
+        facts["manifest"] = value(manifest, "/etc/gptoss/manifest.json")
+    if vllm is not None:
+        facts["vllm.install"] = value({"version": vllm, "path": "/opt/gptoss/current/lib/python3.11/site-packages/vllm",
+                                       "version_py": None})
+    return json.dumps({"schema": SCHEMA, "doctor_version": "test", "collected_at": 0, "host": "h", "facts": facts})
+
+
+MANIFEST = {"schema": "gptoss-deploy/manifest@1", "stack": "vllm-0.33.0", "versions": {"vllm": "0.33.0"}}
+
+
+# -- judge / report / render (pure, the controller's real checks) ------------------------------------
+
+
+def test_judge_reports_drift_from_the_manifest_with_the_controllers_checks():
+    row = FD.judge("h2", snapshot(MANIFEST, "0.28.0"), "__exit=0")
+    assert row["host"] == "h2" and row["stack"] == "vllm-0.33.0" and row["vllm_installed"] == "0.28.0"
+    assert row["drift"] == ["vllm 0.28.0 (manifest 0.33.0)"]
+    assert "manifest-drift" in [f["id"] for f in row["findings"]]
+    assert row["counts"]["warning"] >= 1 and row["exit_code"] == 0
+
+
+def test_judge_no_drift_when_installed_matches():
+    row = FD.judge("h1", snapshot(MANIFEST, "0.33.0"), "__exit=0")
+    assert row["drift"] == [] and "manifest-drift" not in [f["id"] for f in row["findings"]]
+    assert FD.judge("h1", snapshot(None, "0.33.0"), "__exit=0")["drift"] == ["no manifest"]
+
+
+@pytest.mark.parametrize("stdout,stderr,expect", [
+    ("", "sh: 1: /usr/local/bin/gptoss-doctor: not found\n__exit=127", "not installed there"),
+    ("not json", "__exit=0", "unreadable"),
+    ('{"schema": "other"}', "__exit=0", "schema is 'other'"),
+    ("", "Terminated\n__exit=124", "exited 124: Terminated"),
+])
+def test_unreadable_hosts_are_exit_2_with_one_line(stdout, stderr, expect):
+    row = FD.judge("bad", stdout, stderr)
+    assert row["exit_code"] == 2 and expect in row["error"] and "\n" not in row["error"]
+
+
+def test_fleet_exit_code_is_the_worst_host_and_worst_hosts_come_first():
+    ok = {"host": "a", "exit_code": 0, "counts": {"warning": 1}}
+    err = {"host": "b", "exit_code": 1, "counts": {"error": 2}}
+    gone = FD.unreadable("c", "could not connect")
+    assert FD.fleet_report([ok])["exit_code"] == 0
+    assert FD.fleet_report([ok, err])["exit_code"] == 1
+    rep = FD.fleet_report([ok, err, gone])
+    assert rep["exit_code"] == 2 and [r["host"] for r in rep["hosts"]] == ["c", "b", "a"]
+    assert rep["schema"] == "gptoss-doctor/fleet@1"
+
+
+def test_table_has_a_row_per_host_with_drift_and_findings():
+    rows = [FD.judge("h1", snapshot(MANIFEST, "0.33.0"), "__exit=0"), FD.judge("h2", snapshot(MANIFEST, "0.28.0"), "__exit=0"),
+            FD.unreadable("h3", "could not connect")]
+    buf = io.StringIO()
+    FD.render_table(FD.fleet_report(rows), file=buf)
+    text = buf.getvalue()
+    lines = {name: next(line for line in text.splitlines() if f" {name} " in line) for name in ("h1", "h2", "h3")}
+    assert "none" in lines["h1"] and "vllm 0.28.0 (manifest" in lines["h2"] and "manifest-drift" in lines["h2"]
+    assert "could not connect" in lines["h3"]
+    assert text.strip().endswith("some hosts could not be read · exit 2")
+
+
+def test_script_mode_bad_inventory_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "deploys/doctor.py", str(tmp_path / "nope.py")], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope.py: no such file" in r.stderr
+
+
+# -- the local fleet -----------------------------------------------------------------------------------
+
+
+def _env() -> dict:
+    return {**os.environ, "GPTOSS_TESTBED_STATE": STATE_DIR, "PYINFRA_PROGRESS": "off"}
+
+
+def run_testbed(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("gptoss-testbed") or str(Path(sys.executable).with_name("gptoss-testbed"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=900, env=_env())
+
+
+def ssh(fleet: dict, address: str, command: str) -> None:
+    r = subprocess.run(["ssh", "-i", fleet["ssh_key"], "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{address}", command],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def fleet_doctor(inventory: Path | str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "deploys/doctor.py", str(inventory), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=_env())
+
+
+def deploy(stack: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "pyinfra", "-y", str(INVENTORY), "deploys/gptoss.py", "--data",
+                        f"gptoss_stack={stack}"], cwd=REPO, capture_output=True, text=True, timeout=900, env=_env())
+    assert r.returncode == 0, f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
+    if up.returncode != 0:
+        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
+    st = json.loads(run_testbed("status", "--json").stdout)
+    st["new"] = st["stacks"][-1]["name"]
+    st["addr"] = {h["name"]: h["address"] for h in st["hosts"]}
+    deploy(st["new"])
+    yield st
+    deploy(st["new"])  # put back what the tests below changed on the hosts
+
+
+@pytest.mark.fleet
+@pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root")
+@pytest.mark.skipif(not INVENTORY.exists(), reason="inventories/testbed.py not there yet")
+def test_fleet_doctor_on_the_local_fleet(fleet, tmp_path):
+    names = list(fleet["addr"])
+    clean = fleet_doctor(INVENTORY, "--json")
+    assert clean.returncode == 0, clean.stderr
+    report = json.loads(clean.stdout)
+    assert sorted(r["host"] for r in report["hosts"]) == sorted(names)
+    assert all(r["stack"] == fleet["new"] and r["drift"] == [] and r["exit_code"] == 0 for r in report["hosts"])
+
+    # drift on one host (someone edited the manifest), an error finding on another (key world-readable)
+    drifted, broken = names[1], names[2]
+    ssh(fleet, fleet["addr"][drifted], "python3 -c \"import json; p='/etc/gptoss/manifest.json'; m=json.load(open(p)); "
+        "m['versions']['vllm']='0.0.1'; json.dump(m, open(p, 'w'))\"")
+    ssh(fleet, fleet["addr"][broken], "chmod 0755 /etc/gptoss && chmod 0644 /etc/gptoss/api-key")
+
+    bad = fleet_doctor(INVENTORY, "--json")
+    assert bad.returncode == 1, bad.stderr
+    rows = {r["host"]: r for r in json.loads(bad.stdout)["hosts"]}
+    assert any("(manifest 0.0.1)" in d for d in rows[drifted]["drift"]) and rows[drifted]["exit_code"] == 0
+    assert rows[broken]["exit_code"] == 1 and "world-readable-secrets" in [f["id"] for f in rows[broken]["findings"]]
+    assert json.loads(bad.stdout)["hosts"][0]["host"] == broken  # worst first
+
+    # the same through the pyinfra CLI: the table on stdout, JSON in a file, exit 1
+    json_path = tmp_path / "fleet.json"
+    cli = subprocess.run([sys.executable, "-m", "pyinfra", "-y", str(INVENTORY), "deploys/doctor.py", "--data",
+                          f"gptoss_doctor_json={json_path}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=_env())
+    assert cli.returncode == 1
+    table_rows = [line for line in cli.stdout.splitlines() if any(f" {n} " in line for n in names)]
+    assert len(table_rows) == 3, cli.stdout
+    assert "world-readable-secrets" in next(line for line in table_rows if f" {broken} " in line)
+    assert json.loads(json_path.read_text())["exit_code"] == 1
+
+    # a host that cannot be reached: exit 2, its row says so
+    st = fleet
+    hosts = [(n, {"ssh_hostname": a}) for n, a in st["addr"].items()] + [("ghost", {"ssh_hostname": "127.0.0.49"})]
+    inv = tmp_path / "inv.py"
+    inv.write_text(f"hosts = ({hosts!r}, {{'ssh_user': 'root', 'ssh_key': {st['ssh_key']!r}, "
+                   f"'ssh_known_hosts_file': '/dev/null', 'ssh_strict_host_key_checking': 'no'}})\n")
+    ghost = fleet_doctor(inv, "--json")
+    assert ghost.returncode == 2, ghost.stderr
+    rows = {r["host"]: r for r in json.loads(ghost.stdout)["hosts"]}
+    assert rows["ghost"]["error"] == "could not connect" and len(rows) == 4
