@@ -266,6 +266,10 @@ def no_half_installed(fleet: dict) -> dict[str, str]:
     return bad
 
 
+def stacks_on(fleet: dict) -> dict[str, set]:
+    return {name: set(ssh(fleet, addr, f"ls {C.STACKS_DIR}")[1].split()) for name, addr in fleet["addr"].items()}
+
+
 def upstream_bytes(fleet: dict) -> int:
     with urllib.request.urlopen(fleet["stats_url"], timeout=10) as r:
         return json.loads(r.read())["total_bytes"]
@@ -302,6 +306,8 @@ class TestOnTheLocalFleet:
         hosts = list(fleet["addr"])
         assert lb_log.read_text().split("\n")[:-1] == [f"{what} {h}" for h in hosts for what in ("drain", "restore")]
         assert not no_half_installed(fleet)
+        # kept: NEW and the rollback stack (gptoss_keep_stacks defaults to 2); older ones pruned
+        assert stacks_on(fleet) == {n: {fleet["old"], fleet["new"]} for n in fleet["addr"]}
 
     def test_upgrade_to_the_broken_stack_stops_at_the_canary_and_rolls_it_back(self, fleet, tmp_path):
         deploy(fleet["new"])
@@ -381,10 +387,61 @@ class TestOnTheLocalFleet:
         statuses = {h["host"]: h["status"] for h in json.loads((tmp_path / "report2.json").read_text())["hosts"]}
         assert statuses[canary] == "already"
         assert not no_half_installed(fleet)
-        # and a third run changes nothing at all
-        third = upgrade(fleet["new"], tmp_path / "report3.json")
+        # a third run restarts nothing; with gptoss_keep_stacks=1 it prunes the rollback stack too
+        prober = Prober(fleet["addr"])
+        prober.start()
+        third = upgrade(fleet["new"], tmp_path / "report3.json", "--data", "gptoss_keep_stacks=1")
+        prober.stop()
         assert third.returncode == 0
         assert {h["status"] for h in json.loads((tmp_path / "report3.json").read_text())["hosts"]} == {"already"}
+        assert all(prober.down_rounds(n) == 0 for n in fleet["addr"])
+        assert stacks_on(fleet) == {n: {fleet["new"]} for n in fleet["addr"]}
+
+    def test_rerun_repairs_a_half_installed_venv_and_a_switch_without_restart(self, fleet, tmp_path):
+        """The states a controller killed mid-install or mid-switch leaves behind, made on purpose."""
+        deploy(fleet["old"])
+        _canary, half, unrestarted = list(fleet["addr"])
+        new = f"{C.STACKS_DIR}/{fleet['new']}"
+        # killed mid-install: a venv dir without its completion marker
+        ssh(fleet, fleet["addr"][half], f"rm -rf {new} && mkdir -p {new}/bin && echo broken > {new}/bin/vllm")
+        # killed between the switch and the restart: NEW is installed, staged and switched to, OLD still serves
+        ssh(fleet, fleet["addr"][unrestarted], f"rm -rf {new}")
+        staged = upgrade(fleet["new"], tmp_path / "r0.json", "--limit", unrestarted)  # installs + stages NEW there
+        assert staged.returncode == 0
+        deploy(fleet["old"])  # back on OLD everywhere, NEW still installed and staged on `unrestarted`
+        staged = f"{R.STAGED_DIR}/{fleet['new']}"
+        switch_no_restart = (
+            f"cp -p {staged}/gptoss.env {C.ENV_FILE} && cp -p {staged}/manifest.json {C.MANIFEST} && "
+            f"cp -p {staged}/{C.UNIT} /etc/systemd/system/{C.UNIT} && "
+            f"ln -sfn {new} {C.CURRENT}.tmp && mv -T {C.CURRENT}.tmp {C.CURRENT} && systemctl daemon-reload")
+        assert ssh(fleet, fleet["addr"][unrestarted], switch_no_restart)[0] == 0
+        assert R.versions_match(served_version(fleet["addr"][unrestarted]), fleet["vllm"][fleet["old"]])
+        run = upgrade(fleet["new"], tmp_path / "report.json")
+        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        assert on_stack(fleet, fleet["new"]) == {n: True for n in fleet["addr"]}
+        statuses = {h["host"]: h["status"] for h in json.loads((tmp_path / "report.json").read_text())["hosts"]}
+        assert statuses[unrestarted] == "upgraded"  # /version said OLD: restarted, not skipped
+        assert not no_half_installed(fleet)
+
+    def test_unreachable_host_stops_the_upgrade_before_any_restart(self, fleet, tmp_path):
+        deploy(fleet["old"])
+        inv = tmp_path / "with_ghost.py"
+        inv.write_text(
+            "import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('tb', {str(INVENTORY)!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "hosts, data = mod.testbed\n"
+            "testbed = (hosts + [('ghost', {'ssh_hostname': '127.0.0.49', 'gptoss_bind_address': '127.0.0.49'})], data)\n")
+        prober = Prober(fleet["addr"])
+        prober.start()
+        run = subprocess.run([sys.executable, "-m", "pyinfra", "-y", str(inv), "deploys/upgrade.py", "--data",
+                              f"gptoss_stack={fleet['new']}"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                             env=_env())
+        prober.stop()
+        assert run.returncode != 0
+        assert "ghost failed staging or could not be reached" in run.stdout + run.stderr
+        assert all(prober.down_rounds(n) == 0 for n in fleet["addr"])
+        assert on_stack(fleet, fleet["old"]) == {n: True for n in fleet["addr"]}
 
     def test_wheels_come_from_upstream_once_per_fleet(self, fleet, tmp_path):
         """Bytes served by the loopback (upstream) index: 3 hosts at most 1.2x of 1 host."""
