@@ -311,3 +311,53 @@ def test_broken_stack_fails_the_health_gate_with_the_reason(deployed, fleet):
     restore = pyinfra(TESTBED_INVENTORY, "--limit", host)
     assert restore.returncode == 0, restore.stderr[-3000:]
     assert http(f"http://{fleet['hosts'][0]['address']}:8000/health")[0] == 200
+
+
+# A STAND-IN for NVIDIA's nvidia-smi (the fleet has no GPUs): answers `--query-gpu=<fields>`
+# for two H100s with the fields asked for, and `-pm 1`. Written onto one host by the test below.
+FAKE_NVIDIA_SMI = r"""#!/bin/sh
+# STAND-IN for nvidia-smi, written by tests/test_fleet_deploy.py: there is no GPU on this host.
+q=$(printf '%s\n' "$@" | sed -n 's/^--query-gpu=//p')
+if [ -n "$q" ]; then
+  for i in 0 1; do
+    line=""
+    for f in $(echo "$q" | tr ',' ' '); do
+      case $f in
+        index) v=$i;; name) v="NVIDIA H100 80GB HBM3";; compute_cap) v=9.0;; memory.total) v=81559;;
+        driver_version) v=580.95.05;; persistence_mode) v=Disabled;; uuid) v=GPU-STANDIN-$i;; *) v="[N/A]";;
+      esac
+      line="${line:+$line, }$v"
+    done
+    echo "$line"
+  done
+  exit 0
+fi
+case "$*" in *-pm*) echo "Enabled persistence mode (stand-in)";; *) echo "nvidia-smi stand-in";; esac
+"""
+
+
+def test_gpu_host_path_with_detected_gpus(deployed, fleet):
+    """GPUs detected over SSH from nvidia-smi (a stand-in here): the family and the GPU count come
+    from the host, TP above the count is refused before anything changes, and the GPU unit runs
+    (persistence mode, GPU packages out of unattended upgrades)."""
+    h = fleet["hosts"][1]
+    key = fleet["ssh_key"]
+    rc, out = ssh(h["address"], key, "cat > /usr/local/bin/nvidia-smi <<'EOF'\n" + FAKE_NVIDIA_SMI + "EOF\n"
+                  "chmod 0755 /usr/local/bin/nvidia-smi && nvidia-smi --query-gpu=index,name --format=csv,noheader")
+    assert rc == 0 and "1, NVIDIA H100 80GB HBM3" in out, out
+    try:
+        too_big = pyinfra(TESTBED_INVENTORY, "--limit", h["name"], "--data", "gptoss_tensor_parallel_size=4")
+        text = too_big.stdout + too_big.stderr
+        assert too_big.returncode == 1 and "larger than the 2 GPU(s) present" in text, text[-2000:]
+        run = pyinfra(TESTBED_INVENTORY, "--limit", h["name"], "--data", "gptoss_tensor_parallel_size=2",
+                      "--data", "gptoss_doctor_gate=false")
+        res = results(run)
+        assert run.returncode == 0 and not res["failed_hosts"], run.stderr[-3000:]
+        changed = {op["name"] for op in res["operations"] if op["success"]}
+        assert any("persistence mode" in n for n in changed), changed
+        rc, out = ssh(h["address"], key, "cat /etc/apt/apt.conf.d/51gptoss-gpu-packages; cat /etc/gptoss/manifest.json")
+        assert '"nvidia-";' in out and '"tensor_parallel_size": 2' in out and '"gpu_family": "H100"' in out
+    finally:
+        ssh(h["address"], key, "rm -f /usr/local/bin/nvidia-smi /etc/apt/apt.conf.d/51gptoss-gpu-packages")
+        restore = pyinfra(TESTBED_INVENTORY, "--limit", h["name"])
+        assert restore.returncode == 0, restore.stderr[-3000:]

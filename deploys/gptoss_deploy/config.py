@@ -130,6 +130,7 @@ class HostConfig:
     nvswitch_count: int
     driver_version: str | None
     gpu_count: int
+    gpus: tuple = ()  # as detected: [{"name", "compute_cap", "persistence_mode", ...}]
     missing_packages: tuple[str, ...] = ()
     extra_stack_files: tuple[str, ...] = ()  # on the controller; copied to STACKS_D for the doctor
     warnings: tuple[str, ...] = field(default=())
@@ -634,6 +635,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         nvswitch_count=int(facts.get("nvswitch_count") or 0),
         driver_version=facts.get("driver_version"),
         gpu_count=len(gpus),
+        gpus=tuple(gpus),
         missing_packages=tuple(facts.get("missing_packages") or ()),
         extra_stack_files=extra_files(data.get("gptoss_extra_stack_files")),
     )

@@ -22,7 +22,7 @@ PY=$(command -v python3 2>/dev/null)
 if [ -n "$PY" ]; then echo "python_path=$PY"; echo "python_version=$($PY -c 'import platform;print(platform.python_version())' 2>/dev/null)"
 else echo "python_candidate=$(apt-cache policy python3 2>/dev/null | awk '/Candidate:/{print $2}')"; fi
 if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv,noheader,nounits 2>/dev/null | sed 's/^/nvgpu=/'
+  nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version,persistence_mode --format=csv,noheader,nounits 2>/dev/null | sed 's/^/nvgpu=/'
 fi
 if [ -r /proc/driver/nvidia/version ]; then echo "nvproc=$(head -n1 /proc/driver/nvidia/version)"; fi
 echo "nvswitch_count=$(ls /proc/driver/nvidia-nvswitch/devices 2>/dev/null | wc -l)"
@@ -61,6 +61,8 @@ def parse_host_facts(lines: list[str]) -> dict[str, Any]:
                      "memory_mib": int(float(parts[3])) if parts[3].replace(".", "").isdigit() else None}
                 )
                 out["driver_version"] = parts[4]
+                if len(parts) >= 6:
+                    out["gpus"][-1]["persistence_mode"] = parts[5]
         elif key == "amdgpu" and val.isdigit() and int(val) > 0:
             g = gfx_name(val)
             out["gpus"].append({"vendor": "amd", "index": len(out["gpus"]), "name": g, "gfx": g})

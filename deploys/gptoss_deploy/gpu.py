@@ -17,7 +17,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import systemd
 
 from . import config as C
-from .ops import ManagedFile, files_in_place
+from .ops import ManagedFile, UnitState, files_in_place
 
 UNATTENDED_BLACKLIST = "/etc/apt/apt.conf.d/51gptoss-gpu-packages"
 # Package name patterns (regexes, as unattended-upgrades reads them) that must only change
@@ -91,6 +91,24 @@ def fabric_manager(cfg: C.HostConfig):
 
 
 @operation()
+def persistence_mode(gpus: tuple):
+    """nvidia-persistenced enabled and running where the driver ships its unit (the packaged
+    drivers do); else `nvidia-smi -pm 1`, which lasts until reboot, when a GPU has it off."""
+    st = host.get_fact(UnitState, unit="nvidia-persistenced.service")
+    if st.get("enabled") in ("enabled", "static", "disabled", "masked"):
+        if st.get("enabled") == "enabled" and st.get("active") == "active":
+            host.noop("nvidia-persistenced running")
+            return
+        yield StringCommand("systemctl", "unmask", "nvidia-persistenced.service", "&&", "systemctl", "enable", "--now",
+                            "nvidia-persistenced.service")
+        return
+    if all(g.get("persistence_mode") == "Enabled" for g in gpus):
+        host.noop("persistence mode on for every GPU")
+        return
+    yield StringCommand("nvidia-smi", "-pm", "1")
+
+
+@operation()
 def hold_gpu_packages():
     """apt-mark hold every installed NVIDIA package (driver, utils, libs)."""
     state = host.get_fact(NvidiaPackages)
@@ -148,7 +166,7 @@ def apply(cfg: C.HostConfig):
         if cfg.nvswitch_count and cfg.driver_version:
             fabric_manager(name="fabric manager matched to the driver", cfg=cfg)
             systemd.service(name="fabric manager running", service="nvidia-fabricmanager", running=True, enabled=True)
-        systemd.service(name="persistence mode", service="nvidia-persistenced", running=True, enabled=True)
+        persistence_mode(name="persistence mode", gpus=tuple(cfg.gpus))
         hold_gpu_packages(name="hold NVIDIA packages")
     if cfg.gpu_count:
         files_in_place(name="GPU packages out of unattended upgrades",

@@ -255,7 +255,7 @@ def switch_script(cfg: C.HostConfig) -> str:
     """Live files <- staged files of `cfg.stack`, then `current` (rename), then restart.
     Files before `current`: a service restarting in between never runs a venv with the other
     stack's files... except in that instant, which the re-run repairs."""
-    lines = ["set -e", f"test -f {cfg.stack_marker}"]
+    lines = ["set -e", 'echo "__t=$(date +%s)"', f"test -f {cfg.stack_marker}"]
     for live, (staged, _text, _mode) in staged_files(cfg).items():
         lines.append(f"cp -p {staged} {live}.gptoss-new && mv -f {live}.gptoss-new {live}")
     lines.append(f"ln -sfn {cfg.venv} {C.CURRENT}.tmp && mv -T {C.CURRENT}.tmp {C.CURRENT}")
@@ -298,9 +298,8 @@ class HostResult:
     pruned: list = field(default_factory=list)
 
 
-def _run(cmd: str, timeout: float | None = None) -> tuple[bool, str, str]:
-    ok, out = host.run_shell_command(StringCommand(cmd), print_output=False, print_input=False,
-                                     **({"_timeout": timeout} if timeout else {}))
+def _run(cmd: str) -> tuple[bool, str, str]:
+    ok, out = host.run_shell_command(StringCommand(cmd), print_output=False, print_input=False)
     stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
     stderr = "\n".join(line.line for line in out if line.buffer_name == "stderr")
     return ok, stdout, stderr
@@ -399,6 +398,7 @@ class Rollout:
             self.opened[0].set()
         self.results = {n: HostResult(n, self.batch_of[n]) for n in names}
         self.stopped_by: str | None = None
+        self.stop_reason: str | None = None
         self.new_stack = new_stack
         self.started = time.time()
 
@@ -408,7 +408,7 @@ class Rollout:
     def finish(self, name: str) -> None:
         r = self.results[name]
         if r.status == "failed" and not self.stopped_by:
-            self.stopped_by = name
+            self.stopped_by, self.stop_reason = name, r.step
         b = self.batch_of[name]
         if self.stopped_by:
             for ev in self.opened:
@@ -427,7 +427,8 @@ class Rollout:
 
     def report(self) -> dict:
         return {"schema": "gptoss-upgrade/report@1", "stack": self.new_stack, "batches": self.batches,
-                "stopped_by": self.stopped_by, "elapsed_s": round(time.time() - self.started, 2),
+                "stopped_by": self.stopped_by,
+                "stop_reason": self.stop_reason, "elapsed_s": round(time.time() - self.started, 2),
                 "hosts": [asdict(r) for r in self.results.values()]}
 
     def write_report(self) -> None:
@@ -507,7 +508,10 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
             return
     t_switch = time.time()
     ok, out, err = _run(switch_script(new))
-    failed = None if ok else ("switch-restart", (err or out or "switch failed").strip().splitlines()[-1][:600])
+    # the journal is read on the host's clock: the switch script says when it started there
+    host_t = next((int(x[4:]) for x in out.splitlines() if x.startswith("__t=") and x[4:].isdigit()), int(t_switch))
+    said = err.strip() or "\n".join(x for x in out.splitlines() if not x.startswith("__t=")).strip() or "switch failed"
+    failed = None if ok else ("switch-restart", said.splitlines()[-1][:600])
     if not failed:
         failed = gate(new)
         failed = failed if failed[0] else None
@@ -522,12 +526,12 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         r.status = "upgraded"
         return
     r.status, (r.step, r.error) = "failed", failed
-    r.doctor = doctor_reading(t_switch - 2)
+    r.doctor = doctor_reading(host_t - 1)
     if old is None:
         r.rollback = "none: the host had no other stack to go back to"
         return
     ok, out, err = _run(switch_script(old))
-    back = None if ok else ("switch-restart", (err or out).strip()[-300:])
+    back = None if ok else ("switch-restart", (err.strip() or "switch failed").splitlines()[-1][:300])
     back = back or gate(old)
     if back[0]:
         r.rollback = f"to {old.stack} FAILED too at {back[0]}: {back[1]}; the host is out of service"
