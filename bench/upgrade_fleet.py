@@ -10,7 +10,7 @@ wall time, the bytes the upstream (loopback) index served, and per host its time
 twice: as the upgrade measured it (drain -> gate passed) and as a /health probe every 100 ms saw
 it (first failed probe -> first 200 again). The baseline is each host's own restart + health
 gate on its current stack (`systemctl restart` then the same health gate), measured first.
-A third run with gptoss_wheelhouse=off shows what the hosts would pull without the wheelhouse.
+A third run with gptoss_download_once=False shows what the hosts would pull without the wheelhouse.
 
 Goals (exit 1 if missed): every host's time out of service <= its own restart + health gate
 (+1 s for the /version check and SSH round trips); 3-host upstream bytes <= 1.2x the 1-host's.
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     canary = next(iter(fleet["addr"]))
     runs = [run_upgrade(fleet, {canary: fleet["addr"][canary]}, "1 host"),
             run_upgrade(fleet, fleet["addr"], "3 hosts"),
-            run_upgrade(fleet, fleet["addr"], "3 hosts, wheelhouse off", "--data", "gptoss_wheelhouse=off")]
+            run_upgrade(fleet, fleet["addr"], "3 hosts, download once off", "--data", "gptoss_download_once=False")]
     for run in runs:
         print(f"{run['label']:<24} wall {run['wall_s']:6.2f} s  upstream {run['upstream_bytes']:>9} bytes  "
               f"max hosts down at once {run['max_hosts_down']}", flush=True)

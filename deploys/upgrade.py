@@ -12,8 +12,8 @@
    Stacks beyond `gptoss_keep_stacks` (default 2: NEW and the rollback) are pruned.
 
 Settings (inventory data): gptoss_upgrade_batch, gptoss_keep_stacks, gptoss_lb_drain_cmd and
-gptoss_lb_restore_cmd (run on the controller; {host}/{address} substituted), gptoss_wheelhouse
-('controller' or 'off'). GPTOSS_UPGRADE_REPORT=PATH (environment) writes the run's report as JSON.
+gptoss_lb_restore_cmd (run on the controller; {host}/{address} substituted), gptoss_download_once
+(default True; False: every host fetches from its indexes itself). GPTOSS_UPGRADE_REPORT=PATH (environment) writes the run's report as JSON.
 Run it without --serial/--no-wait: the batch loop needs pyinfra's default op-by-op execution.
 """
 
@@ -25,7 +25,8 @@ from gptoss_deploy.facts import HostFacts
 new, old, settings, state = rollout.host_configs()
 
 python_env.uv_binary(name="uv binary", cfg=new)
-if settings.wheelhouse:
+# An air-gapped site (the deploy's own wheelhouse) never reaches upstream: the deploy's install.
+if settings.download_once and not getattr(new, "airgap", None):
     hf = host.get_fact(HostFacts)  # the venv's Python is the host's python3
     wh = wheelhouse.build(new, hf.get("python_version") or "3", hf.get("arch") or "x86_64")
     wheelhouse.push(name=f"stage: wheels of {new.stack} from the controller", cfg=new, wh=wh)

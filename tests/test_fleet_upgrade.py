@@ -64,14 +64,14 @@ def test_bad_batch_is_one_line_naming_host_key_value_and_fix(value):
 
 def test_settings_defaults_and_hooks_need_both_halves():
     st = R.settings("h", {})
-    assert (st.batch, st.keep_stacks, st.lb_drain_cmd, st.wheelhouse) == ("1", 2, None, True)
-    assert R.settings("h", {"gptoss_wheelhouse": "off", "gptoss_keep_stacks": 3}).wheelhouse is False
+    assert (st.batch, st.keep_stacks, st.lb_drain_cmd, st.download_once) == ("1", 2, None, True)
+    assert R.settings("h", {"gptoss_download_once": False, "gptoss_keep_stacks": 3}).download_once is False
     with pytest.raises(C.ConfigError, match="gptoss_lb_restore_cmd.*needs both"):
         R.settings("h", {"gptoss_lb_drain_cmd": "lb drain {host}"})
     with pytest.raises(C.ConfigError, match="gptoss_keep_stacks=0"):
         R.settings("h", {"gptoss_keep_stacks": 0})
-    with pytest.raises(C.ConfigError, match="gptoss_wheelhouse='proxy'"):
-        R.settings("h", {"gptoss_wheelhouse": "proxy"})
+    with pytest.raises(C.ConfigError, match="gptoss_download_once='proxy'"):
+        R.settings("h", {"gptoss_download_once": "proxy"})
 
 
 def test_upgrade_keys_do_not_collide_with_the_deploy_keys():
@@ -143,7 +143,7 @@ def test_pick_wheels_takes_the_best_wheel_for_the_host_and_refuses_sdists():
     picked = W.pick_wheels(lock, "3.11", "x86_64")
     assert [p["sha256"] for p in picked] == ["b", "d"]
     assert [p["sha256"] for p in W.pick_wheels(lock, "3.11", "aarch64")] == ["c", "d"]
-    with pytest.raises(W.WheelhouseError, match="sdistonly 1.0 has no wheel for Python 3.11.*gptoss_wheelhouse=off"):
+    with pytest.raises(W.WheelhouseError, match="sdistonly 1.0 has no wheel for Python 3.11.*gptoss_download_once=False"):
         W.pick_wheels({"packages": [{"name": "sdistonly", "version": "1.0", "sdist": {"url": "https://x/s.tar.gz"}}]},
                       "3.11", "x86_64")
 

@@ -44,7 +44,7 @@ from . import config as C
 
 # Data keys read by the upgrade only (stripped before the deploy's own validation).
 KEYS = ("gptoss_upgrade_batch", "gptoss_keep_stacks", "gptoss_lb_drain_cmd", "gptoss_lb_restore_cmd",
-        "gptoss_wheelhouse")
+        "gptoss_download_once")
 STAGED_DIR = f"{C.ETC}/stacks"  # /etc/gptoss/stacks/<stack>/{gptoss.env,gptoss-vllm.service,manifest.json}
 ROLLBACK_FILE = f"{C.ETC}/rollback-stack"  # the stack to go back to, recorded before the first switch
 DEFAULT_KEEP = 2
@@ -60,7 +60,7 @@ class Settings:
     keep_stacks: int
     lb_drain_cmd: str | None
     lb_restore_cmd: str | None
-    wheelhouse: bool
+    download_once: bool  # wheels fetched once on the controller and pushed (gptoss_deploy.wheelhouse)
 
 
 def parse_batch(host: str, value: Any) -> str:
@@ -102,11 +102,9 @@ def settings(host: str, data: Mapping[str, Any]) -> Settings:
         missing = "gptoss_lb_restore_cmd" if cmds["gptoss_lb_drain_cmd"] else "gptoss_lb_drain_cmd"
         raise C.bad(host, missing, None, "a load balancer hook needs both drain and restore",
                     f"set {missing} too, or unset both")
-    wh = data.get("gptoss_wheelhouse", "controller")
-    if wh not in ("controller", "off", None):
-        raise C.bad(host, "gptoss_wheelhouse", wh, "unknown", "use 'controller' (fetch once, push to hosts) or 'off'")
+    once = C.check_bool(host, "gptoss_download_once", data.get("gptoss_download_once"), True)
     return Settings(parse_batch(host, data.get("gptoss_upgrade_batch")), keep, cmds["gptoss_lb_drain_cmd"],
-                    cmds["gptoss_lb_restore_cmd"], wh != "off")
+                    cmds["gptoss_lb_restore_cmd"], once)
 
 
 def stacks_to_prune(installed: Mapping[str, float], keep: int, new: str, old: str | None) -> list[str]:
@@ -251,6 +249,36 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
 # -- remote steps (run inside the roll, through the host's connection) ----------------------------
 
 
+def supervised(cfg: C.HostConfig) -> bool:
+    """Hosts without systemd run the same unit under gptoss-supervise (the deploy's choice)."""
+    return getattr(cfg, "service_manager", "systemd") == "supervisor"
+
+
+def restart_commands(cfg: C.HostConfig) -> list[str]:
+    if supervised(cfg):
+        from .supervisor import command
+
+        return [command("restart")]
+    return ["systemctl daemon-reload", f"systemctl restart {C.UNIT}"]
+
+
+def is_active_command(cfg: C.HostConfig) -> str:
+    if supervised(cfg):
+        from .supervisor import command
+
+        return f"{command('is-active')} >/dev/null"
+    return f"systemctl is-active --quiet {C.UNIT}"
+
+
+def service_log_command(cfg: C.HostConfig, since: int) -> str:
+    """The service's log since `since` (host clock): the journal, or the supervisor's log file."""
+    if supervised(cfg):
+        from .supervisor import LOG_FILE
+
+        return f"tail -n 2000 {LOG_FILE}"
+    return f"journalctl -u {C.UNIT} --since @{since} --no-pager -o cat 2>/dev/null | tail -n 2000"
+
+
 def switch_script(cfg: C.HostConfig) -> str:
     """Live files <- staged files of `cfg.stack`, then `current` (rename), then restart.
     Files before `current`: a service restarting in between never runs a venv with the other
@@ -259,8 +287,7 @@ def switch_script(cfg: C.HostConfig) -> str:
     for live, (staged, _text, _mode) in staged_files(cfg).items():
         lines.append(f"cp -p {staged} {live}.gptoss-new && mv -f {live}.gptoss-new {live}")
     lines.append(f"ln -sfn {cfg.venv} {C.CURRENT}.tmp && mv -T {C.CURRENT}.tmp {C.CURRENT}")
-    lines.append("systemctl daemon-reload")
-    lines.append(f"systemctl restart {C.UNIT}")
+    lines += restart_commands(cfg)
     return "\n".join(lines)
 
 
@@ -309,10 +336,13 @@ def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
     """(None, detail) when the host serves `cfg` healthily; else (failed step, one line)."""
     from .service import _HEALTH_PY, local_base
 
+    from . import service
+
     base = local_base(cfg)
+    extra = getattr(service, "health_extra_args", lambda _cfg: [])(cfg)  # prompt / supervisor, where needed
     ok, out, err = _run(" ".join([
         "python3", "-c", shlex.quote(_HEALTH_PY), base, shlex.quote(cfg.model), str(cfg.health_timeout_s),
-        C.UNIT, C.KEY_FILE]))
+        C.UNIT, C.KEY_FILE, *extra]))
     if not ok:
         return "health-gate", (err or out or "health check failed").strip().splitlines()[-1][:900]
     ok, out, err = _run(f"python3 -c {shlex.quote(_VERSION_PY)} {base}")
@@ -326,20 +356,18 @@ def switched_to(cfg: C.HostConfig) -> bool:
     """`current`, the live manifest and unit already those of `cfg` (an earlier run switched it)?"""
     cmd = (f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && grep -q {shlex.quote(json.dumps(cfg.stack))} {C.MANIFEST} '
            f'&& cmp -s {STAGED_DIR}/{cfg.stack}/{C.UNIT} /etc/systemd/system/{C.UNIT} '
-           f'&& cmp -s {STAGED_DIR}/{cfg.stack}/gptoss.env {C.ENV_FILE} && systemctl is-active --quiet {C.UNIT}')
+           f'&& cmp -s {STAGED_DIR}/{cfg.stack}/gptoss.env {C.ENV_FILE} && {is_active_command(cfg)}')
     return _run(cmd)[0]
 
 
-def doctor_reading(since: float) -> dict:
-    """`gptoss-doctor --json` on the host and its triage of the service's journal since `since`."""
+def doctor_reading(cfg: C.HostConfig, since: int) -> dict:
+    """`gptoss-doctor --json` on the host and its triage of the service's log since `since`."""
     from .doctor import LINK
 
     reading: dict = {}
     _ok, out, err = _run(f"timeout 120 {LINK} --json; echo \"__exit=$?\" >&2")
     reading["doctor"] = _summarise(out, err)
-    _ok, out, err = _run(
-        f"journalctl -u {C.UNIT} --since @{int(since)} --no-pager -o cat 2>/dev/null | tail -n 2000 | "
-        f"timeout 60 {LINK} logs - --json; echo \"__exit=$?\" >&2")
+    _ok, out, err = _run(f"{service_log_command(cfg, since)} | timeout 60 {LINK} logs - --json; echo \"__exit=$?\" >&2")
     reading["logs"] = _summarise(out, err)
     return reading
 
@@ -482,7 +510,7 @@ def failure_text(ro: Rollout, r: HostResult, new: str) -> str:
              f"{', the canary' if r.batch == 0 else ''}); failed step: {r.step}: {r.error}"]
     if r.rollback:
         lines.append(f"rollback: {r.rollback}")
-    for what, label in (("doctor", "doctor (gptoss-doctor --json)"), ("logs", "log triage (journalctl -u gptoss-vllm | gptoss-doctor logs -)")):
+    for what, label in (("doctor", "doctor (gptoss-doctor --json)"), ("logs", "log triage (the service's log since the switch | gptoss-doctor logs -)")):
         d = (r.doctor or {}).get(what)
         if d is None:
             continue
@@ -526,7 +554,7 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         r.status = "upgraded"
         return
     r.status, (r.step, r.error) = "failed", failed
-    r.doctor = doctor_reading(host_t - 1)
+    r.doctor = doctor_reading(new, host_t - 1)
     if old is None:
         r.rollback = "none: the host had no other stack to go back to"
         return

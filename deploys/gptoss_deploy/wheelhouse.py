@@ -11,7 +11,7 @@ no host talks to the upstream index, so a 3-host upgrade pulls what a 1-host upg
 The venv it builds is the one `python_env.stack_venv` would build (same requirements, the nvcc
 wheel first, same CUDA_HOME) and it gets the same completion marker (the spec hash), so a later
 `deploys/gptoss.py` run with this stack sees it as installed. The host's wheelhouse copy is
-removed once the venv is complete. Set `gptoss_wheelhouse=off` to let each host fetch from
+removed once the venv is complete. Set `gptoss_download_once=False` to let each host fetch from
 its indexes itself (the controller then needs no index access).
 """
 
@@ -110,7 +110,7 @@ def pick_wheels(lock: dict, py: str, arch: str) -> list[dict]:
         if best is None:
             raise WheelhouseError(
                 f"stack wheelhouse: {pkg.get('name')} {pkg.get('version')} has no wheel for Python {py} on "
-                f"{python_platform(arch)}; fix: set gptoss_wheelhouse=off so the hosts build it themselves")
+                f"{python_platform(arch)}; fix: set gptoss_download_once=False so the hosts build it themselves")
         out.append(best[1])
     return out
 
@@ -141,7 +141,7 @@ def download(url: str, sha256: str, dest: Path) -> int:
         os.replace(tmp, dest)
     except OSError as e:
         raise WheelhouseError(f"stack wheelhouse: downloading {_redact(url)} failed ({e}); fix: the controller "
-                              f"must reach the stack's indexes, or set gptoss_wheelhouse=off") from None
+                              f"must reach the stack's indexes, or set gptoss_download_once=False") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -181,7 +181,7 @@ def build(cfg: C.HostConfig, py: str, arch: str) -> Wheelhouse:
             if r.returncode:
                 last = (r.stderr.strip().splitlines() or ["no output"])[-1]
                 raise WheelhouseError(f"host {cfg.host}: stack {cfg.stack}: resolving its wheels on the controller "
-                                      f"failed: {last}; fix: check gptoss_index_mirrors, or set gptoss_wheelhouse=off")
+                                      f"failed: {last}; fix: check gptoss_index_mirrors, or set gptoss_download_once=False")
             with open(out, "rb") as f:
                 lock = tomllib.load(f)
         wheels, fetched = [], 0
