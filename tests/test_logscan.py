@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gptoss_doctor import logscan
-from gptoss_doctor.logscan import SignatureError, load_signatures, parse_line, parse_signatures, scan
+from gptoss_doctor.logscan import SignatureError, load_signatures, parse_line, parse_signatures, scan, split_lines
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 LOGS = sorted(FIXTURES.glob("*.log"))
@@ -23,12 +23,13 @@ def _expect(log: Path) -> dict:
 
 
 def _read(log: Path) -> list[str]:
-    return log.read_text(encoding="utf-8").splitlines()
+    # newline="": a lone \r (progress bars) stays inside its line, as `grep -n` counts lines
+    with log.open(encoding="utf-8", newline="") as f:
+        return split_lines(f.read())
 
 
 def _scan_file(log: Path):
-    with log.open(encoding="utf-8") as f:
-        return scan(f)
+    return scan(_read(log))
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +137,22 @@ def test_prefix_stripping(raw, message, level, process):
 def test_traceback_indentation_survives_the_prefix():
     line = parse_line(1, '(VllmWorker TP0 pid=1) ERROR 08-05 07:31:10 [multiproc_executor.py:559]   File "x.py", line 3')
     assert line.message == '  File "x.py", line 3'
+
+
+def test_line_numbers_match_grep_when_progress_bars_redraw():
+    log = FIXTURES / "vllm0260-interrupted-during-graph-capture.log"
+    raw = log.read_bytes()
+    assert b"\r" in raw  # tqdm's redraws: str.splitlines() would count each as a line
+    grep_n = raw.split(b"\n").index(b"(EngineCore pid=754) KeyboardInterrupt") + 1
+    (finding,) = scan(_read(log))
+    assert finding.evidence["first_line"] == grep_n
+    assert split_lines("a\rb\nc\n") == ["a\rb", "c"] and split_lines("") == []
+
+
+def test_a_redrawn_line_shows_its_last_state():
+    line = parse_line(1, "(EngineCore pid=7) Capturing   0%|  | 0/83\rCapturing  50%|# | 41/83\rCapturing 100%|##| 83/83\r\n")
+    assert line.text == "(EngineCore pid=7) Capturing 100%|##| 83/83"
+    assert (line.process, line.message) == ("EngineCore", "Capturing 100%|##| 83/83")
 
 
 def test_each_prefix_is_stripped_once():

@@ -224,6 +224,9 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
 )
 
 
+_PROCESS_PREFIX = next(p for kind, p in _PREFIXES if kind == "process")
+
+
 @dataclass(frozen=True)
 class LogLine:
     number: int  # 1-based
@@ -246,9 +249,34 @@ def _unwrap_docker_json(raw: str) -> str:
     return raw
 
 
+def _last_redraw(text: str) -> str:
+    """ "(EngineCore pid=1) Capturing  1%\\rCapturing 100%" -> "(EngineCore pid=1) Capturing 100%" """
+    first, *redraws = text.split("\r")
+    last = next((r for r in reversed(redraws) if r.strip()), "")
+    if not last:
+        return first
+    prefix = _PROCESS_PREFIX.match(first)
+    return (prefix.group(0) if prefix and not _PROCESS_PREFIX.match(last) else "") + last
+
+
+def split_lines(text: str) -> list[str]:
+    """A log's lines as `grep -n` and editors number them: split on "\\n" only.
+
+    str.splitlines() and text-mode files also split on a lone "\\r", which progress bars write
+    many times per line, so their line numbers drift from what the user sees. Read logs with
+    open(path, newline="") and split them here.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def parse_line(number: int, raw: str) -> LogLine:
     """Strip colour codes, then each known prefix at most once, outermost first."""
     text = _ANSI.sub("", _unwrap_docker_json(raw.rstrip("\r\n")).rstrip("\r\n"))
+    if "\r" in text:  # a progress bar redrawn in place: keep what the terminal showed last
+        text = _last_redraw(text)
     message = text
     level = process = None
     stripped: list[str] = []
