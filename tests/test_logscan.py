@@ -287,6 +287,7 @@ def test_secrets_in_log_lines_are_redacted():
 
 def test_scan_takes_any_iterable_and_empty_input():
     assert scan([]) == []
+    assert [f.id for f in scan("x\rINFO:     Application startup complete.\n")] == ["startup-complete"]
     assert scan(iter(["", "   ", "\n"])) == []
     assert [f.id for f in scan(line for line in ["INFO:     Application startup complete.\n"])] == ["startup-complete"]
 

@@ -478,6 +478,8 @@ def parse_lines(lines: Iterable[str]) -> list[LogLine]:
 def scan(lines: Iterable[str], signatures: Sequence[Signature] | None = None) -> list[Finding]:
     """Findings for a log: one per signature id, errors first, each with its line numbers."""
     table = load_signatures() if signatures is None else signatures
+    if isinstance(lines, str):  # a whole log as one string: its lines, not its characters
+        lines = split_lines(lines)
     parsed = parse_lines(lines)
     return _judge(parsed, _matches(parsed, table), table)
 
