@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--sizes {args.sizes!r}: give comma-separated integers such as 1,2,4")
 
+    # One doctor wheel for the whole benchmark: edits to doctor/ while it runs must not look
+    # like deploy changes (the deploy reinstalls the doctor whenever its wheel changes).
+    wheel_dir = Path(args.state_dir + "-wheel")
+    shutil.rmtree(wheel_dir, ignore_errors=True)
+    uv = str(Path(sys.executable).with_name("uv"))
+    subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir), str(REPO / "doctor")], check=True)
+    os.environ["GPTOSS_DOCTOR_WHEEL"] = str(next(wheel_dir.glob("*.whl")))
+
     rows = []
     for n in sizes:
         testbed("down")

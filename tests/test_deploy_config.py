@@ -427,3 +427,18 @@ def test_fabric_manager_package_follows_the_driver_branch():
     assert fabric_manager_package("580.95.05") == "nvidia-fabricmanager-580"
     assert fabric_manager_package("570.148.08") == "nvidia-fabricmanager-570"
     assert fabric_manager_package("590.48.01") == "nvidia-fabricmanager"
+
+
+def test_pinned_doctor_wheel_must_be_a_wheel(monkeypatch, tmp_path):
+    from gptoss_deploy import doctor
+
+    monkeypatch.setattr(doctor, "_built", {})
+    monkeypatch.setenv("GPTOSS_DOCTOR_WHEEL", str(tmp_path / "nope.whl"))
+    with pytest.raises(C.ConfigError) as e:
+        doctor.build_wheel()
+    assert "GPTOSS_DOCTOR_WHEEL=" in str(e.value) and "fix: " in str(e.value)
+    whl = tmp_path / "gptoss_doctor-0.1.0-py3-none-any.whl"
+    whl.write_bytes(b"PK")
+    monkeypatch.setattr(doctor, "_built", {})
+    monkeypatch.setenv("GPTOSS_DOCTOR_WHEEL", str(whl))
+    assert doctor.build_wheel() == str(whl)

@@ -74,6 +74,12 @@ KEYS = (
     "gptoss_install_driver",
     "gptoss_health_timeout_s",
     "gptoss_doctor_gate",
+    # air-gapped installs (airgap.py), hosts without systemd (supervisor.py), a local model folder
+    "gptoss_wheelhouse",
+    "gptoss_wheelhouse_no_deps",
+    "gptoss_base_python",
+    "gptoss_service_manager",
+    "gptoss_model_path",
 )
 
 
@@ -134,6 +140,9 @@ class HostConfig:
     missing_packages: tuple[str, ...] = ()
     extra_stack_files: tuple[str, ...] = ()  # on the controller; copied to STACKS_D for the doctor
     warnings: tuple[str, ...] = field(default=())
+    airgap: Any = None  # airgap.Airgap: wheelhouse / base Python, or None (indexes, today's behaviour)
+    service_manager: str = "systemd"  # or "supervisor" (gptoss-supervise runs the same unit)
+    model_path: str | None = None  # a model folder on the host, served under the HF id
 
     @property
     def venv(self) -> str:
@@ -148,7 +157,7 @@ class HostConfig:
         argv = [
             f"{CURRENT}/bin/vllm",
             "serve",
-            self.model,
+            self.model_path or self.model,
             "--host",
             self.bind_address,
             "--port",
@@ -158,6 +167,8 @@ class HostConfig:
             "--gpu-memory-utilization",
             f"{self.gpu_memory_utilization:g}",
         ]
+        if self.model_path:
+            argv += ["--served-model-name", self.model]
         if self.max_model_len:
             argv += ["--max-model-len", str(self.max_model_len)]
         argv += list(self.serve_flags)
@@ -576,6 +587,17 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     health_timeout = check_int(name, "gptoss_health_timeout_s", data.get("gptoss_health_timeout_s"), DEFAULT_HEALTH_TIMEOUT_S, 5, 7200, "use seconds, e.g. 900")
     gate = check_bool(name, "gptoss_doctor_gate", data.get("gptoss_doctor_gate"), True)
 
+    from . import airgap as airgap_mod, supervisor as supervisor_mod
+
+    stack_versions = {k: _get(stack, k) for k in ("torch", "torch_local")}
+    air = airgap_mod.check(name, data, facts, stack_name, stack_versions, py_spec, tuple(_get(stack, "requirements") or ()))
+    if air.base_python:
+        python = air.base_python
+    manager = supervisor_mod.check_manager(name, data.get("gptoss_service_manager"), facts.get("init"))
+    model_path = None
+    if data.get("gptoss_model_path") is not None:
+        model_path = check_abs_path(name, "gptoss_model_path", data.get("gptoss_model_path"), "/srv/models/gpt-oss-20b")
+
     recipe = kb.recipe(_get(family, "name"), vllm)
     if recipe is None:
         raise bad(
@@ -636,8 +658,11 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         driver_version=facts.get("driver_version"),
         gpu_count=len(gpus),
         gpus=tuple(gpus),
-        missing_packages=tuple(facts.get("missing_packages") or ()),
+        missing_packages=airgap_mod.filter_missing_packages(name, tuple(facts.get("missing_packages") or ()), facts, air),
         extra_stack_files=extra_files(data.get("gptoss_extra_stack_files")),
+        airgap=air if air.enabled else None,
+        service_manager=manager,
+        model_path=model_path,
     )
 
 

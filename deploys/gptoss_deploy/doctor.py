@@ -1,7 +1,8 @@
 """The doctor on every host (its own small venv, `gptoss-doctor` on PATH) and the doctor gate.
 
 The wheel is built once on the controller with `uv build --wheel doctor` and cached by a hash
-of the doctor's sources, so a re-run neither rebuilds nor re-uploads it.
+of the doctor's sources, so a re-run neither rebuilds nor re-uploads it. GPTOSS_DOCTOR_WHEEL
+names a wheel built beforehand instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 
 from . import config as C
-from .python_env import UV, UV_ENV, controller_uv, state_fact
+from .python_env import UV, UV_ENV, controller_uv, doctor_index_args, state_fact
 
 WHEEL_DIR = f"{C.ROOT}/wheels"
 DOCTOR_MARKER = f"{C.DOCTOR_DIR}/.gptoss-complete"
@@ -60,6 +61,14 @@ def build_wheel() -> str:
     with _lock:
         if "last" in _built:  # one build per deploy run
             return _built["last"]
+        pinned = os.environ.get("GPTOSS_DOCTOR_WHEEL")
+        if pinned:
+            # A wheel built beforehand (CI, air-gapped controllers, benchmarks): used as is.
+            if not pinned.endswith(".whl") or not os.path.isfile(pinned):
+                raise DoctorBuildError(f"GPTOSS_DOCTOR_WHEEL={pinned!r} is not a wheel file; fix: point it at "
+                                       f"a file from `uv build --wheel doctor`, or unset it")
+            _built["last"] = pinned
+            return pinned
         root = doctor_source()
         key = source_hash(root)
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy" / f"doctor-{key}"
@@ -99,7 +108,7 @@ def doctor_venv(cfg: C.HostConfig, wheel: str):
     yield StringCommand("rm", "-rf", C.DOCTOR_DIR)
     yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {C.DOCTOR_DIR}")
     yield StringCommand(
-        f"{UV_ENV} {UV} pip install --python {C.DOCTOR_DIR}/bin/python --default-index {shlex.quote(cfg.pypi_url)} {remote}"
+        f"{UV_ENV} {UV} pip install --python {C.DOCTOR_DIR}/bin/python {doctor_index_args(cfg)} {remote}"
     )
     yield StringCommand(f"echo {want} > {DOCTOR_MARKER}")
     yield StringCommand(f"ln -sfn {C.DOCTOR_DIR}/bin/gptoss-doctor {LINK}")

@@ -11,7 +11,9 @@ from typing import Any
 from pyinfra import host
 
 from . import config as C
+from .airgap import AirgapFacts
 from .facts import HostFacts
+from .supervisor import InitSystem
 
 
 def host_data() -> dict[str, Any]:
@@ -21,5 +23,10 @@ def host_data() -> dict[str, Any]:
 def current_config() -> tuple[C.HostConfig, Any]:
     data = host_data()
     kb = C.load_knowledge(host.name, data.get("gptoss_extra_stack_files"))
-    facts = host.get_fact(HostFacts)
+    facts = dict(host.get_fact(HostFacts))
+    # Read-only too: the init system (systemd or not) and, when set, the wheelhouse / base Python.
+    facts["init"] = host.get_fact(InitSystem)
+    if data.get("gptoss_wheelhouse") or data.get("gptoss_base_python"):
+        facts["airgap"] = host.get_fact(AirgapFacts, wheelhouse=data.get("gptoss_wheelhouse"),
+                                        base_python=data.get("gptoss_base_python"))
     return C.validate(host.name, data, facts, kb), kb

@@ -15,6 +15,7 @@ import subprocess
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 
+from . import airgap
 from . import config as C
 from .facts import DeployState
 
@@ -50,7 +51,10 @@ def install_spec(cfg: C.HostConfig) -> dict:
 
 
 def spec_hash(cfg: C.HostConfig) -> str:
-    return hashlib.sha256(json.dumps(install_spec(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    spec = install_spec(cfg)
+    if cfg.airgap:  # added only when set, so an indexed host's hash stays what it was
+        spec.update(airgap.spec_fields(cfg.airgap))
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def uv_install_args(cfg: C.HostConfig) -> list[str]:
@@ -152,6 +156,9 @@ def stack_venv(cfg: C.HostConfig):
         return
     venv_py = f"{cfg.venv}/bin/python"
     yield StringCommand("rm", "-rf", cfg.venv)
+    if cfg.airgap:
+        yield from airgap_install(cfg, venv_py, want)
+        return
     yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
     common = " ".join(shlex.quote(a) for a in uv_install_args(cfg))
     if cfg.nvcc_requirement:
@@ -164,6 +171,29 @@ def stack_venv(cfg: C.HostConfig):
     reqs = " ".join(shlex.quote(r) for r in (*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])))
     yield StringCommand(f"{cuda}{UV_ENV} {UV} pip install --python {venv_py} {common} {reqs}")
     yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
+
+
+def airgap_install(cfg: C.HostConfig, venv_py: str, want: str):
+    """The stack venv from the wheelhouse, no network: on the base Python (torch checked) or a
+    fresh one; then the marker, as for an indexed install."""
+    ag = cfg.airgap
+    if ag.base_python:
+        for cmd in airgap.venv_commands(UV_ENV, UV, cfg.venv, ag, airgap.wanted_torch(cfg.stack_versions)):
+            yield StringCommand(cmd)
+    else:
+        yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
+    cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
+    reqs = [*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])]
+    for cmd in airgap.install_commands(UV_ENV, UV, venv_py, ag, reqs, cuda):
+        yield StringCommand(cmd)
+    yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
+
+
+def doctor_index_args(cfg: C.HostConfig) -> str:
+    """Where the doctor's venv gets its small dependencies: the wheelhouse when air-gapped."""
+    if cfg.airgap:
+        return " ".join(shlex.quote(a) for a in airgap.install_args(cfg.airgap))
+    return f"--default-index {shlex.quote(cfg.pypi_url)}"
 
 
 @operation()

@@ -6,13 +6,15 @@ directory) and reaches vLLM through EnvironmentFile: never argv, never a log lin
 
 from __future__ import annotations
 
+import json
 import shlex
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
 from . import config as C
-from .ops import ManagedFile, files_in_place, unit_running
+from . import supervisor
+from .ops import ManagedFile, dirs_in_place, files_in_place, unit_running
 
 UNIT_PATH = f"/etc/systemd/system/{C.UNIT}"
 
@@ -106,6 +108,19 @@ WantedBy=multi-user.target
 _HEALTH_PY = r"""
 import json, subprocess, sys, time, urllib.error, urllib.request
 base, model, timeout, unit, keyfile = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+# Optional: the prompt (JSON; token ids where vLLM runs without a tokenizer) and, on hosts
+# without systemd, the supervisor program and its log file.
+prompt = json.loads(sys.argv[6]) if len(sys.argv) > 6 else 'Hello'
+sup, suplog = (sys.argv[7], sys.argv[8]) if len(sys.argv) > 8 else (None, None)
+def journal():
+    if sup:
+        try: return open(suplog, errors='replace').read()[-20000:].splitlines()[-60:]
+        except OSError: return []
+    return subprocess.run(['journalctl', '-u', unit, '-n', '60', '--no-pager', '-o', 'cat'], capture_output=True, text=True).stdout.splitlines()
+def unit_state():
+    if sup:
+        return subprocess.run([sup, 'is-active'], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(['systemctl', 'is-active', unit], capture_output=True, text=True).stdout.strip()
 key = [l.split('=', 1)[1].strip() for l in open(keyfile) if l.startswith('VLLM_API_KEY=')][0]
 def req(path, auth, body=None):
     r = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode())
@@ -116,15 +131,17 @@ def req(path, auth, body=None):
     except urllib.error.HTTPError as e: return e.code, e.read()
     except OSError as e: return None, str(e).encode()
 def fail(msg):
-    lines = subprocess.run(['journalctl', '-u', unit, '-n', '60', '--no-pager', '-o', 'cat'], capture_output=True, text=True).stdout.splitlines()
+    lines = journal()
     log = ' | '.join([l for l in lines if '" 200' not in l and '" 401' not in l and '" 503' not in l][-4:])
     print('gptoss health: ' + msg + ('; last log: ' + log[-600:] if log else ''), file=sys.stderr); sys.exit(1)
 deadline = time.time() + timeout
 while True:
     code, _ = req('/health', False)
     if code == 200: break
-    state = subprocess.run(['systemctl', 'is-active', unit], capture_output=True, text=True).stdout.strip()
+    state = unit_state()
     if state == 'failed': fail(unit + ' failed while starting')
+    # gptoss-supervise says so when the service exited and waits to restart: it did not start
+    if state == 'auto-restart': fail(unit + ' exited while starting (restarting)')
     if time.time() > deadline: fail('/health not 200 after %ds (last: %s, unit %s)' % (timeout, code, state))
     time.sleep(1)
 code, _ = req('/v1/models', False)
@@ -133,10 +150,23 @@ code, body = req('/v1/models', True)
 if code != 200: fail('/v1/models with the key answered %s' % code)
 ids = [m.get('id') for m in json.loads(body).get('data', [])]
 if model not in ids: fail('/v1/models lists %s, not %s' % (ids, model))
-code, body = req('/v1/completions', True, {'model': model, 'prompt': 'Hello', 'max_tokens': 4})
+code, body = req('/v1/completions', True, {'model': model, 'prompt': prompt, 'max_tokens': 4})
 if code != 200 or not json.loads(body).get('choices'): fail('tiny completion answered %s: %s' % (code, body[:200]))
 print('healthy: /health 200, /v1/models lists %s, completion ok' % model)
 """
+
+
+def health_prompt(cfg: C.HostConfig) -> str | list[int]:
+    """Token ids where vLLM serves without a tokenizer (--skip-tokenizer-init), else text."""
+    return [1, 2, 3] if "--skip-tokenizer-init" in cfg.serve_argv() else "Hello"
+
+
+def health_extra_args(cfg: C.HostConfig) -> list[str]:
+    """The gate's optional arguments; none where today's defaults hold (text prompt, systemd)."""
+    prompt = health_prompt(cfg)
+    if cfg.service_manager == "supervisor":
+        return [shlex.quote(json.dumps(prompt)), supervisor.PROGRAM, supervisor.LOG_FILE]
+    return [shlex.quote(json.dumps(prompt))] if prompt != "Hello" else []
 
 
 def local_base(cfg: C.HostConfig) -> str:
@@ -154,7 +184,7 @@ def health_gate(cfg: C.HostConfig):
         return
     cmd = StringCommand(
         "python3", "-c", shlex.quote(_HEALTH_PY), local_base(cfg), shlex.quote(cfg.model),
-        str(cfg.health_timeout_s), C.UNIT, C.KEY_FILE,
+        str(cfg.health_timeout_s), C.UNIT, C.KEY_FILE, *health_extra_args(cfg),
     )
     ok, out = host.run_shell_command(cmd, print_output=False, print_input=False)
     if ok:
@@ -173,11 +203,23 @@ def health_gate(cfg: C.HostConfig):
 def apply(cfg: C.HostConfig, inputs_changed):
     """`inputs_changed`: a callable saying (at execute time) whether the stack, `current`, the
     manifest or the model files changed, which the running service must pick up."""
-    files = files_in_place(name="env file, API key file, systemd unit", files=(
+    service_files = (
         ManagedFile(C.ENV_FILE, env_file_text(cfg), "root", C.SERVICE_USER, "0640"),
         ManagedFile(C.KEY_FILE, key_file_text(cfg), "root", C.SERVICE_USER, "0640"),
         ManagedFile(UNIT_PATH, unit_text(cfg)),
-    ))
+    )
+    if cfg.service_manager == "supervisor":
+        # No systemd: the same unit file, run by gptoss-supervise (see supervisor.py).
+        dirs_in_place(name="supervisor run and log directories", dirs=supervisor.managed_dirs())
+        files = files_in_place(name="env file, API key file, unit, gptoss-supervise",
+                               files=service_files + supervisor.managed_files(cfg))
+        supervisor.service_running(
+            name="service running under gptoss-supervise (restarted when its inputs changed)",
+            restart_if=lambda: files.did_change() or inputs_changed(),
+        )
+        health_gate(name="health gate", cfg=cfg)
+        return
+    files = files_in_place(name="env file, API key file, systemd unit", files=service_files)
     unit_running(
         name="service enabled and running (restarted when its inputs changed)",
         unit=C.UNIT,
