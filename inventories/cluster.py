@@ -51,9 +51,34 @@ Data keys (all optional unless marked; host data wins over group data, group ove
   gptoss_install_driver          False (default): an NVIDIA driver older than the stack needs
                                  stops the run with the fix. True: install the server driver
                                  branch (Ubuntu), then you reboot and run again.
+  gptoss_model_path              A model folder already on the host (absolute path), served
+                                 under the HF id of gptoss_model; the service then runs offline.
+  gptoss_wheelhouse              Air-gapped hosts: a directory of wheels ON THE HOST; the stack
+                                 (and the doctor) install with uv --offline --no-index from it.
+  gptoss_wheelhouse_no_deps      True: install exactly the wheelhouse's wheels (--no-deps), for
+                                 a curated closure; the doctor gate judges the result.
+  gptoss_base_python             An existing interpreter on the host whose torch build equals the
+                                 stack's pin (vendor PyTorch images): the stack venv is layered
+                                 on it (--system-site-packages). Checked before any change.
+  gptoss_service_manager         "auto" (default: systemd where it runs), "systemd", or
+                                 "supervisor" (gptoss-supervise runs the same unit file on hosts
+                                 without systemd: containers, some GPU VMs).
   gptoss_health_timeout_s        How long the health gate waits for /health (default 900 s).
   gptoss_doctor_gate             True (default): `gptoss-doctor` runs after the deploy and an
                                  error finding fails that host.
+  gptoss_wheelhouse              Air-gapped: a directory of wheels on the host; the stack (and the
+                                 doctor's venv) install with `uv pip install --offline --no-index
+                                 --find-links DIR`, no network at all.
+  gptoss_wheelhouse_no_deps      True: install exactly the wheelhouse's wheels (--no-deps), for a
+                                 curated closure; the doctor gate judges the result.
+  gptoss_base_python             An existing python3 that already holds the stack's exact torch
+                                 build (vendor PyTorch images, e.g. /opt/torch/.venv/bin/python3):
+                                 the stack venv layers on it; its torch/version.py must equal the
+                                 stack's pin. Needs gptoss_wheelhouse_no_deps=True.
+  gptoss_service_manager         "auto" (default: systemd where it runs, else gptoss-supervise
+                                 runs the same unit with a pid file and /var/log/gptoss/),
+                                 "systemd" or "supervisor".
+  gptoss_model_path              A model folder on the host, served under the model's HF id.
 
 Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
 """
