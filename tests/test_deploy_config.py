@@ -214,10 +214,26 @@ def run_pyinfra(inventory: Path, *extra: str, timeout: int = 120) -> subprocess.
     )
 
 
-@pytest.mark.skipif(Path(C.ROOT).exists() or Path(C.ETC).exists(), reason="this machine already has a gptoss deploy")
+def tree_state(*roots: str) -> dict:
+    """Every path under the roots with its mode, size and mtime: what a deploy would change."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [*dirnames, *filenames, ""]:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
 def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
     inv = tmp_path / "inv.py"
     inv.write_text(f"hosts = [('@local', {{**{good!r}, 'gptoss_tensor_parallel_size': 3}})]\n")
+    watched = (C.ROOT, C.ETC, C.STATE_DIR, "/etc/systemd/system")
+    before = tree_state(*watched)
     r = run_pyinfra(inv)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
@@ -226,7 +242,7 @@ def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
     assert len(errors) == 1, out
     assert "host @local: gptoss_tensor_parallel_size=3" in errors[0] and "fix: " in errors[0]
     assert "Beginning operation run" not in out
-    assert not Path(C.ROOT).exists() and not Path(C.ETC).exists()
+    assert tree_state(*watched) == before
 
 
 # -- what the config renders (pure) ------------------------------------------------------------
