@@ -605,7 +605,10 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
             "pick a stack the recipes cover for this GPU family, or add a recipe row",
         )
     env = dict(_get(recipe, "env") or {})
-    env.update(deploy_env(hf_home, cuda_home, vendor, tiktoken_url, predownload))
+    # A local model folder needs no hub either: offline, so vLLM never waits on an unreachable hub.
+    env.update(deploy_env(hf_home, cuda_home, vendor, tiktoken_url, predownload or model_path is not None))
+    if air.base_python:
+        env["PATH"] = with_base_bin(env.get("PATH"), os.path.dirname(air.base_python))
     requirements = with_extras(tuple(_get(stack, "requirements") or ()), tuple(_get(recipe, "install_extras") or ()))
     if "demo" in tools:
         requirements += ("gpt-oss",)
@@ -698,6 +701,16 @@ def deploy_env(hf_home: str, cuda_home: str | None, vendor: str, tiktoken_url: s
         env["CUDA_HOME"] = cuda_home
         env["PATH"] = f"{cuda_home}/bin:{CURRENT}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
     return env
+
+
+def with_base_bin(path: str | None, base_bin: str) -> str:
+    """The service PATH with the base interpreter's bin (ninja, pip CUDA tools of a vendor image)
+    right after the stack venv's own, as its site-packages come after the venv's."""
+    parts = (path or f"{CURRENT}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin").split(":")
+    if base_bin in parts:
+        return ":".join(parts)
+    at = parts.index(f"{CURRENT}/bin") + 1 if f"{CURRENT}/bin" in parts else 0
+    return ":".join(parts[:at] + [base_bin] + parts[at:])
 
 
 def extra_files(extra: Any) -> tuple[str, ...]:

@@ -94,6 +94,45 @@ def site_packages_dirs(venv: Path) -> list[Path]:
     return dirs
 
 
+def base_site_dirs(env: Env, cfg: dict[str, str], own: list[Path]) -> list[Path]:
+    """Directories the venv's Python also imports from, after its own site-packages: the base
+    interpreter's (`include-system-site-packages = true`; Debian's dist-packages too) and the
+    plain directory lines of .pth files in its own site-packages (how a venv layers on another
+    venv, e.g. a vendor image's torch venv). Box paths, mapped under a fake root."""
+    extra: list[Path] = []
+    if cfg.get("include-system-site-packages", "").lower() == "true" and cfg.get("home"):
+        prefix = os.path.dirname(cfg["home"].rstrip("/"))
+        ver = ".".join((cfg.get("version_info") or cfg.get("version") or "").split(".")[:2])
+        if ver:
+            extra += [env.path(f"{prefix}/lib/python{ver}/site-packages"),
+                      env.path(f"{prefix}/local/lib/python{ver}/dist-packages"),
+                      env.path(f"{prefix}/lib/python3/dist-packages")]
+    for sp in own:
+        for pth in sorted(sp.glob("*.pth")):
+            for line in pth.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line.startswith("/") and not line.startswith("import"):
+                    extra.append(env.path(line))
+    seen = {p.resolve() for p in own}
+    out = []
+    for d in extra:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def unshadowed(dists: list[dict]) -> list[dict]:
+    """The first distribution of each name in import order: the one Python and
+    importlib.metadata see; a same-name one further down the path is shadowed."""
+    seen, out = set(), []
+    for d in dists:
+        if d["name"] not in seen:
+            seen.add(d["name"])
+            out.append(d)
+    return out
+
+
 # -- distributions ------------------------------------------------------------------------------
 
 
@@ -312,7 +351,8 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
             raise VenvError(f"--venv {path}: not a venv (no pyvenv.cfg there); pass the venv's directory")
         return {k: failed(error, rule) for k in VENV_KEYS}
     cfg = read_pyvenv_cfg(cfg_path.read_text(errors="replace"))
-    sps = site_packages_dirs(host)
+    own = site_packages_dirs(host)
+    sps = own + base_site_dirs(env, cfg, own)
     facts = {
         "venv": value(
             {
@@ -330,6 +370,7 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
         d, left = scan_site_packages(sp)
         dists += d
         leftovers += left
+    dists = unshadowed(dists)
     facts["venv.distributions"] = value(dists, ", ".join(str(sp) for sp in sps))
     facts["venv.leftovers"] = value(leftovers)
     facts["torch.build"] = torch_build(sps)
