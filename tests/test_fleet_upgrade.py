@@ -74,10 +74,6 @@ def test_settings_defaults_and_hooks_need_both_halves():
         R.settings("h", {"gptoss_download_once": "proxy"})
 
 
-def test_upgrade_keys_do_not_collide_with_the_deploy_keys():
-    assert not set(R.KEYS) & set(C.KEYS)
-
-
 def test_prune_keeps_new_then_rollback_then_newest():
     installed = {"a": 1.0, "b": 2.0, "c": 3.0, "new": 4.0, "old": 0.5}
     assert R.stacks_to_prune(installed, 2, "new", "old") == ["a", "b", "c"]
@@ -442,6 +438,44 @@ class TestOnTheLocalFleet:
         assert "ghost failed staging or could not be reached" in run.stdout + run.stderr
         assert all(prober.down_rounds(n) == 0 for n in fleet["addr"])
         assert on_stack(fleet, fleet["old"]) == {n: True for n in fleet["addr"]}
+
+    def test_host_lost_mid_rollout_stops_it_and_a_rerun_converges(self, fleet, tmp_path):
+        """A host powers off while it is being upgraded: the rollout stops there, naming it; the
+        host after it is untouched; once the host is back, a re-run finishes the job."""
+        deploy(fleet["old"])
+        canary, lost, last = list(fleet["addr"])
+        report = tmp_path / "report.json"
+        proc = subprocess.Popen(pyinfra_cmd("deploys/upgrade.py", "--data", f"gptoss_stack={fleet['new']}"), cwd=REPO,
+                                env=_env(GPTOSS_UPGRADE_REPORT=str(report)), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if {h["host"]: h["status"] for h in json.loads(report.read_text())["hosts"]}.get(canary) == "upgraded":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        stop = (f"from gptoss_testbed import hosts; "
+                f"print(hosts.stop_host(hosts.Host({lost!r}, {fleet['addr'][lost]!r})))")
+        stopped = subprocess.run([sys.executable, "-c", stop], capture_output=True, text=True, timeout=120, env=_env())
+        try:
+            out, _ = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert stopped.stdout.strip() == "True", stopped.stderr
+        assert proc.returncode != 0
+        assert f"STOPPED at host {lost}" in out, out[-3000:]
+        statuses = {h["host"]: h["status"] for h in json.loads(report.read_text())["hosts"]}
+        assert statuses == {canary: "upgraded", lost: "failed", last: "not-reached"}
+        assert R.versions_match(served_version(fleet["addr"][last]), fleet["vllm"][fleet["old"]])  # untouched
+        back = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
+        assert back.returncode == 0, back.stderr
+        again = upgrade(fleet["new"], tmp_path / "report2.json")
+        assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+        assert on_stack(fleet, fleet["new"]) == {n: True for n in fleet["addr"]}
+        assert not no_half_installed(fleet)
 
     def test_wheels_come_from_upstream_once_per_fleet(self, fleet, tmp_path):
         """Bytes served by the loopback (upstream) index: 3 hosts at most 1.2x of 1 host."""

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
 
 from . import config as C
 
@@ -570,6 +570,20 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         r.rollback += "" if ok else f"; load balancer restore failed: {err}"
 
 
+def _report_and_fail(state, host, text: str) -> bool:
+    """Print the report on the controller and fail the op: no command on the host, whose
+    connection may be what was lost."""
+    from pyinfra import logger
+
+    for line in text.splitlines():
+        logger.error(f"{host.print_prefix}{line}")
+    return False
+
+
+def failed_with(text: str) -> FunctionCommand:
+    return FunctionCommand(_report_and_fail, (text,), {})
+
+
 @operation()
 def roll(new: C.HostConfig, old: C.HostConfig | None, st: Settings, installed: dict):
     """This host's turn in the rolling upgrade (see the module docstring). Execute-time only."""
@@ -583,15 +597,15 @@ def roll(new: C.HostConfig, old: C.HostConfig | None, st: Settings, installed: d
         ro.stop(failed_before[0], "staging")
         r.status = "not-reached"
         ro.write_report()
-        yield StringCommand("echo", shlex.quote(
+        yield failed_with(
             f"gptoss upgrade stopped before any restart: {', '.join(failed_before)} failed staging or could not be "
-            f"reached; {host.name} left untouched on its current stack"), ">&2", "&&", "false")
+            f"reached; {host.name} left untouched on its current stack")
         return
     mode_error = execution_mode_error(state, [n for b in ro.batches for n in b])
     if mode_error:
         ro.stop(host.name, "execution mode")
         r.status = "not-reached"
-        yield StringCommand("echo", shlex.quote(f"gptoss upgrade refused before any restart: {mode_error}"), ">&2", "&&", "false")
+        yield failed_with(f"gptoss upgrade refused before any restart: {mode_error}")
         return
     ro.wait_turn(host.name)
     if ro.stopped_by:
@@ -606,7 +620,7 @@ def roll(new: C.HostConfig, old: C.HostConfig | None, st: Settings, installed: d
         r.status, r.step, r.error = "failed", r.step or "connection", f"{type(e).__name__}: {e}"[:600]
     if r.status == "failed":
         ro.finish(host.name)
-        yield StringCommand("echo", shlex.quote(failure_text(ro, r, new.stack)), ">&2", "&&", "false")
+        yield failed_with(failure_text(ro, r, new.stack))
         return
     r.pruned = stacks_to_prune({k: v["mtime"] for k, v in installed.items()} | {new.stack: time.time()},
                                st.keep_stacks, new.stack, old.stack if old else None)
