@@ -361,3 +361,36 @@ def test_gpu_host_path_with_detected_gpus(deployed, fleet):
         ssh(h["address"], key, "rm -f /usr/local/bin/nvidia-smi /etc/apt/apt.conf.d/51gptoss-gpu-packages")
         restore = pyinfra(TESTBED_INVENTORY, "--limit", h["name"])
         assert restore.returncode == 0, restore.stderr[-3000:]
+
+
+def test_failed_stack_install_never_becomes_current(deployed, fleet, tmp_path):
+    """A stack whose install fails (here: one more requirement that no index has) leaves `current` on the
+    stack that serves, and the service healthy: the switch happens only after the marker."""
+    from gptoss_doctor import knowledge
+
+    h = fleet["hosts"][-1]
+    data = fleet["inventory"][h["name"]]
+    kb = knowledge.load(extra_stack_files=data.get("gptoss_extra_stack_files") or ())
+    s = kb.stacks[data["gptoss_stack"]]
+    fields = {k: getattr(s, k) for k in ("era", "vllm", "torch", "torch_local", "triton_dist", "triton", "cuda", "python",
+                                         "min_driver", "index_strategy", "prerelease", "torch_backend",
+                                         "nvcc_requirement", "cuda_home_subdir", "source")}
+    fields.update(name=f"{s.name}-unresolvable", requirements=[*s.requirements, "gptoss-no-such-dist==1.0"])
+    rows = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items() if v is not None)
+    idx = ", ".join(f'{{ name = "{i.name}", url = "{i.url}" }}' for i in s.indexes)
+    extra = tmp_path / "unresolvable.toml"
+    extra.write_text(f"[[stack]]\n{rows}\nindexes = [{idx}]\n")
+    before = ssh(h["address"], fleet["ssh_key"], "readlink /opt/gptoss/current")[1].strip()
+    files = [*(data.get("gptoss_extra_stack_files") or []), str(extra)]
+    run = pyinfra(TESTBED_INVENTORY, "--limit", h["name"], "--data", f"gptoss_stack={s.name}-unresolvable",
+                  "--data", f"gptoss_extra_stack_files={json.dumps(files)}")
+    assert run.returncode != 0, "an unresolvable stack installed"
+    # Every host failed, so pyinfra ends with "No hosts remaining!" and no JSON: read its log.
+    text = run.stdout + run.stderr
+    failed_at = text.split(f"stack venv {s.name}-unresolvable", 1)[-1]
+    assert "gptoss-no-such-dist" in failed_at and "Error: executed" in failed_at, text[-2000:]
+    assert "switch current" not in failed_at
+    rc, out = ssh(h["address"], fleet["ssh_key"],
+                  f"readlink /opt/gptoss/current; test -e /opt/gptoss/stacks/{s.name}-unresolvable/.gptoss-complete && echo MARKER")
+    assert out.splitlines()[0] == before and "MARKER" not in out, out
+    assert http(f"http://{h['address']}:8000/health")[0] == 200
