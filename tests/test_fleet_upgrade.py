@@ -305,6 +305,20 @@ class TestOnTheLocalFleet:
         # kept: NEW and the rollback stack (gptoss_keep_stacks defaults to 2); older ones pruned
         assert stacks_on(fleet) == {n: {fleet["old"], fleet["new"]} for n in fleet["addr"]}
 
+    def test_batches_after_the_canary_restart_together(self, fleet, tmp_path):
+        deploy(fleet["old"])
+        canary, *rest = list(fleet["addr"])
+        prober = Prober(fleet["addr"])
+        prober.start()
+        run = upgrade(fleet["new"], tmp_path / "report.json", "--data", "gptoss_upgrade_batch=100%")
+        rounds = prober.stop()
+        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        assert json.loads((tmp_path / "report.json").read_text())["batches"] == [[canary], rest]
+        down_sets = [{n for n, ok in oks.items() if not ok} for _, oks in rounds]
+        assert not any(canary in d and len(d) > 1 for d in down_sets), "the canary was down together with its batch"
+        assert any(set(rest) <= d for d in down_sets), "the second batch did not restart together"
+        assert on_stack(fleet, fleet["new"]) == {n: True for n in fleet["addr"]}
+
     def test_upgrade_to_the_broken_stack_stops_at_the_canary_and_rolls_it_back(self, fleet, tmp_path):
         deploy(fleet["new"])
         prober = Prober(fleet["addr"])
