@@ -304,6 +304,11 @@ class TestOnTheLocalFleet:
         assert not no_half_installed(fleet)
         # kept: NEW and the rollback stack (gptoss_keep_stacks defaults to 2); older ones pruned
         assert stacks_on(fleet) == {n: {fleet["old"], fleet["new"]} for n in fleet["addr"]}
+        # the upgrade leaves what the deploy itself would: deploying NEW now changes nothing
+        again = subprocess.run(pyinfra_cmd("deploys/gptoss.py", "--json", "--data", f"gptoss_stack={fleet['new']}"),
+                               cwd=REPO, capture_output=True, text=True, timeout=900, env=_env())
+        totals = json.loads(again.stdout)["results"]["totals"]
+        assert again.returncode == 0 and totals["success"] == 0 and totals["error"] == 0, totals
 
     def test_batches_after_the_canary_restart_together(self, fleet, tmp_path):
         deploy(fleet["old"])
