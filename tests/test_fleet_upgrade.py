@@ -127,6 +127,27 @@ def test_execution_mode_error_refuses_serial_and_small_pools():
     assert R.execution_mode_error(serial, ["h1", "h2", "h3"]).startswith("h2, h3 not staged yet")
 
 
+def test_compile_keeps_index_urls_out_of_argv():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(indexes=(C.Index("pypi", "https://u:secret@m/simple"), C.Index("pytorch-cu128", "https://u:secret@m/cu128")),
+                          index_strategy="unsafe-best-match", prerelease=None, torch_backend=None)
+    argv = W.compile_args(cfg, "3.11", "x86_64", "/tmp/out.toml")
+    assert not any("secret" in a for a in argv) and "--index-strategy" in argv
+    assert argv[argv.index("--python-platform") + 1] == "x86_64-manylinux_2_28"
+    env = W.compile_env(cfg)
+    assert env["UV_DEFAULT_INDEX"] == "https://u:secret@m/simple" and env["UV_INDEX"] == "https://u:secret@m/cu128"
+
+
+def test_mirror_credentials_follow_files_on_the_same_host():
+    idx = ["https://u%40x:p%3Aw@mirror.example:8443/simple", "https://pypi.org/simple"]
+    assert W.credentials_for("https://mirror.example:8443/files/a.whl", idx) == ("u@x", "p:w")
+    assert W.credentials_for("https://mirror.example/files/a.whl", idx) is None  # another port
+    assert W.credentials_for("https://files.pythonhosted.org/a.whl", idx) is None
+    req = W._request("https://mirror.example:8443/files/a.whl", ("u", "p"))
+    assert req.get_header("Authorization") == "Basic dTpw"
+
+
 def test_pick_wheels_takes_the_best_wheel_for_the_host_and_refuses_sdists():
     lock = {"packages": [
         {"name": "torch", "version": "2.9.0", "wheels": [

@@ -74,9 +74,29 @@ def python_platform(arch: str) -> str:
 
 
 def compile_args(cfg: C.HostConfig, py: str, arch: str, out: str) -> list[str]:
-    """`uv pip compile` argv (after the uv path) for this stack on a host of this Python/arch."""
+    """`uv pip compile` argv (after the uv path) for this stack on a host of this Python/arch.
+    The index URLs go through the environment (compile_env): a mirror's credentials never
+    appear in a process list."""
+    opts = [a for a in uv_install_args(cfg)]
+    for flag in ("--default-index", "--index"):
+        while flag in opts:
+            i = opts.index(flag)
+            del opts[i:i + 2]
     return ["pip", "compile", "-", "--format", "pylock.toml", "-o", out, "--no-header", "--quiet",
-            "--python-version", py, "--python-platform", python_platform(arch), *uv_install_args(cfg)]
+            "--python-version", py, "--python-platform", python_platform(arch), *opts]
+
+
+def compile_env(cfg: C.HostConfig) -> dict[str, str]:
+    """UV_DEFAULT_INDEX / UV_INDEX as `uv_install_args` would pass them (the same order)."""
+    args = uv_install_args(cfg)
+    default = [args[i + 1] for i, a in enumerate(args) if a == "--default-index"]
+    extra = [args[i + 1] for i, a in enumerate(args) if a == "--index"]
+    env = {"UV_NO_CONFIG": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    if default:
+        env["UV_DEFAULT_INDEX"] = default[-1]
+    if extra:
+        env["UV_INDEX"] = " ".join(extra)
+    return env
 
 
 def requirements(cfg: C.HostConfig) -> list[str]:
@@ -123,7 +143,33 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(url: str, sha256: str, dest: Path) -> int:
+def credentials_for(url: str, index_urls: list[str]) -> tuple[str, str] | None:
+    """A mirror's user:password (from its index URL) for a file URL on the same host; uv's lock
+    output carries no credentials (pure)."""
+    target = urllib.parse.urlsplit(url)
+    if target.username:
+        return None
+    for ix in index_urls:
+        p = urllib.parse.urlsplit(ix)
+        if p.username and (p.hostname, p.port) == (target.hostname, target.port):
+            return urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or "")
+    return None
+
+
+def _request(url: str, creds: tuple[str, str] | None) -> urllib.request.Request:
+    import base64
+
+    p = urllib.parse.urlsplit(url)
+    if p.username:  # user:pass@ in the URL itself: urllib does not send it by itself
+        creds = (urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or ""))
+        url = urllib.parse.urlunsplit((p.scheme, p.hostname + (f":{p.port}" if p.port else ""), p.path, p.query, ""))
+    req = urllib.request.Request(url)
+    if creds:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode())
+    return req
+
+
+def download(url: str, sha256: str, dest: Path, creds: tuple[str, str] | None = None) -> int:
     """Fetch one wheel into the cache (temp name, hash checked, then renamed); bytes fetched."""
     if dest.is_file() and (not sha256 or _sha256(dest) == sha256):
         return 0
@@ -131,7 +177,7 @@ def download(url: str, sha256: str, dest: Path) -> int:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
     n = 0
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=300) as r:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(_request(url, creds), timeout=300) as r:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
                 n += len(block)
@@ -175,7 +221,7 @@ def build(cfg: C.HostConfig, py: str, arch: str) -> Wheelhouse:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             out = f"{tmp}/pylock.toml"
-            env = {**os.environ, "UV_NO_CONFIG": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"}
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("UV_")}, **compile_env(cfg)}
             r = subprocess.run([uv, *compile_args(cfg, py, arch, out)], input="\n".join(requirements(cfg)) + "\n",
                                capture_output=True, text=True, env=env, timeout=900)
             if r.returncode:
@@ -187,7 +233,7 @@ def build(cfg: C.HostConfig, py: str, arch: str) -> Wheelhouse:
         wheels, fetched = [], 0
         for w in pick_wheels(lock, py, arch):
             dest = root / "files" / w["filename"]
-            fetched += download(w["url"], w["sha256"], dest)
+            fetched += download(w["url"], w["sha256"], dest, credentials_for(w["url"], [ix.url for ix in cfg.indexes]))
             wheels.append(Wheel(w["filename"], w["url"], w["sha256"] or _sha256(dest), str(dest)))
         wh = Wheelhouse(cfg.stack, f"{key[0]}-py{py}-{arch}", tuple(wheels), fetched)
         _built[key] = wh
