@@ -97,7 +97,9 @@ def test_good_config_uses_knowledge_and_keeps_key_out_of_argv(kb, good):
 
 def test_config_is_frozen(kb, good):
     cfg = C.validate("gpu-01", good, DEBIAN, kb)
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.port = 9000
 
 
@@ -373,7 +375,7 @@ UBUNTU_2404 = {"os_id": "ubuntu", "os_like": "debian", "arch": "x86_64", "python
 def _gpu_facts(group: str) -> dict:
     """What each example group's hosts would report (nvidia-smi lines / KFD gfx targets)."""
     if group == "mi300x":
-        return {**F.parse_host_facts([f"amdgpu=90402" for _ in range(8)]), **{k: v for k, v in UBUNTU_2404.items() if k != "gpus"}}
+        return {**F.parse_host_facts(["amdgpu=90402" for _ in range(8)]), **{k: v for k, v in UBUNTU_2404.items() if k != "gpus"}}
     name, n, sw = {"h100": ("NVIDIA H100 80GB HBM3", 8, 4), "h200": ("NVIDIA H200", 8, 4), "b200": ("NVIDIA B200", 8, 2)}[group]
     cc = "10.0" if group == "b200" else "9.0"
     lines = [f"nvgpu={i}, {name}, {cc}, 143771, 580.95.05" for i in range(n)] + [f"nvswitch_count={sw}"]

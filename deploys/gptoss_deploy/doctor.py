@@ -25,6 +25,16 @@ DOCTOR_MARKER = f"{C.DOCTOR_DIR}/.gptoss-complete"
 LINK = "/usr/local/bin/gptoss-doctor"
 
 _built: dict[str, str] = {}
+_locks: list = []
+
+
+def _build_lock():
+    """One build at a time: every host's deploy file asks for the wheel, in its own greenlet."""
+    if not _locks:
+        from gevent.lock import BoundedSemaphore
+
+        _locks.append(BoundedSemaphore(1))
+    return _locks[0]
 
 
 class DoctorBuildError(C.ConfigError):
@@ -51,14 +61,7 @@ def source_hash(root: Path) -> str:
 
 def build_wheel() -> str:
     """Path of the doctor wheel on the controller, built at most once per source version."""
-    from gevent.lock import BoundedSemaphore
-
-    global _lock
-    try:
-        _lock
-    except NameError:
-        _lock = BoundedSemaphore(1)
-    with _lock:
+    with _build_lock():
         if "last" in _built:  # one build per deploy run
             return _built["last"]
         pinned = os.environ.get("GPTOSS_DOCTOR_WHEEL")
