@@ -331,6 +331,20 @@ class TestOnTheLocalFleet:
         totals = json.loads(again.stdout)["results"]["totals"]
         assert again.returncode == 0 and totals["success"] == 0 and totals["error"] == 0, totals
 
+    def test_bad_settings_are_refused_before_any_host_is_touched(self, fleet, tmp_path):
+        before = {n: ssh(fleet, a, f"ls -la --time-style=+%s.%N {C.STACKS_DIR} /etc/gptoss; readlink {C.CURRENT}")[1]
+                  for n, a in fleet["addr"].items()}
+        for bad, says in ((["--data", f"gptoss_stack={fleet['new']}", "--data", "gptoss_upgrade_batch=0%"],
+                           "gptoss_upgrade_batch='0%': not a host count or a percentage; fix:"),
+                          (["--data", "gptoss_stack=vllm-9.9.9"], "gptoss_stack='vllm-9.9.9': not a stack in the knowledge")):
+            run = subprocess.run(pyinfra_cmd("deploys/upgrade.py", *bad), cwd=REPO, capture_output=True, text=True,
+                                 timeout=300, env=_env())
+            assert run.returncode != 0 and says in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]
+            assert "Traceback" not in run.stdout + run.stderr
+        after = {n: ssh(fleet, a, f"ls -la --time-style=+%s.%N {C.STACKS_DIR} /etc/gptoss; readlink {C.CURRENT}")[1]
+                 for n, a in fleet["addr"].items()}
+        assert before == after
+
     def test_batches_after_the_canary_restart_together(self, fleet, tmp_path):
         deploy(fleet["old"])
         canary, *rest = list(fleet["addr"])
