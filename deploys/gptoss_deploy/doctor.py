@@ -136,7 +136,7 @@ def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
 
 def run_doctor() -> str | None:
     """Run `gptoss-doctor --json` on the current host; the gate's verdict (None = pass)."""
-    cmd = StringCommand(f"{LINK} --json; echo \"__exit=$?\" >&2")
+    cmd = StringCommand(f"timeout 300 {LINK} --json; echo \"__exit=$?\" >&2")
     _, out = host.run_shell_command(cmd, print_output=False, print_input=False)
     stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
     err_lines = [line.line for line in out if line.buffer_name == "stderr"]
