@@ -266,6 +266,26 @@ def test_explained_by_folds_the_effect_into_its_cause():
     assert alone.id == "nccl-error" and "downstream" not in alone.evidence
 
 
+def test_folding_follows_a_chain_of_causes():
+    # engine-core-failed is explained by server-stopped; a made-up row explained by the engine failure
+    # must land on server-stopped too, not vanish with its folded parent
+    extra = parse_signatures(GOOD_ROW.replace("boom", "Worker died").replace('"error"', '"warning"')
+                             + 'explained_by = ["engine-core-failed"]\n'
+                             + GOOD_ROW.replace("x-one", "engine-core-failed").replace("boom", "Engine core initialization failed")
+                             + 'explained_by = ["server-stopped"]\n'
+                             + GOOD_ROW.replace("x-one", "server-stopped").replace("boom", "^KeyboardInterrupt$").replace('"error"', '"info"'),
+                             "chain.toml")
+    (finding,) = scan(["KeyboardInterrupt", "Worker died", "RuntimeError: Engine core initialization failed."], extra)
+    assert finding.id == "server-stopped"
+    assert [d["id"] for d in finding.evidence["downstream"]] == ["x-one", "engine-core-failed"]
+
+
+def test_unless_turns_a_match_into_a_near_miss():
+    table = parse_signatures(GOOD_ROW + "unless = ['boom box']\n", "unless.toml")
+    (finding,) = scan(["a boom here", "the boom box plays"], table)
+    assert finding.evidence["line_numbers"] == [1]
+
+
 def test_fix_text_is_filled_from_captured_groups():
     (finding,) = scan(["ValueError: Total number of attention heads (64) must be divisible by tensor parallel size (3)."])
     assert finding.title == "Tensor-parallel size 3 does not divide the 64 attention heads"
@@ -330,6 +350,7 @@ def test_the_shipped_table_loads_and_is_big_enough():
     assert ids.index("tool-server-flag-unrecognized") < ids.index("stale-serve-flag")
     assert ids.index("shm-too-small") < ids.index("disk-full")
     assert ids.index("rocm-no-kernel-image") < ids.index("cuda-no-kernel-image")
+    assert ids.index("dist-port-in-use") < ids.index("port-in-use")
 
 
 @pytest.mark.parametrize(

@@ -448,18 +448,24 @@ def _finding(lines: Sequence[LogLine], hit: _Hit) -> Finding:
 def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Signature]) -> list[Finding]:
     order = {sig.id: n for n, sig in enumerate(table)}
     roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
-    folded: dict[str, list[_Hit]] = {}  # root id -> the hits it explains
-    kept: list[_Hit] = []
+    cause: dict[str, str] = {}  # id -> the id it folds into
     for hit in hits.values():
-        causes = [hits[i] for i in hit.signature.explained_by if i in hits]
-        if not causes and hit.signature.downstream and roots:
-            causes = [min(roots, key=lambda h: h.indexes[0])]
-        if causes:
-            # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
-            folded.setdefault(causes[0].signature.id, []).append(hit)
-        else:
-            kept.append(hit)
-    findings = [_finding(lines, hit) for hit in kept]
+        found = [i for i in hit.signature.explained_by if i in hits]
+        if found:
+            cause[hit.signature.id] = found[0]
+        elif hit.signature.downstream and roots:
+            cause[hit.signature.id] = min(roots, key=lambda h: h.indexes[0]).signature.id
+    folded: dict[str, list[_Hit]] = {}  # root id -> the hits it explains
+    for hit_id in cause:
+        root, seen = hit_id, {hit_id}
+        while root in cause and cause[root] not in seen:  # a cause may itself be explained by another
+            root = cause[root]
+            seen.add(root)
+        if root != hit_id and root not in cause:
+            folded.setdefault(root, []).append(hits[hit_id])
+    gone = {h.signature.id for hs in folded.values() for h in hs}
+    # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
+    findings = [_finding(lines, hit) for hit in hits.values() if hit.signature.id not in gone]
     for finding in findings:
         if finding.id in folded:
             finding.evidence["downstream"] = [
