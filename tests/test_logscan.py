@@ -388,3 +388,16 @@ def test_bad_row_names_its_position_and_id():
 def test_missing_table_file_is_one_clear_error(tmp_path):
     with pytest.raises(SignatureError, match="cannot read"):
         load_signatures(tmp_path / "nope.toml")
+
+
+def test_root_cause_is_searched_from_the_last_downstream_line():
+    lines = [
+        "(APIServer pid=1) ValueError: an unrelated earlier failure that was handled",
+        "(EngineCore pid=5) ERROR 11-28 00:40:40 [core.py:1330] EngineCore failed to start.",
+        "(EngineCore pid=5) ERROR 11-28 00:40:40 [core.py:1330] Traceback (most recent call last):",
+        "(EngineCore pid=5) ERROR 11-28 00:40:40 [core.py:1330] KeyError: 'model.layers.0.mlp.experts.w13_weight'",
+        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ]
+    (finding,) = scan(lines)
+    assert finding.id == "engine-core-failed"
+    assert finding.evidence["root_cause"]["line"] == 4

@@ -371,9 +371,12 @@ def _matches(lines: Sequence[LogLine], table: Sequence[Signature]) -> dict[str, 
                 values = hit.groups.setdefault(name, [])
                 if value not in values:
                     values.append(value)
-            if sig.root_cause_before and hit.root_cause is None:
-                hit.root_cause = exception_before(lines, i)
             break  # the first signature in table order claims the line
+    for hit in hits.values():
+        if hit.signature.root_cause_before:
+            # From the last match back: "EngineCore failed to start." comes before its traceback,
+            # "Engine core initialization failed" after it.
+            hit.root_cause = next(filter(None, (exception_before(lines, i) for i in reversed(hit.indexes))), None)
     return hits
 
 
