@@ -2,8 +2,9 @@
 
 pyinfra's built-in files.put / files.directory / systemd.service read two or three facts each;
 on a no-change re-run those round trips are most of the time. These ops read one fact for
-the whole batch and change only what differs. File contents are never printed (the API key
-file goes through here too), uploads land on a temp name and are renamed into place.
+the whole batch and change only what differs. File contents are never printed; a secret (the
+API key file) is written through stdin into a 0600 temp file; everything lands on a temp name
+and is renamed into place.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class ManagedFile:
     user: str = "root"
     group: str = "root"
     mode: str = "0644"
+    # Secrets go over the command's stdin into a file created 0600: never argv, never an
+    # upload temp file (with sudo, pyinfra stages uploads in /tmp with the login's umask).
+    secret: bool = False
 
     @property
     def sha256(self) -> str:
@@ -88,9 +92,12 @@ def files_in_place(files: tuple):
             yield StringCommand("chown", f"{f.user}:{f.group}", f.path, "&&", "chmod", f.mode, f.path)
             continue
         tmp = f"{f.path}.gptoss-tmp"
-        # The temp file is created 0600 so a secret is never readable while it is written.
-        yield StringCommand(f"mkdir -p $(dirname {shlex.quote(f.path)}) && rm -f {shlex.quote(tmp)} && (umask 077 && touch {shlex.quote(tmp)})")
-        yield FileUploadCommand(StringIO(f.content), tmp)
+        if f.secret:
+            yield StringCommand("sh", "-c", shlex.quote(f"rm -f {shlex.quote(tmp)} && umask 077 && cat > {shlex.quote(tmp)}"),
+                                _stdin=f.content)
+        else:
+            yield StringCommand(f"mkdir -p $(dirname {shlex.quote(f.path)}) && rm -f {shlex.quote(tmp)}")
+            yield FileUploadCommand(StringIO(f.content), tmp)
         yield StringCommand(
             f"chown {f.user}:{f.group} {shlex.quote(tmp)} && chmod {f.mode} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(f.path)}"
         )

@@ -205,7 +205,7 @@ def apply(cfg: C.HostConfig, inputs_changed):
     manifest or the model files changed, which the running service must pick up."""
     service_files = (
         ManagedFile(C.ENV_FILE, env_file_text(cfg), "root", C.SERVICE_USER, "0640"),
-        ManagedFile(C.KEY_FILE, key_file_text(cfg), "root", C.SERVICE_USER, "0640"),
+        ManagedFile(C.KEY_FILE, key_file_text(cfg), "root", C.SERVICE_USER, "0640", secret=True),
         ManagedFile(UNIT_PATH, unit_text(cfg)),
     )
     if cfg.service_manager == "supervisor":
