@@ -23,6 +23,7 @@ if __name__ == "__main__":  # script mode: gevent first, as the pyinfra CLI does
     monkey.patch_all()
 
 import json
+import os
 import shlex
 import sys
 
@@ -46,9 +47,18 @@ def unreadable(name: str, why: str) -> dict:
             "vllm_installed": None, "drift": [], "counts": {}, "findings": []}
 
 
-def judge(name: str, stdout: str, stderr: str) -> dict:
-    """One host's row from `gptoss-doctor collect` output: judged here with the controller's checks."""
-    from gptoss_doctor.report import build_report, diagnose
+def extra_stack_files(data: dict) -> tuple[str, ...]:
+    """The site's own stacks (gptoss_extra_stack_files, on the controller), as the deploy reads them."""
+    v = data.get("gptoss_extra_stack_files")
+    return tuple([v] if isinstance(v, str) else list(v or ()))
+
+
+def judge(name: str, stdout: str, stderr: str, extra_stacks: tuple[str, ...] = ()) -> dict:
+    """One host's row from `gptoss-doctor collect` output, judged here by the controller's checks
+    (checks.run_checks) with the controller's knowledge plus the site's stacks."""
+    from gptoss_doctor import knowledge
+    from gptoss_doctor.checks import run_checks
+    from gptoss_doctor.report import build_report
     from gptoss_doctor.snapshot import SnapshotError, load_snapshot
 
     code = _exit_of(stderr)
@@ -60,7 +70,11 @@ def judge(name: str, stdout: str, stderr: str) -> dict:
         snap = load_snapshot(stdout, f"{name}:gptoss-doctor collect")
     except SnapshotError as e:
         return unreadable(name, f"its snapshot is unreadable: {e}")
-    findings, statuses = diagnose(snap)
+    try:
+        kb = knowledge.load(extra_stack_files=[os.path.expanduser(p) for p in extra_stacks])
+    except (knowledge.KnowledgeError, OSError) as e:
+        return unreadable(name, f"the knowledge (with gptoss_extra_stack_files={list(extra_stacks)}) is invalid: {e}")
+    findings, statuses = run_checks(snap, kb)
     report = build_report(findings, snap.facts, statuses, name)
     manifest = snap.get("manifest") if snap.has("manifest") else None
     installed = (snap.get("vllm.install") or {}).get("version") if snap.has("vllm.install") else None
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         def one(h):
             with ctx_host.use(h):
                 try:
-                    return judge(h.name, *run_collect(h))
+                    return judge(h.name, *run_collect(h), extra_stack_files(h.data.dict()))
                 except Exception as e:  # a lost connection: this host is unreadable
                     return unreadable(h.name, f"{type(e).__name__}: {e}"[:300])
 
@@ -214,7 +228,7 @@ def _deploy_for_this_host() -> None:
         if fleet is None:
             fleet = st._gptoss_fleet_doctor = {"rows": {}, "expected": {h.name for h in st.inventory.get_active_hosts()}}
         try:
-            row = judge(host.name, *run_collect(host))
+            row = judge(host.name, *run_collect(host), extra_stack_files(host.data.dict()))
         except Exception as e:  # a lost connection: this host is unreadable
             row = unreadable(host.name, f"{type(e).__name__}: {e}"[:300])
         fleet["rows"][host.name] = row

@@ -80,6 +80,20 @@ def test_unreadable_hosts_are_exit_2_with_one_line(stdout, stderr, expect):
     assert row["exit_code"] == 2 and expect in row["error"] and "\n" not in row["error"]
 
 
+def test_site_stacks_join_the_controllers_knowledge(tmp_path):
+    from gptoss_doctor import knowledge
+    from gptoss_testbed import catalog
+
+    site = tmp_path / "site-stacks.toml"
+    site.write_text(catalog.broken_stack_toml(knowledge.load().latest_stack))
+    manifest = {**MANIFEST, "stack": catalog.BROKEN_STACK, "versions": {"vllm": catalog.BROKEN_VLLM}}
+    row = FD.judge("h", snapshot(manifest, "0.33.0"), "__exit=0", (str(site),))
+    assert row["exit_code"] == 0 and row["drift"] == [f"vllm 0.33.0 (manifest {catalog.BROKEN_VLLM})"]
+    (tmp_path / "bad.toml").write_text("[[stack]]\nname = 1\n")
+    bad = FD.judge("h", snapshot(manifest, "0.33.0"), "__exit=0", (str(tmp_path / "bad.toml"),))
+    assert bad["exit_code"] == 2 and "is invalid" in bad["error"] and "\n" not in bad["error"]
+
+
 def test_fleet_exit_code_is_the_worst_host_and_worst_hosts_come_first():
     ok = {"host": "a", "exit_code": 0, "counts": {"warning": 1}}
     err = {"host": "b", "exit_code": 1, "counts": {"error": 2}}
