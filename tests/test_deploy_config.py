@@ -460,3 +460,11 @@ def test_pinned_doctor_wheel_must_be_a_wheel(monkeypatch, tmp_path):
     monkeypatch.setattr(doctor, "_built", {})
     monkeypatch.setenv("GPTOSS_DOCTOR_WHEEL", str(whl))
     assert doctor.build_wheel() == str(whl)
+
+
+def test_upgrade_keys_in_the_same_inventory_are_accepted(kb, good):
+    rollout = pytest.importorskip("gptoss_deploy.rollout")
+    data = {**good, **{k: None for k in rollout.KEYS}}
+    assert C.validate("gpu-01", data, DEBIAN, kb).stack == good["gptoss_stack"]
+    msg = one_line_error(kb, {**good, "gptoss_upgrade_bach": "1"})
+    assert "gptoss_upgrade_bach" in msg and "unknown key" in msg

@@ -382,9 +382,19 @@ def check_str_list(host: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def sibling_keys() -> tuple[str, ...]:
+    """Keys the upgrade (deploys/upgrade.py) reads: one inventory drives both, so they are fine here."""
+    try:
+        from . import rollout
+    except ImportError:
+        return ()
+    return tuple(getattr(rollout, "KEYS", ()))
+
+
 def check_unknown_keys(host: str, data: Mapping[str, Any]) -> None:
+    known = KEYS + sibling_keys()
     for k in data:
-        if k.startswith("gptoss_") and k not in KEYS:
+        if k.startswith("gptoss_") and k not in known:
             close = [x for x in KEYS if x[7:10] == k[7:10]]
             raise bad(host, k, data[k], "unknown key", f"did you mean {close[0]}?" if close else f"use one of {', '.join(KEYS)}")
 
