@@ -290,7 +290,7 @@ def test_fix_text_is_filled_from_captured_groups():
     (finding,) = scan(["ValueError: Total number of attention heads (64) must be divisible by tensor parallel size (3)."])
     assert finding.title == "Tensor-parallel size 3 does not divide the 64 attention heads"
     (finding,) = scan(["ValueError: To serve at least one request with the models's max seq len (131072), (4.54 GiB KV cache is needed, which is larger than the available KV cache memory (1.71 GiB). Based on the available memory, the estimated maximum model length is 49584."])
-    assert "49584" in finding.fix.text and finding.evidence["captured"]["available"] == ["1.71 GiB"]
+    assert finding.evidence["captured"]["estimated"] == ["49584"] and finding.evidence["captured"]["available"] == ["1.71 GiB"]
 
 
 def test_secrets_in_log_lines_are_redacted():
@@ -401,3 +401,14 @@ def test_root_cause_is_searched_from_the_last_downstream_line():
     (finding,) = scan(lines)
     assert finding.id == "engine-core-failed"
     assert finding.evidence["root_cause"]["line"] == 4
+
+
+def test_placeholders_are_captured_by_every_pattern_of_their_row():
+    # a title or fix must never print "<group>": each {group} it names comes from every pattern
+    import string
+
+    for sig in load_signatures():
+        for text in (sig.title, sig.fix, *sig.commands):
+            names = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+            for pattern in sig.patterns:
+                assert names <= set(pattern.groupindex), f"{sig.id}: {sorted(names)} not all in {pattern.pattern!r}"
