@@ -34,7 +34,7 @@ import os
 import re
 import shlex
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from pyinfra import host
@@ -353,10 +353,10 @@ def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
 
 
 def switched_to(cfg: C.HostConfig) -> bool:
-    """`current`, the live manifest and unit already those of `cfg` (an earlier run switched it)?"""
-    cmd = (f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && grep -q {shlex.quote(json.dumps(cfg.stack))} {C.MANIFEST} '
-           f'&& cmp -s {STAGED_DIR}/{cfg.stack}/{C.UNIT} /etc/systemd/system/{C.UNIT} '
-           f'&& cmp -s {STAGED_DIR}/{cfg.stack}/gptoss.env {C.ENV_FILE} && {is_active_command(cfg)}')
+    """`current` and the live env file, unit and manifest already those of `cfg`, service up
+    (an earlier, interrupted run switched it)?"""
+    same = " && ".join(f"cmp -s {staged} {live}" for live, (staged, _t, _m) in staged_files(cfg).items())
+    cmd = f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && {same} && {is_active_command(cfg)}'
     return _run(cmd)[0]
 
 

@@ -77,7 +77,7 @@ def compile_args(cfg: C.HostConfig, py: str, arch: str, out: str) -> list[str]:
     """`uv pip compile` argv (after the uv path) for this stack on a host of this Python/arch.
     The index URLs go through the environment (compile_env): a mirror's credentials never
     appear in a process list."""
-    opts = [a for a in uv_install_args(cfg)]
+    opts = uv_install_args(cfg)
     for flag in ("--default-index", "--index"):
         while flag in opts:
             i = opts.index(flag)
