@@ -110,6 +110,10 @@ MSG = "AssertionError: Sinks must be of type float32"
         (f"Nov 27 10:00:00 gpu-01 vllm[123]: (APIServer pid=123) WARNING 11-27 10:00:00 [envs.py:2128] {MSG}", MSG, "WARNING", "APIServer"),
         (f"2025-11-27T10:00:00+0000 gpu-01 python3[123]: {MSG}", MSG, None, None),
         (f"авг 18 14:15:04 llm python3[28059]: (EngineCore pid=28059) ERROR 08-18 14:15:04 [core.py:1] {MSG}", MSG, "ERROR", "EngineCore"),
+        (f"6月 10 16:45:05 host bash[107468]: {MSG}", MSG, None, None),
+        # a terminal UI's frame, a site's own format with the pid, "^M" pasted from a CR
+        (f"│ ERROR 09-27 06:46:46 engine.py:157] {MSG}        │", MSG, "ERROR", None),
+        (f"2024-12-19 21:40:35 ERROR 56542 [async_llm_engine.py:64] {MSG}^M", MSG, "ERROR", None),
         # kubectl logs --timestamps / --prefix, supervisor wrappers
         (f"2026-01-22T19:54:36.819Z ERROR 01-22 11:54:36.819 [config.py:32] {MSG}", MSG, "ERROR", None),
         (f"[pod/vllm-0/vllm] {MSG}", MSG, None, None),

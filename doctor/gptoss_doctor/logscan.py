@@ -191,8 +191,11 @@ _LEVELS = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL"
 
 # Each prefix is stripped at most once, in this order (outermost wrapper first).
 _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
-    # journalctl -o short: "Nov 27 10:00:00 host vllm[123]: ", month names in the host's locale ("Okt", "авг")
-    ("journal", re.compile(r"^[^\W\d_]{3,5}\.? [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    # a log copied out of a terminal UI (k9s, lazydocker): "│ ERROR ... │"
+    ("frame", re.compile(r"^│ ?")),
+    # journalctl -o short: "Nov 27 10:00:00 host vllm[123]: ", month names in the host's locale ("Okt", "авг", "6月")
+    ("journal", re.compile(
+        r"^(?:[^\W\d_]{3,5}\.?|\d{1,2}月) [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
     # journalctl -o short-iso / syslog: "2025-11-27T10:00:00+0000 host vllm[123]: "
     ("journal", re.compile(
         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
@@ -217,6 +220,8 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
     # vLLM logger header, every era: "ERROR 08-05 10:11:12 [file.py:511] " / "INFO 02-16 18:30:09 file.py:190] "
     ("header", re.compile(
         rf"^(?P<level>{_LEVELS}) +\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? +\[?[\w.<>-]+(?::\d+)?\] ?")),
+    # vLLM's logger under a site's own format: "ERROR 56542 [async_llm_engine.py:64] " (level, pid, location)
+    ("header", re.compile(rf"^(?P<level>{_LEVELS}) +\d+ \[[\w.<>-]+:\d+\] ?")),
     # uvicorn: "INFO:     Application startup complete."
     ("uvicorn", re.compile(rf"^(?P<level>{_LEVELS}):\s+")),
     # a traceback pasted with only the logger's location left: "[multiproc_executor.py:559] "
@@ -225,6 +230,8 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
 
 
 _PROCESS_PREFIX = next(p for kind, p in _PREFIXES if kind == "process")
+# What pasting leaves at a line's end: a terminal UI's right border, a carriage return shown as "^M".
+_PASTE_TAIL = re.compile(r"\s*│\s*$|\^M$")
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,7 @@ def parse_line(number: int, raw: str) -> LogLine:
     text = _ANSI.sub("", _unwrap_docker_json(raw.rstrip("\r\n")).rstrip("\r\n"))
     if "\r" in text:  # a progress bar redrawn in place: keep what the terminal showed last
         text = _last_redraw(text)
+    text = _PASTE_TAIL.sub("", text)
     message = text
     level = process = None
     stripped: list[str] = []
