@@ -86,6 +86,7 @@ class AirgapFacts(FactBase):
 @dataclass(frozen=True)
 class Airgap:
     wheelhouse: str | None = None
+    wheels: tuple[str, ...] = ()  # the wheel files found there, sorted
     no_deps: bool = False
     base_python: str | None = None
     base_version: str | None = None  # X.Y.Z of the base interpreter
@@ -140,7 +141,7 @@ def check(host: str, data: Mapping[str, Any], facts: Mapping[str, Any], stack_na
         raise C.bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
                     "add those wheels to the wheelhouse")
     if base_value is None:
-        return Airgap(wheelhouse=wheelhouse, no_deps=no_deps)
+        return Airgap(wheelhouse=wheelhouse, wheels=tuple(sorted(files)), no_deps=no_deps)
 
     key = "gptoss_base_python"
     base_python = C.check_abs_path(host, key, base_value, "/opt/torch/.venv/bin/python3")
@@ -166,16 +167,17 @@ def check(host: str, data: Mapping[str, Any], facts: Mapping[str, Any], stack_na
     if missing:
         raise C.bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
                     "add those wheels to the wheelhouse")
-    return Airgap(wheelhouse=wheelhouse, no_deps=True, base_python=base_python, base_version=probe["version"],
+    return Airgap(wheelhouse=wheelhouse, wheels=tuple(sorted(files)), no_deps=True, base_python=base_python, base_version=probe["version"],
                   base_site=tuple(probe.get("site") or ()), base_is_venv=bool(probe.get("is_venv")), torch_build=got)
 
 
 def spec_fields(ag: Airgap) -> dict:
     """What the air gap adds to the stack venv's install spec: nothing when unused, so the hash
-    of a host that does not use it stays what it was."""
+    of a host that does not use it stays what it was. The wheel files, not the directory: like a
+    mirror URL, the path moves the source, not the result."""
     if not ag.enabled:
         return {}
-    return {"wheelhouse": ag.wheelhouse, "no_deps": ag.no_deps, "base_python": ag.base_python,
+    return {"wheels": list(ag.wheels), "no_deps": ag.no_deps, "base_python": ag.base_python,
             "torch_build": ag.torch_build}
 
 

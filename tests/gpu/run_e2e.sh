@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# GPU end to end: our own air-gapped deploy serves gpt-oss-20b with REAL vLLM 0.26.0 on an
+# NVIDIA H100/H200 machine without network or systemd, and the doctor judges the live box and
+# its real logs; then the box is broken in four ways the failure catalog names and the doctor
+# must name each, from the box and from the real log.
+#
+# Run from the repo root, as root, on the GPU machine:
+#     OUT=/some/dir WHEELHOUSE=/tmp/wheelhouse TOOLS=.gpu/tools EXTRA=/tmp/gpu/extra bash tests/gpu/run_e2e.sh
+#   WHEELHOUSE  vLLM 0.26.0 for cp312 and the packages the image lacks (see
+#               /work/shared/notes/gpu-vllm-facts.md), flat *.whl
+#   TOOLS       pyinfra 3.10 + deps and uv 0.13.9 wheels (cp312)
+#   EXTRA       hatchling (+deps, to build the doctor wheel offline), the doctor's deps
+#               (packaging, rich, markdown-it-py, mdurl, pygments), jinja2, python-dateutil, ...
+#   BASE_PYTHON the image's interpreter holding torch 2.11.0+cu130 (default /opt/torch/.venv/bin/python3)
+# With the device tool, the wheelhouse travels as three xz parts (tests/gpu/README.md).
+#
+# Steps (each timed; everything is tee'd to $OUT/e2e.log, results in $OUT/results.json and the
+# raw material for tests/fixtures/gpu/ in $OUT/fixtures.tar.gz):
+#  1. a controller venv with pyinfra from the carried wheels, offline;
+#  2. `pyinfra tests/gpu/local_inventory.py deploys/gptoss.py`: stack venv on the image's torch
+#     (gptoss_base_python), exactly the wheelhouse (--no-deps), gptoss-supervise (no systemd),
+#     model folder with gpt-oss-20b's config.json, --load-format dummy --skip-tokenizer-init
+#     --enforce-eager (CUDA graph capture with a cold Triton cache took over 290 s here);
+#     the deploy's own health gate (/health, /v1/models, a completion from token ids) and doctor gate;
+#  3. gptoss-doctor, --deep, collect (the snapshot), logs on the real startup log;
+#  4. breaks: a pytorch-triton dist-info owning triton/ (duplicate-triton), VLLM_ATTENTION_BACKEND
+#     in the env file (stale-vllm-env), --attention-backend TRITON_ATTN_VLLM_V1 (deployed), and
+#     --gpu-memory-utilization 0.05 (deployed); after each, the doctor on the box and on the log;
+#  5. if time is left: the healthy deploy again, warm caches, for time-to-ready with caches.
+set -u
+set -o pipefail
+export PYTHONUNBUFFERED=1
+REPO=$(pwd)
+OUT=${OUT:?set OUT to the output directory}
+WHEELHOUSE=${WHEELHOUSE:-/tmp/wheelhouse}
+TOOLS=${TOOLS:-.gpu/tools}
+EXTRA=${EXTRA:-/tmp/gpu/extra}
+BASE_PYTHON=${BASE_PYTHON:-/opt/torch/.venv/bin/python3}
+BUDGET_S=${BUDGET_S:-540}  # stop starting new steps after this
+WORK=/tmp/gptoss-e2e
+FIX=$WORK/fixtures
+MODEL=/srv/gptoss-models/gpt-oss-20b
+LOG=/var/log/gptoss/gptoss-vllm.log
+SUP=/opt/gptoss/bin/gptoss-supervise
+T0=$(date +%s)
+mkdir -p "$OUT" "$WORK" "$FIX"
+exec > >(tee -a "$OUT/e2e.log") 2>&1
+
+el() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[e2e +$(el)s] $*"; }
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+result() { printf '%s\n' "$1" >> "$RESULTS"; }  # one JSON object per line
+
+say "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1); init: $(ps -p 1 -o comm= 2>/dev/null)"
+say "base python: $($BASE_PYTHON -c 'import sys; print(sys.version.split()[0])') torch/version.py: $(grep -h '^__version__' $($BASE_PYTHON -c 'import os, importlib.util as u; print(os.path.dirname(u.find_spec("torch").origin))')/version.py)"
+
+# -- 0. inputs that belong to the box ------------------------------------------------------
+cp "$EXTRA"/packaging-*.whl "$EXTRA"/rich-*.whl "$EXTRA"/markdown_it_py-*.whl "$EXTRA"/mdurl-*.whl \
+   "$EXTRA"/pygments-*.whl "$WHEELHOUSE"/  # the doctor's venv installs from the wheelhouse too
+mkdir -p "$MODEL" && cp tests/fixtures/gpu/gpt-oss-20b/config.json "$MODEL"/ && chmod -R a+rX /srv/gptoss-models
+KEY_FILE=$WORK/api-key
+(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$KEY_FILE")
+KEY=$(cat "$KEY_FILE")
+# The service runs as the unprivileged user: it must reach the image's interpreter and torch.
+$BASE_PYTHON - <<'EOF'
+import os, stat, sys, importlib.util
+for target in (os.path.realpath(sys.executable), os.path.dirname(importlib.util.find_spec("torch").origin)):
+    d = target if os.path.isdir(target) else os.path.dirname(target)
+    while d != "/":
+        if not os.stat(d).st_mode & stat.S_IXOTH:
+            print(f"[e2e] {d} is not traversable by other users; chmod o+x (the service user needs {target})")
+            os.chmod(d, os.stat(d).st_mode | stat.S_IXOTH)
+        d = os.path.dirname(d)
+EOF
+ls -l /dev/nvidia* 2>/dev/null | head -4
+CUDA_HOME_KEY=auto
+if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_HOME_KEY=system; fi
+say "CUDA_HOME choice: $CUDA_HOME_KEY ($(/usr/local/cuda/bin/nvcc --version 2>/dev/null | grep release))"
+
+# -- 1. controller venv, offline (CONTROLLER_VENV: use that one instead, for a rehearsal) ----
+PORT=${GPTOSS_E2E_PORT:-8000}
+if [ -n "${CONTROLLER_VENV:-}" ]; then
+  export PATH=$CONTROLLER_VENV/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
+else
+mkdir -p $WORK/uvw && (cd $WORK/uvw && $BASE_PYTHON -m zipfile -e "$REPO/$TOOLS"/uv-*.whl . ) && UV=$(ls $WORK/uvw/uv-*.data/scripts/uv) && chmod +x "$UV"
+export UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS="$REPO/$TOOLS $EXTRA $WHEELHOUSE" UV_PYTHON_DOWNLOADS=never
+"$UV" venv -q --python "$BASE_PYTHON" $WORK/ctl && "$UV" pip install -q --python $WORK/ctl/bin/python pyinfra uv packaging rich \
+  || { say "FAILED: controller venv"; exit 1; }
+export PATH=$WORK/ctl/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
+fi
+say "controller ready: $(pyinfra --version 2>&1 | head -1)"
+
+# -- the deploy, parameterised --------------------------------------------------------------
+export GPTOSS_E2E_WHEELHOUSE=$WHEELHOUSE GPTOSS_E2E_BASE_PYTHON=$BASE_PYTHON GPTOSS_E2E_MODEL_PATH=$MODEL \
+       GPTOSS_E2E_API_KEY_FILE=$KEY_FILE GPTOSS_E2E_CUDA_HOME=$CUDA_HOME_KEY GPTOSS_E2E_HEALTH_TIMEOUT_S=400
+SERVE=${SERVE_ARGS-'"--load-format", "dummy", "--skip-tokenizer-init", "--enforce-eager"'}
+deploy() {  # deploy NAME UTIL EXTRA_ARGS_JSON_LIST
+    local name=$1 util=$2 t=$(date +%s) rc args
+    args=$(python3 -c 'import json,sys; print(json.dumps(json.loads(sys.argv[1]) + json.loads(sys.argv[2])))' "[$SERVE]" "$3")
+    say "deploy $name (gpu-memory-utilization $util, extra serve args $args)"
+    GPTOSS_E2E_GPU_MEMORY_UTILIZATION=$util GPTOSS_E2E_EXTRA_SERVE_ARGS="$args" \
+      pyinfra -y tests/gpu/local_inventory.py deploys/gptoss.py > $FIX/pyinfra-$name.txt 2>&1
+    rc=$?
+    grep -E "Error|error|health|doctor|Grand total|Success" $FIX/pyinfra-$name.txt | grep -v "^\s*$" | tail -12
+    say "deploy $name: exit $rc after $(( $(date +%s) - t )) s"
+    DEPLOY_RC=$rc
+}
+log_mark() { stat -c %s "$LOG" 2>/dev/null || echo 0; }
+log_since() { tail -c +$(( $1 + 1 )) "$LOG"; }
+doctor_box() {  # doctor_box NAME [--deep]: the live box; prints the finding ids
+    local name=$1; shift
+    gptoss-doctor "$@" --json > $FIX/doctor-$name.json 2> $FIX/doctor-$name.err; local rc=$?
+    ids=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(sorted(f['id']+':'+f['severity'] for f in r['findings'])))" $FIX/doctor-$name.json 2>&1)
+    say "doctor $name $*: exit $rc; findings: ${ids:-none}"
+    result "{\"step\": \"doctor-$name\", \"exit\": $rc, \"findings\": \"$ids\"}"
+}
+doctor_log() {  # doctor_log NAME FILE
+    gptoss-doctor logs --json "$2" > $FIX/logs-$1.json 2>&1; local rc=$?
+    ids=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(sorted({f['id']+':'+f['severity'] for f in r['findings']})))" $FIX/logs-$1.json 2>&1)
+    say "doctor logs $1: exit $rc; findings: ${ids:-none}"
+    result "{\"step\": \"logs-$1\", \"exit\": $rc, \"findings\": \"$ids\"}"
+}
+wait_log() {  # wait_log MARK SECONDS REGEX: until the log since MARK matches, or SECONDS pass
+    local end=$(( $(date +%s) + $2 ))
+    while [ "$(date +%s)" -lt "$end" ]; do log_since "$1" | grep -qE "$3" && return 0; sleep 1; done; return 1
+}
+ready_poller() {  # records when /health first answers 200
+    rm -f $WORK/ready_at
+    ( for _ in $(seq 1 900); do
+        if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status==200 else 1)" 2>/dev/null; then
+          date +%s.%N > $WORK/ready_at; exit 0; fi; sleep 0.5; done ) &
+}
+started_at() { python3 -c "import json; print(json.load(open('/run/gptoss/gptoss-vllm.state')).get('since', 0))" 2>/dev/null || echo 0; }
+
+# -- 2. first deploy: cold ---------------------------------------------------------------------
+M0=$(log_mark)
+ready_poller
+deploy healthy 0.85 "[]"
+FIRST_RC=$DEPLOY_RC
+if [ -f $WORK/ready_at ]; then
+    S=$(log_since "$M0" | grep -m1 "gptoss-supervise: starting" | cut -d' ' -f1)
+    COLD=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+    say "READY cold: ${COLD}s from the supervisor's start to /health 200"
+    result "{\"step\": \"ready-cold\", \"seconds\": $COLD, \"deploy_exit\": $FIRST_RC}"
+else
+    say "NOT READY after the first deploy (exit $FIRST_RC)"; tail -40 "$LOG"
+fi
+log_since "$M0" > $FIX/vllm-healthy-start.log
+"$SUP" status
+curl -s -m 30 http://127.0.0.1:$PORT/v1/completions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+  -d '{"model": "openai/gpt-oss-20b", "prompt": [1, 2, 3], "max_tokens": 8}' > $FIX/completion.json; echo; say "completion: $(head -c 300 $FIX/completion.json)"
+grep -E "attention backend|FlashAttention version|Mxfp4 MoE backend|top-p & top-k|Model loading took|KV cache|Available KV" "$LOG" | sed 's/^/    /' | head -12
+
+# -- 3. the doctor on the live, healthy box ---------------------------------------------------
+doctor_box healthy
+doctor_box healthy-deep --deep
+gptoss-doctor --deep collect > $FIX/box-healthy.json 2> $FIX/box-healthy.err; say "snapshot: exit $? ($(wc -c < $FIX/box-healthy.json) bytes)"
+doctor_log healthy $FIX/vllm-healthy-start.log
+
+# -- 4a. a second triton beside the first (no restart: what a later pip install leaves) ------
+SP=$(ls -d /opt/gptoss/current/lib/python3*/site-packages)
+DI=$SP/pytorch_triton-3.6.0.dist-info
+mkdir -p "$DI" && printf 'Metadata-Version: 2.1\nName: pytorch-triton\nVersion: 3.6.0\n\n' > "$DI/METADATA" \
+  && printf 'pip\n' > "$DI/INSTALLER" && printf 'triton/__init__.py,,\ntriton/language/__init__.py,,\npytorch_triton-3.6.0.dist-info/METADATA,,\n' > "$DI/RECORD"
+doctor_box dup-triton
+rm -rf "$DI"
+
+# -- 4b. a stale env var in the EnvironmentFile (by hand, as an operator would) ---------------
+M=$(log_mark)
+echo "VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1" >> /etc/gptoss/gptoss.env
+"$SUP" restart
+wait_log "$M" 60 "Unknown vLLM environment variable|Application startup complete|Error" && say "env-var start: marker seen"
+doctor_box stale-env
+"$SUP" stop
+log_since "$M" > $FIX/vllm-stale-env.log
+doctor_log stale-env $FIX/vllm-stale-env.log
+
+# -- 4c. a stale attention-backend name on the command line, through the deploy -------------
+M=$(log_mark)
+deploy stale-backend 0.85 '["--attention-backend", "TRITON_ATTN_VLLM_V1"]'
+result "{\"step\": \"deploy-stale-backend\", \"exit\": $DEPLOY_RC}"
+"$SUP" stop
+doctor_box stale-backend
+log_since "$M" > $FIX/vllm-stale-backend.log
+doctor_log stale-backend $FIX/vllm-stale-backend.log
+
+# -- 4d. a gpu-memory-utilization the weights and KV cache cannot live with -------------------
+M=$(log_mark)
+deploy low-memory 0.05 "[]"
+result "{\"step\": \"deploy-low-memory\", \"exit\": $DEPLOY_RC}"
+"$SUP" stop
+doctor_box low-memory
+log_since "$M" > $FIX/vllm-low-memory.log
+doctor_log low-memory $FIX/vllm-low-memory.log
+
+# -- 5. healthy again, warm caches -------------------------------------------------------------
+if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; then
+    M=$(log_mark)
+    ready_poller
+    deploy healthy-warm 0.85 "[]"
+    if [ -f $WORK/ready_at ]; then
+        S=$(log_since "$M" | grep "gptoss-supervise: starting" | tail -1 | cut -d' ' -f1)
+        WARM=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+        say "READY warm: ${WARM}s"; result "{\"step\": \"ready-warm\", \"seconds\": $WARM, \"deploy_exit\": $DEPLOY_RC}"
+    fi
+    log_since "$M" > $FIX/vllm-healthy-warm.log
+    doctor_log healthy-warm $FIX/vllm-healthy-warm.log
+    "$SUP" stop
+else
+    say "skipping the warm start: $(el)s used of $BUDGET_S"
+fi
+
+# -- pack: the key never leaves the box ------------------------------------------------------
+cp /etc/gptoss/manifest.json /etc/systemd/system/gptoss-vllm.service $FIX/ 2>/dev/null
+grep -rl "$KEY" $FIX 2>/dev/null | while read -r f; do sed -i "s/$KEY/<redacted>/g" "$f"; say "redacted the key in $f"; done
+python3 -c "import json,sys; print(json.dumps([json.loads(l) for l in open(sys.argv[1])], indent=1))" $RESULTS > $OUT/results.json
+tar -C $WORK -czf $OUT/fixtures.tar.gz fixtures
+say "done: $(el)s"
+cat $OUT/results.json
