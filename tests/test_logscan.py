@@ -100,6 +100,8 @@ MSG = "AssertionError: Sinks must be of type float32"
         (f"(EngineCore_DP0 pid=223840) ERROR 10-25 13:08:43 [core.py:708] {MSG}", MSG, "ERROR", "EngineCore_DP0"),
         (f"(Worker_TP1 pid=932460) ERROR 12-17 12:56:08.123 [gpu_worker.py:298] {MSG}", MSG, "ERROR", "Worker_TP1"),
         (f"(APIServer pid=1) {MSG}", MSG, None, "APIServer"),
+        # the engine's lines relayed by the API server (llm-d images)
+        (f"(APIServer pid=1) (EngineCore_DP0 pid=68) ERROR 02-06 16:34:06 [core.py:936] {MSG}", MSG, "ERROR", "EngineCore_DP0"),
         (f"(RayWorkerWrapper pid=3250, ip=192.168.16.111) ERROR 03-14 06:39:07 [worker_base.py:581] {MSG}", MSG, "ERROR", "RayWorkerWrapper"),
         # the old header without the opening bracket
         (f"ERROR 02-13 15:12:54 registry.py:299] {MSG}", MSG, "ERROR", None),

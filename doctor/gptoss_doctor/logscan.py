@@ -217,6 +217,8 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
     ("rank", re.compile(r"^\[rank\d+\]:\s?")),
     # vLLM process prefix: "(VllmWorker TP0 pid=1234) ", "(EngineCore_DP0 pid=1) ", "(APIServer pid=1) "
     ("process", re.compile(r"^\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
+    # a child's output relayed by its parent: "(APIServer pid=1) (EngineCore_DP0 pid=68) ERROR ..."
+    ("process", re.compile(r"^\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
     # vLLM logger header, every era: "ERROR 08-05 10:11:12 [file.py:511] " / "INFO 02-16 18:30:09 file.py:190] "
     ("header", re.compile(
         rf"^(?P<level>{_LEVELS}) +\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? +\[?[\w.<>-]+(?::\d+)?\] ?")),
@@ -229,7 +231,7 @@ _PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
 )
 
 
-_PROCESS_PREFIX = next(p for kind, p in _PREFIXES if kind == "process")
+_PROCESS_PREFIX = next(p for kind, p in _PREFIXES if kind == "process")  # the first of the two
 # What pasting leaves at a line's end: a terminal UI's right border, a carriage return shown as "^M".
 _PASTE_TAIL = re.compile(r"\s*│\s*$|\^M$")
 
