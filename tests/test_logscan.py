@@ -418,3 +418,12 @@ def test_placeholders_are_captured_by_every_pattern_of_their_row():
             names = {name for _, name, _, _ in string.Formatter().parse(text) if name}
             for pattern in sig.patterns:
                 assert names <= set(pattern.groupindex), f"{sig.id}: {sorted(names)} not all in {pattern.pattern!r}"
+
+
+def test_no_fixture_finding_prints_an_unfilled_placeholder():
+    import re
+
+    for log in LOGS:
+        for f in _scan_file(log):
+            for text in (f.title, f.fix.text, *f.fix.commands):
+                assert not re.search(r"<[a-z_]+>", text), f"{log.name}: {f.id}: {text!r}"
