@@ -377,6 +377,8 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
     facts.update(vllm_facts(sps, dists))
     if box_path and str(host) != path:
         facts = _rebase(facts, str(host), path)  # a fake root (tests): show the box's paths
+        if env.root != Path("/"):  # the base's site-packages too
+            facts = _rebase(facts, str(env.root), "")
     return facts
 
 
