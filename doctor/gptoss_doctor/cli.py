@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import io
 import os
 import sys
 import time
@@ -144,10 +145,12 @@ def cmd_collect(args, started: float) -> int:
 
 
 def _read_input(path: str, what: str) -> str:
+    # newline="": keep a lone \r inside its line (progress bars redraw with it), so the
+    # scanner numbers lines the way `grep -n` does.
     if path == "-":
-        return sys.stdin.read()
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="").read()
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
             return f.read()
     except FileNotFoundError:
         raise DoctorError(f"{what} {path}: no such file") from None
@@ -193,7 +196,7 @@ def cmd_logs(args, started: float) -> int:
 
 def _scan(scan, text: str):
     try:
-        return scan(text.splitlines())
+        return scan(text)  # the scanner splits as grep -n does
     except ValueError as e:  # the signature table failed validation: the doctor's own data is broken
         raise DoctorError(f"the doctor's log signatures are invalid: {e}") from None
 
