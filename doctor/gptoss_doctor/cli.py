@@ -148,7 +148,10 @@ def _read_input(path: str, what: str) -> str:
     # newline="": keep a lone \r inside its line (progress bars redraw with it), so the
     # scanner numbers lines the way `grep -n` does.
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="").read()
+        raw = getattr(sys.stdin, "buffer", None)  # absent when stdin is replaced by a text stream
+        if raw is None:
+            return sys.stdin.read()
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="").read()
     try:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             return f.read()
