@@ -64,7 +64,10 @@ def unit_entries(text: str) -> list[tuple[str, str, str]]:
 def exec_words(value: str) -> list[str]:
     """ExecStart= split as systemd does for the deploy's quoting: double quotes group, `\\` escapes,
     `$$` is `$` and `%%` is `%`. A bare `$VAR` is refused: the deploy never writes one."""
-    words = shlex.split(value, posix=True)
+    try:
+        words = shlex.split(value, posix=True)
+    except ValueError as e:  # an unbalanced quote
+        raise UnitError(f"ExecStart={value[:80]}...: {e}; fix: re-run the gptoss deploy") from None
     if words and words[0][:1] in "-@:+!":
         words[0] = words[0].lstrip("-@:+!")
     for w in words:
