@@ -111,6 +111,7 @@ log_since() { tail -c +$(( $1 + 1 )) "$LOG"; }
 doctor_box() {  # doctor_box NAME [--deep]: the live box; prints the finding ids
     local name=$1; shift
     gptoss-doctor "$@" --json > $FIX/doctor-$name.json 2> $FIX/doctor-$name.err; local rc=$?
+    [ "$#" -eq 0 ] && gptoss-doctor collect > $FIX/box-$name.json 2>/dev/null  # the snapshot, for CI's checks
     ids=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(sorted(f['id']+':'+f['severity'] for f in r['findings'])))" $FIX/doctor-$name.json 2>&1)
     say "doctor $name $*: exit $rc; findings: ${ids:-none}"
     result "{\"step\": \"doctor-$name\", \"exit\": $rc, \"findings\": \"$ids\"}"
