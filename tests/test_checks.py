@@ -281,6 +281,8 @@ def test_duplicate_triton_fix_repairs_a_real_uv_venv(kb, tmp_path):
     def diagnose():
         snap = collect(Env(environ={"PATH": "/usr/bin:/bin"}), venv_path=str(venv))
         # this venv has no vLLM and no manifest: the torch nightly rule decides which Triton stays
+        # (a deploy on the machine running the tests must not leak in: Env's root is the real /)
+        snap.set("manifest", {"absent": "test: the venv is judged on its own"})
         snap.set("torch.build", {"value": {"version": "2.7.1+cu128", "cuda": "12.8", "hip": None, "path": "-"}})
         return run_one(snap, kb, REGISTRY["duplicate-triton"])
 

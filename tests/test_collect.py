@@ -216,6 +216,41 @@ def test_no_cuda_at_all(box):
     assert "absent" in cuda.cuda_home(box.env())["cuda_home"]
 
 
+def test_service_cuda_home_comes_from_the_services_environment(box):
+    """The shell exports CUDA_HOME=13.0; the unit's EnvironmentFile says 12.8: the service's fact
+    says 12.8, from the unit, while the shell's still says 13.0."""
+    cuda_toolkit(box, "/usr/local/cuda-13.0", "13.0")
+    cuda_toolkit(box, "/usr/local/cuda-12.8", "12.8")
+    box.write("/etc/systemd/system/gptoss-vllm.service",
+              "[Service]\nEnvironmentFile=/etc/gptoss/gptoss.env\nExecStart=/usr/bin/vllm serve m\n")
+    box.write("/etc/gptoss/gptoss.env", "CUDA_HOME=/usr/local/cuda-12.8\n", 0o640)
+    env = box.env(CUDA_HOME="/usr/local/cuda-13.0")
+    assert cuda.cuda_home(env)["cuda_home"]["value"]["version"] == "13.0"
+    fact = service.service_facts(env)["service.cuda_home"]
+    assert (fact["value"]["path"], fact["value"]["rule"], fact["value"]["version"]) == ("/usr/local/cuda-12.8", "CUDA_HOME", "12.8")
+    assert fact["source"].startswith("/etc/systemd/system/gptoss-vllm.service")
+
+
+def test_service_without_cuda_home_searches_systemds_path_not_the_shells(box):
+    """nvcc on the shell's PATH only: the service (systemd's default PATH) falls through to
+    /usr/local/cuda, as torch in the service would."""
+    cuda_toolkit(box, "/opt/cuda-13.0", "13.0", version_json=False)
+    cuda_toolkit(box, "/usr/local/cuda", "12.9", version_json=False)
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nExecStart=/usr/bin/vllm serve m\n")
+    env = box.env(PATH="/usr/bin:/opt/cuda-13.0/bin")
+    assert cuda.cuda_home(env)["cuda_home"]["value"]["rule"] == "nvcc-on-PATH"
+    got = service.service_facts(env)["service.cuda_home"]["value"]
+    assert (got["rule"], got["path"], got["version"]) == ("/usr/local/cuda", "/usr/local/cuda", "12.9")
+
+
+def test_service_cuda_home_from_the_manifest_without_a_unit_and_absent_without_both(box):
+    cuda_toolkit(box, "/opt/cu13", "13.0")
+    assert "absent" in service.service_facts(box.env())["service.cuda_home"]
+    box.write("/etc/gptoss/manifest.json", json.dumps({"stack": "vllm-0.33.0", "env": {"CUDA_HOME": "/opt/cu13"}}))
+    fact = service.service_facts(box.env())["service.cuda_home"]
+    assert fact["value"]["version"] == "13.0" and fact["source"].startswith("/etc/gptoss/manifest.json env")
+
+
 # -- the venv ---------------------------------------------------------------------------------------
 
 TORCH_VERSION_PY = """# stand-in: the text of a real torch/version.py (2.11.0+cu130), not torch itself

@@ -84,9 +84,12 @@ def stack_line(facts: dict) -> str:
 def summary_lines(facts: dict) -> list[tuple[str, str]]:
     """(label, text) lines that say what the doctor looked at."""
     lines = [("gpu", gpu_line(facts))]
-    home = _v(facts, "cuda_home")
+    # the deployed service's toolkit is the one serving uses (checks judge it too)
+    home_key = "service.cuda_home" if isinstance(_v(facts, "service.cuda_home"), dict) else "cuda_home"
+    home = _v(facts, home_key)
+    whose = " (service)" if home_key == "service.cuda_home" else ""
     lines.append(
-        ("cuda", f"{home['path']} (from {home['rule']}) · {home.get('version') or 'no version'}" if home else _why(facts, "cuda_home"))
+        ("cuda", f"{home['path']} (from {home['rule']}{whose}) · {home.get('version') or 'no version'}" if home else _why(facts, home_key))
     )
     venv = _v(facts, "venv")
     lines.append(("venv", f"{venv['path']} (from {venv['rule']}) · Python {venv.get('python')}" if venv else _why(facts, "venv")))

@@ -51,6 +51,9 @@ FACT_KEYS: dict[str, str] = {
     "service": '{"unit": str, "unit_path": str, "user": str | None, "environment_files": [str], '
     '"environment": {name: value} (redacted; EnvironmentFile= over Environment=), '
     '"environment_file_errors": {path: error}, "argv": [str] (redacted, $VARs expanded), "venv": str | None}',
+    "service.cuda_home": '{...}: the shape of cuda_home, resolved from the deployed service\'s environment '
+    "(its Environment=/EnvironmentFile= values, systemd's default PATH unless it sets one; the manifest's env "
+    "when there is no unit); absent when nothing is deployed. Checks judge it, not the shell's, when present",
     "service.serve": '{"model": str, "host": str, "port": int, "tensor_parallel_size": int, '
     '"gpu_memory_utilization": float | None, "api_key_set": bool, "flags": {flag: value}}  '
     "(parsed from the service's argv and environment)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import shlex
 
 from ..findings import Finding, Fix, check
 from ._util import (
@@ -12,6 +13,8 @@ from ._util import (
     as_str,
     current_stack,
     dists_by_name,
+    env_file_delete,
+    env_file_hint,
     evidence,
     fact_obj,
     fmt_mm,
@@ -20,6 +23,7 @@ from ._util import (
     nvidia_gpus,
     obj,
     rocm_gpus,
+    unit_name,
     uv_pip,
     version,
 )
@@ -38,6 +42,20 @@ def _cuda_home_needed(snap) -> str | None:
     return None
 
 
+def cuda_home_in_force(snap) -> tuple[str, dict | None, str]:
+    """(fact key, CUDA_HOME value or None, whose) of the toolkit that serving uses: the deployed
+    service's (`service.cuda_home`) where something is deployed, else the doctor's shell's. A
+    snapshot from before `service.cuda_home` existed, or one where resolving it failed, falls back
+    to the shell's."""
+    fact = snap.fact("service.cuda_home")
+    deployed = snap.has("service") or isinstance(fact_obj(snap, "manifest").get("env"), dict)
+    if "value" in fact or ("absent" in fact and deployed and "service.cuda_home" in snap.facts):
+        home = fact.get("value")
+        return "service.cuda_home", home if isinstance(home, dict) else None, "the service's"
+    home = snap.get("cuda_home")
+    return "cuda_home", home if isinstance(home, dict) else None, "this shell's"
+
+
 def _nvcc_fix(snap, kb) -> list[str]:
     """Commands that give the venv a matching nvcc and point CUDA_HOME at it (stack row data)."""
     try:
@@ -52,6 +70,20 @@ def _nvcc_fix(snap, kb) -> list[str]:
     if site and getattr(stack, "cuda_home_subdir", None):
         commands.append(f"export CUDA_HOME={posixpath.join(site, stack.cuda_home_subdir)}")
     return commands
+
+
+def _for_the_service(snap, commands: list[str]) -> list[str]:
+    """The shell's `export CUDA_HOME=...` rewritten as an EnvironmentFile edit plus a restart."""
+    out = []
+    for cmd in commands:
+        if cmd.startswith("export CUDA_HOME="):
+            path = env_file_hint(snap)
+            out += [env_file_delete(path, ["CUDA_HOME"]),
+                    f"echo {shlex.quote(cmd[len('export '):])} >> {shlex.quote(path)}",
+                    f"systemctl restart {unit_name(snap)}"]
+        else:
+            out.append(cmd)
+    return out
 
 
 @check(
@@ -76,6 +108,10 @@ def bad_cuda_home(snap, kb):
     (error) or minor (warning, torch's own rule). A toolkit found only by the default search
     (nvcc on PATH, /usr/local/cuda) is judged only when something here compiles with it.
 
+    Where a service is deployed, the toolkit judged is the one the service resolves (its
+    Environment=/EnvironmentFile= values, systemd's default PATH), not the one of the shell that
+    runs the doctor: `service.cuda_home`; elsewhere, the shell's `cuda_home`.
+
     Fix: point CUDA_HOME at a toolkit of torch's CUDA version, in the shell and in the service's
     EnvironmentFile; the stack row names a pip-installable nvcc for the venv.
 
@@ -88,23 +124,26 @@ def bad_cuda_home(snap, kb):
     torch_mm = major_minor(torch.get("cuda"))
     if torch_mm is None:
         raise NotApplicable("torch is not a CUDA build (see torch-cuda-suffix)")
-    home = snap.get("cuda_home")
+    home_key, home, whose = cuda_home_in_force(snap)
     needed = _cuda_home_needed(snap)
-    keys = ["cuda_home", "torch.build"]
+    keys = [home_key, "torch.build"]
     fix_cmds = _nvcc_fix(snap, kb)
+    if home_key == "service.cuda_home":
+        fix_cmds = _for_the_service(snap, fix_cmds)
 
     def finding(severity, title, text, **seen):
         return Finding(
             id="bad-cuda-home",
             severity=severity,
-            title=title,
-            evidence=evidence(snap, keys, cuda_home=home, torch_cuda=fmt_mm(torch_mm), needed_because=needed, **seen),
+            title=f"{title} ({whose} environment)",
+            evidence=evidence(snap, keys, cuda_home=home, judged=home_key, torch_cuda=fmt_mm(torch_mm),
+                              needed_because=needed, **seen),
             fix=Fix(text=text, commands=fix_cmds),
             links=[GUIDE + "#known-issues", "https://github.com/pytorch/pytorch/blob/main/torch/utils/cpp_extension.py"],
         )
 
     want = f"a CUDA {fmt_mm(torch_mm)} toolkit (torch's build)"
-    if not isinstance(home, dict):
+    if home is None:
         if needed:
             yield finding(
                 "warning",

@@ -1,4 +1,9 @@
-"""CUDA_HOME, resolved in the order torch.utils.cpp_extension uses, and its toolkit version."""
+"""CUDA_HOME, resolved in the order torch.utils.cpp_extension uses, and its toolkit version.
+
+`cuda_home` is the doctor's own shell's; `service_cuda_home_fact` resolves the same way from the
+deployed service's environment (collect/service.py calls it), because the service, not the
+shell that runs the doctor, is what compiles kernels while serving.
+"""
 
 from __future__ import annotations
 
@@ -36,10 +41,29 @@ def version_from_json(env: Env, home: str) -> str | None:
     return m.group(1) if m else None
 
 
+# What a systemd service gets when its unit sets no PATH (systemd.exec(5), "Environment variables
+# in spawned processes"): the service finds nvcc only there.
+SYSTEMD_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def cuda_home(env: Env) -> dict:
+    return {"cuda_home": cuda_home_fact(env)}
+
+
+def service_cuda_home_fact(env: Env, environment: dict[str, str], source: str) -> dict:
+    """The CUDA_HOME the service resolves: its own environment (unredacted), systemd's PATH if it
+    sets none, the box's files; `source` says where that environment was read."""
+    service_env = Env(root=env.root, environ={"PATH": SYSTEMD_DEFAULT_PATH, **environment}, timeout_s=env.timeout_s)
+    fact = cuda_home_fact(service_env)
+    fact["source"] = f"{source}: {fact['source']}" if fact.get("source") else source
+    return fact
+
+
+def cuda_home_fact(env: Env) -> dict:
+    """One fact: the toolkit `env.environ` resolves to, as torch would."""
     found = resolve_cuda_home(env)
     if found is None:
-        return {"cuda_home": absent("CUDA_HOME and CUDA_PATH unset, no nvcc on PATH, no /usr/local/cuda")}
+        return absent("CUDA_HOME and CUDA_PATH unset, no nvcc on PATH, no /usr/local/cuda")
     home, rule = found
     exists = env.path(home).is_dir()
     nvcc = f"{home.rstrip('/')}/bin/nvcc"
@@ -70,7 +94,7 @@ def cuda_home(env: Env) -> dict:
     }
     if nvcc_error:
         fact["nvcc_error"] = nvcc_error
-    return {"cuda_home": value(fact, rule if rule != "/usr/local/cuda" else "default")}
+    return value(fact, rule if rule != "/usr/local/cuda" else "default")
 
 
 COLLECTORS = [(cuda_home, ("cuda_home",))]

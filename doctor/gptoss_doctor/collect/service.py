@@ -1,6 +1,6 @@
 """The deployed service and the environments that matter: this shell's env vars, the
 `gptoss-vllm.service` unit (Environment=, EnvironmentFile=, User=, ExecStart=), its parsed
-serve flags, and the deploy's manifest. Secrets are redacted when the snapshot is finished.
+serve flags and the CUDA_HOME its environment resolves to, and the deploy's manifest. Secrets are redacted when the snapshot is finished.
 """
 
 from __future__ import annotations
@@ -156,15 +156,33 @@ def read_manifest(env: Env):
         raise ValueError(f"{MANIFEST}: not JSON ({e.msg} at line {e.lineno})") from None
 
 
+def service_cuda_home(env: Env, unit: dict | None) -> dict:
+    """The CUDA_HOME of the deployed service: from its unit's environment, else (no unit) from the
+    manifest's env, the environment the deploy gave it; absent when neither is there."""
+    from .cuda import service_cuda_home_fact  # noqa: PLC0415
+
+    if unit is not None:
+        return service_cuda_home_fact(env, unit["environment"], f"{unit['unit_path']} Environment=/EnvironmentFile=")
+    try:
+        manifest = read_manifest(env)
+    except ValueError:
+        manifest = None
+    menv = manifest.get("env") if isinstance(manifest, dict) else None
+    if isinstance(menv, dict):
+        return service_cuda_home_fact(env, {str(k): str(v) for k, v in menv.items()}, f"{MANIFEST} env")
+    return absent(f"no {UNIT} and no manifest env: no deployed service to resolve CUDA_HOME for")
+
+
 def service_facts(env: Env) -> dict:
     unit = read_unit(env)
     if unit is None:
         why = absent(f"no {UNIT} in {', '.join(UNIT_DIRS)}")
-        return {"service": why, "service.serve": why}
+        return {"service": why, "service.serve": why, "service.cuda_home": service_cuda_home(env, None)}
     from .venv import _venv_of_binary  # noqa: PLC0415 (venv imports this module)
 
     venv = _venv_of_binary(env, unit["argv"][0]) if unit["argv"] else None
-    facts = {"service": value({**unit, "venv": venv}, unit["unit_path"])}
+    facts = {"service": value({**unit, "venv": venv}, unit["unit_path"]),
+             "service.cuda_home": service_cuda_home(env, unit)}
     if not unit["argv"]:
         facts["service.serve"] = failed("the unit has no ExecStart=", unit["unit_path"])
         return facts
@@ -188,6 +206,6 @@ def manifest_fact(env: Env) -> dict:
 
 COLLECTORS = [
     (shell_env, ("env.shell",)),
-    (service_facts, ("service", "service.serve")),
+    (service_facts, ("service", "service.serve", "service.cuda_home")),
     (manifest_fact, ("manifest",)),
 ]
