@@ -155,6 +155,9 @@ def deploy(stack: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet():
+    from test_fleet_upgrade import exclusive_fleet
+
+    lock = exclusive_fleet(STATE_DIR)
     up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
     if up.returncode != 0:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
@@ -164,6 +167,7 @@ def fleet():
     deploy(st["new"])
     yield st
     deploy(st["new"])  # put back what the tests below changed on the hosts
+    lock.close()
 
 
 @pytest.mark.fleet

@@ -174,6 +174,24 @@ fleet_only = [
 ]
 
 
+def exclusive_fleet(state_dir: str, timeout_s: float = 1800):
+    """Hold the upgrade testbed for this process: two upgrade runs on the same hosts at once
+    (another session's tests or bench) would flip each other's stacks."""
+    import fcntl
+
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    f = open(Path(state_dir) / "exclusive.lock", "w")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{state_dir}/exclusive.lock held for {timeout_s:.0f}s by another run")
+            time.sleep(1)
+
+
 def _env(**extra: str) -> dict:
     return {**os.environ, "GPTOSS_TESTBED_STATE": STATE_DIR, "PYINFRA_PROGRESS": "off", **extra}
 
@@ -249,7 +267,8 @@ class Prober(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def fleet() -> dict:
+def fleet():
+    lock = exclusive_fleet(STATE_DIR)
     up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
     if up.returncode != 0:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
@@ -260,7 +279,8 @@ def fleet() -> dict:
     st["new"], st["old"] = names[-1], names[-2]
     st["vllm"] = {s["name"]: s["vllm"] for s in st["stacks"]}
     st["addr"] = {h["name"]: h["address"] for h in st["hosts"]}
-    return st
+    yield st
+    lock.close()
 
 
 def on_stack(fleet: dict, stack: str) -> dict[str, bool]:
