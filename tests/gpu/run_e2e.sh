@@ -36,6 +36,7 @@ WHEELHOUSE=${WHEELHOUSE:-/tmp/wheelhouse}
 TOOLS=${TOOLS:-.gpu/tools}
 EXTRA=${EXTRA:-/tmp/gpu/extra}
 BASE_PYTHON=${BASE_PYTHON:-/opt/torch/.venv/bin/python3}
+CONTROLLER_PYTHON=${CONTROLLER_PYTHON:-$BASE_PYTHON}  # pyinfra's interpreter (any 3.12 for the cp312 tools)
 BUDGET_S=${BUDGET_S:-540}  # stop starting new steps after this
 WORK=/tmp/gptoss-e2e
 FIX=$WORK/fixtures
@@ -79,17 +80,23 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_HOME_KEY=system; fi
 say "CUDA_HOME choice: $CUDA_HOME_KEY ($(/usr/local/cuda/bin/nvcc --version 2>/dev/null | grep release))"
 
 # -- 1. controller venv, offline (CONTROLLER_VENV: use that one instead, for a rehearsal) ----
+# The offline uv settings are for the controller's own installs only: the deploy's commands on
+# the host must work without them (it passes its own --offline --no-index --find-links).
 PORT=${GPTOSS_E2E_PORT:-8000}
+OFFLINE=(env UV_OFFLINE=1 UV_NO_INDEX=1 "UV_FIND_LINKS=$REPO/$TOOLS,$EXTRA,$WHEELHOUSE" UV_PYTHON_DOWNLOADS=never UV_CACHE_DIR=$WORK/uv-cache)
 if [ -n "${CONTROLLER_VENV:-}" ]; then
+  UV=$CONTROLLER_VENV/bin/uv
   export PATH=$CONTROLLER_VENV/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
 else
-mkdir -p $WORK/uvw && (cd $WORK/uvw && $BASE_PYTHON -m zipfile -e "$REPO/$TOOLS"/uv-*.whl . ) && UV=$(ls $WORK/uvw/uv-*.data/scripts/uv) && chmod +x "$UV"
-export UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS="$REPO/$TOOLS $EXTRA $WHEELHOUSE" UV_PYTHON_DOWNLOADS=never
-"$UV" venv -q --python "$BASE_PYTHON" $WORK/ctl && "$UV" pip install -q --python $WORK/ctl/bin/python pyinfra uv packaging rich \
-  || { say "FAILED: controller venv"; exit 1; }
-export PATH=$WORK/ctl/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
+  mkdir -p $WORK/uvw && (cd $WORK/uvw && $CONTROLLER_PYTHON -m zipfile -e "$REPO/$TOOLS"/uv-*.whl . ) && UV=$(ls $WORK/uvw/uv-*.data/scripts/uv) && chmod +x "$UV"
+  "${OFFLINE[@]}" "$UV" venv -q --python "$CONTROLLER_PYTHON" $WORK/ctl && "${OFFLINE[@]}" "$UV" pip install -q --python $WORK/ctl/bin/python pyinfra uv packaging rich \
+    || { say "FAILED: controller venv"; exit 1; }
+  export PATH=$WORK/ctl/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
 fi
-say "controller ready: $(pyinfra --version 2>&1 | head -1)"
+# The doctor wheel the deploy pushes, built here from this tree (hatchling from $EXTRA).
+rm -rf $WORK/doctor-wheel && "${OFFLINE[@]}" "$UV" build -q --wheel --out-dir $WORK/doctor-wheel doctor \
+  && export GPTOSS_DOCTOR_WHEEL=$(ls $WORK/doctor-wheel/*.whl) || { say "FAILED: doctor wheel"; exit 1; }
+say "controller ready: $(pyinfra --version 2>&1 | head -1), doctor wheel $(basename $GPTOSS_DOCTOR_WHEEL)"
 
 # -- the deploy, parameterised --------------------------------------------------------------
 export GPTOSS_E2E_WHEELHOUSE=$WHEELHOUSE GPTOSS_E2E_BASE_PYTHON=$BASE_PYTHON GPTOSS_E2E_MODEL_PATH=$MODEL \
@@ -132,6 +139,7 @@ ready_poller() {  # records when /health first answers 200
         if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status==200 else 1)" 2>/dev/null; then
           date +%s.%N > $WORK/ready_at; exit 0; fi; sleep 0.5; done ) &
 }
+ready_seen() { for _ in $(seq 1 20); do [ -f $WORK/ready_at ] && return 0; sleep 0.5; done; return 1; }
 started_at() { python3 -c "import json; print(json.load(open('/run/gptoss/gptoss-vllm.state')).get('since', 0))" 2>/dev/null || echo 0; }
 
 # -- 2. first deploy: cold ---------------------------------------------------------------------
@@ -139,7 +147,7 @@ M0=$(log_mark)
 ready_poller
 deploy healthy 0.85 "[]"
 FIRST_RC=$DEPLOY_RC
-if [ -f $WORK/ready_at ]; then
+if ready_seen; then
     S=$(log_since "$M0" | grep -m1 "gptoss-supervise: starting" | cut -d' ' -f1)
     COLD=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
     say "READY cold: ${COLD}s from the supervisor's start to /health 200"
@@ -200,7 +208,7 @@ if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; th
     M=$(log_mark)
     ready_poller
     deploy healthy-warm 0.85 "[]"
-    if [ -f $WORK/ready_at ]; then
+    if ready_seen; then
         S=$(log_since "$M" | grep "gptoss-supervise: starting" | tail -1 | cut -d' ' -f1)
         WARM=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
         say "READY warm: ${WARM}s"; result "{\"step\": \"ready-warm\", \"seconds\": $WARM, \"deploy_exit\": $DEPLOY_RC}"
