@@ -294,3 +294,23 @@ def test_duplicate_triton_fix_repairs_a_real_uv_venv(kb, tmp_path):
     assert (findings, status) == ([], "ok")
     sp = next(venv.glob("lib/python3*/site-packages"))
     assert (sp / "triton" / "_version.py").read_text().count("3.3.1") == 1  # the kept one's files, complete
+
+
+def test_recommendations_never_name_a_sites_stack(kb):
+    """driver-too-old offers the newest stack this driver runs: with a site stack loaded that is
+    newer and fits the driver (the testbed's broken stack, a pinned nightly), the offer is still a
+    shipped stack; the site's stack is for the hosts deployed from it."""
+    from gptoss_doctor.knowledge import load as load_kb
+
+    site = (FIXTURES / "checks" / "site-stack-file-invalid" / "valid-site-stack.json")
+    text = json.loads(site.read_text())["patch"]["stacks.extra"]["value"][0]["text"]
+    text = (text.replace('"vllm-0.33.0-site"', '"vllm-0.99.0-cu129"').replace('vllm = "0.33.0"', 'vllm = "0.99.0"')
+            .replace('"vllm==0.33.0"', '"vllm==0.99.0"').replace('"+cu130"', '"+cu129"').replace('cuda = "13.0"', 'cuda = "12.9"')
+            .replace('"cu130"', '"cu129"').replace('min_driver = "580.95.05"', 'min_driver = "575.51.03"'))
+    with_site = load_kb(extra_stack_texts={"/etc/gptoss/stacks.d/site.toml": text})
+    case = json.loads((FIXTURES / "checks" / "driver-too-old" / "cu130-torch-on-575-driver.json").read_text())
+    snap = apply_case(load_base(case["snapshot"]), case, "driver-too-old")
+    (plain,), _ = run_one(snap, kb, REGISTRY["driver-too-old"])
+    (site_loaded,), _ = run_one(snap, with_site, REGISTRY["driver-too-old"])
+    assert "vllm-0.99.0-cu129" in with_site.stacks and "vllm-0.99.0-cu129" not in " ".join(site_loaded.fix.commands)
+    assert site_loaded.fix.commands == plain.fix.commands and site_loaded.fix.commands

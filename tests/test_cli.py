@@ -186,6 +186,67 @@ def test_service_on_all_interfaces_without_a_key(capsys, plain_venv, tmp_path):
     assert "api-without-key" not in {f["id"] for f in json.loads(out)["findings"]}
 
 
+SITE_STACK = """[[stack]]
+name = "vllm-0.33.0-site"
+era = "0.33.0 rebuilt by the site for Python 3.12 and newer only"
+vllm = "0.33.0"
+torch = "2.14.0"
+torch_local = "+cu130"
+triton_dist = "triton"
+triton = "3.8.0"
+cuda = "13.0"
+python = ">=3.12,<3.15"
+min_driver = "580.95.05"
+indexes = [{ name = "pypi", url = "https://pypi.org/simple" }]
+requirements = ["vllm==0.33.0"]
+source = "INFRA-1234 build log, 2026-11-20"
+"""
+
+
+def deployed_root(tmp_path, venv: Path, site_text: str) -> Env:
+    """A fake root as the deploy leaves it: a manifest naming the site's stack, its file in stacks.d."""
+    root = tmp_path / "root"
+    (root / "etc/gptoss/stacks.d").mkdir(parents=True)
+    (root / "etc/gptoss/stacks.d/site.toml").write_text(site_text)
+    manifest = {"stack": "vllm-0.33.0-site", "venv": str(venv), "extra_stack_files": ["/etc/gptoss/stacks.d/site.toml"]}
+    (root / "etc/gptoss/manifest.json").write_text(json.dumps(manifest))
+    return Env(root=root, environ={"PATH": "/usr/bin"})
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the site stack's range is chosen to exclude this Python")
+def test_a_host_on_a_site_stack_is_judged_against_it_here_and_from_its_snapshot(capsys, plain_venv, tmp_path):
+    """The deploy copied the site's stack file and listed it in the manifest: the doctor loads it
+    (the site stack wants Python >= 3.12, this venv has 3.11), records its text in the snapshot,
+    and `check --from` judges the same with no file of the host at hand."""
+    env = deployed_root(tmp_path, plain_venv, SITE_STACK)
+    rc, out, err = run(capsys, "--json", "--venv", str(plain_venv), env=env)
+    report = json.loads(out)
+    py = next(f for f in report["findings"] if f["id"] == "python-outside-stack")
+    assert "vllm-0.33.0-site" in py["title"] and ">=3.12,<3.15" in py["title"]
+    assert report["checks"]["site-stack-file-invalid"] == "ok"
+    _, snap, _ = run(capsys, "collect", "--venv", str(plain_venv), env=env)
+    assert json.loads(snap)["facts"]["stacks.extra"]["value"] == [{"path": "/etc/gptoss/stacks.d/site.toml", "text": SITE_STACK}]
+    (tmp_path / "box.json").write_text(snap)
+    import shutil
+
+    shutil.rmtree(tmp_path / "root")  # "elsewhere": the host's files are gone, the snapshot remains
+    rc2, out2, _ = run(capsys, "check", "--from", str(tmp_path / "box.json"), "--json")
+    again = json.loads(out2)
+    assert (rc2, again["checks"]) == (rc, report["checks"])
+    assert [f["title"] for f in again["findings"]] == [f["title"] for f in report["findings"]]
+
+
+def test_a_site_stack_file_that_does_not_load_is_reported_and_left_out(capsys, plain_venv, tmp_path):
+    env = deployed_root(tmp_path, plain_venv, SITE_STACK.replace('min_driver = "580.95.05"', 'min_driver = "575.51.03"'))
+    rc, out, err = run(capsys, "--json", "--venv", str(plain_venv), env=env)
+    report = json.loads(out)
+    bad = next(f for f in report["findings"] if f["id"] == "site-stack-file-invalid")
+    assert "/etc/gptoss/stacks.d/site.toml" in bad["title"] and "'vllm-0.33.0-site' is unknown" in bad["title"]
+    assert "min_driver: 575.51.03 is below" in bad["evidence"]["problems"][0]["error"]
+    assert report["checks"]["python-outside-stack"].startswith("skipped: manifest stack 'vllm-0.33.0-site' is not in the knowledge")
+    assert err == ""  # judged, not refused: the rest of the doctor still runs
+
+
 # -- logs ------------------------------------------------------------------------------------------
 
 SINKS_LOG = """INFO 08-06 10:00:01 [api_server.py:1805] vLLM API server version 0.10.1+gptoss

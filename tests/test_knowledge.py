@@ -296,6 +296,30 @@ def test_extra_stack_file_as_a_bare_path(tmp_path):
     assert "vllm-0.33.0-site" in load(str(f)).stacks
 
 
+def test_latest_stack_is_never_a_sites_stack(tmp_path):
+    """A site stack newer than every shipped one (a pinned nightly, the testbed's broken stack)
+    is found by name and by its vLLM, but "today's stack" stays the shipped one."""
+    f = tmp_path / "site-stacks.toml"
+    f.write_text(SITE_STACK.replace('vllm = "0.33.0"', 'vllm = "0.99.0"').replace('"vllm==0.33.0"', '"vllm==0.99.0"'))
+    kb = load([f])
+    shipped_latest = load().latest_stack
+    assert list(kb.stacks)[-1] == "vllm-0.33.0-site"  # it is the newest row...
+    assert kb.latest_stack == shipped_latest  # ...but not today's stack
+    assert list(kb.site_stacks) == ["vllm-0.33.0-site"] and kb.site_stacks["vllm-0.33.0-site"].site_file == str(f)
+    assert "vllm-0.33.0-site" not in kb.shipped_stacks and shipped_latest.site_file is None
+    assert kb.stack_for_vllm("0.99.0").name == "vllm-0.33.0-site"  # a host on it is still recognised
+
+
+def test_extra_stack_texts_as_a_snapshot_records_them(tmp_path):
+    """The same stack from its text (a snapshot's copy): named by the path it had on its host."""
+    kb = load(extra_stack_texts={"/etc/gptoss/stacks.d/site.toml": SITE_STACK})
+    assert kb.stack("vllm-0.33.0-site").site_file == "/etc/gptoss/stacks.d/site.toml"
+    with pytest.raises(KnowledgeError, match=r"^/etc/gptoss/stacks\.d/site\.toml: not valid TOML"):
+        load(extra_stack_texts={"/etc/gptoss/stacks.d/site.toml": "[[stack]\n"})
+    with pytest.raises(KnowledgeError, match=r"^/etc/gptoss/stacks\.d/b\.toml: stack 'vllm-0\.33\.0-site': name: duplicate"):
+        load(extra_stack_texts={"/etc/gptoss/stacks.d/a.toml": SITE_STACK, "/etc/gptoss/stacks.d/b.toml": SITE_STACK})
+
+
 def test_row_that_is_not_a_table(tmp_path):
     f = tmp_path / "site-stacks.toml"
     f.write_text('stack = ["vllm-0.33.0"]\n')

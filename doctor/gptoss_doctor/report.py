@@ -74,8 +74,12 @@ def diagnose(snap, only: list[str] | None = None) -> tuple[list[Finding], dict[s
         from .knowledge import KnowledgeError, load  # noqa: PLC0415
     except ImportError as e:
         raise DoctorError(f"the doctor's checks could not be loaded ({e}); reinstall gptoss-doctor") from None
+    from .checks._util import knowledge_for  # noqa: PLC0415
+
     try:
-        kb = load()
+        # the host's own stack files, as the snapshot recorded them, join the shipped knowledge
+        # (a file that does not load is left out and reported by `site-stack-file-invalid`)
+        kb, _ = knowledge_for(snap, load)
     except KnowledgeError as e:
         raise DoctorError(f"the doctor's knowledge files are invalid: {e}") from None
     try:

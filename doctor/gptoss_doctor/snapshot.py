@@ -58,6 +58,9 @@ FACT_KEYS: dict[str, str] = {
     '"gpu_memory_utilization": float | None, "api_key_set": bool, "flags": {flag: value}}  '
     "(parsed from the service's argv and environment)",
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
+    "stacks.extra": '[{"path": "/etc/gptoss/stacks.d/site.toml", "text": str (the TOML) | "error": str}]  '
+    "(the site's stack files the manifest lists in extra_stack_files, with their text: the checks judge with "
+    "knowledge.load(extra_stack_texts={path: text}), here and under `check --from` elsewhere)",
     "files.world_readable_secrets": '[{"path": str, "mode": "0644", "what": str}]',
     "hf.offline_files": '{"tiktoken_dir": str | None, "tiktoken_dir_exists": bool, "tiktoken_from": "service" | "shell" | None, '
     '"files": [str] (in tiktoken_dir), "tiktoken_cache_dir": str | None (TIKTOKEN_CACHE_DIR), '

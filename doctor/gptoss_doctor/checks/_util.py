@@ -352,3 +352,37 @@ def gpu_memory_utilization(snap: Snapshot) -> tuple[float, bool]:
 
 def unit_name(snap: Snapshot) -> str:
     return service(snap).get("unit") or "gptoss-vllm.service"
+
+
+# --- the site's own stacks, as the snapshot recorded them ---------------------------------------
+
+
+def site_stack_texts(snap: Snapshot) -> dict[str, str]:
+    """{path on the host: TOML text} of the site stack files the snapshot carries (`stacks.extra`)."""
+    return {str(f["path"]): f["text"] for f in fact_list(snap, "stacks.extra")
+            if isinstance(f, dict) and isinstance(f.get("text"), str) and f.get("path")}
+
+
+def knowledge_for(snap: Snapshot, load) -> tuple[Any, list[dict]]:
+    """(knowledge with every usable site stack file of the snapshot, [{"path", "error"}] for the
+    files left out: unreadable on the host, or rejected by the loader). `load` is
+    `gptoss_doctor.knowledge.load` (passed in, so this module stays free of the loader)."""
+    from ..knowledge import KnowledgeError  # noqa: PLC0415
+
+    problems = [{"path": str(f.get("path")), "error": f"unreadable on the host: {f['error']}"}
+                for f in fact_list(snap, "stacks.extra") if isinstance(f, dict) and f.get("error")]
+    texts = site_stack_texts(snap)
+    if not texts:
+        return load(), problems
+    try:
+        return load(extra_stack_texts=texts), problems
+    except KnowledgeError:
+        pass
+    good: dict[str, str] = {}
+    for path, text in texts.items():  # keep each file that loads beside the ones kept before it
+        try:
+            load(extra_stack_texts={**good, path: text})
+            good[path] = text
+        except KnowledgeError as e:
+            problems.append({"path": path, "error": str(e)})
+    return (load(extra_stack_texts=good) if good else load()), problems

@@ -242,7 +242,7 @@ def driver_too_old(snap, kb):
 def _newest_stack_for_driver(kb, driver: str, driver_max) -> object | None:
     d = version(driver)
     fits = []
-    for s in kb.stacks.values():
+    for s in kb.shipped_stacks.values():  # a recommendation: never a site's own stack
         if d is not None and version(s.min_driver) and version(s.min_driver) > d:
             continue
         max_mm = major_minor(driver_max)

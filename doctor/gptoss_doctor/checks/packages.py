@@ -18,6 +18,7 @@ from ._util import (
     fact_obj,
     in_specifier,
     installed_version,
+    knowledge_for,
     nvidia_gpus,
     public,
     python_in,
@@ -587,4 +588,48 @@ def triton_version_mismatch(snap, kb):
             commands=[uv_pip(snap, "install", "--reinstall", pin, *stack_args(stack))],
         ),
         links=["https://github.com/vllm-project/vllm/issues/39664", stack.source],
+    )
+
+
+@check(
+    "site-stack-file-invalid",
+    severity="warning",
+    title="A site stack file the manifest lists is missing or invalid",
+    category="packages",
+    needs=("stacks.extra",),
+    links=[DESIGN],
+)
+def site_stack_file_invalid(snap, kb):
+    """A stack file of the site's own (manifest `extra_stack_files`, copied by the deploy to
+    /etc/gptoss/stacks.d/) could not be read on the host, or the knowledge loader rejects it.
+
+    Why: the doctor judges a host against the stack its manifest names; a site stack that does not
+    load is left out, so a host deployed from it is judged without it (the checks that need the
+    stack skip: "manifest stack ... is not in the knowledge").
+
+    Fix: re-run the deploy for this host (it copies the files it validated on the controller), or
+    correct the file as the loader's message says.
+
+    Source: docs/design.md (on a deployed host); doctor/gptoss_doctor/knowledge/README.md (how a
+    site adds a stack).
+    """
+    from ..knowledge import load  # noqa: PLC0415
+
+    _, problems = knowledge_for(snap, load)
+    if not problems:
+        return
+    stack = fact_obj(snap, "manifest").get("stack")
+    lost = isinstance(stack, str) and stack not in kb.stacks
+    yield Finding(
+        id="site-stack-file-invalid",
+        severity="warning",
+        title=f"{len(problems)} site stack file(s) left out of the knowledge: " + ", ".join(p["path"] for p in problems)
+        + (f"; the manifest's stack {stack!r} is unknown without them" if lost else ""),
+        evidence=evidence(snap, ["stacks.extra", "manifest"], problems=problems, manifest_stack=stack),
+        fix=Fix(
+            text="Re-run the deploy for this host (it copies the site's stack files it validated), or fix each file "
+            "as the message says; check it with:",
+            commands=["gptoss-doctor --only site-stack-file-invalid"],
+        ),
+        links=[DESIGN],
     )

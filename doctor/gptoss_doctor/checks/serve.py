@@ -143,7 +143,7 @@ def tool_call_parser_openai(snap, kb):
     status = kb.lifecycle_status(lc, vllm)
     if status in ("valid", "deprecated"):
         return
-    newer = [s for s in kb.stacks.values() if kb.lifecycle_status(lc, s.vllm) == "valid"]
+    newer = [s for s in kb.shipped_stacks.values() if kb.lifecycle_status(lc, s.vllm) == "valid"]
     yield Finding(
         id="tool-call-parser-openai",
         severity="error",

@@ -204,8 +204,30 @@ def manifest_fact(env: Env) -> dict:
     return {"manifest": value(manifest, MANIFEST)}
 
 
+def site_stack_files(env: Env) -> dict:
+    """The site's own stack files the deploy copied to /etc/gptoss/stacks.d and listed in the
+    manifest, with their text: so `check --from` on another machine judges against them too."""
+    try:
+        manifest = read_manifest(env)
+    except ValueError as e:
+        return {"stacks.extra": failed(str(e), MANIFEST)}
+    if not isinstance(manifest, dict):
+        return {"stacks.extra": absent(f"no {MANIFEST}: no site stack files", MANIFEST)}
+    listed = manifest.get("extra_stack_files") or []
+    if not isinstance(listed, list):
+        return {"stacks.extra": failed(f"{MANIFEST}: extra_stack_files is not a list", MANIFEST)}
+    files = []
+    for path in map(str, listed):
+        try:
+            files.append({"path": path, "text": env.read_text(path)})
+        except OSError as e:
+            files.append({"path": path, "error": e.strerror or str(e)})
+    return {"stacks.extra": value(files, f"{MANIFEST} extra_stack_files")}
+
+
 COLLECTORS = [
     (shell_env, ("env.shell",)),
     (service_facts, ("service", "service.serve", "service.cuda_home")),
     (manifest_fact, ("manifest",)),
+    (site_stack_files, ("stacks.extra",)),
 ]

@@ -118,6 +118,7 @@ class Stack(_Sourced):
     nvcc_requirement: str | None = None  # pip wheel with this CUDA's nvcc; None: no such wheel
     cuda_home_subdir: str | None = None  # where that wheel puts the toolkit, under site-packages
     notes: str = ""
+    site_file: str | None = None  # the site's stack file it came from; None: shipped (stacks.toml)
 
     @property
     def vllm_version(self) -> Version:
@@ -601,9 +602,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise KnowledgeError(f"{path.name}: not valid TOML ({e})") from None
 
 
-def _read_file(path: Path, tables: dict[str, _Spec], display: str | None = None) -> dict[str, list[dict]]:
+def _read_toml_text(text: str, display: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KnowledgeError(f"{display}: not valid TOML ({e})") from None
+
+
+def _read_file(path: Path | None, tables: dict[str, _Spec], display: str | None = None,
+               text: str | None = None) -> dict[str, list[dict]]:
+    """The validated rows of a file, or of `text` (then `display` names where it came from)."""
     fname = display or path.name
-    doc = _read_toml(path)
+    doc = _read_toml(path) if text is None else _read_toml_text(text, fname)
     unknown = sorted(set(doc) - set(tables))
     if unknown:
         raise KnowledgeError(
@@ -729,8 +739,20 @@ class Knowledge:
             raise KnowledgeError(f"unknown stack {name!r}; valid stacks: {', '.join(self.stacks)}") from None
 
     @property
+    def shipped_stacks(self) -> Mapping[str, Stack]:
+        """The stacks of stacks.toml (oldest first), without a site's own: what the doctor may
+        recommend to anyone."""
+        return MappingProxyType({n: s for n, s in self.stacks.items() if s.site_file is None})
+
+    @property
     def latest_stack(self) -> Stack:
-        return list(self.stacks.values())[-1]
+        """Today's shipped stack; never a site's extra stack (see `site_stacks`)."""
+        return list(self.shipped_stacks.values())[-1]
+
+    @property
+    def site_stacks(self) -> Mapping[str, Stack]:
+        """The stacks loaded from a site's extra stack files, by name."""
+        return MappingProxyType({n: s for n, s in self.stacks.items() if s.site_file is not None})
 
     def stack_for_vllm(self, vllm_version: str | Version) -> Stack | None:
         """The stack whose vLLM equals this version (local version included), else None."""
@@ -744,12 +766,13 @@ class Knowledge:
 
     def era_stack(self, vllm_version: str | Version) -> Stack | None:
         """The newest public-release stack at or below this version (a local build such as
-        0.10.1+gptoss only answers for itself): the era the version belongs to."""
+        0.10.1+gptoss only answers for itself): the era the version belongs to. Eras are the
+        shipped stacks; a site's stack answers only for its exact version."""
         v = parse_version(vllm_version)
         exact = [s for s in self.stacks.values() if s.vllm_version == v]
         if exact:
             return exact[0]
-        older = [s for s in self.stacks.values() if not s.vllm_version.local and s.vllm_version <= v]
+        older = [s for s in self.shipped_stacks.values() if not s.vllm_version.local and s.vllm_version <= v]
         return max(older, key=lambda s: s.vllm_version) if older else None
 
     # -- GPUs -----------------------------------------------------------------------------
@@ -867,11 +890,14 @@ def _major_minor(cuda: str) -> str:
     return ".".join(parts[:2]) if len(parts) >= 2 else str(cuda)
 
 
-def _load_stacks(path: Path, drivers: dict[str, DriverFloor], display: str | None = None) -> list[dict]:
-    rows = _read_file(path, {"stack": _STACK}, display)["stack"]
+def _load_stacks(path: Path | None, drivers: dict[str, DriverFloor], display: str | None = None,
+                 text: str | None = None) -> list[dict]:
+    rows = _read_file(path, {"stack": _STACK}, display, text)["stack"]
     fname = display or path.name
     for r in rows:
         _check_stack(fname, r, drivers)
+        if display is not None:
+            r["site_file"] = display
     return rows
 
 
@@ -882,20 +908,23 @@ def _order_stacks(fname: str, rows: list[dict]) -> dict[str, Stack]:
     return {r["name"]: _build(Stack, r) for r in ordered}
 
 
-def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = ()) -> Knowledge:
-    """Load and validate every file in `data_dir` (tests point this at a broken copy)."""
+def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
+              extra_stack_texts: Mapping[str, str] | None = None) -> Knowledge:
+    """Load and validate every file in `data_dir` (tests point this at a broken copy), plus a
+    site's stack files: by path, or as {where it came from: TOML text} (a snapshot's copy)."""
     data_dir = Path(data_dir)
     drivers_rows = _read_file(data_dir / "drivers.toml", _FILES["drivers.toml"])["cuda"]
     _unique("drivers.toml", "cuda", drivers_rows, key="cuda")
     drivers = {r["cuda"]: _build(DriverFloor, r) for r in drivers_rows}
 
     stack_rows = _load_stacks(data_dir / "stacks.toml", drivers)
-    for extra in extra_stack_files:
-        p = Path(extra)
-        extra_rows = _load_stacks(p, drivers, display=str(p))
+    extras = [(str(Path(p)), Path(p), None) for p in extra_stack_files]
+    extras += [(str(name), None, text) for name, text in (extra_stack_texts or {}).items()]
+    for display, path, text in extras:
+        extra_rows = _load_stacks(path, drivers, display=display, text=text)
         for r in extra_rows:
             if any(r["name"] == s["name"] for s in stack_rows):
-                raise KnowledgeError(f"{p}: {r['_label']}: name: duplicate stack {r['name']!r} (already defined)")
+                raise KnowledgeError(f"{display}: {r['_label']}: name: duplicate stack {r['name']!r} (already defined)")
         stack_rows += extra_rows
     stacks = _order_stacks("stacks.toml", stack_rows)
 
@@ -949,10 +978,11 @@ def _load_default() -> Knowledge:
     return load_from(DATA_DIR)
 
 
-def load(extra_stack_files: Iterable[str | Path] = ()) -> Knowledge:
-    """The shipped knowledge (cached), plus a site's own stacks from `extra_stack_files`."""
+def load(extra_stack_files: Iterable[str | Path] = (), extra_stack_texts: Mapping[str, str] | None = None) -> Knowledge:
+    """The shipped knowledge (cached), plus a site's own stacks from `extra_stack_files` (paths)
+    or `extra_stack_texts` ({the file's path on its host: its TOML text}, as a snapshot records them)."""
     # one path given bare is one file, not a sequence of characters
     extra = (extra_stack_files,) if isinstance(extra_stack_files, (str, Path)) else tuple(extra_stack_files)
-    if not extra:
+    if not extra and not extra_stack_texts:
         return _load_default()
-    return load_from(DATA_DIR, extra)
+    return load_from(DATA_DIR, extra, extra_stack_texts)
