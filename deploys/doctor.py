@@ -53,7 +53,7 @@ def extra_stack_files(data: dict) -> tuple[str, ...]:
     return tuple([v] if isinstance(v, str) else list(v or ()))
 
 
-def judge(name: str, stdout: str, stderr: str, extra_stacks: tuple[str, ...] = ()) -> dict:
+def judge(name: str, stdout: str, stderr: str, extra_stacks: tuple[str, ...] = (), wanted: str | None = None) -> dict:
     """One host's row from `gptoss-doctor collect` output, judged here by the controller's checks
     (checks.run_checks) with the controller's knowledge plus the site's stacks."""
     from gptoss_doctor import knowledge
@@ -86,18 +86,22 @@ def judge(name: str, stdout: str, stderr: str, extra_stacks: tuple[str, ...] = (
         "stack": (manifest or {}).get("stack"),
         "vllm_manifest": ((manifest or {}).get("versions") or {}).get("vllm"),
         "vllm_installed": installed,
-        "drift": drift_of(report["findings"], manifest),
+        "stack_wanted": wanted,
+        "drift": drift_of(report["findings"], manifest, wanted),
         "counts": {s: sum(1 for f in report["findings"] if f["severity"] == s) for s in ("error", "warning", "info")},
         "findings": [{"id": f["id"], "severity": f["severity"], "title": f["title"],
                       "fix": (f.get("fix") or {}).get("text")} for f in shown],
     }
 
 
-def drift_of(findings: list[dict], manifest: dict | None) -> list[str]:
-    """What differs from the manifest, from the doctor's manifest-drift finding (pure)."""
+def drift_of(findings: list[dict], manifest: dict | None, wanted: str | None = None) -> list[str]:
+    """What differs from the manifest (the doctor's manifest-drift finding), and a manifest
+    stack other than the inventory's gptoss_stack (an unfinished rollout) (pure)."""
     if manifest is None:
         return ["no manifest"]
     out = []
+    if wanted and manifest.get("stack") != wanted:
+        out.append(f"stack {manifest.get('stack')} (inventory: {wanted})")
     for f in findings:
         if f["id"] == "manifest-drift":
             for d in (f.get("evidence") or {}).get("drift") or []:
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         def one(h):
             with ctx_host.use(h):
                 try:
-                    return judge(h.name, *run_collect(h), extra_stack_files(h.data.dict()))
+                    data = h.data.dict()
+                    return judge(h.name, *run_collect(h), extra_stack_files(data), data.get("gptoss_stack"))
                 except Exception as e:  # a lost connection: this host is unreadable
                     return unreadable(h.name, f"{type(e).__name__}: {e}"[:300])
 
@@ -228,7 +233,8 @@ def _deploy_for_this_host() -> None:
         if fleet is None:
             fleet = st._gptoss_fleet_doctor = {"rows": {}, "expected": {h.name for h in st.inventory.get_active_hosts()}}
         try:
-            row = judge(host.name, *run_collect(host), extra_stack_files(host.data.dict()))
+            data = host.data.dict()
+            row = judge(host.name, *run_collect(host), extra_stack_files(data), data.get("gptoss_stack"))
         except Exception as e:  # a lost connection: this host is unreadable
             row = unreadable(host.name, f"{type(e).__name__}: {e}"[:300])
         fleet["rows"][host.name] = row

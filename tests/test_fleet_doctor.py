@@ -63,6 +63,12 @@ def test_judge_reports_drift_from_the_manifest_with_the_controllers_checks():
     assert row["counts"]["warning"] >= 1 and row["exit_code"] == 0
 
 
+def test_a_stack_other_than_the_inventorys_is_drift():
+    row = FD.judge("h3", snapshot(MANIFEST, "0.33.0"), "__exit=0", (), "vllm-0.34.0")
+    assert row["drift"] == ["stack vllm-0.33.0 (inventory: vllm-0.34.0)"] and row["stack_wanted"] == "vllm-0.34.0"
+    assert FD.judge("h3", snapshot(MANIFEST, "0.33.0"), "__exit=0", (), "vllm-0.33.0")["drift"] == []
+
+
 def test_judge_no_drift_when_installed_matches():
     row = FD.judge("h1", snapshot(MANIFEST, "0.33.0"), "__exit=0")
     assert row["drift"] == [] and "manifest-drift" not in [f["id"] for f in row["findings"]]
