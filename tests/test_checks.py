@@ -235,6 +235,8 @@ def _run_env_file_fix(finding: Finding, env: dict, env_file: Path) -> dict:
     "recipe-env-for-other-gpu/aiter-on-h100",
     "v0-engine-forced/use-v1-0",
     "attention-backend-unknown/new-name-in-env-on-0-10-1",
+    "attention-backend-no-sinks/flash-attn-env-on-b200-gptoss-wheel",
+    "python-tool-backend-ignored/guide-uv-value",
 ])
 def test_env_file_fixes_fix_the_finding(case, kb, tmp_path):
     """The copy-pastable commands really repair the EnvironmentFile: run them on a real file,

@@ -608,3 +608,66 @@ def test_wheelcheck_reads_a_wheel_and_finds_disagreements(kb, tmp_path):
     assert "VLLM_USE_V1: vllm 0.12.0: knowledge says removed, the wheel has it" in bad
     assert any(line.startswith("--max-cudagraph-capture-size: vllm 0.12.0: knowledge says valid, the wheel lacks it") for line in bad)
     assert not any(line.startswith(("VLLM_ATTENTION_BACKEND:", "TRITON_ATTN_VLLM_V1:", "--cuda-graph-sizes:")) for line in bad)
+
+
+# ---------------------------------------------------------------------- attention sinks
+
+LOGS = Path(__file__).parent / "fixtures" / "logs"
+
+
+def test_attention_sinks_agree_with_the_logs_recorded_on_an_h200(kb):
+    """vLLM 0.26.0 on the lent H200 (Hopper): the selector's "potential backends" are the ones
+    that serve sinks there, and forcing FLASHINFER failed with 'attention sinks not supported'."""
+    healthy = (LOGS / "healthy-0260-h200-recorded.log").read_text()
+    potential = re.search(r"out of potential backends: \[([^\]]*)\]", healthy).group(1)
+    for backend in re.findall(r"'(\w+)'", potential):
+        assert kb.serves_sinks(backend, "0.26.0", "hopper") is True, backend
+    forced = (LOGS / "vllm0260-flashinfer-forced-on-h200.log").read_text()
+    assert "AttentionBackendEnum.FLASHINFER is not valid for this configuration. Reason: ['attention sinks not supported']" in forced
+    assert kb.serves_sinks("FLASHINFER", "0.26.0", "hopper") is False
+
+
+@pytest.mark.parametrize("backend,vllm,arch,expected", [
+    ("FLASHINFER", "0.10.1+gptoss", "blackwell", True),   # TRT-LLM-gen on SM100
+    ("FLASHINFER", "0.27.1", "blackwell-rtx", False),     # SM12x XQA came in 0.28
+    ("FLASHINFER", "0.28.0", "blackwell-rtx", True),
+    ("FLASHINFER", "0.29.0", "hopper", False),            # SM90 XQA came in 0.30
+    ("FLASHINFER", "0.33.0", "hopper", True),
+    ("FLASHINFER", "0.33.0", "ada", False),
+    ("FLASH_ATTN", "0.19.1", "blackwell", False),         # FA3 only before 0.20
+    ("FLASH_ATTN", "0.20.0", "blackwell", True),          # FA4 on SM10x
+    ("FLASH_ATTN", "0.33.0", "blackwell-rtx", False),     # FA2 on SM12x: no sinks
+    ("FLASH_ATTN", "0.14.0rc2.dev5", "hopper", True),     # a pre-release counts as its release
+    ("TRITON_ATTN", "0.33.0", "ampere", True),
+    ("ROCM_ATTN", "0.33.0", "cdna3", False),
+    ("ROCM_ATTN", "0.17.0", "cdna3", None),               # not read for that release: unknown
+    ("TORCH_SDPA", "0.33.0", "hopper", None),             # no row: unknown, never judged
+])
+def test_which_backend_serves_sinks_where(kb, backend, vllm, arch, expected):
+    assert kb.serves_sinks(backend, vllm, arch) is expected
+
+
+def test_attention_sinks_rows_are_validated(tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    f = data / "attention_sinks.toml"
+    good = f.read_text()
+    f.write_text(good.replace('archs = ["hopper"]', 'archs = ["hoppr"]', 1))
+    with pytest.raises(KnowledgeError, match=r"attention_sinks\.toml: sinks 'FLASH_ATTN' vllm >=0\.10\.1,<0\.20\.0: archs: unknown arch 'hoppr'"):
+        load_from(data)
+    f.write_text(good.replace('backend = "ROCM_ATTN"', 'backend = "ROCM_ATN"'))
+    with pytest.raises(KnowledgeError, match=r"backend: 'ROCM_ATN' has no \[\[attention_backend\]\] row"):
+        load_from(data)
+
+
+def test_gpt_oss_package_rows_judge_the_package_version(kb):
+    """PYTHON_EXECUTION_BACKEND values are gpt-oss's: 'UV' (the guide's) was never read by any
+    release; dangerously_use_uv from gpt-oss 0.0.5."""
+    uv = kb.env_vars["PYTHON_EXECUTION_BACKEND=UV"]
+    assert uv.package == "gpt-oss" and "dangerously_use_uv" in uv.replacement
+    assert {kb.lifecycle_status(uv, v) for v in ("0.0.1", "0.0.5", "0.0.9")} == {"removed"}
+    new = kb.env_vars["PYTHON_EXECUTION_BACKEND=dangerously_use_uv"]
+    assert [kb.lifecycle_status(new, v) for v in ("0.0.4", "0.0.5", "0.0.9")] == ["not-yet", "valid", "valid"]
+    assert kb.env_vars["VLLM_ATTENTION_BACKEND"].package == "vllm"

@@ -12,6 +12,7 @@ from ._util import (
     fact_obj,
     flag_value,
     obj,
+    serve,
     truthy,
     unit_name,
     vllm_version,
@@ -372,4 +373,96 @@ def attention_backend_wrong_gpu(snap, kb):
             commands=[_backend_fix(snap, w["set_in"], w["backend"], None)[0] for w in wrong] + [f"systemctl restart {unit_name(snap)}"],
         ),
         links=["https://github.com/vllm-project/vllm/issues/30919"],
+    )
+
+
+def _forced_backends(snap, kb, vllm: str) -> list[tuple[str, str, str]]:
+    """[(where, fact key, backend)] the service or shell forces: --attention-backend, and
+    VLLM_ATTENTION_BACKEND where this vLLM still reads it."""
+    forced = []
+    flag = flag_value(snap, "--attention-backend", "--attention-config.backend")
+    if flag:
+        forced.append(("service flag --attention-backend", "service.serve", str(flag)))
+    env_lc = kb.env_vars.get("VLLM_ATTENTION_BACKEND")
+    env_read = env_lc is None or kb.lifecycle_status(env_lc, vllm) in ("valid", "deprecated")
+    known_vars = snap.get("vllm.env_vars")
+    if isinstance(known_vars, list):
+        env_read = "VLLM_ATTENTION_BACKEND" in known_vars
+    label, key, env = effective_env(snap)
+    if env_read and env.get("VLLM_ATTENTION_BACKEND"):
+        forced.append((f"{label} VLLM_ATTENTION_BACKEND", key, str(env["VLLM_ATTENTION_BACKEND"])))
+    return forced
+
+
+SINKS_LINKS = ["https://github.com/vllm-project/vllm/issues/30919", "https://github.com/vllm-project/vllm/issues/28589"]
+
+
+@check(
+    "attention-backend-no-sinks",
+    severity="error",
+    title="A forced attention backend cannot serve gpt-oss's attention sinks on this GPU",
+    category="env",
+    links=SINKS_LINKS,
+)
+def attention_backend_no_sinks(snap, kb):
+    """`--attention-backend` (or VLLM_ATTENTION_BACKEND while vLLM read it) forces a backend that
+    has no attention-sink kernel for this GPU's architecture in the installed vLLM.
+
+    Why: gpt-oss's attention has learned sinks, and vLLM only runs it on a backend whose
+    `supports_sink()` holds on the GPU; a forced backend without them stops start-up with
+    "Selected backend AttentionBackendEnum.FLASHINFER is not valid for this configuration.
+    Reason: ['attention sinks not supported']" (vLLM 0.26.0 on an H200: FlashInfer's sinks were
+    Blackwell-only until 0.28 added SM12x and 0.30 Hopper) or "sink setting not supported"
+    (FLASH_ATTN on RTX 50xx / RTX PRO 6000: FA2 has no sinks). Which backend serves sinks on
+    which GPU arch, per vLLM range, is knowledge data (attention_sinks.toml).
+
+    Fix: drop the override (vLLM picks a sink-capable backend for gpt-oss: FLASH_ATTN on Hopper,
+    FLASHINFER on Blackwell, TRITON_ATTN elsewhere), or force one that serves sinks here.
+
+    Source: vllm-project/vllm#30919, #28589, #24482; the backends' supports_sink() in the vLLM
+    wheels; tests/fixtures/logs/vllm0260-flashinfer-forced-on-h200.log (recorded on an H200).
+    """
+    from ._util import gpu_families, target_vllm  # noqa: PLC0415
+
+    model = serve(snap).get("model")
+    if model and kb.model(str(model)) is None:
+        raise NotApplicable(f"the service serves {model!r}, not a gpt-oss model (only gpt-oss has sinks here)")
+    vllm = target_vllm(snap, kb)
+    archs = sorted({fam.arch for _, fam in gpu_families(snap, kb) if fam is not None})
+    if not archs:
+        raise NotApplicable("no GPU of a family the knowledge knows")
+    vendors = _box_vendors(snap)
+    lacking = []
+    for where, key, backend in _forced_backends(snap, kb, vllm):
+        lc = kb.attention_backends.get(backend)
+        if lc is not None and lc.vendor and lc.vendor not in vendors:
+            continue  # another vendor's backend: attention-backend-wrong-gpu reports it
+        status, _ = _backend_status(snap, kb, backend, vllm)
+        if status not in ("valid", "deprecated"):
+            continue  # a name this vLLM does not know: attention-backend-unknown reports it
+        row = kb.sink_support(backend, vllm)
+        if row is None:
+            continue  # the knowledge does not know this backend's sinks in this vLLM: say nothing
+        no = [a for a in archs if not kb.serves_sinks(backend, vllm, a)]
+        if no:
+            lacking.append({"set_in": where, "fact": key, "backend": backend, "archs_without_sinks": no,
+                            "archs_with_sinks": list(row.archs), "note": row.note, "source": row.source})
+    if not lacking:
+        return
+    alternatives = [b for b in ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN")
+                    if all(kb.serves_sinks(b, vllm, a) for a in archs)]
+    yield Finding(
+        id="attention-backend-no-sinks",
+        severity="error",
+        title="; ".join(f"{x['backend']} ({x['set_in']}) has no attention sinks on {'/'.join(x['archs_without_sinks'])} "
+                        f"in vLLM {vllm}" for x in lacking) + ": gpt-oss will not start",
+        evidence=evidence(snap, ["service.serve", "service", "env.shell", "nvidia.gpus", "rocm.gpus", "vllm.install"],
+                          vllm=vllm, gpu_archs=archs, forced=lacking, sink_capable_here=alternatives),
+        fix=Fix(
+            text="Remove the override and let vLLM choose a sink-capable backend"
+            + (f" (here: {', '.join(alternatives)})" if alternatives else "") + ":",
+            commands=[_backend_fix(snap, x["set_in"], x["backend"], None)[0] for x in lacking]
+            + [f"systemctl restart {unit_name(snap)}"],
+        ),
+        links=[*SINKS_LINKS, *sorted({u for x in lacking for u in kb.sink_support(x["backend"], vllm).links})],
     )

@@ -478,6 +478,82 @@ def tool_server_needs_gpt_oss(snap, kb):
     )
 
 
+PYTHON_BACKEND = "PYTHON_EXECUTION_BACKEND"
+GPT_OSS_UV_PR = "https://github.com/openai/gpt-oss/pull/156"
+
+
+@check(
+    "python-tool-backend-ignored",
+    severity="warning",
+    title="PYTHON_EXECUTION_BACKEND is a value the installed gpt-oss does not read: its Python tool runs in docker",
+    category="serve",
+    needs=("service.serve", "venv.distributions"),
+    links=[GPT_OSS_UV_PR, GUIDE + "#tool-use"],
+)
+def python_tool_backend_ignored(snap, kb):
+    """The service runs `--tool-server demo` with PYTHON_EXECUTION_BACKEND set to a value the
+    installed gpt-oss package ignores, so the Python tool falls back to docker.
+
+    Why: the August 2025 guide said `PYTHON_EXECUTION_BACKEND=UV`, but no gpt-oss release reads
+    "UV": 0.0.1-0.0.4 only know docker, 0.0.5 added `dangerously_use_uv` (an exact match;
+    anything else is docker) and 0.0.9 `dangerously_use_local_jupyter`. Where vLLM runs in a
+    container, or the service's user cannot reach the docker socket, every Python tool call then
+    fails. Which value each gpt-oss release reads is knowledge data (lifecycle rows
+    "PYTHON_EXECUTION_BACKEND=<value>", package gpt-oss).
+
+    Fix: set `PYTHON_EXECUTION_BACKEND=dangerously_use_uv` (gpt-oss >= 0.0.5; it runs the model's
+    code on the serving host as the service's user) in the service's EnvironmentFile, upgrading
+    gpt-oss if older; or remove the variable and give the service docker.
+
+    Source: gpt-oss 0.0.1-0.0.9 wheels (gpt_oss/tools/python_docker/docker_tool.py);
+    openai/gpt-oss#156; vllm-project/recipes#44 (the guide's fix).
+    """
+    from ._util import effective_env, env_file_hint, flag_value, unit_name  # noqa: PLC0415
+
+    tool_server = flag_value(snap, "--tool-server")
+    if not tool_server or "demo" not in str(tool_server).split(","):
+        raise NotApplicable("no `--tool-server demo`: the gpt-oss Python tool is not used")
+    gpt_oss = installed_version(snap, "gpt-oss")
+    if not gpt_oss:
+        raise NotApplicable("gpt-oss is not installed (see tool-server-needs-gpt-oss)")
+    label, key, env = effective_env(snap)
+    value = env.get(PYTHON_BACKEND)
+    if value is None or value == "docker":
+        return  # docker is what gpt-oss does anyway
+    row = kb.env_vars.get(f"{PYTHON_BACKEND}={value}")
+    status = kb.lifecycle_status(row, gpt_oss) if row is not None else "unknown"
+    if status in ("valid", "deprecated"):
+        return
+    want = kb.env_vars.get(f"{PYTHON_BACKEND}=dangerously_use_uv")
+    need = want.introduced if want is not None else "0.0.5"
+    commands = []
+    if version(gpt_oss) is not None and version(need) is not None and version(gpt_oss) < version(need):
+        commands.append(uv_pip(snap, "install", f"gpt-oss>={need}"))
+    if label == "service":
+        path = env_file_hint(snap)
+        commands += [f"sed -i -E '/^(export +)?{PYTHON_BACKEND}=/d' {shlex.quote(path)}",
+                     f"echo {PYTHON_BACKEND}=dangerously_use_uv >> {shlex.quote(path)}",
+                     f"systemctl restart {unit_name(snap)}"]
+    else:
+        commands.append(f"export {PYTHON_BACKEND}=dangerously_use_uv")
+    why = {"removed": "no gpt-oss release reads it", "not-yet": f"gpt-oss {gpt_oss} predates it",
+           "unknown": "not a backend gpt-oss knows"}.get(status, status)
+    yield Finding(
+        id="python-tool-backend-ignored",
+        severity="warning",
+        title=f"{PYTHON_BACKEND}={value} ({label} environment) is ignored by gpt-oss {gpt_oss} ({why}): "
+        "the Python tool runs in docker",
+        evidence=evidence(snap, [key, "service.serve", "venv.distributions"], value=value, gpt_oss=gpt_oss, status=status,
+                          replacement=getattr(row, "replacement", None), note=getattr(row, "note", None)),
+        fix=Fix(
+            text=f"Use {PYTHON_BACKEND}=dangerously_use_uv (gpt-oss >= {need}: the model's Python then runs on this host "
+            "as the service's user), or remove the variable and give the service docker:",
+            commands=commands,
+        ),
+        links=[GPT_OSS_UV_PR, *([row.source] if row is not None and row.source.startswith("http") else []), GUIDE + "#tool-use"],
+    )
+
+
 def _stack_args_or_auto(snap, kb, vllm: str) -> list[str]:
     """Install options of the stack of this vLLM version (not the manifest's: it may have drifted)."""
     stack = kb.stack_for_vllm(vllm)

@@ -42,6 +42,7 @@ __all__ = [
     "Lifecycle",
     "MemoryFit",
     "Model",
+    "SinkSupport",
     "Recipe",
     "Stack",
     "load",
@@ -172,12 +173,17 @@ class Recipe(_Sourced):
 
     def covers(self, vllm_version: str | Version) -> bool:
         """True if the version, or the release it belongs to (0.14.0rc2.dev5 -> 0.14.0), is in range."""
-        v = _as_version(vllm_version)
-        spec = SpecifierSet(self.vllm)
-        if spec.contains(v, prereleases=True):
-            return True
-        release = Version(v.base_version + (f"+{v.local}" if v.local else ""))
-        return spec.contains(release, prereleases=True)
+        return _covers(self.vllm, vllm_version)
+
+
+def _covers(specifier: str, vllm_version: str | Version) -> bool:
+    """True if the version, or the release it belongs to (0.14.0rc2.dev5 -> 0.14.0), is in range."""
+    v = _as_version(vllm_version)
+    spec = SpecifierSet(specifier)
+    if spec.contains(v, prereleases=True):
+        return True
+    release = Version(v.base_version + (f"+{v.local}" if v.local else ""))
+    return spec.contains(release, prereleases=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +201,21 @@ class Lifecycle(_Sourced):
     upstream: bool = True  # False: never in upstream vLLM (AMD fork images, other tools' variables)
     default_since: str | None = None  # a flag that became the default from this release
     vendor: str | None = None  # "nvidia" | "amd" when the name only matters on one platform
+    package: str = "vllm"  # whose versions introduced/removed count in ("gpt-oss": the tool package)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkSupport(_Sourced):
+    """Where one attention backend serves gpt-oss's attention sinks, for one vLLM range."""
+
+    backend: str
+    vllm: str  # a specifier; the first row of the backend whose range holds the version wins
+    archs: tuple[str, ...]  # GPU family archs (gpu_families.toml `arch`); "*": every arch; empty: none
+    source: str
+    note: str = ""
+
+    def covers(self, vllm_version: str | Version) -> bool:
+        return _covers(self.vllm, vllm_version)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -491,6 +512,15 @@ _LIFECYCLE: _Spec = {
     "upstream": (_bool, False),
     "default_since": (_version, False),
     "vendor": (_choice("nvidia", "amd"), False),
+    "package": (_choice("vllm", "gpt-oss"), False),
+    "note": (_text, False),
+    "source": (_source, True),
+}
+
+_SINKS: _Spec = {
+    "backend": (_str, True),
+    "vllm": (_specifier, True),
+    "archs": (lambda v: tuple(v) if isinstance(v, list) and not v else _str_list(v), True),
     "note": (_text, False),
     "source": (_source, True),
 }
@@ -550,13 +580,15 @@ _FILES: dict[str, dict[str, _Spec]] = {
     "lifecycle.toml": {"env_var": _LIFECYCLE, "attention_backend": _LIFECYCLE, "flag": _LIFECYCLE},
     "drivers.toml": {"cuda": _DRIVER},
     "models.toml": {"model": _MODEL, "memory_fit": _FIT},
+    "attention_sinks.toml": {"sinks": _SINKS},
 }
 
 
 def _row_label(table: str, i: int, row: Mapping[str, Any]) -> str:
-    for key in ("name", "cuda", "model"):
+    for key in ("name", "cuda", "model", "backend"):
         if isinstance(row.get(key), str):
-            extra = f" {row['family']} tp{row.get('tensor_parallel_size')}" if table == "memory_fit" else ""
+            extra = f" {row['family']} tp{row.get('tensor_parallel_size')}" if table == "memory_fit" else (
+                f" vllm {row.get('vllm')}" if table == "sinks" else "")
             return f"{table} {row[key]!r}{extra}"
     if table == "recipe" and isinstance(row.get("families"), list):
         return f"recipe #{i + 1} ({'/'.join(map(str, row['families']))} vllm {row.get('vllm')})"
@@ -703,6 +735,14 @@ def _check_fit(fname: str, r: dict, models: dict[str, Model], families: dict[str
         )
 
 
+def _check_sinks(fname: str, r: dict, backends: Mapping[str, Lifecycle], archs: set[str]) -> None:
+    if r["backend"] not in backends:
+        raise KnowledgeError(f"{fname}: {r['_label']}: backend: {r['backend']!r} has no [[attention_backend]] row in lifecycle.toml")
+    for a in r["archs"]:
+        if a != "*" and a not in archs:
+            raise KnowledgeError(f"{fname}: {r['_label']}: archs: unknown arch {a!r} (gpu_families.toml has: {', '.join(sorted(archs))}, or \"*\")")
+
+
 def _check_model(fname: str, r: dict) -> None:
     if r.get("weights_gib_max", r["weights_gib"]) < r["weights_gib"]:
         raise KnowledgeError(f"{fname}: {r['_label']}: weights_gib_max: below weights_gib ({r['weights_gib']})")
@@ -730,6 +770,7 @@ class Knowledge:
     drivers: Mapping[str, DriverFloor]
     models: Mapping[str, Model]
     memory_fits: tuple[MemoryFit, ...] = field(default=())
+    attention_sinks: tuple[SinkSupport, ...] = field(default=())
 
     # -- stacks ---------------------------------------------------------------------------
     def stack(self, name: str) -> Stack:
@@ -815,7 +856,8 @@ class Knowledge:
         return None
 
     def lifecycle_status(self, lc: Lifecycle | str, vllm_version: str | Version) -> str:
-        """"valid" | "deprecated" | "removed" | "not-yet" for this name on this vLLM.
+        """"valid" | "deprecated" | "removed" | "not-yet" for this name on this vLLM (for a row of
+        another `package`, such as gpt-oss, pass that package's installed version).
 
         `lc` is a row or a name (KnowledgeError when no table has it). A version counts as the
         release it belongs to (0.10.1+gptoss -> 0.10.1, 0.14.0rc2.dev5 -> 0.14.0); `only_in` /
@@ -843,6 +885,20 @@ class Knowledge:
         if lc.deprecated and release >= Version(lc.deprecated):
             return "deprecated"
         return "valid"
+
+    # -- attention sinks ------------------------------------------------------------------
+    def sink_support(self, backend: str, vllm_version: str | Version) -> SinkSupport | None:
+        """The row saying on which GPU archs `backend` serves attention sinks in this vLLM; None
+        when the knowledge does not know (no row of that backend covers the version)."""
+        v = parse_version(vllm_version)
+        return next((r for r in self.attention_sinks if r.backend == backend and r.covers(v)), None)
+
+    def serves_sinks(self, backend: str, vllm_version: str | Version, arch: str) -> bool | None:
+        """Whether `backend` serves sinks on `arch` in this vLLM; None when unknown."""
+        row = self.sink_support(backend, vllm_version)
+        if row is None:
+            return None
+        return "*" in row.archs or arch in row.archs
 
     # -- drivers --------------------------------------------------------------------------
     def min_driver_for_cuda(self, cuda: str) -> str | None:
@@ -959,6 +1015,12 @@ def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
         _check_fit("models.toml", r, models, families)
     fits = tuple(_build(MemoryFit, r) for r in model_tables["memory_fit"])
 
+    sink_rows = _read_file(data_dir / "attention_sinks.toml", _FILES["attention_sinks.toml"])["sinks"]
+    archs = {f.arch for f in families.values()}
+    for r in sink_rows:
+        _check_sinks("attention_sinks.toml", r, lifecycles["attention_backend"], archs)
+    sinks = tuple(_build(SinkSupport, r) for r in sink_rows)
+
     # Read-only views: the default Knowledge is cached and shared by every check.
     return Knowledge(
         stacks=MappingProxyType(stacks),
@@ -970,6 +1032,7 @@ def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
         drivers=MappingProxyType(drivers),
         models=MappingProxyType(models),
         memory_fits=fits,
+        attention_sinks=sinks,
     )
 
 
