@@ -44,6 +44,11 @@ PYTORCH_MIRRORED = ("filelock==3.13.1", "typing-extensions==4.12.2")
 VLLM_COMMON_REQUIRES = ["filelock>=3.16.1", "typing_extensions>=4.10"]
 TORCH_COMMON_REQUIRES = ["filelock", "typing-extensions>=4.10.0"]
 
+# A CUDA 13 torch pulls in the CUDA runtime wheel, which puts include/cuda.h into the same
+# nvidia/cu13 folder as the nvcc wheel (real torch 2.11.0+cu130 pins nvidia-cuda-runtime==13.0.96;
+# later torch releases pin later 13.x runtimes, not recorded here).
+CUDA_RUNTIME = {"13": ("nvidia-cuda-runtime", "13.0.96")}
+
 # Requires-Python of the real vLLM wheels (matrix: 0.10.1.1 and 0.33.0 wheel METADATA); between
 # them the stack row's own range. The stack's `python` field is a policy, not the wheel's pin.
 VLLM_REQUIRES_PYTHON = {"0.10": ">=3.9,<3.13", "0.33": ">=3.11,<3.15"}
@@ -101,7 +106,7 @@ class StandinWheel:
     """One stand-in wheel to build into one index: `kind` picks the builder in tests/standins/build.py."""
 
     index: str
-    kind: str  # "vllm" | "torch" | "triton" | "nvcc"
+    kind: str  # "vllm" | "torch" | "triton" | "nvcc" | "cuda-runtime"
     args: dict = field(default_factory=dict)
 
 
@@ -293,6 +298,10 @@ def plan(kb) -> Plan:
             torch_pin = f"torch=={s.torch}"
             triton_req = f"{s.triton_dist}=={s.triton}; platform_system == \"Linux\" and platform_machine == \"x86_64\""
             torch_requires = [triton_req, *TORCH_COMMON_REQUIRES]
+            runtime = CUDA_RUNTIME.get(s.cuda.split(".")[0]) if s.cuda_home_subdir else None
+            if runtime:
+                add("pypi", "cuda-runtime", dist=runtime[0], version=runtime[1], subdir=s.cuda_home_subdir)
+                torch_requires.append(f"{runtime[0]}=={runtime[1]}; platform_system == \"Linux\"")
             pypi_cuda = PYPI_TORCH_CUDA.get(s.torch, s.cuda)
             add("pypi", "triton", dist=s.triton_dist, version=s.triton)
             add("pypi", "torch", version=s.torch, build=f"{s.torch}+{_cu(pypi_cuda)}", cuda=pypi_cuda,

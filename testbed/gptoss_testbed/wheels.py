@@ -106,6 +106,8 @@ def build_tree(p: Plan, log=print) -> Path:
             builder.build_triton(out, a["dist"], a["version"])
         elif w.kind == "nvcc":
             builder.build_nvcc(out, a["dist"], a["version"], a["subdir"], with_nvcc=a["nvcc"])
+        elif w.kind == "cuda-runtime":
+            builder.build_cuda_runtime(out, a["dist"], a["version"], a["subdir"])
         else:  # pragma: no cover - the catalog only makes the kinds above
             raise TestbedError(f"unknown stand-in kind {w.kind!r}")
     for index, requirements in p.downloads.items():

@@ -200,6 +200,19 @@ def nvcc_script(full_version: str) -> str:
             "    exit 0;;\nesac\necho 'nvcc fatal   : stand-in nvcc compiles nothing (gptoss testbed)' >&2\nexit 1\n")
 
 
+def build_cuda_runtime(out_dir: Path, dist: str, version: str, subdir: str) -> Path:
+    """The CUDA runtime wheel a CUDA 13 torch depends on: it, not the nvcc wheel, puts
+    `include/cuda.h` under the pip toolkit's folder (seen in the real nvidia-cuda-runtime 13.0.96)."""
+    subdir = subdir.strip("/")
+    major, minor = (int(x) for x in version.split(".")[:2])
+    header = (f"/* STAND-IN for cuda.h (gptoss testbed), from {dist} {version}. */\n"
+              f"#define CUDA_VERSION {major * 1000 + minor * 10}\n")
+    files: dict[str, bytes | tuple[bytes, int]] = {f"{subdir}/include/cuda.h": header.encode(),
+                                                   f"{subdir.split('/')[0]}/__init__.py": b""}
+    return write_wheel(out_dir, dist, version, files, requires_python=">=3",
+                       summary=f"STAND-IN for {dist} (gptoss testbed): include/cuda.h only")
+
+
 def build_nvcc(out_dir: Path, dist: str, version: str, subdir: str, with_nvcc: bool = True) -> Path:
     """The pip-provided CUDA toolkit under `subdir` (what CUDA_HOME points at).
 
