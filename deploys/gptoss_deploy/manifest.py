@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pyinfra.api import deploy
 
 from . import config as C
+from . import supervisor
 from .ops import ManagedFile, files_in_place
 from .service import UNIT_PATH
 
@@ -63,7 +64,31 @@ def manifest(cfg: C.HostConfig) -> dict:
         "tool_servers": list(cfg.tool_servers),
         "recipe_source": cfg.recipe_source,
         "extra_stack_files": [stack_file_dest(f) for f in cfg.extra_stack_files],
+        **service_manager_fields(cfg),
+        **airgap_fields(cfg),
     }
+
+
+def service_manager_fields(cfg: C.HostConfig) -> dict:
+    """Who runs the unit: systemd, or gptoss-supervise with its pid and log files (the doctor
+    names the right restart command and reads the right log from these)."""
+    if cfg.service_manager != "supervisor":
+        return {"service_manager": "systemd", "service_log": None, "service_pid_file": None, "supervise": None}
+    return {"service_manager": "supervisor", "service_log": supervisor.LOG_FILE,
+            "service_pid_file": supervisor.PID_FILE, "supervise": supervisor.PROGRAM}
+
+
+def airgap_fields(cfg: C.HostConfig) -> dict:
+    """Where the stack came from when it was not an index: the wheelhouse (and --no-deps), and the
+    base Python whose torch the venv layers on (the doctor compares the venv's torch with it)."""
+    air = cfg.airgap
+    if air is None:
+        return {"wheelhouse": None, "base_python": None}
+    base = None
+    if air.base_python:
+        base = {"path": air.base_python, "version": air.base_version, "torch": air.torch_build,
+                "is_venv": air.base_is_venv, "site_packages": list(air.base_site)}
+    return {"wheelhouse": {"path": air.wheelhouse, "no_deps": air.no_deps}, "base_python": base}
 
 
 def stack_file_dest(path: str) -> str:

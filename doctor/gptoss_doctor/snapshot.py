@@ -57,6 +57,13 @@ FACT_KEYS: dict[str, str] = {
     "service.serve": '{"model": str, "host": str, "port": int, "tensor_parallel_size": int, '
     '"gpu_memory_utilization": float | None, "api_key_set": bool, "flags": {flag: value}}  '
     "(parsed from the service's argv and environment)",
+    "service.manager": '{"manager": "systemd" | "supervisor", "why": str, "pid1_systemd": bool, '
+    '"manifest_manager": str | None, "unit": str, "supervise": str, "supervise_installed": bool, '
+    '"log_file": str | None (supervisor), "log_exists": bool (supervisor), "state": "active" | "failed" | '
+    '"auto-restart" | "inactive" | ... | None, "running": bool | None, "state_error": str (only when unknown), '
+    '"pid": int | None, "main_pid": int | None, "pid_file": str, "state_file": str (supervisor)}  '
+    "(systemd: `systemctl is-active`; supervisor: its pid file checked against /proc, its state file); "
+    "absent when nothing is deployed",
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
     "stacks.extra": '[{"path": "/etc/gptoss/stacks.d/site.toml", "text": str (the TOML) | "error": str}]  '
     "(the site's stack files the manifest lists in extra_stack_files, with their text: the checks judge with "

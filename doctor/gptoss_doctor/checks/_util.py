@@ -354,6 +354,26 @@ def unit_name(snap: Snapshot) -> str:
     return service(snap).get("unit") or "gptoss-vllm.service"
 
 
+# --- the service manager: every fix that restarts, edits or reads the service asks here -------
+
+
+def service_commands(snap: Snapshot):
+    """The commands of the manager that runs the service on this box (systemd or gptoss-supervise)."""
+    from ..service_manager import commands_for  # noqa: PLC0415
+
+    return commands_for(snap)
+
+
+def restart_command(snap: Snapshot) -> str:
+    return service_commands(snap).restart()
+
+
+def edit_unit_commands(snap: Snapshot, note: str) -> list[str]:
+    """Edit the unit (what to change as a comment), then restart: for the manager in charge."""
+    sc = service_commands(snap)
+    return [sc.edit_unit(note), sc.restart()]
+
+
 # --- the site's own stacks, as the snapshot recorded them ---------------------------------------
 
 

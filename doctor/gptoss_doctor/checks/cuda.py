@@ -23,7 +23,7 @@ from ._util import (
     nvidia_gpus,
     obj,
     rocm_gpus,
-    unit_name,
+    restart_command,
     uv_pip,
     version,
 )
@@ -80,7 +80,7 @@ def _for_the_service(snap, commands: list[str]) -> list[str]:
             path = env_file_hint(snap)
             out += [env_file_delete(path, ["CUDA_HOME"]),
                     f"echo {shlex.quote(cmd[len('export '):])} >> {shlex.quote(path)}",
-                    f"systemctl restart {unit_name(snap)}"]
+                    restart_command(snap)]
         else:
             out.append(cmd)
     return out

@@ -14,6 +14,8 @@ from ._util import (
     obj,
     serve,
     truthy,
+    edit_unit_commands,
+    restart_command,
     unit_name,
     vllm_version,
 )
@@ -79,7 +81,7 @@ def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
     names = [s["name"] for s in stale]
     if label == "service":
         path = env_file_hint(snap)
-        commands = [env_file_delete(path, names), f"systemctl restart {unit_name(snap)}"]
+        commands = [env_file_delete(path, names), restart_command(snap)]
         where = f"the service's environment ({path})"
     else:
         commands = [f"unset {' '.join(names)}"]
@@ -164,15 +166,14 @@ def _backend_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]
 
 
 def _backend_fix(snap, where: str, name: str, replacement: str | None) -> list[str]:
-    unit = unit_name(snap)
     if where.startswith("service") and "VLLM_ATTENTION_BACKEND" in where:
         path = env_file_hint(snap)
         edit = (f"sed -i -E 's/^(export +)?VLLM_ATTENTION_BACKEND=.*/VLLM_ATTENTION_BACKEND={replacement}/' {path}"
                 if replacement else env_file_delete(path, ["VLLM_ATTENTION_BACKEND"]))
-        return [edit, f"systemctl restart {unit}"]
+        return [edit, restart_command(snap)]
     if where.startswith("shell"):
         return [f"export VLLM_ATTENTION_BACKEND={replacement}"] if replacement else ["unset VLLM_ATTENTION_BACKEND"]
-    return [f"systemctl edit --full {unit}  # --attention-backend {replacement or '(remove)'}", f"systemctl restart {unit}"]
+    return edit_unit_commands(snap, f"--attention-backend {replacement or '(remove)'}")
 
 
 @check(
@@ -264,7 +265,7 @@ def v0_engine_forced(snap, kb):
     if value is None or truthy(value):
         return
     commands = (
-        [env_file_delete(env_file_hint(snap), ["VLLM_USE_V1"]), f"systemctl restart {unit_name(snap)}"]
+        [env_file_delete(env_file_hint(snap), ["VLLM_USE_V1"]), restart_command(snap)]
         if label == "service" else ["unset VLLM_USE_V1"]
     )
     yield Finding(
@@ -310,7 +311,7 @@ def service_env_file_missing(snap, kb):
         fix=Fix(
             text="Re-run the deploy for this host (it writes the file), or create it with the service's settings:",
             commands=[*(f"install -m 0640 -o root -g gptoss /dev/null {p}" for p in missing),
-                      f"systemctl restart {unit}"],
+                      restart_command(snap)],
         ),
         links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
     )
@@ -370,7 +371,7 @@ def attention_backend_wrong_gpu(snap, kb):
         evidence=evidence(snap, ["service.serve", "service", "nvidia.gpus", "rocm.gpus"], vendor=vendor, forced=wrong),
         fix=Fix(
             text="Remove the override and let vLLM choose:",
-            commands=[_backend_fix(snap, w["set_in"], w["backend"], None)[0] for w in wrong] + [f"systemctl restart {unit_name(snap)}"],
+            commands=[_backend_fix(snap, w["set_in"], w["backend"], None)[0] for w in wrong] + [restart_command(snap)],
         ),
         links=["https://github.com/vllm-project/vllm/issues/30919"],
     )
@@ -462,7 +463,7 @@ def attention_backend_no_sinks(snap, kb):
             text="Remove the override and let vLLM choose a sink-capable backend"
             + (f" (here: {', '.join(alternatives)})" if alternatives else "") + ":",
             commands=[_backend_fix(snap, x["set_in"], x["backend"], None)[0] for x in lacking]
-            + [f"systemctl restart {unit_name(snap)}"],
+            + [restart_command(snap)],
         ),
         links=[*SINKS_LINKS, *sorted({u for x in lacking for u in kb.sink_support(x["backend"], vllm).links})],
     )

@@ -21,7 +21,8 @@ from ._util import (
     served_model,
     target_vllm,
     tensor_parallel_size,
-    unit_name,
+    edit_unit_commands,
+    restart_command,
 )
 
 GIB = 1024**3
@@ -46,7 +47,7 @@ def _env_fix(snap, label: str, set_vars: dict[str, str] | None = None, unset: li
         if set_vars:
             lines = "\\n".join(f"{n}={v}" for n, v in set_vars.items())
             cmds.append(f"printf '{lines}\\n' >> {path}")
-        return cmds + [f"systemctl restart {unit_name(snap)}"]
+        return cmds + [restart_command(snap)]
     return ([f"unset {' '.join(unset)}"] if unset else []) + (
         ["export " + " ".join(f"{n}={v}" for n, v in set_vars.items())] if set_vars else []
     )
@@ -265,8 +266,7 @@ def tp_heads_divisor(snap, kb):
         evidence=evidence(snap, ["service.serve"], model=model.name, heads=model.num_attention_heads, tensor_parallel_size=tp),
         fix=Fix(
             text=f"Serve with --tensor-parallel-size {good} (run the remaining GPUs as another replica).",
-            commands=[f"systemctl edit --full {unit_name(snap)}  # set --tensor-parallel-size {good}",
-                      f"systemctl restart {unit_name(snap)}"],
+            commands=edit_unit_commands(snap, f"set --tensor-parallel-size {good}"),
         ),
         links=["https://github.com/vllm-project/vllm/issues/52435", model.source],
     )
@@ -321,8 +321,7 @@ def tp_exceeds_gpus(snap, kb):
                           data_parallel_size=dp, visible=visible, visible_from=why),
         fix=Fix(
             text=f"Serve with --tensor-parallel-size <= {visible} (a divisor of 64 for gpt-oss), or make more GPUs visible.",
-            commands=[f"systemctl edit --full {unit_name(snap)}  # lower --tensor-parallel-size",
-                      f"systemctl restart {unit_name(snap)}"],
+            commands=edit_unit_commands(snap, "lower --tensor-parallel-size"),
         ),
         links=["https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html"],
     )
@@ -465,8 +464,7 @@ def memory_fit_known_oom(snap, kb):
             fix=Fix(
                 text="Serve with the settings the guide gives for this case"
                 + (f": {' '.join(fit.serve_flags)}" if fit.serve_flags else "."),
-                commands=[f"systemctl edit --full {unit_name(snap)}  # add: {' '.join(fit.serve_flags)}",
-                          f"systemctl restart {unit_name(snap)}"] if fit.serve_flags else [],
+                commands=edit_unit_commands(snap, f"add: {' '.join(fit.serve_flags)}") if fit.serve_flags else [],
             ),
             links=[fit.source],
         )

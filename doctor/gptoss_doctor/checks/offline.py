@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from ..findings import Finding, Fix, check
-from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, serve, truthy, unit_name
+from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, restart_command, serve, truthy
 
 HARMONY_FILES = ("o200k_base.tiktoken", "cl100k_base.tiktoken")  # what the guide tells you to stage
 HARMONY_NEEDS = "o200k_base.tiktoken"  # gpt-oss's harmony encoding is built on o200k_base
@@ -76,7 +76,7 @@ def offline_tokenizer_files(snap, kb):
         fix=Fix(
             text=f"Stage the encodings and set TIKTOKEN_ENCODINGS_BASE={target} where vLLM runs:",
             commands=[*_stage_commands(target), *(
-                [f"echo 'TIKTOKEN_ENCODINGS_BASE={target}' >> {env_file_hint(snap)}", f"systemctl restart {unit_name(snap)}"]
+                [f"echo 'TIKTOKEN_ENCODINGS_BASE={target}' >> {env_file_hint(snap)}", restart_command(snap)]
                 if label == "service" else [f"export TIKTOKEN_ENCODINGS_BASE={target}"]
             )],
         ),

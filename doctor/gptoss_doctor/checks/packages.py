@@ -508,7 +508,7 @@ def python_tool_backend_ignored(snap, kb):
     Source: gpt-oss 0.0.1-0.0.9 wheels (gpt_oss/tools/python_docker/docker_tool.py);
     openai/gpt-oss#156; vllm-project/recipes#44 (the guide's fix).
     """
-    from ._util import effective_env, env_file_hint, flag_value, unit_name  # noqa: PLC0415
+    from ._util import effective_env, env_file_hint, flag_value, restart_command  # noqa: PLC0415
 
     tool_server = flag_value(snap, "--tool-server")
     if not tool_server or "demo" not in str(tool_server).split(","):
@@ -533,7 +533,7 @@ def python_tool_backend_ignored(snap, kb):
         path = env_file_hint(snap)
         commands += [f"sed -i -E '/^(export +)?{PYTHON_BACKEND}=/d' {shlex.quote(path)}",
                      f"echo {PYTHON_BACKEND}=dangerously_use_uv >> {shlex.quote(path)}",
-                     f"systemctl restart {unit_name(snap)}"]
+                     restart_command(snap)]
     else:
         commands.append(f"export {PYTHON_BACKEND}=dangerously_use_uv")
     why = {"removed": "no gpt-oss release reads it", "not-yet": f"gpt-oss {gpt_oss} predates it",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..findings import Finding, Fix, check
-from ._util import env_file_hint, evidence, fact_list, has_flag, serve, unit_name
+from ._util import edit_unit_commands, env_file_hint, evidence, fact_list, has_flag, restart_command, serve, unit_name
 
 KEY_FILE = "/etc/gptoss/api-key"
 VLLM_SECURITY = "https://docs.vllm.ai/en/latest/usage/security.html"
@@ -61,7 +61,7 @@ def api_without_key(snap, kb):
                 f"openssl rand -hex 32 > {KEY_FILE}",
                 f"printf 'VLLM_API_KEY=%s\\n' \"$(cat {KEY_FILE})\" >> {env_file}",
                 f"chmod 0640 {env_file}",
-                f"systemctl restart {unit_name(snap)}",
+                restart_command(snap),
             ],
         ),
         links=[VLLM_SECURITY],
@@ -133,7 +133,7 @@ def api_key_in_argv(snap, kb):
         evidence=evidence(snap, ["service.serve", "service"], flag="--api-key", unit=unit),
         fix=Fix(
             text=f"Put the key in {env_file_hint(snap)} as VLLM_API_KEY=... (mode 0640) and remove --api-key from the unit.",
-            commands=[f"systemctl edit --full {unit}  # delete '--api-key ...' from ExecStart", f"systemctl restart {unit}"],
+            commands=edit_unit_commands(snap, "delete '--api-key ...' from ExecStart"),
         ),
         links=[VLLM_SECURITY],
     )

@@ -14,7 +14,7 @@ from ._util import (
     public,
     serve_flags,
     truthy,
-    unit_name,
+    edit_unit_commands,
     version,
     vllm_version,
 )
@@ -54,8 +54,7 @@ DEDICATED_ROWS = {"--tool-call-parser openai"}
 
 
 def _edit_unit(snap, what: str) -> list[str]:
-    unit = unit_name(snap)
-    return [f"systemctl edit --full {unit}  # {what}", f"systemctl restart {unit}"]
+    return edit_unit_commands(snap, what)
 
 
 @check(

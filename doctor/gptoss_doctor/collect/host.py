@@ -39,15 +39,9 @@ def hostname(env: Env) -> dict:
 
 
 def systemd(env: Env) -> dict:
-    # /run/systemd/system exists exactly when systemd is the running init (sd_booted()).
-    comm = ""
-    if env.exists("/proc/1/comm"):
-        try:
-            comm = env.read_text("/proc/1/comm").strip()
-        except OSError:
-            comm = ""
-    booted = env.path("/run/systemd/system").is_dir() or comm == "systemd"
-    return {"host.systemd": value(booted, "/run/systemd/system, /proc/1/comm")}
+    from .service import pid1_is_systemd  # noqa: PLC0415 (one rule for "systemd runs here")
+
+    return {"host.systemd": value(pid1_is_systemd(env), "/run/systemd/system, /proc/1/comm")}
 
 
 def shm(env: Env) -> dict:

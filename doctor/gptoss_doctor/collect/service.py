@@ -11,7 +11,7 @@ import shlex
 
 from .. import serveargs
 from ..snapshot import absent, failed, value
-from .env import Env
+from .env import CommandError, Env
 
 UNIT = "gptoss-vllm.service"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
@@ -225,8 +225,106 @@ def site_stack_files(env: Env) -> dict:
     return {"stacks.extra": value(files, f"{MANIFEST} extra_stack_files")}
 
 
+# -- the service manager and whether the service runs ----------------------------------------------
+
+SYSTEMCTL_TIMEOUT_S = 2.0  # `systemctl is-active` answers in milliseconds; a hung bus must not hold the doctor
+
+
+def pid1_is_systemd(env: Env) -> bool:
+    # /run/systemd/system exists exactly when systemd is the running init (sd_booted()).
+    comm = ""
+    if env.exists("/proc/1/comm"):
+        try:
+            comm = env.read_text("/proc/1/comm").strip()
+        except OSError:
+            comm = ""
+    return env.path("/run/systemd/system").is_dir() or comm == "systemd"
+
+
+def pid_running(env: Env, pid: int) -> bool:
+    """/proc/<pid> exists and is not a zombie (the box's /proc, so a fake root works too)."""
+    try:
+        stat = env.read_text(f"/proc/{pid}/stat")
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return not fields or fields[0] != "Z"
+
+
+def supervised_state(env: Env, pid_file: str) -> dict:
+    """gptoss-supervise's state as its own `status` computes it: the monitor's pid file (checked
+    against /proc) and the state file it keeps beside it."""
+    state_file = pid_file[: -len(".pid")] + ".state" if pid_file.endswith(".pid") else pid_file + ".state"
+    monitor = None
+    try:
+        text = env.read_text(pid_file).strip()
+        monitor = int(text) if text.isdigit() and int(text) > 0 else None
+    except OSError:
+        pass
+    alive = monitor is not None and pid_running(env, monitor)
+    try:
+        recorded = json.loads(env.read_text(state_file))
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    state = str(recorded.get("state") or ("active" if alive else "inactive"))
+    if not alive and state in ("active", "activating", "auto-restart", "deactivating"):
+        state = "failed"  # the monitor died without saying so
+    main_pid = recorded.get("main_pid") if alive and isinstance(recorded.get("main_pid"), int) else None
+    return {"state": state, "running": alive and state == "active", "pid": monitor if alive else None,
+            "main_pid": main_pid, "pid_file": pid_file, "state_file": state_file}
+
+
+def systemd_state(env: Env, unit: str, pid1: bool) -> dict:
+    if not pid1:
+        return {"state": None, "running": None, "state_error": "systemd is not PID 1 here: nothing runs the unit"}
+    try:
+        done = env.run(["systemctl", "is-active", unit], timeout_s=SYSTEMCTL_TIMEOUT_S)
+    except CommandError as e:
+        return {"state": None, "running": None, "state_error": str(e)}
+    state = (done.stdout.strip().splitlines() or ["unknown"])[0]
+    return {"state": state, "running": state == "active"}
+
+
+def service_manager(env: Env) -> dict:
+    """Who runs gptoss-vllm here: the manifest's word (the deploy chose), else systemd when it is
+    PID 1, else gptoss-supervise when it is installed; and whether the service runs now."""
+    from ..service_manager import MANAGERS, SUPERVISE, SUPERVISOR, SYSTEMD, default_log_file, default_pid_file  # noqa: PLC0415
+
+    pid1 = pid1_is_systemd(env)
+    try:
+        manifest = read_manifest(env)
+    except ValueError:
+        manifest = None
+    manifest = manifest if isinstance(manifest, dict) else {}
+    recorded = manifest.get("service_manager") if manifest.get("service_manager") in MANAGERS else None
+    supervise = manifest.get("supervise") if isinstance(manifest.get("supervise"), str) else SUPERVISE
+    installed = env.path(supervise).is_file()
+    source = "/proc/1/comm, /run/systemd/system" + (f", {MANIFEST}" if manifest else "")
+    if recorded:
+        manager, why = recorded, f"manifest service_manager ({MANIFEST})"
+    elif not manifest and find_unit(env) is None and not installed:
+        return {"service.manager": absent(f"no {MANIFEST}, no {UNIT} and no {SUPERVISE}: nothing deployed here", source)}
+    elif pid1:
+        manager, why = SYSTEMD, "systemd is PID 1"
+    elif installed:
+        manager, why = SUPERVISOR, f"systemd is not PID 1 and {supervise} is installed"
+    else:
+        manager, why = SYSTEMD, "the deploy's default (systemd is not PID 1 and gptoss-supervise is not installed)"
+    out = {"manager": manager, "why": why, "pid1_systemd": pid1, "manifest_manager": recorded, "unit": UNIT,
+           "supervise": supervise, "supervise_installed": installed, "log_file": None}
+    if manager == SUPERVISOR:
+        log = manifest.get("service_log") if isinstance(manifest.get("service_log"), str) else default_log_file(UNIT)
+        pid_file = manifest.get("service_pid_file") if isinstance(manifest.get("service_pid_file"), str) else default_pid_file(UNIT)
+        out.update(log_file=log, log_exists=env.path(log).is_file(), **supervised_state(env, pid_file))
+    else:
+        out.update(systemd_state(env, UNIT, pid1))
+    return {"service.manager": value(out, source)}
+
+
 COLLECTORS = [
     (shell_env, ("env.shell",)),
+    (service_manager, ("service.manager",)),
     (service_facts, ("service", "service.serve", "service.cuda_home")),
     (manifest_fact, ("manifest",)),
     (site_stack_files, ("stacks.extra",)),

@@ -1,0 +1,113 @@
+"""Who runs the gpt-oss service on this box, and the commands that act on it (pure).
+
+The deploy runs one unit, gptoss-vllm.service. Where systemd is PID 1, systemd runs it; on hosts
+without systemd (containers, many GPU machines) /opt/gptoss/bin/gptoss-supervise reads the same
+unit file and runs it, with a pid file in /run/gptoss/ and a log file in /var/log/gptoss/. Every
+fix that restarts the service, edits its unit, or reads its log asks `commands_for(...)` here, so
+the doctor never tells a container to `systemctl restart`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+SYSTEMD = "systemd"
+SUPERVISOR = "supervisor"
+MANAGERS = (SYSTEMD, SUPERVISOR)
+
+UNIT = "gptoss-vllm.service"
+UNIT_PATH = "/etc/systemd/system/gptoss-vllm.service"
+SUPERVISE = "/opt/gptoss/bin/gptoss-supervise"
+RUN_DIR = "/run/gptoss"
+LOG_DIR = "/var/log/gptoss"
+
+
+def unit_stem(unit: str) -> str:
+    """gptoss-vllm.service -> gptoss-vllm (systemctl and gptoss-supervise's file names use it)."""
+    return unit[: -len(".service")] if unit.endswith(".service") else unit
+
+
+def default_log_file(unit: str = UNIT) -> str:
+    return f"{LOG_DIR}/{unit_stem(unit)}.log"
+
+
+def default_pid_file(unit: str = UNIT) -> str:
+    return f"{RUN_DIR}/{unit_stem(unit)}.pid"
+
+
+@dataclass(frozen=True)
+class ServiceCommands:
+    """The copy-pastable commands for one manager. `manager` is "systemd" or "supervisor"."""
+
+    manager: str = SYSTEMD
+    unit: str = UNIT
+    unit_path: str = UNIT_PATH
+    supervise: str = SUPERVISE
+    log_file: str = default_log_file()
+
+    @property
+    def supervised(self) -> bool:
+        return self.manager == SUPERVISOR
+
+    @property
+    def name(self) -> str:
+        return unit_stem(self.unit)
+
+    def restart(self) -> str:
+        return f"{self.supervise} restart" if self.supervised else f"systemctl restart {self.name}"
+
+    def status(self) -> str:
+        return f"{self.supervise} status" if self.supervised else f"systemctl status --no-pager {self.name}"
+
+    def edit_unit(self, note: str) -> str:
+        """Edit the unit's [Service] lines (ExecStart= and the like), with what to change as a comment.
+        gptoss-supervise reads the unit file on every start, so editing it is the same act."""
+        if self.supervised:
+            return f"${{EDITOR:-vi}} {shlex.quote(self.unit_path)}  # {note}"
+        return f"systemctl edit --full {self.name}  # {note}"
+
+    def log(self) -> str:
+        """Print this boot's service log (pipe it into `gptoss-doctor logs -` or grep)."""
+        if self.supervised:
+            return f"cat {shlex.quote(self.log_file)}"
+        return f"journalctl -u {self.name} -b --no-pager"
+
+    def log_argv(self) -> list[str] | None:
+        """The command `gptoss-doctor logs` runs for the service's log; None: read `log_file`."""
+        return None if self.supervised else ["journalctl", "-u", self.name, "-b", "--no-pager"]
+
+    def describe(self) -> str:
+        return f"gptoss-supervise ({self.supervise})" if self.supervised else "systemd"
+
+
+def _obj(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def commands_for(facts: Any) -> ServiceCommands:
+    """The commands for the box a snapshot describes: `facts` is a Snapshot or its facts dict.
+
+    The `service.manager` fact decides; a snapshot without it (an older doctor's) falls back to
+    the manifest's `service_manager`, then to systemd (what every deploy wrote before)."""
+    facts = getattr(facts, "facts", facts)
+    facts = facts if isinstance(facts, dict) else {}
+
+    def val(key: str) -> dict:
+        return _obj(_obj(facts.get(key)).get("value"))
+
+    fact, manifest, service = val("service.manager"), val("manifest"), val("service")
+    manager = _str(fact.get("manager")) or _str(manifest.get("service_manager"))
+    unit = _str(service.get("unit")) or _str(fact.get("unit")) or UNIT
+    return ServiceCommands(
+        manager=manager if manager in MANAGERS else SYSTEMD,
+        unit=unit,
+        unit_path=_str(service.get("unit_path")) or UNIT_PATH,
+        supervise=_str(fact.get("supervise")) or _str(manifest.get("supervise")) or SUPERVISE,
+        log_file=_str(fact.get("log_file")) or _str(manifest.get("service_log")) or default_log_file(unit),
+    )
