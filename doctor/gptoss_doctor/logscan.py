@@ -65,6 +65,11 @@ class Signature:
     root_cause_before: bool = False
     # Ids of failures that cause this one: when one of them is found, this folds into it.
     explained_by: tuple[str, ...] = ()
+    # The commands where gptoss-supervise runs the service (no systemd as PID 1).
+    supervisor_commands: tuple[str, ...] = ()
+
+    def commands_for(self, manager: str) -> tuple[str, ...]:
+        return self.supervisor_commands if manager == "supervisor" and self.supervisor_commands else self.commands
 
     def match(self, message: str) -> dict[str, str] | None:
         """None when no pattern matches; else the named groups of every pattern that matches."""
@@ -94,7 +99,10 @@ _FIELDS = {
     "downstream": bool,
     "root_cause_before": bool,
     "explained_by": list,
+    "supervisor_commands": list,
 }
+# Commands only systemd answers: a row using them must say what to run without systemd.
+_SYSTEMD_ONLY = re.compile(r"\b(?:systemctl|journalctl)\b")
 _REQUIRED = ("id", "severity", "title", "patterns", "fix", "source")
 
 
@@ -124,10 +132,15 @@ def _signature_from_row(row: object, where: str) -> Signature:
         raise SignatureError(f"{where}: id is not kebab-case")
     if row["severity"] not in SEVERITIES:
         raise SignatureError(f"{where}: severity {row['severity']!r} not in {SEVERITIES}")
-    for key in ("commands", "links", "explained_by"):
+    for key in ("commands", "links", "explained_by", "supervisor_commands"):
         for item in row.get(key, []):
             if not isinstance(item, str) or not item:
                 raise SignatureError(f"{where}: {key} holds {item!r}, expected non-empty strings")
+    if any(_SYSTEMD_ONLY.search(c) for c in row.get("commands", [])) and not row.get("supervisor_commands"):
+        raise SignatureError(f"{where}: commands use systemctl/journalctl: add supervisor_commands (hosts without systemd)")
+    for c in row.get("supervisor_commands", []):
+        if _SYSTEMD_ONLY.search(c):
+            raise SignatureError(f"{where}: supervisor_commands holds {c!r}: no systemd runs where these are shown")
     patterns = tuple(_compile(p, f"{where}: patterns") for p in row["patterns"])
     unless = tuple(_compile(p, f"{where}: unless") for p in row.get("unless", []))
     return Signature(
@@ -143,6 +156,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         downstream=row.get("downstream", False),
         root_cause_before=row.get("root_cause_before", False),
         explained_by=tuple(row.get("explained_by", [])),
+        supervisor_commands=tuple(row.get("supervisor_commands", [])),
     )
 
 
@@ -443,7 +457,7 @@ def _fill(template: str, groups: dict[str, list[str]]) -> str:
         return template
 
 
-def _finding(lines: Sequence[LogLine], hit: _Hit) -> Finding:
+def _finding(lines: Sequence[LogLine], hit: _Hit, manager: str) -> Finding:
     sig = hit.signature
     first = lines[hit.indexes[0]]
     evidence: dict = {
@@ -467,13 +481,13 @@ def _finding(lines: Sequence[LogLine], hit: _Hit) -> Finding:
         severity=sig.severity,
         title=_fill(sig.title, hit.groups),
         evidence=evidence,
-        fix=Fix(text=_fill(sig.fix, hit.groups), commands=[_fill(c, hit.groups) for c in sig.commands]),
+        fix=Fix(text=_fill(sig.fix, hit.groups), commands=[_fill(c, hit.groups) for c in sig.commands_for(manager)]),
         links=list(sig.links),
         lines=_shown_lines(lines, hit),
     )
 
 
-def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Signature]) -> list[Finding]:
+def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Signature], manager: str) -> list[Finding]:
     order = {sig.id: n for n, sig in enumerate(table)}
     roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
     cause: dict[str, str] = {}  # id -> the id it folds into
@@ -493,7 +507,7 @@ def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Sign
             folded.setdefault(root, []).append(hits[hit_id])
     gone = {h.signature.id for hs in folded.values() for h in hs}
     # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
-    findings = [_finding(lines, hit) for hit in hits.values() if hit.signature.id not in gone]
+    findings = [_finding(lines, hit, manager) for hit in hits.values() if hit.signature.id not in gone]
     for finding in findings:
         if finding.id in folded:
             finding.evidence["downstream"] = [
@@ -509,13 +523,14 @@ def parse_lines(lines: Iterable[str]) -> list[LogLine]:
     return [parse_line(n, raw) for n, raw in enumerate(lines, start=1)]
 
 
-def scan(lines: Iterable[str], signatures: Sequence[Signature] | None = None) -> list[Finding]:
-    """Findings for a log: one per signature id, errors first, each with its line numbers."""
+def scan(lines: Iterable[str], signatures: Sequence[Signature] | None = None, manager: str = "systemd") -> list[Finding]:
+    """Findings for a log: one per signature id, errors first, each with its line numbers. Fix
+    commands are those for `manager` ("systemd" or "supervisor": who runs the service here)."""
     table = load_signatures() if signatures is None else signatures
     if isinstance(lines, str):  # a whole log as one string: its lines, not its characters
         lines = split_lines(lines)
     parsed = parse_lines(lines)
-    return _judge(parsed, _matches(parsed, table), table)
+    return _judge(parsed, _matches(parsed, table), table, manager)
 
 
 def iter_messages(lines: Iterable[str]) -> Iterator[str]:

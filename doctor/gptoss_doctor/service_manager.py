@@ -82,12 +82,44 @@ class ServiceCommands:
         return f"gptoss-supervise ({self.supervise})" if self.supervised else "systemd"
 
 
+# Host daemons the checks may ask to start, and how to start one where systemd is not PID 1
+# (its own command line, from the package's unit): (start command, process name).
+HOST_DAEMONS = {
+    "nvidia-fabricmanager": ("nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg", "nv-fabricmanager"),
+    "nvidia-persistenced": ("nvidia-persistenced", "nvidia-persistenced"),
+}
+
+
+def host_daemon(unit: str, verb: str, pid1_systemd: bool) -> str:
+    """`systemctl VERB UNIT` where systemd is PID 1; otherwise the daemon's own command
+    (verb: "start" / "enable --now", "restart" or "status")."""
+    if pid1_systemd or unit not in HOST_DAEMONS:
+        return f"systemctl {verb} {unit}" if verb != "status" else f"systemctl status --no-pager {unit}"
+    start, proc = HOST_DAEMONS[unit]
+    if verb == "status":
+        return f"pgrep -a {proc}"
+    if verb == "restart":
+        return f"kill $(pidof {proc}) 2>/dev/null; {start}"
+    return start
+
+
 def _obj(v: Any) -> dict:
     return v if isinstance(v, dict) else {}
 
 
 def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
+
+
+def pid1_systemd(facts: Any) -> bool:
+    """Whether systemd is PID 1 on the box the snapshot describes (unknown: yes, as before)."""
+    facts = getattr(facts, "facts", facts)
+    facts = facts if isinstance(facts, dict) else {}
+    fact = _obj(_obj(facts.get("service.manager")).get("value"))
+    if isinstance(fact.get("pid1_systemd"), bool):
+        return fact["pid1_systemd"]
+    booted = _obj(facts.get("host.systemd")).get("value")
+    return booted if isinstance(booted, bool) else True
 
 
 def commands_for(facts: Any) -> ServiceCommands:

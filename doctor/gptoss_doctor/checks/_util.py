@@ -368,6 +368,14 @@ def restart_command(snap: Snapshot) -> str:
     return service_commands(snap).restart()
 
 
+def host_daemon_command(snap: Snapshot, unit: str, verb: str) -> str:
+    """Start/restart/status of a host daemon (fabric manager, persistenced): systemctl where
+    systemd is PID 1, the daemon's own command elsewhere (a container, a VM without systemd)."""
+    from ..service_manager import host_daemon, pid1_systemd  # noqa: PLC0415
+
+    return host_daemon(unit, verb, pid1_systemd(snap))
+
+
 def edit_unit_commands(snap: Snapshot, note: str) -> list[str]:
     """Edit the unit (what to change as a comment), then restart: for the manager in charge."""
     sc = service_commands(snap)

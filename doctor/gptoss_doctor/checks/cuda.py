@@ -18,6 +18,7 @@ from ._util import (
     evidence,
     fact_obj,
     fmt_mm,
+    host_daemon_command,
     fresh_stack_commands,
     major_minor,
     nvidia_gpus,
@@ -284,8 +285,8 @@ def fabric_manager_inactive(snap, kb):
     driver = str(fact_obj(snap, "nvidia.driver").get("version") or "")
     branch = driver.split(".")[0] if driver else "<driver-branch>"
     commands = ([] if fm.get("installed") else [f"apt-get install -y nvidia-fabricmanager-{branch}"]) + [
-        "systemctl enable --now nvidia-fabricmanager",
-        "systemctl status --no-pager nvidia-fabricmanager",
+        host_daemon_command(snap, "nvidia-fabricmanager", "enable --now"),
+        host_daemon_command(snap, "nvidia-fabricmanager", "status"),
     ]
     state = "not installed" if not fm.get("installed") else "installed but not active"
     yield Finding(
@@ -336,7 +337,7 @@ def fabric_manager_version_mismatch(snap, kb):
         evidence=evidence(snap, ["nvidia.fabric_manager", "nvidia.driver"], fabric_manager=fm_v, driver=driver),
         fix=Fix(
             text=f"Install nvidia-fabricmanager {driver} (same as the driver) and restart it.",
-            commands=[f"apt-get install -y nvidia-fabricmanager-{branch}={driver}-1", "systemctl restart nvidia-fabricmanager"],
+            commands=[f"apt-get install -y nvidia-fabricmanager-{branch}={driver}-1", host_daemon_command(snap, "nvidia-fabricmanager", "restart")],
         ),
         links=["https://docs.nvidia.com/datacenter/tesla/fabric-manager-user-guide/"],
     )

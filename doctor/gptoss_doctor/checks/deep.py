@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..findings import Finding, Fix, check
-from ._util import NotApplicable, current_stack, evidence, fact_obj, stack_install_commands, uv_pip
+from ._util import NotApplicable, current_stack, evidence, fact_obj, host_daemon_command, stack_install_commands, uv_pip
 
 STEPS = ("torch_import", "cuda_init", "matmul", "triton_kernel")
 
@@ -18,7 +18,7 @@ STEP_FIX = {
     "distribution (duplicate-triton) and a working CUDA toolkit for ptxas.",
 }
 STEP_COMMANDS = {
-    "cuda_init": ["nvidia-smi", "systemctl status --no-pager nvidia-fabricmanager"],
+    "cuda_init": ["nvidia-smi"],  # and the fabric manager's status, for the box's init (below)
     "matmul": ["dmesg -T | grep -i xid", "nvidia-smi -q -d ECC,PERFORMANCE"],
     "triton_kernel": ["gcc --version || apt-get install -y gcc"],
 }
@@ -53,6 +53,8 @@ def deep_probe_failed(snap, kb):
         return
     step, row = failed[0]
     commands = list(STEP_COMMANDS.get(step, []))
+    if step == "cuda_init":
+        commands.append(host_daemon_command(snap, "nvidia-fabricmanager", "status"))
     if step == "torch_import":
         try:
             stack, _ = current_stack(snap, kb)

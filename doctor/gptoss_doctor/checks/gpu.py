@@ -16,6 +16,7 @@ from ._util import (
     gpu_families,
     gpu_memory_utilization,
     has_flag,
+    host_daemon_command,
     major_minor,
     nvidia_gpus,
     served_model,
@@ -184,7 +185,7 @@ def persistence_mode_off(snap, kb):
         title=f"Persistence mode is off on GPU(s) {', '.join(str(g.get('index')) for g in off)}",
         evidence=evidence(snap, ["nvidia.gpus"], gpus=[{k: g.get(k) for k in ("index", "name", "persistence_mode")} for g in off]),
         fix=Fix(text="Enable the persistence daemon (survives reboots).", commands=[
-            "systemctl enable --now nvidia-persistenced", "nvidia-smi -pm 1",
+            host_daemon_command(snap, "nvidia-persistenced", "enable --now"), "nvidia-smi -pm 1",
         ]),
         links=["https://docs.nvidia.com/deploy/driver-persistence/"],
     )

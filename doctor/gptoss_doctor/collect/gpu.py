@@ -104,6 +104,21 @@ def nvswitch(env: Env) -> dict:
     return {"nvidia.nvswitch": value({"count": count}, "/dev/nvidia-nvswitch*")}
 
 
+def _process_running(env: Env, comm: str) -> bool:
+    """A process named `comm` in the box's /proc (where no systemd can be asked)."""
+    proc = env.path("/proc")
+    if not proc.is_dir():
+        return False
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == comm[:15]:  # the kernel keeps 15 characters
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def fabric_manager(env: Env) -> dict:
     binary = env.which("nv-fabricmanager") or next(
         (p for p in ("/usr/bin/nv-fabricmanager", "/usr/sbin/nv-fabricmanager") if env.exists(p)), None
@@ -115,10 +130,12 @@ def fabric_manager(env: Env) -> dict:
     m = re.search(r"(\d+\.\d+(?:\.\d+)?)", done.stdout + done.stderr)
     if m:
         version = m.group(1)
-    active = None  # unknown without systemd
+    active = None  # unknown without systemd, unless its process is seen
     if env.path("/run/systemd/system").is_dir() and env.which("systemctl"):
         state = env.run(["systemctl", "is-active", "nvidia-fabricmanager"]).stdout.strip()
         active = state == "active"
+    elif _process_running(env, "nv-fabricmanager"):
+        active = True  # started by hand or by a container's entrypoint
     return {"nvidia.fabric_manager": value({"installed": True, "active": active, "version": version}, binary)}
 
 
