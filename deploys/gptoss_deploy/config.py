@@ -43,6 +43,8 @@ DEFAULT_PORT = 8000
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_HF_HOME = f"{STATE_DIR}/hf"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+HF_TOKEN_FILE = "token"  # in HF_HOME: where huggingface_hub (and so vLLM) reads a token by default
 DEFAULT_TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/"
 DEFAULT_PYPI = "https://pypi.org/simple"
 DEFAULT_HEALTH_TIMEOUT_S = 900
@@ -68,6 +70,8 @@ KEYS = (
     "gptoss_cuda_home",
     "gptoss_hf_home",
     "gptoss_predownload",
+    "gptoss_hf_endpoint",
+    "gptoss_hf_token_file",
     "gptoss_tiktoken_url",
     "gptoss_tool_servers",
     "gptoss_extra_serve_args",
@@ -143,6 +147,8 @@ class HostConfig:
     airgap: Any = None  # airgap.Airgap: wheelhouse / base Python, or None (indexes, today's behaviour)
     service_manager: str = "systemd"  # or "supervisor" (gptoss-supervise runs the same unit)
     model_path: str | None = None  # a model folder on the host, served under the HF id
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
+    hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
 
     @property
     def venv(self) -> str:
@@ -226,6 +232,42 @@ def check_url(host: str, key: str, value: Any, fix: str) -> str:
     if not urlparse(value).netloc and urlparse(value).scheme != "file":
         raise bad(host, key, value, "URL has no host", fix)
     return value
+
+
+def check_hf_endpoint(host: str, value: Any) -> str:
+    """The Hub or a mirror of it, for huggingface_hub's HF_ENDPOINT: http(s) only (a file:// URL
+    is no Hub API), no trailing slash (huggingface_hub appends /api/... to it)."""
+    key = "gptoss_hf_endpoint"
+    if value is None:
+        return DEFAULT_HF_ENDPOINT
+    fix = "use the base URL of the Hugging Face Hub or its mirror, e.g. https://hf-mirror.example.org"
+    parsed = urlparse(value) if isinstance(value, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https"):
+        raise bad(host, key, value, "not an http(s):// URL", fix)
+    if not parsed.netloc:
+        raise bad(host, key, value, "URL has no host", fix)
+    if parsed.query or parsed.fragment:
+        raise bad(host, key, value, "has a query or fragment", fix)
+    return value.rstrip("/")
+
+
+def check_secret_file(host: str, key: str, value: Any, what: str) -> str | None:
+    """An optional secret kept in a file on the controller: readable, not world-readable, one token."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad(host, key, value, "not a path", f"set {key} to the path of a file holding the {what}")
+    path = os.path.expanduser(value)
+    try:
+        st = os.stat(path)
+        text = read_api_key(path)
+    except OSError as e:
+        raise bad(host, key, value, f"cannot read it ({e.strerror})", "point it at an existing, readable file") from None
+    if st.st_mode & stat.S_IROTH:
+        raise bad(host, key, value, f"the {what} file is world-readable", f"chmod 600 {path}")
+    if not text or any(c.isspace() for c in text):
+        raise bad(host, key, value, f"the file must hold one {what} on one line", f"write only the {what} into {path}")
+    return path
 
 
 def check_model(host: str, value: Any) -> tuple[str, str]:
@@ -590,6 +632,8 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
 
     hf_home = check_abs_path(name, "gptoss_hf_home", data.get("gptoss_hf_home"), DEFAULT_HF_HOME)
     predownload = check_bool(name, "gptoss_predownload", data.get("gptoss_predownload"), False)
+    hf_endpoint = check_hf_endpoint(name, data.get("gptoss_hf_endpoint"))
+    hf_token_file = check_secret_file(name, "gptoss_hf_token_file", data.get("gptoss_hf_token_file"), "Hugging Face token")
     tik = data.get("gptoss_tiktoken_url", DEFAULT_TIKTOKEN_URL)
     tiktoken_url = "" if not tik else check_url(name, "gptoss_tiktoken_url", tik, "use the base URL holding o200k_base.tiktoken, or '' to skip")
     tools = check_tool_servers(name, data.get("gptoss_tool_servers"))
@@ -617,6 +661,8 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     env = dict(_get(recipe, "env") or {})
     # A local model folder needs no hub either: offline, so vLLM never waits on an unreachable hub.
     env.update(deploy_env(hf_home, cuda_home, vendor, tiktoken_url, predownload or model_path is not None))
+    if hf_endpoint != DEFAULT_HF_ENDPOINT:  # the default stays implicit: today's env files do not change
+        env["HF_ENDPOINT"] = hf_endpoint
     if air.base_python:
         env["PATH"] = with_base_bin(env.get("PATH"), os.path.dirname(air.base_python))
     requirements = with_extras(tuple(_get(stack, "requirements") or ()), tuple(_get(recipe, "install_extras") or ()))
@@ -676,6 +722,8 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         airgap=air if air.enabled else None,
         service_manager=manager,
         model_path=model_path,
+        hf_endpoint=hf_endpoint,
+        hf_token_file=hf_token_file,
     )
 
 

@@ -31,17 +31,31 @@ PYTORCH_INDEX_URLS = {  # what uv's --torch-backend=cuXXX stands for
     "pytorch-cu130": "https://download.pytorch.org/whl/cu130",
 }
 
+HF_HUB_VERSION = "2.4.0"
+HF_HUB_DOWNLOADS = (
+    f"huggingface-hub=={HF_HUB_VERSION}", "click==8.5.1", "fsspec==2026.9.0", "hf-xet==1.8.0",
+    "httpx2==2.16.2", "httpcore2==2.16.2", "h11==0.16.0", "anyio==4.16.0", "idna==3.20",
+    "truststore==0.10.5", "pyyaml==6.0.4", "tqdm==4.70.1",
+)
+
 # Real wheels from PyPI, pinned so every testbed serves the same bytes.
 # The doctor's dependencies (doctor/pyproject.toml, versions as in uv.lock), what the stand-ins
 # depend on, and uv itself (hosts may install uv from the mirror).
 PYPI_DOWNLOADS = (
     "rich==15.0.0", "packaging==26.4", "markdown-it-py==4.3.0", "mdurl==0.1.2", "pygments==2.21.0",
     "tomli==2.5.0", "typing-extensions==4.16.0", "filelock==3.18.0", "uv==0.13.9",
+    # huggingface_hub (the model pre-download runs the stack venv's) and its dependencies as
+    # `pip download huggingface-hub==2.4.0` resolves them for CPython 3.11 on x86_64 (the hosts'
+    # Python): pyyaml is the cp311 build, hf-xet the abi3 one.
+    *HF_HUB_DOWNLOADS,
 )
 # Old copies the PyTorch indexes mirror (real download.pytorch.org carries such old copies).
 PYTORCH_MIRRORED = ("filelock==3.13.1", "typing-extensions==4.12.2")
 # What every stand-in vLLM and torch requires besides torch/triton (subsets of the real pins).
-VLLM_COMMON_REQUIRES = ["filelock>=3.16.1", "typing_extensions>=4.10"]
+# Real vLLM gets huggingface_hub through transformers; the stand-in has no transformers, so it
+# requires huggingface_hub directly (the lower bound of transformers 4.55's pin), so a stack venv
+# holds the real hub client the pre-download uses, as it would with real vLLM.
+VLLM_COMMON_REQUIRES = ["filelock>=3.16.1", "typing_extensions>=4.10", "huggingface-hub>=0.34.0"]
 TORCH_COMMON_REQUIRES = ["filelock", "typing-extensions>=4.10.0"]
 
 # A CUDA 13 torch pulls in the CUDA runtime wheel, which puts include/cuda.h into the same
