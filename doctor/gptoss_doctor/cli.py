@@ -3,7 +3,8 @@
     gptoss-doctor [--venv PATH] [--json] [--deep] [--only IDS]   collect, check, print findings
     gptoss-doctor collect [--venv PATH] [--deep]                  the snapshot as JSON on stdout
     gptoss-doctor check --from box.json [--only IDS] [--json]     judge a snapshot taken elsewhere
-    gptoss-doctor logs FILE... (- for stdin) [--json]             match vLLM logs against known failures
+    gptoss-doctor logs [FILE...] (- for stdin) [--json]           match vLLM logs against known failures
+                                                                  (no FILE: the deployed service's own log)
     gptoss-doctor explain ID                                      what a check or log signature means
     gptoss-doctor list-checks [--json]
 
@@ -40,6 +41,8 @@ EPILOG = """examples:
   gptoss-doctor                                  diagnose this box (the service's venv, or VIRTUAL_ENV)
   gptoss-doctor --venv /opt/gptoss/current --deep
   gptoss-doctor collect > box.json               then, anywhere: gptoss-doctor check --from box.json
+  gptoss-doctor logs                             the deployed service's log: /var/log/gptoss/gptoss-vllm.log
+                                                 under gptoss-supervise, `journalctl -u gptoss-vllm -b` under systemd
   journalctl -u gptoss-vllm --no-pager | gptoss-doctor logs -
   gptoss-doctor explain duplicate-triton
 
@@ -84,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("logs", help="match vLLM logs against known failures")
     _common(p, sub=True)
-    p.add_argument("files", nargs="+", metavar="FILE", help="log files, - for stdin")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="log files, - for stdin; none: the deployed service's log (gptoss-supervise's log file, "
+                   "or `journalctl -u gptoss-vllm -b --no-pager` where systemd runs it)")
 
     p = subs.add_parser("explain", help="explain a check or log-signature id")
     _common(p, sub=True)
@@ -187,19 +192,78 @@ def cmd_logs(args, started: float) -> int:
         raise DoctorError(f"the log scanner could not be loaded ({e}); reinstall gptoss-doctor") from None
     if args.files.count("-") > 1:
         raise UsageError("`-` (stdin) can be given once")
-    texts = [(f, _read_input(f, "log file")) for f in args.files]  # all read first: a missing file fails before output
+    env = _box(args)
+    manager = _manager_fact(env)
+    if args.files:
+        # all read first: a missing file fails before output
+        texts = [("stdin" if f == "-" else f, _read_input(f, "log file")) for f in args.files]
+    else:
+        texts = [service_log(env, manager)]
+    # the fixes name this box's way to restart and read the service
+    manager_name = (manager.get("value") or {}).get("manager") or "systemd"
     findings = []
     for name, text in texts:
-        for finding in _scan(scan, text):
-            finding.evidence = {"file": "stdin" if name == "-" else name, **finding.evidence}
+        for finding in _scan(scan, text, manager_name):
+            finding.evidence = {"file": name, **finding.evidence}
             findings.append(finding)
     report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
     return _emit(report, args.json, title=f"{PROG} logs")
 
 
-def _scan(scan, text: str):
+def _box(args):
+    from .collect.env import Env  # noqa: PLC0415
+
+    return args.box or Env()
+
+
+def _manager_fact(env) -> dict:
+    """The service.manager fact of this box (a few file reads, `systemctl is-active` at most)."""
+    from .collect.service import service_manager  # noqa: PLC0415
+
     try:
-        return scan(text)  # the scanner splits as grep -n does
+        return service_manager(env)["service.manager"]
+    except Exception as e:  # noqa: BLE001 - like any collector: a failed fact, the default commands
+        return {"failed": f"{type(e).__name__}: {e}"}
+
+
+def service_log(env, manager: dict) -> tuple[str, str]:
+    """(where it came from, text) of the deployed service's log: gptoss-supervise's log file, or
+    this boot's journal of the unit where systemd runs it. One line naming the problem otherwise."""
+    from .collect.env import CommandError  # noqa: PLC0415
+    from .service_manager import commands_for  # noqa: PLC0415
+
+    if "value" not in manager:
+        why = manager.get("absent") or manager.get("failed") or "not collected"
+        raise DoctorError(f"logs: no FILE given and no deployed service to read the log of ({why}); "
+                          "give log files, or - for stdin")
+    sc = commands_for({"service.manager": manager})
+    argv = sc.log_argv()
+    if argv is None:
+        try:
+            with open(env.path(sc.log_file), encoding="utf-8", errors="replace", newline="") as f:
+                return sc.log_file, f.read()
+        except FileNotFoundError:
+            raise DoctorError(f"logs: the service's log {sc.log_file} does not exist: has {sc.supervise} ever "
+                              f"started it? (`{sc.status()}`); or give a log file") from None
+        except OSError as e:
+            raise DoctorError(f"logs: cannot read the service's log {sc.log_file} ({e.strerror or e}); "
+                              "run as root or a member of the gptoss group, or give a log file") from None
+    shown = " ".join(argv)
+    try:
+        done = env.run(argv, timeout_s=60)
+    except CommandError as e:
+        raise DoctorError(f"logs: {e}; give a log file, or pipe the journal: `{shown} | {PROG} logs -`") from None
+    if done.returncode != 0:
+        raise DoctorError(f"logs: `{shown}` exited {done.returncode}: {done.tail(200) or 'no output'}")
+    if "not seeing messages" in done.stderr and not done.stdout.replace("-- No entries --", "").strip():
+        # journalctl hides the unit's lines from a user outside systemd-journal/adm and still exits 0
+        raise DoctorError(f"logs: `{shown}` shows nothing to this user: run as root or a member of systemd-journal")
+    return shown, done.stdout
+
+
+def _scan(scan, text: str, manager: str = "systemd"):
+    try:
+        return scan(text, manager=manager)  # the scanner splits as grep -n does
     except ValueError as e:  # the signature table failed validation: the doctor's own data is broken
         raise DoctorError(f"the doctor's log signatures are invalid: {e}") from None
 

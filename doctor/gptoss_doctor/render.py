@@ -81,6 +81,40 @@ def stack_line(facts: dict) -> str:
     return " · ".join(parts)
 
 
+def manager_line(facts: dict) -> str:
+    """Who runs the service and whether it runs now (a fact: the doctor never starts it)."""
+    m = _v(facts, "service.manager")
+    if not isinstance(m, dict):
+        return "none: " + _why(facts, "service.manager")
+    who = "gptoss-supervise" if m.get("manager") == "supervisor" else str(m.get("manager"))
+    parts = [f"{who} ({m.get('why')})" if m.get("why") else who]
+    pid = m.get("main_pid") or m.get("pid")
+    if m.get("running") is True:
+        parts.append(f"{m.get('unit') or 'service'} running" + (f" (pid {pid})" if pid else ""))
+    elif m.get("running") is False:
+        parts.append(f"{m.get('unit') or 'service'} NOT running ({m.get('state') or 'unknown'})")
+    else:
+        parts.append(f"state unknown ({m.get('state_error') or m.get('state') or 'not collected'})")
+    if m.get("log_file"):
+        parts.append(f"log {m['log_file']}" + ("" if m.get("log_exists", True) else " (missing)"))
+    return " · ".join(parts)
+
+
+def install_line(facts: dict) -> str | None:
+    """Where the deploy installed the stack from, when not from an index: the manifest's words."""
+    manifest = _v(facts, "manifest")
+    if not isinstance(manifest, dict):
+        return None
+    parts = []
+    wh = manifest.get("wheelhouse")
+    if isinstance(wh, dict) and wh.get("path"):
+        parts.append(f"wheelhouse {wh['path']}" + (" (--no-deps)" if wh.get("no_deps") else ""))
+    base = manifest.get("base_python")
+    if isinstance(base, dict) and base.get("path"):
+        parts.append(f"base Python {base['path']}" + (f" (torch {base['torch']})" if base.get("torch") else ""))
+    return " · ".join(parts) or None
+
+
 def summary_lines(facts: dict) -> list[tuple[str, str]]:
     """(label, text) lines that say what the doctor looked at."""
     lines = [("gpu", gpu_line(facts))]
@@ -104,6 +138,11 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
                 + (" · API key set" if serve.get("api_key_set") else " · no API key"),
             )
         )
+    if "service.manager" in facts:
+        lines.append(("manager", manager_line(facts)))
+    install = install_line(facts)
+    if install:
+        lines.append(("install", install))
     deep = _v(facts, "deep")
     if deep:
         steps = []

@@ -391,7 +391,9 @@ def _same(have: str | None, want: str | None, *, local: bool = True) -> bool:
 )
 def manifest_drift(snap, kb):
     """vLLM, torch (with its CUDA build) or Triton differ from what the deploy recorded in
-    /etc/gptoss/manifest.json.
+    /etc/gptoss/manifest.json; or, on a venv built on a base Python (manifest `base_python`,
+    air-gapped installs on vendor PyTorch images), torch is no longer the base's: a torch
+    installed into the stack venv shadows it.
 
     Why: someone ran `pip install -U ...` by hand, or a deploy was interrupted: the box no longer
     runs the tested stack, and the next upgrade's rollback point is wrong.
@@ -422,12 +424,17 @@ def manifest_drift(snap, kb):
         # pytorch-triton carries a +git<sha> local label the manifest does not record
         if not _same(have, recorded["triton"], local=False):
             drift.append({"name": triton_dist, "manifest": recorded["triton"], "installed": have, "fact": "venv.distributions"})
-    if not drift:
+    shadow = _torch_shadows_base(snap, manifest)
+    if not drift and shadow is None:
         return
     stack = kb.stacks.get(manifest.get("stack")) if manifest.get("stack") else None
-    commands = stack_install_commands(snap, stack, "--reinstall") if stack else [
+    commands = [] if not drift else stack_install_commands(snap, stack, "--reinstall") if stack else [
         uv_pip(snap, "install", *(f"{d['name']}=={d['manifest']}" for d in drift))
     ]
+    if shadow is not None:
+        drift.append(shadow)
+        # the venv's own torch hides the base's: removing it lets the base's show through again
+        commands.append(uv_pip(snap, "uninstall", "torch"))
     yield Finding(
         id="manifest-drift",
         severity="warning",
@@ -440,6 +447,20 @@ def manifest_drift(snap, kb):
         ),
         links=[DESIGN, *([stack.source] if stack else [])],
     )
+
+
+def _torch_shadows_base(snap, manifest: dict) -> dict | None:
+    """A drift entry when the manifest layers the venv on a base Python's torch but the torch
+    the collector found lives outside the base's site-packages (pure)."""
+    base = manifest.get("base_python")
+    torch_path = fact_obj(snap, "torch.build").get("path")
+    if not isinstance(base, dict) or not isinstance(torch_path, str) or not torch_path:
+        return None
+    sites = [str(p).rstrip("/") for p in base.get("site_packages") or [] if isinstance(p, str) and p]
+    if not sites or any(torch_path == p or torch_path.startswith(p + "/") for p in sites):
+        return None
+    return {"name": "torch location", "manifest": f"the base Python's ({base.get('path')}): {', '.join(sites)}",
+            "installed": torch_path, "fact": "torch.build"}
 
 
 @check(
