@@ -137,30 +137,30 @@ def uv_binary(cfg: C.HostConfig):
     yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
 
 
-@operation()
-def stack_venv(cfg: C.HostConfig):
-    """The stack's venv, installed with the stack's uv options; complete when the marker matches."""
-    want = spec_hash(cfg)
-    state = state_fact(cfg)
-    if state["markers"].get(cfg.stack_marker) == want:
-        host.noop(f"stack {cfg.stack} installed ({want})")
-        return
-    if state.get("current") == cfg.venv:
-        # Rebuilding the venv the service runs from would serve a half-installed stack.
-        yield StringCommand(
-            "echo", shlex.quote(
-                f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; "
-                f"deploy it under a new stack name instead"
-            ), ">&2", "&&", "false",
-        )
-        return
-    venv_py = f"{cfg.venv}/bin/python"
-    yield StringCommand("rm", "-rf", cfg.venv)
-    if cfg.airgap:
-        yield from airgap_install(cfg, venv_py, want)
-        return
-    yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
-    common = " ".join(shlex.quote(a) for a in uv_install_args(cfg))
+def stack_installed(cfg: C.HostConfig) -> bool:
+    """The stack's venv is complete: its marker holds the hash of what is asked for now."""
+    return state_fact(cfg)["markers"].get(cfg.stack_marker) == spec_hash(cfg)
+
+
+def refuse_live_rebuild(cfg: C.HostConfig, instead: str) -> StringCommand:
+    """Rebuilding the venv the service runs from would serve a half-installed stack: fail, saying so."""
+    return StringCommand("echo", shlex.quote(
+        f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; {instead}"),
+        ">&2", "&&", "false")
+
+
+def new_venv(cfg: C.HostConfig) -> StringCommand:
+    return StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
+
+
+def with_nvcc(cfg: C.HostConfig) -> list[str]:
+    """The stack's requirements and, last, the pip CUDA toolkit where the stack has one."""
+    return [*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])]
+
+
+def pip_installs(cfg: C.HostConfig, venv_py: str, args: list[str]):
+    """`uv pip install` of the stack into `venv_py`'s venv with `args` (indexes or find-links)."""
+    common = " ".join(shlex.quote(a) for a in args)
     if cfg.nvcc_requirement:
         # The pip toolkit first, so CUDA_HOME exists while the rest installs (same path at serve time).
         yield StringCommand(
@@ -168,25 +168,47 @@ def stack_venv(cfg: C.HostConfig):
         )
     cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
     # nvcc again in the full install, so one resolution covers everything in the venv.
-    reqs = " ".join(shlex.quote(r) for r in (*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])))
+    reqs = " ".join(shlex.quote(r) for r in with_nvcc(cfg))
     yield StringCommand(f"{cuda}{UV_ENV} {UV} pip install --python {venv_py} {common} {reqs}")
-    yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
 
 
-def airgap_install(cfg: C.HostConfig, venv_py: str, want: str):
+def mark_complete(cfg: C.HostConfig) -> StringCommand:
+    """The marker last, written by rename: only a finished install has it."""
+    want = spec_hash(cfg)
+    return StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
+
+
+@operation()
+def stack_venv(cfg: C.HostConfig):
+    """The stack's venv, installed with the stack's uv options; complete when the marker matches."""
+    if stack_installed(cfg):
+        host.noop(f"stack {cfg.stack} installed ({spec_hash(cfg)})")
+        return
+    if state_fact(cfg).get("current") == cfg.venv:
+        yield refuse_live_rebuild(cfg, "deploy it under a new stack name instead")
+        return
+    venv_py = f"{cfg.venv}/bin/python"
+    yield StringCommand("rm", "-rf", cfg.venv)
+    if cfg.airgap:
+        yield from airgap_install(cfg, venv_py)
+    else:
+        yield new_venv(cfg)
+        yield from pip_installs(cfg, venv_py, uv_install_args(cfg))
+    yield mark_complete(cfg)
+
+
+def airgap_install(cfg: C.HostConfig, venv_py: str):
     """The stack venv from the wheelhouse, no network: on the base Python (torch checked) or a
-    fresh one; then the marker, as for an indexed install."""
+    fresh one."""
     ag = cfg.airgap
     if ag.base_python:
         for cmd in airgap.venv_commands(UV_ENV, UV, cfg.venv, ag, airgap.wanted_torch(cfg.stack_versions)):
             yield StringCommand(cmd)
     else:
-        yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
+        yield new_venv(cfg)
     cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
-    reqs = [*cfg.requirements, *([cfg.nvcc_requirement] if cfg.nvcc_requirement else [])]
-    for cmd in airgap.install_commands(UV_ENV, UV, venv_py, ag, reqs, cuda):
+    for cmd in airgap.install_commands(UV_ENV, UV, venv_py, ag, with_nvcc(cfg), cuda):
         yield StringCommand(cmd)
-    yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
 
 
 def doctor_index_args(cfg: C.HostConfig) -> str:

@@ -31,7 +31,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 from . import config as C
-from .python_env import UV, UV_ENV, controller_uv, spec_hash, state_fact, uv_install_args
+from .python_env import (controller_uv, mark_complete, new_venv, pip_installs, refuse_live_rebuild, spec_hash,
+                         stack_installed, state_fact, uv_install_args)
 
 REMOTE_ROOT = f"{C.ROOT}/wheelhouse"
 # Debian 11+/Ubuntu 20.04+ have glibc >= 2.31: manylinux_2_28 wheels (torch's, vLLM's) run there.
@@ -260,14 +261,10 @@ class RemoteWheels(FactBase):
         return out
 
 
-def _installed(cfg: C.HostConfig) -> bool:
-    return state_fact(cfg)["markers"].get(cfg.stack_marker) == spec_hash(cfg)
-
-
 @operation()
 def push(cfg: C.HostConfig, wh: Wheelhouse):
     """The wheels this host lacks, from the controller over SSH (never from upstream)."""
-    if _installed(cfg):
+    if stack_installed(cfg):
         host.noop(f"stack {cfg.stack} already installed: nothing to push")
         return
     have = host.get_fact(RemoteWheels, path=wh.remote_dir)
@@ -294,24 +291,14 @@ def install_args(cfg: C.HostConfig, find_links: str) -> list[str]:
 def staged_venv(cfg: C.HostConfig, wh: Wheelhouse):
     """The stack's venv from the host's wheelhouse; complete (marker written) only at the end.
     Never touches the venv `current` points at, nor the running service."""
-    want = spec_hash(cfg)
-    state = state_fact(cfg)
-    if state["markers"].get(cfg.stack_marker) == want:
-        host.noop(f"stack {cfg.stack} installed ({want})")
+    if stack_installed(cfg):
+        host.noop(f"stack {cfg.stack} installed ({spec_hash(cfg)})")
         return
-    if state.get("current") == cfg.venv:
-        yield StringCommand("echo", shlex.quote(
-            f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; "
-            f"upgrade to a new stack name instead"), ">&2", "&&", "false")
+    if state_fact(cfg).get("current") == cfg.venv:
+        yield refuse_live_rebuild(cfg, "upgrade to a new stack name instead")
         return
-    venv_py = f"{cfg.venv}/bin/python"
-    common = " ".join(shlex.quote(a) for a in install_args(cfg, wh.remote_dir))
     yield StringCommand("rm", "-rf", cfg.venv)
-    yield StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
-    if cfg.nvcc_requirement:
-        yield StringCommand(f"{UV_ENV} {UV} pip install --python {venv_py} {common} {shlex.quote(cfg.nvcc_requirement)}")
-    cuda = f"CUDA_HOME={shlex.quote(cfg.cuda_home)} " if cfg.cuda_home else ""
-    reqs = " ".join(shlex.quote(r) for r in cfg.requirements)
-    yield StringCommand(f"{cuda}{UV_ENV} {UV} pip install --python {venv_py} {common} {reqs}")
-    yield StringCommand(f"echo {want} > {cfg.stack_marker}.tmp && mv -f {cfg.stack_marker}.tmp {cfg.stack_marker}")
+    yield new_venv(cfg)
+    yield from pip_installs(cfg, f"{cfg.venv}/bin/python", install_args(cfg, wh.remote_dir))
+    yield mark_complete(cfg)
     yield StringCommand("rm", "-rf", wh.remote_dir)  # the venv holds it all now
