@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptoss_doctor.redact import redact_url
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
@@ -183,21 +184,16 @@ def download(url: str, sha256: str, dest: Path, creds: tuple[str, str] | None = 
                 f.write(block)
                 n += len(block)
         if sha256 and _sha256(Path(tmp)) != sha256:
-            raise WheelhouseError(f"stack wheelhouse: {dest.name} from {_redact(url)} does not match its sha256; "
+            raise WheelhouseError(f"stack wheelhouse: {dest.name} from {redact_url(url)} does not match its sha256; "
                                   f"fix: check the index mirror (a proxy altering files?)")
         os.replace(tmp, dest)
     except OSError as e:
-        raise WheelhouseError(f"stack wheelhouse: downloading {_redact(url)} failed ({e}); fix: the controller "
+        raise WheelhouseError(f"stack wheelhouse: downloading {redact_url(url)} failed ({e}); fix: the controller "
                               f"must reach the stack's indexes, or set gptoss_download_once=False") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return n
-
-
-def _redact(url: str) -> str:
-    p = urllib.parse.urlsplit(url)
-    return url if not (p.username or p.password) else url.replace(p.netloc, "***@" + (p.hostname or ""))
 
 
 def build(cfg: C.HostConfig, py: str, arch: str) -> Wheelhouse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -47,6 +48,18 @@ def redact_text(text: str) -> str:
     for pattern, repl in _SECRET_VALUE:
         text = pattern.sub(repl, text)
     return text
+
+
+def redact_url(url: str) -> str:
+    """A URL without its userinfo (`https://user:pw@host:port/p` -> `https://***@host:port/p`):
+    a mirror's user name may itself be a token, so all of it goes, unlike `redact_text`."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, f"{MASK}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def redact_value(name: str, value: Any) -> Any:
