@@ -137,19 +137,29 @@ class RequestLog:
 
     entries: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Files whose GET answers 403 (their HEAD still succeeds): a download that breaks half-way.
+    refused: set[str] = field(default_factory=set)
 
     def add(self, method: str, path: str) -> None:
         with self.lock:
             self.entries.append((method, path))
 
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
     def snapshot(self) -> list[tuple[str, str]]:
         with self.lock:
             return list(self.entries)
 
+    def resolved(self) -> list[tuple[str, str]]:
+        """(method, file in the repo) of every /resolve/ request: HEADs (metadata) and GETs (bytes)."""
+        return [(m, unquote(p.split("/resolve/", 1)[1].split("/", 1)[1])) for m, p in self.snapshot()
+                if "/resolve/" in p]
+
     def downloads(self) -> list[str]:
-        """Files whose bytes were sent (GET on /resolve/)."""
-        return [unquote(p.split("/resolve/", 1)[1].split("/", 1)[1]) for m, p in self.snapshot()
-                if m == "GET" and "/resolve/" in p]
+        """Files whose bytes were asked for (GET on /resolve/)."""
+        return [f for m, f in self.resolved() if m == "GET"]
 
 
 def make_handler(repos: dict[str, Repo], log: RequestLog):
@@ -224,6 +234,8 @@ def make_handler(repos: dict[str, Repo], log: RequestLog):
             commit = {"X-Repo-Commit": repo.sha}
             if path not in repo.files:
                 return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", commit)
+            if self.command == "GET" and path in log.refused:
+                return self._error(403, "Forbidden", f"{path}: access refused by the mirror", commit)
             data = repo.files[path]
             etag = f'"{repo.etag(path)}"'
             headers = {**commit, "ETag": etag, "Accept-Ranges": "bytes"}
