@@ -251,7 +251,7 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
 
 def supervised(cfg: C.HostConfig) -> bool:
     """Hosts without systemd run the same unit under gptoss-supervise (the deploy's choice)."""
-    return getattr(cfg, "service_manager", "systemd") == "supervisor"
+    return cfg.service_manager == "supervisor"
 
 
 def restart_commands(cfg: C.HostConfig) -> list[str]:
@@ -334,18 +334,12 @@ def _run(cmd: str) -> tuple[bool, str, str]:
 
 def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
     """(None, detail) when the host serves `cfg` healthily; else (failed step, one line)."""
-    from .service import _HEALTH_PY, local_base
+    from .service import health_command, local_base
 
-    from . import service
-
-    base = local_base(cfg)
-    extra = getattr(service, "health_extra_args", lambda _cfg: [])(cfg)  # prompt / supervisor, where needed
-    ok, out, err = _run(" ".join([
-        "python3", "-c", shlex.quote(_HEALTH_PY), base, shlex.quote(cfg.model), str(cfg.health_timeout_s),
-        C.UNIT, C.KEY_FILE, *extra]))
+    ok, out, err = _run(health_command(cfg))
     if not ok:
         return "health-gate", (err or out or "health check failed").strip().splitlines()[-1][:900]
-    ok, out, err = _run(f"python3 -c {shlex.quote(_VERSION_PY)} {base}")
+    ok, out, err = _run(f"python3 -c {shlex.quote(_VERSION_PY)} {local_base(cfg)}")
     served = out.strip().splitlines()[-1] if out.strip() else None
     if not ok or not versions_match(served, cfg.vllm):
         return "version", f"/version says {served or err.strip() or 'nothing'}, expected {cfg.vllm}"

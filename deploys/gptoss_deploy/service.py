@@ -176,17 +176,22 @@ def local_base(cfg: C.HostConfig) -> str:
     return f"http://[{addr}]:{cfg.port}" if ":" in addr else f"http://{addr}:{cfg.port}"
 
 
+def health_command(cfg: C.HostConfig) -> str:
+    """The gate as one shell command on the host: exit 0 healthy, else one line on stderr.
+    The deploy's gate and the rollout's run this same command."""
+    return " ".join([
+        "python3", "-c", shlex.quote(_HEALTH_PY), local_base(cfg), shlex.quote(cfg.model),
+        str(cfg.health_timeout_s), C.UNIT, C.KEY_FILE, *health_extra_args(cfg),
+    ])
+
+
 @operation()
 def health_gate(cfg: C.HostConfig):
     """At execute time: /health 200, /v1/models refused without the key and listing the model
     with it, one tiny completion. Checks run in the op, so a healthy host reports no change."""
     if not host.state.is_executing:
         return
-    cmd = StringCommand(
-        "python3", "-c", shlex.quote(_HEALTH_PY), local_base(cfg), shlex.quote(cfg.model),
-        str(cfg.health_timeout_s), C.UNIT, C.KEY_FILE, *health_extra_args(cfg),
-    )
-    ok, out = host.run_shell_command(cmd, print_output=False, print_input=False)
+    ok, out = host.run_shell_command(StringCommand(health_command(cfg)), print_output=False, print_input=False)
     if ok:
         return
     text = " ".join(line.line for line in out if line.buffer_name == "stderr") or "health check failed"
