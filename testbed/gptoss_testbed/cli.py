@@ -41,34 +41,35 @@ def _need_state() -> dict:
     return state
 
 
+def status_lines(out: dict) -> list[str]:
+    return ([f"{h['name']}  {h['address']}" for h in out["hosts"]]
+            + [f"ssh key: {out['ssh_key']}",
+               "stacks: " + ", ".join(f"{s['name']} ({s['vllm']})" for s in out["stacks"]),
+               f"broken stack: {out['broken_stack']}"])
+
+
+def env_lines(out: dict) -> list[str]:
+    return [f"{k}: {v}" for k, v in out.items()]
+
+
+# The read-only commands: what they report, and how it reads without --json.
+REPORTS = {"status": (fleet.status_json, status_lines), "env": (fleet.env_json, env_lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command in REPORTS:
+            report, lines = REPORTS[args.command]
+            out = report(_need_state())
+            print(json.dumps(out, indent=1) if args.json else "\n".join(lines(out)))
+        else:
             t0 = time.monotonic()
-            fleet.up(args.hosts, args.first_address, index_port=args.index_port)
-            print(f"done in {time.monotonic() - t0:.1f} s")
-        elif args.command == "down":
-            t0 = time.monotonic()
-            fleet.down()
-            print(f"done in {time.monotonic() - t0:.1f} s")
-        elif args.command == "status":
-            out = fleet.status_json(_need_state())
-            if args.json:
-                print(json.dumps(out, indent=1))
+            if args.command == "up":
+                fleet.up(args.hosts, args.first_address, index_port=args.index_port)
             else:
-                for h in out["hosts"]:
-                    print(f"{h['name']}  {h['address']}")
-                print(f"ssh key: {out['ssh_key']}")
-                print("stacks: " + ", ".join(f"{s['name']} ({s['vllm']})" for s in out["stacks"]))
-                print(f"broken stack: {out['broken_stack']}")
-        elif args.command == "env":
-            out = fleet.env_json(_need_state())
-            if args.json:
-                print(json.dumps(out, indent=1))
-            else:
-                for k, v in out.items():
-                    print(f"{k}: {v}")
+                fleet.down()
+            print(f"done in {time.monotonic() - t0:.1f} s")
     except TestbedError as e:
         print(f"gptoss-testbed: {e}", file=sys.stderr)
         return 1
