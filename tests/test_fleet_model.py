@@ -74,6 +74,7 @@ def runs(fleet, mirror) -> dict:
     shard = "model-00001-of-00001.safetensors"
     log.refused.add(shard)
     out["broken"] = deploy(fleet, url)
+    out["broken_resolved"] = log.resolved()
     out["broken_gets"] = log.downloads()
     out["broken_marker"] = on_host(fleet, f"test -e {MARKER} && echo MARKER || echo none").strip()
     log.refused.clear()
@@ -102,7 +103,7 @@ def test_predownload_lands_only_what_vllm_loads_owned_by_the_service_user(runs, 
     run = runs["first"]
     res = results(run)
     assert run.returncode == 0 and not res["failed_hosts"], run.stderr[-3000:]
-    asked = {f for _m, f in runs["first_resolved"]}
+    asked = {f for _m, f in runs["broken_resolved"] + runs["first_resolved"]}
     assert not [f for f in asked if f.startswith(("original/", "metal/"))], asked
     # The broken run kept its finished files: only the refused shard is fetched now.
     gets = [f for m, f in runs["first_resolved"] if m == "GET"]
