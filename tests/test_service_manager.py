@@ -428,3 +428,13 @@ def test_the_doctor_follows_a_real_supervised_service(capsys, box, tmp_path):
         supervise("stop")
     m = _fact(box)["value"]
     assert (m["running"], m["state"], m["pid"]) == (False, "inactive", None)
+
+
+@pytest.mark.parametrize("case, check_id", [
+    ("service-env-file-missing/env-file-deleted-supervised", "service-env-file-missing"),
+    ("stale-vllm-env-service/gptoss-vars-after-upgrade-supervised", "stale-vllm-env-service"),
+])
+def test_supervised_fixture_cases_restart_with_gptoss_supervise(kb, case, check_id):
+    (finding,), _ = run_one(_case_snapshot(FIXTURES / "checks" / f"{case}.json"), kb, REGISTRY[check_id])
+    assert finding.fix.commands[-1] == f"{SUPERVISE} restart"
+    assert "systemd" not in finding.title

@@ -292,6 +292,7 @@ def explain_entry(ident: str) -> dict:
             return {
                 "id": sig.id, "kind": "log signature", "severity": sig.severity, "title": sig.title,
                 "text": sig.fix, "commands": list(sig.commands), "links": list(sig.links),
+                **({"supervisor_commands": list(sig.supervisor_commands)} if sig.supervisor_commands else {}),
                 "patterns": [p.pattern for p in sig.patterns],
             }
     raise DoctorError(f"unknown id {ident!r}: `{PROG} list-checks` shows the check ids")

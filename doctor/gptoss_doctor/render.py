@@ -279,5 +279,9 @@ def render_explain(entry: dict, console: Console | None = None) -> None:
         console.print(Text("\nneeds facts: " + ", ".join(entry["needs"]), style=STYLE["dim"]))
     for cmd in entry.get("commands") or []:
         console.print(Text("    " + cmd, style="bold"))
+    if entry.get("supervisor_commands"):
+        console.print(Text("without systemd (gptoss-supervise runs the service):", style=STYLE["dim"]))
+        for cmd in entry["supervisor_commands"]:
+            console.print(Text("    " + cmd, style="bold"))
     for link in entry.get("links") or []:
         console.print(Text("see: " + link, style=STYLE["dim"]))

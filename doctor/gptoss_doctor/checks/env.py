@@ -16,6 +16,7 @@ from ._util import (
     truthy,
     edit_unit_commands,
     restart_command,
+    service_commands,
     unit_name,
     vllm_version,
 )
@@ -306,7 +307,9 @@ def service_env_file_missing(snap, kb):
     yield Finding(
         id="service-env-file-missing",
         severity="error",
-        title=f"{unit} reads {', '.join(missing)}, which does not exist: systemd will not start it",
+        # gptoss-supervise refuses a missing EnvironmentFile= as systemd does
+        title=f"{unit} reads {', '.join(missing)}, which does not exist: "
+        f"{'gptoss-supervise' if service_commands(snap).supervised else 'systemd'} will not start it",
         evidence=evidence(snap, ["service"], environment_file_errors=missing, unit=unit),
         fix=Fix(
             text="Re-run the deploy for this host (it writes the file), or create it with the service's settings:",
