@@ -451,15 +451,19 @@ def manifest_drift(snap, kb):
 
 def _torch_shadows_base(snap, manifest: dict) -> dict | None:
     """A drift entry when the manifest layers the venv on a base Python's torch but the torch
-    the collector found lives outside the base's site-packages (pure)."""
+    the collector found lives in the stack venv itself (pure). Judged by the venv's own paths,
+    not by the base's, so a base whose site-packages the probe and the collector spell
+    differently (lib64, dist-packages) is no false alarm."""
     base = manifest.get("base_python")
     torch_path = fact_obj(snap, "torch.build").get("path")
     if not isinstance(base, dict) or not isinstance(torch_path, str) or not torch_path:
         return None
-    sites = [str(p).rstrip("/") for p in base.get("site_packages") or [] if isinstance(p, str) and p]
-    if not sites or any(torch_path == p or torch_path.startswith(p + "/") for p in sites):
+    venvs = {str(p).rstrip("/") for p in (manifest.get("venv"), manifest.get("current"), fact_obj(snap, "venv").get("path"))
+             if isinstance(p, str) and p}
+    if not any(torch_path.startswith(v + "/") for v in venvs):
         return None
-    return {"name": "torch location", "manifest": f"the base Python's ({base.get('path')}): {', '.join(sites)}",
+    sites = [str(p) for p in base.get("site_packages") or [] if isinstance(p, str) and p]
+    return {"name": "torch location", "manifest": f"the base Python's ({base.get('path')}): {', '.join(sites) or '?'}",
             "installed": torch_path, "fact": "torch.build"}
 
 
