@@ -111,7 +111,10 @@ except TypeError:  # a huggingface_hub without dry_run: count the whole model, a
 except Exception as e:
     fail(f"cannot list {model} at {endpoint} ({why(e)})",
          "check that gptoss_hf_endpoint is reachable from the host (and gptoss_hf_token_file for a gated repo)")
-st = os.statvfs(hf_home)
+try:
+    st = os.statvfs(hf_home)
+except OSError as e:
+    fail(f"cannot read the free space of {hf_home} ({e.strerror})", "create it, or set gptoss_hf_home to a directory")
 free = st.f_bavail * st.f_frsize
 if need and free < need * margin:
     fail(f"{hf_home} has {gib(free)} free, {model} needs {gib(need * margin)} ({what}, with {margin:g}x headroom)",
