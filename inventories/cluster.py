@@ -41,7 +41,15 @@ Data keys (all optional unless marked; host data wins over group data, group ove
                                  path. The same CUDA_HOME is used to install and to serve.
   gptoss_hf_home                 Hugging Face cache, default /var/lib/gptoss/hf.
   gptoss_predownload             True: download the weights during the deploy (free space is
-                                 checked first) and serve with HF_HUB_OFFLINE=1.
+                                 checked first against what is still missing) and serve with
+                                 HF_HUB_OFFLINE=1. Only what vLLM loads (config, tokenizer,
+                                 chat template, safetensors): never original/ or metal/.
+  gptoss_hf_endpoint             The Hugging Face Hub or a site mirror of it (http(s) URL),
+                                 default https://huggingface.co; given to the pre-download and
+                                 to the service as HF_ENDPOINT.
+  gptoss_hf_token_file           A file on the controller (chmod 600) holding a Hugging Face
+                                 token, for gated repos or mirrors; copied to <hf_home>/token
+                                 (0600, service user), never in argv, env files or logs.
   gptoss_tiktoken_url            Base URL (or file:// dir on the controller) holding
                                  o200k_base.tiktoken and cl100k_base.tiktoken; default OpenAI's
                                  public bucket; "" skips (then harmony downloads at first request).
@@ -120,5 +128,7 @@ mi300x = (
         "gptoss_index_mirrors": {"pypi": "https://mirror.example.net/pypi/simple"},
         "gptoss_uv_source": "https://mirror.example.net/uv/uv-x86_64-unknown-linux-gnu.tar.gz",
         "gptoss_tiktoken_url": "https://mirror.example.net/tiktoken/",
+        "gptoss_hf_endpoint": "https://mirror.example.net/huggingface",
+        "gptoss_predownload": True,
     },
 )
