@@ -438,3 +438,20 @@ def test_supervised_fixture_cases_restart_with_gptoss_supervise(kb, case, check_
     (finding,), _ = run_one(_case_snapshot(FIXTURES / "checks" / f"{case}.json"), kb, REGISTRY[check_id])
     assert finding.fix.commands[-1] == f"{SUPERVISE} restart"
     assert "systemd" not in finding.title
+
+
+def test_the_doctor_and_the_deploy_agree_on_the_supervisors_paths():
+    """The doctor cannot import the deploys (it runs alone on hosts): its copy of the paths must
+    be the deploy's."""
+    from gptoss_deploy import supervisor
+    from gptoss_doctor import service_manager as SM
+
+    assert (SM.SUPERVISE, SM.default_log_file(), SM.default_pid_file()) == (
+        supervisor.PROGRAM, supervisor.LOG_FILE, supervisor.PID_FILE)
+    assert SM.UNIT == C.UNIT and SM.UNIT_PATH == unit_mod.UNIT_PATH
+    import re
+
+    for sig in load_signatures():  # the log signatures' own supervisor commands name the same program and log
+        for c in sig.supervisor_commands:
+            for path in re.findall(r"/[^\s;'\"]*gptoss[^\s;'\"]*", c):
+                assert path in (SM.SUPERVISE, SM.default_log_file(), SM.UNIT_PATH), (sig.id, c)
