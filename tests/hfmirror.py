@@ -8,6 +8,7 @@ answers the calls the REAL huggingface_hub client (2.4.0, read from its source) 
                                                          X-Linked-Size for LFS files), Content-Length
     GET  /<repo>/resolve/<rev>/<file>                    the bytes
 
+With a token set, a request without it answers 401 (X-Error-Code: GatedRepo).
 Unknown repos, revisions and files answer 404 with the X-Error-Code the Hub sends, so the client
 raises its own RepositoryNotFoundError / RevisionNotFoundError / EntryNotFoundError.
 
@@ -139,6 +140,8 @@ class RequestLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Files whose GET answers 403 (their HEAD still succeeds): a download that breaks half-way.
     refused: set[str] = field(default_factory=set)
+    # Set: every request must carry `Authorization: Bearer <token>` (a gated repo or a private mirror).
+    token: str | None = None
 
     def add(self, method: str, path: str) -> None:
         with self.lock:
@@ -202,6 +205,8 @@ def make_handler(repos: dict[str, Repo], log: RequestLog):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             log.add(self.command, url.path)
+            if log.token and self.headers.get("Authorization") != f"Bearer {log.token}":
+                return self._error(401, "GatedRepo", "Access to this repo is restricted: log in with a token")
             parts = [unquote(p) for p in url.path.split("/") if p]
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 return self._api(parts[2] + "/" + parts[3], parts[4:], parse_qs(url.query))

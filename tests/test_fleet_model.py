@@ -37,17 +37,27 @@ MARKER = f"{HF_HOME}/.gptoss-downloaded-openai--gpt-oss-20b"
 WEIGHTS = 2 * 1024 * 1024  # larger than the tiny tmpfs, small enough for every test run
 
 
+TOKEN = "hf_fleetTestToken0123456789"
+
+
 @pytest.fixture(scope="module")
-def mirror():
+def mirror(tmp_path_factory):
+    """The mirror is gated: without the token from gptoss_hf_token_file every request is refused."""
     repo = hfmirror.gpt_oss_20b_standin(WEIGHTS)
     server, log, url = hfmirror.serve([repo])  # 127.0.0.1: the fleet's hosts share the loopback
-    yield repo, log, url
+    log.token = TOKEN
+    token_file = tmp_path_factory.mktemp("hf") / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    yield repo, log, url, str(token_file)
     server.shutdown()
 
 
-def deploy(fleet, url: str, *data: str):
+def deploy(fleet, mirror, *data: str):
     host = fleet["hosts"][0]["name"]
-    args = ["--limit", host, "--data", "gptoss_predownload=true", "--data", f"gptoss_hf_endpoint={url}"]
+    _repo, _log, url, token_file = mirror
+    args = ["--limit", host, "--data", "gptoss_predownload=true", "--data", f"gptoss_hf_endpoint={url}",
+            "--data", f"gptoss_hf_token_file={token_file}"]
     for d in data:
         args += ["--data", d]
     return pyinfra(TESTBED_INVENTORY, *args)
@@ -68,21 +78,21 @@ def wanted_files(repo: hfmirror.Repo) -> set[str]:
 
 @pytest.fixture(scope="module")
 def runs(fleet, mirror) -> dict:
-    repo, log, url = mirror
+    repo, log, url, _token = mirror
     on_host(fleet, f"rm -rf {HF_HOME}/hub {HF_HOME}/.gptoss-downloaded-*")
     out: dict = {}
     shard = "model-00001-of-00001.safetensors"
     log.refused.add(shard)
-    out["broken"] = deploy(fleet, url)
+    out["broken"] = deploy(fleet, mirror)
     out["broken_resolved"] = log.resolved()
     out["broken_gets"] = log.downloads()
     out["broken_marker"] = on_host(fleet, f"test -e {MARKER} && echo MARKER || echo none").strip()
     log.refused.clear()
     log.clear()
-    out["first"] = deploy(fleet, url)
+    out["first"] = deploy(fleet, mirror)
     out["first_resolved"] = log.resolved()
     log.clear()
-    out["second"] = deploy(fleet, url)
+    out["second"] = deploy(fleet, mirror)
     out["second_gets"] = log.downloads()
     return out
 
@@ -99,7 +109,7 @@ def test_a_download_broken_half_way_is_one_line_and_never_marked_done(runs):
 
 
 def test_predownload_lands_only_what_vllm_loads_owned_by_the_service_user(runs, mirror, fleet):
-    repo, _log, url = mirror
+    repo, _log, url, _token = mirror
     run = runs["first"]
     res = results(run)
     assert run.returncode == 0 and not res["failed_hosts"], run.stderr[-3000:]
@@ -116,6 +126,10 @@ def test_predownload_lands_only_what_vllm_loads_owned_by_the_service_user(runs, 
     assert set(owners) == wanted_files(repo), listing
     assert set(owners.values()) == {"gptoss"}, listing
     assert on_host(fleet, f"stat -c %U {CACHE}/blobs {MARKER}").split() == ["gptoss", "gptoss"]
+    # the gated mirror's token: a 0600 file of the service user's, and in no output
+    assert on_host(fleet, f"stat -c '%a %U' {HF_HOME}/token").split() == ["600", "gptoss"]
+    for r in (runs["broken"], runs["first"], runs["second"]):
+        assert TOKEN not in r.stdout + r.stderr
     env = on_host(fleet, "cat /etc/gptoss/gptoss.env").splitlines()
     assert f"HF_ENDPOINT={url}" in env and "HF_HUB_OFFLINE=1" in env and f"HF_HOME={HF_HOME}" in env, env
     got = on_host(fleet, f"sha256sum {snap}/model-00000-of-00001.safetensors").split()[0]
@@ -139,11 +153,11 @@ def test_doctor_finds_the_model_in_the_offline_cache(runs, fleet):
 
 
 def test_too_small_disk_fails_the_host_with_one_line_before_any_download(runs, mirror, fleet):
-    _repo, log, url = mirror
+    _repo, log, _url, _token = mirror
     on_host(fleet, f"mkdir -p {TINY_HF_HOME} && mount -t tmpfs -o size=1m,mode=0755 tmpfs {TINY_HF_HOME}")
     try:
         log.clear()
-        run = deploy(fleet, url, f"gptoss_hf_home={TINY_HF_HOME}")
+        run = deploy(fleet, mirror, f"gptoss_hf_home={TINY_HF_HOME}")
         text = run.stdout + run.stderr
         gets = log.downloads()
         leftover = on_host(fleet, f"find {TINY_HF_HOME} -path '*/blobs/*' -o -name '.gptoss-downloaded*'")
