@@ -207,7 +207,8 @@ def cmd_logs(args, started: float) -> int:
             finding.evidence = {"file": name, **finding.evidence}
             findings.append(finding)
     report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
-    return _emit(report, args.json, title=f"{PROG} logs")
+    # reading the service's own log: say which, since no FILE named it
+    return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({texts[0][0]})"))
 
 
 def _box(args):
