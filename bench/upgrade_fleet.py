@@ -33,6 +33,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gptoss_testbed import exclusive
+
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "testbed.py"
 BYTES_RATIO_GOAL = 1.2
@@ -123,24 +125,6 @@ def baseline(fleet: dict, name: str, address: str) -> tuple[float, float]:
     return round(end - start, 2), probed
 
 
-def exclusive_fleet(state_dir: str, timeout_s: float = 1800):
-    """Hold the upgrade testbed for this process: two upgrade runs on the same hosts at once
-    (another session's tests or bench) would flip each other's stacks."""
-    import fcntl
-
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    f = open(Path(state_dir) / "exclusive.lock", "w")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{state_dir}/exclusive.lock held for {timeout_s:.0f}s by another run")
-            time.sleep(1)
-
-
 def stats(fleet: dict, reset: bool = False) -> int:
     if reset:
         urllib.request.urlopen(urllib.request.Request(fleet["stats_url"] + "/reset", data=b"", method="POST"), timeout=10).read()
@@ -186,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-port", default="8741", help="port of the bench fleet's package index")
     args = ap.parse_args(argv)
     os.environ["GPTOSS_TESTBED_STATE"] = args.state_dir  # read by gptoss-testbed and inventories/testbed.py
-    lock = exclusive_fleet(args.state_dir)  # noqa: F841  (held until exit)
+    lock = exclusive.hold(args.state_dir)  # noqa: F841  (held until exit)
     testbed("up", "--hosts", "3", "--first-address", args.first_address, "--index-port", str(args.index_port))
     st = json.loads(testbed("status", "--json"))
     env = json.loads(testbed("env", "--json"))

@@ -161,9 +161,9 @@ def deploy(stack: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet():
-    from test_fleet_upgrade import exclusive_fleet
+    from gptoss_testbed import exclusive
 
-    lock = exclusive_fleet(STATE_DIR)
+    lock = exclusive.hold(STATE_DIR)
     up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
     if up.returncode != 0:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")

@@ -27,6 +27,7 @@ import pytest
 from gptoss_deploy import config as C
 from gptoss_deploy import rollout as R
 from gptoss_deploy import wheelhouse as W
+from gptoss_testbed import exclusive
 
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "testbed.py"
@@ -174,24 +175,6 @@ fleet_only = [
 ]
 
 
-def exclusive_fleet(state_dir: str, timeout_s: float = 1800):
-    """Hold the upgrade testbed for this process: two upgrade runs on the same hosts at once
-    (another session's tests or bench) would flip each other's stacks."""
-    import fcntl
-
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    f = open(Path(state_dir) / "exclusive.lock", "w")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{state_dir}/exclusive.lock held for {timeout_s:.0f}s by another run")
-            time.sleep(1)
-
-
 def _env(**extra: str) -> dict:
     return {**os.environ, "GPTOSS_TESTBED_STATE": STATE_DIR, "PYINFRA_PROGRESS": "off", **extra}
 
@@ -268,7 +251,7 @@ class Prober(threading.Thread):
 
 @pytest.fixture(scope="module")
 def fleet():
-    lock = exclusive_fleet(STATE_DIR)
+    lock = exclusive.hold(STATE_DIR)
     up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
     if up.returncode != 0:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
