@@ -87,6 +87,8 @@ def runs(fleet, mirror) -> dict:
     out["broken_resolved"] = log.resolved()
     out["broken_gets"] = log.downloads()
     out["broken_marker"] = on_host(fleet, f"test -e {MARKER} && echo MARKER || echo none").strip()
+    # the files the broken run finished (a snapshot link appears only once its blob is complete)
+    out["broken_kept"] = set(on_host(fleet, f"ls {CACHE}/snapshots/{repo.sha} 2>/dev/null || true").split())
     log.refused.clear()
     log.clear()
     out["first"] = deploy(fleet, mirror)
@@ -115,9 +117,10 @@ def test_predownload_lands_only_what_vllm_loads_owned_by_the_service_user(runs, 
     assert run.returncode == 0 and not res["failed_hosts"], run.stderr[-3000:]
     asked = {f for _m, f in runs["broken_resolved"] + runs["first_resolved"]}
     assert not [f for f in asked if f.startswith(("original/", "metal/"))], asked
-    # The broken run kept its finished files: only the refused shard is fetched now.
-    gets = [f for m, f in runs["first_resolved"] if m == "GET"]
-    assert gets == ["model-00001-of-00001.safetensors"], gets
+    # The broken run kept its finished files: only what it did not finish is fetched now.
+    gets = sorted(f for m, f in runs["first_resolved"] if m == "GET")
+    assert "model-00001-of-00001.safetensors" in gets and runs["broken_kept"], runs["broken_kept"]
+    assert gets == sorted(wanted_files(repo) - runs["broken_kept"]), (gets, runs["broken_kept"])
 
     snap = f"{CACHE}/snapshots/{repo.sha}"
     # every file under the snapshot (links followed to their blobs) with its owner, at any depth

@@ -38,6 +38,10 @@ HF_HUB_DOWNLOADS = (
     "truststore==0.10.5", "pyyaml==6.0.4", "tqdm==4.70.1",
 )
 
+# A real wheel built per CPython (pyyaml's cp311, cp312...) is fetched for each of these, so a
+# stack for another Python than the controller's resolves too (the launch stack is 3.12 only).
+BINARY_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+
 # Real wheels from PyPI, pinned so every testbed serves the same bytes.
 # The doctor's dependencies (doctor/pyproject.toml, versions as in uv.lock), what the stand-ins
 # depend on, and uv itself (hosts may install uv from the mirror).

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from . import paths
-from .catalog import Plan
+from .catalog import BINARY_PYTHONS, Plan
 from .errors import TestbedError, run
 
 
@@ -38,6 +38,7 @@ def tree_digest(p: Plan) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([[w.index, w.kind, w.args] for w in p.standins], sort_keys=True, default=str).encode())
     h.update(json.dumps(p.downloads, sort_keys=True).encode())
+    h.update(json.dumps(BINARY_PYTHONS).encode())
     for f in sorted(paths.STANDINS_DIR.rglob("*")):
         if f.is_file() and "__pycache__" not in f.parts:
             h.update(f.relative_to(paths.STANDINS_DIR).as_posix().encode())
@@ -56,28 +57,46 @@ def _pip_command() -> list[str]:
 
 
 def download(requirements: tuple[str, ...], log=print) -> list[Path]:
-    """Real wheels from PyPI, once: cached in PYPI_DOWNLOADS_DIR by file name."""
+    """Real wheels from PyPI, once: cached in PYPI_DOWNLOADS_DIR by file name. A wheel built for
+    one CPython (cp311-cp311) is fetched for every one of BINARY_PYTHONS too."""
     dest = paths.PYPI_DOWNLOADS_DIR
     dest.mkdir(parents=True, exist_ok=True)
-    marker = dest / ("." + hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:16])
+    key = "\n".join(sorted(requirements)) + "\npythons=" + ",".join(BINARY_PYTHONS)
+    marker = dest / ("." + hashlib.sha256(key.encode()).hexdigest()[:16])
     if not marker.exists():
         log(f"downloading {len(requirements)} wheels from PyPI (once): {' '.join(requirements)}")
         env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_NO_INDEX")}
-        run([*_pip_command(), "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest), *requirements],
-            "pip download from PyPI", timeout=600, env=env)
-        marker.write_text("\n".join(requirements) + "\n")
-    return [_find_download(dest, r) for r in requirements]
+        pip = [*_pip_command(), "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
+        run([*pip, *requirements], "pip download from PyPI", timeout=600, env=env)
+        per_python = [r for r in requirements if any(_is_per_python(w) for w in _find_download(dest, r))]
+        for version in BINARY_PYTHONS if per_python else ():
+            tag = "cp" + version.replace(".", "")
+            run([*pip, "--python-version", version, "--implementation", "cp", "--abi", tag,
+                 "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", *per_python],
+                f"pip download from PyPI for CPython {version}", timeout=600, env=env)
+        marker.write_text(key + "\n")
+    return [whl for r in requirements for whl in _find_download(dest, r)]
 
 
-def _find_download(dest: Path, requirement: str) -> Path:
+def _is_per_python(wheel: Path) -> bool:
+    from packaging.utils import parse_wheel_filename
+
+    return any(t.abi.startswith("cp3") for t in parse_wheel_filename(wheel.name)[3])
+
+
+def _find_download(dest: Path, requirement: str) -> list[Path]:
+    """Every wheel of this name and version (one per CPython for a per-Python build)."""
     from packaging.utils import canonicalize_name, parse_wheel_filename
 
     name, _, version = requirement.partition("==")
-    for whl in dest.glob("*.whl"):
+    found = []
+    for whl in sorted(dest.glob("*.whl")):
         wname, wversion, _b, _t = parse_wheel_filename(whl.name)
         if wname == canonicalize_name(name) and str(wversion) == version:
-            return whl
-    raise TestbedError(f"{requirement}: no wheel in {dest} after pip download; delete {dest} and rerun")
+            found.append(whl)
+    if not found:
+        raise TestbedError(f"{requirement}: no wheel in {dest} after pip download; delete {dest} and rerun")
+    return found
 
 
 def write_core_metadata(wheel: Path) -> None:
