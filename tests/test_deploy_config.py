@@ -148,6 +148,7 @@ def test_gfx_target_version_names_the_amd_target():
         ({"gptoss_tool_servers": ["not a server"]}, "gptoss_tool_servers", "not a server"),
         ({"gptoss_extra_serve_args": ["--api-key", "x"]}, "gptoss_extra_serve_args", "--api-key"),
         ({"gptoss_predownload": "maybe"}, "gptoss_predownload", "'maybe'"),
+        ({"gptoss_predownload": True, "gptoss_model_path": "/srv/models/gpt-oss-20b"}, "gptoss_predownload", "True"),
         ({"gptoss_uv_source": "ftp://x/uv.tgz"}, "gptoss_uv_source", "ftp://x/uv.tgz"),
         ({"gptoss_cuda_home": "system"}, "gptoss_cuda_home", "'system'"),
         ({"gptoss_cuda_home": "rel/cuda"}, "gptoss_cuda_home", "'rel/cuda'"),

@@ -651,6 +651,9 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     model_path = None
     if data.get("gptoss_model_path") is not None:
         model_path = check_abs_path(name, "gptoss_model_path", data.get("gptoss_model_path"), "/srv/models/gpt-oss-20b")
+        if predownload:  # a local folder is served: a download into the HF cache would be dead weight
+            raise bad(name, "gptoss_predownload", True, "a local model folder (gptoss_model_path) is served, so nothing is "
+                      "downloaded", "drop gptoss_predownload, or drop gptoss_model_path to serve from the HF cache")
 
     recipe = kb.recipe(_get(family, "name"), vllm)
     if recipe is None:
