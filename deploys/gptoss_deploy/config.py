@@ -369,8 +369,8 @@ def check_mirrors(host: str, value: Any, known: Sequence[str]) -> dict[str, str]
 
 
 def torch_backend_index(backend: str | None, mirrors: Mapping[str, str]) -> str | None:
-    """uv's --torch-backend=cuXXX always fetches from download.pytorch.org; where the site
-    mirrors that index (named pytorch-cuXXX), the mirror is used as an index instead."""
+    """uv's --torch-backend=cu<NNN> always fetches from download.pytorch.org; where the site
+    mirrors that index (named pytorch-cu<NNN>), the mirror is used as an index instead."""
     if backend and backend not in ("auto",):
         return mirrors.get(f"pytorch-{backend}")
     return None
@@ -618,7 +618,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     torch_backend, index_strategy = _get(stack, "torch_backend"), _get(stack, "index_strategy")
     backend_mirror = torch_backend_index(torch_backend, mirrors)
     if backend_mirror:
-        # Best match across indexes picks the +cuXXX local build over PyPI's plain one, as
+        # Best match across indexes picks the +cu<NNN> local build over PyPI's plain one, as
         # --torch-backend would, without uv reaching download.pytorch.org.
         mapped += (Index(f"pytorch-{torch_backend}", backend_mirror),)
         torch_backend, index_strategy = None, index_strategy or "unsafe-best-match"

@@ -24,7 +24,7 @@ BROKEN_VLLM = "0.33.1.dev0+broken"
 BROKEN_INDEX = "testbed-broken"
 BROKEN_INDEX_URL = "https://testbed.invalid/broken/simple"  # a name only: the inventory maps it to the local index
 
-PYTORCH_INDEX_URLS = {  # what uv's --torch-backend=cuXXX stands for
+PYTORCH_INDEX_URLS = {  # what uv's --torch-backend=cu<NNN> stands for
     "pytorch-cu126": "https://download.pytorch.org/whl/cu126",
     "pytorch-cu128": "https://download.pytorch.org/whl/cu128",
     "pytorch-cu129": "https://download.pytorch.org/whl/cu129",

@@ -135,7 +135,7 @@ class Stack(_Sourced):
 
     @property
     def torch_backend_index(self) -> Index | None:
-        """The PyTorch index a `cuXXX` torch_backend stands for, named so a deploy can mirror it
+        """The PyTorch index a `cu<NNN>` torch_backend stands for, named so a deploy can mirror it
         (`pytorch-cu130` -> https://download.pytorch.org/whl/cu130); None for "auto" or unset."""
         if not self.torch_backend or not self.torch_backend.startswith("cu"):
             return None
