@@ -9,7 +9,7 @@ a URL with a password). Only strings are replaced; `api_key_set: true` stays a b
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -68,10 +68,6 @@ def redact_value(name: str, value: Any) -> Any:
             return MASK
         return redact_text(value)
     return redact_tree(value)
-
-
-def redact_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: redact_value(k, v) for k, v in environ.items()}
 
 
 def redact_argv(argv: Iterable[str]) -> list[str]:
