@@ -27,20 +27,14 @@ import os
 import shlex
 import sys
 
+from gptoss_deploy.doctor import LINK, split_exit_status, with_exit_status
+
 SCHEMA = "gptoss-doctor/fleet@1"
-DOCTOR = "/usr/local/bin/gptoss-doctor"
-COLLECT = f"timeout 300 {DOCTOR} collect; echo \"__exit=$?\" >&2"
+DOCTOR = LINK  # gptoss-doctor on PATH, as the deploy links it
+COLLECT = with_exit_status(f"timeout 300 {DOCTOR} collect")
 
 
 # -- judge (pure) --------------------------------------------------------------------------------
-
-
-def _exit_of(stderr: str) -> int | None:
-    for line in stderr.splitlines():
-        if line.startswith("__exit="):
-            return int(line.split("=", 1)[1] or 2)
-    return None
-
 
 def unreadable(name: str, why: str) -> dict:
     return {"host": name, "exit_code": 2, "error": why, "stack": None, "vllm_manifest": None,
@@ -61,9 +55,9 @@ def judge(name: str, stdout: str, stderr: str, extra_stacks: tuple[str, ...] = (
     from gptoss_doctor.report import build_report
     from gptoss_doctor.snapshot import SnapshotError, load_snapshot
 
-    code = _exit_of(stderr)
+    code, err_lines = split_exit_status(stderr)
     if code != 0 or not stdout.strip():
-        tail = [x for x in stderr.splitlines() if not x.startswith("__exit=")][-1:] or ["no output"]
+        tail = err_lines[-1:] or ["no output"]
         hint = "gptoss-doctor is not installed there (run deploys/gptoss.py)" if code in (126, 127) else tail[0][:300]
         return unreadable(name, f"`gptoss-doctor collect` exited {code}: {hint}")
     try:
@@ -143,8 +137,7 @@ def emit(report: dict, as_json: bool) -> None:
 
 def run_collect(host) -> tuple[str, str]:
     ok, out = host.run_shell_command(COLLECT, print_output=False, print_input=False)
-    return ("\n".join(x.line for x in out if x.buffer_name == "stdout"),
-            "\n".join(x.line for x in out if x.buffer_name == "stderr"))
+    return out.stdout, out.stderr
 
 
 # -- script mode: pyinfra's API ------------------------------------------------------------------

@@ -117,6 +117,23 @@ def doctor_venv(cfg: C.HostConfig, wheel: str):
     yield StringCommand(f"ln -sfn {C.DOCTOR_DIR}/bin/gptoss-doctor {LINK}")
 
 
+def with_exit_status(cmd: str) -> str:
+    """`cmd`, then its exit status as the last stderr line: pyinfra says only ok / failed, and
+    the doctor's 0 / 1 / 2 (and timeout's 124, the shell's 127) mean different things."""
+    return f'{cmd}; echo "__exit=$?" >&2'
+
+
+def split_exit_status(stderr: str) -> tuple[int | None, list[str]]:
+    """(the status `with_exit_status` reported, None without one; the other stderr lines)."""
+    code, rest = None, []
+    for line in stderr.splitlines():
+        if line.startswith("__exit="):
+            code = int(line.split("=", 1)[1] or 2)
+        else:
+            rest.append(line)
+    return code, rest
+
+
 def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
     """None when the host passes; else one line naming the error findings (pure, tested)."""
     if exit_code == 0:
@@ -136,15 +153,10 @@ def gate_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
 
 def run_doctor() -> str | None:
     """Run `gptoss-doctor --json` on the current host; the gate's verdict (None = pass)."""
-    cmd = StringCommand(f"timeout 300 {LINK} --json; echo \"__exit=$?\" >&2")
-    _, out = host.run_shell_command(cmd, print_output=False, print_input=False)
-    stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
-    err_lines = [line.line for line in out if line.buffer_name == "stderr"]
-    code = 2
-    for line in err_lines:
-        if line.startswith("__exit="):
-            code = int(line.split("=", 1)[1] or 2)
-    return gate_verdict(code, stdout, "\n".join(x for x in err_lines if not x.startswith("__exit=")))
+    _, out = host.run_shell_command(StringCommand(with_exit_status(f"timeout 300 {LINK} --json")),
+                                    print_output=False, print_input=False)
+    code, err_lines = split_exit_status(out.stderr)
+    return gate_verdict(2 if code is None else code, out.stdout, "\n".join(err_lines))
 
 
 @operation()

@@ -144,7 +144,7 @@ def cuda_home_check(cfg: C.HostConfig):
     need = cfg.stack_versions.get("cuda") or "0"
     nvcc = f"{cfg.cuda_home}/bin/nvcc"
     ok, out = host.run_shell_command(StringCommand(f"{nvcc} --version 2>/dev/null || true"))
-    text = " ".join(line.line for line in out if line.buffer_name == "stdout")
+    text = " ".join(out.stdout_lines)
     import re
 
     m = re.search(r"release (\d+\.\d+)", text)

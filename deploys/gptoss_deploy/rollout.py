@@ -327,9 +327,7 @@ class HostResult:
 
 def _run(cmd: str) -> tuple[bool, str, str]:
     ok, out = host.run_shell_command(StringCommand(cmd), print_output=False, print_input=False)
-    stdout = "\n".join(line.line for line in out if line.buffer_name == "stdout")
-    stderr = "\n".join(line.line for line in out if line.buffer_name == "stderr")
-    return ok, stdout, stderr
+    return ok, out.stdout, out.stderr
 
 
 def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
@@ -356,23 +354,25 @@ def switched_to(cfg: C.HostConfig) -> bool:
 
 def doctor_reading(cfg: C.HostConfig, since: int) -> dict:
     """`gptoss-doctor --json` on the host and its triage of the service's log since `since`."""
-    from .doctor import LINK
+    from .doctor import LINK, with_exit_status
 
     reading: dict = {}
-    _ok, out, err = _run(f"timeout 120 {LINK} --json; echo \"__exit=$?\" >&2")
+    _ok, out, err = _run(with_exit_status(f"timeout 120 {LINK} --json"))
     reading["doctor"] = _summarise(out, err)
-    _ok, out, err = _run(f"{service_log_command(cfg, since)} | timeout 60 {LINK} logs - --json; echo \"__exit=$?\" >&2")
+    _ok, out, err = _run(with_exit_status(f"{service_log_command(cfg, since)} | timeout 60 {LINK} logs - --json"))
     reading["logs"] = _summarise(out, err)
     return reading
 
 
 def _summarise(stdout: str, stderr: str) -> dict:
-    code = next((int(x.split("=", 1)[1] or 2) for x in stderr.splitlines() if x.startswith("__exit=")), 2)
+    from .doctor import split_exit_status
+
+    code, err_lines = split_exit_status(stderr)
+    code = 2 if code is None else code
     try:
         findings = json.loads(stdout).get("findings", [])
     except (ValueError, AttributeError):
-        tail = [x for x in stderr.splitlines() if not x.startswith("__exit=")][-1:] or ["no output"]
-        return {"exit_code": code, "error": tail[0][:300], "findings": []}
+        return {"exit_code": code, "error": (err_lines[-1:] or ["no output"])[0][:300], "findings": []}
     keep = [{"id": f.get("id"), "severity": f.get("severity"), "title": f.get("title"),
              "fix": (f.get("fix") or {}).get("text")} for f in findings if f.get("severity") in ("error", "warning")]
     return {"exit_code": code, "findings": keep}

@@ -194,7 +194,7 @@ def health_gate(cfg: C.HostConfig):
     ok, out = host.run_shell_command(StringCommand(health_command(cfg)), print_output=False, print_input=False)
     if ok:
         return
-    text = " ".join(line.line for line in out if line.buffer_name == "stderr") or "health check failed"
+    text = " ".join(out.stderr_lines) or "health check failed"
     # The doctor usually knows why a service never got healthy: add its error findings.
     from .doctor import run_doctor
 

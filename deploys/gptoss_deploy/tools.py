@@ -34,7 +34,7 @@ def mcp_reachable(servers: tuple):
         print_output=False,
     )
     if not ok:
-        msg = " ".join(line.line for line in out if line.buffer_name == "stderr")
+        msg = " ".join(out.stderr_lines)
         yield StringCommand("echo", shlex.quote(msg[-1000:]), ">&2", "&&", "false")
 
 
