@@ -18,23 +18,13 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 
 from . import config as C
-from .python_env import UV, UV_ENV, controller_uv, doctor_index_args, state_fact
+from .python_env import UV, UV_ENV, controller_cache, controller_lock, controller_uv, doctor_index_args, state_fact
 
 WHEEL_DIR = f"{C.ROOT}/wheels"
 DOCTOR_MARKER = f"{C.DOCTOR_DIR}/.gptoss-complete"
 LINK = "/usr/local/bin/gptoss-doctor"
 
 _built: dict[str, str] = {}
-_locks: list = []
-
-
-def _build_lock():
-    """One build at a time: every host's deploy file asks for the wheel, in its own greenlet."""
-    if not _locks:
-        from gevent.lock import BoundedSemaphore
-
-        _locks.append(BoundedSemaphore(1))
-    return _locks[0]
 
 
 class DoctorBuildError(C.ConfigError):
@@ -61,7 +51,7 @@ def source_hash(root: Path) -> str:
 
 def build_wheel() -> str:
     """Path of the doctor wheel on the controller, built at most once per source version."""
-    with _build_lock():
+    with controller_lock("doctor"):
         if "last" in _built:  # one build per deploy run
             return _built["last"]
         pinned = os.environ.get("GPTOSS_DOCTOR_WHEEL")
@@ -74,7 +64,7 @@ def build_wheel() -> str:
             return pinned
         root = doctor_source()
         key = source_hash(root)
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy" / f"doctor-{key}"
+        cache = controller_cache() / f"doctor-{key}"
         wheels = sorted(cache.glob("*.whl")) if cache.is_dir() else []
         if not wheels:
             uv, _ = controller_uv()

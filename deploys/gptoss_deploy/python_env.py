@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shlex
 import subprocess
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
@@ -33,6 +35,20 @@ def controller_uv() -> tuple[str, str]:
     path = uv_pkg.find_uv_bin()
     version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     return path, version
+
+
+def controller_cache() -> Path:
+    """The controller's cache of what deploys build or fetch once (doctor wheel, wheelhouse)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy"
+
+
+@functools.lru_cache(maxsize=None)
+def controller_lock(name: str):
+    """One greenlet at a time per `name`: every host's deploy, in its own greenlet, asks for the
+    same controller-side build, which must happen once."""
+    from gevent.lock import BoundedSemaphore
+
+    return BoundedSemaphore(1)
 
 
 def install_spec(cfg: C.HostConfig) -> dict:

@@ -32,15 +32,14 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 from . import config as C
-from .python_env import (controller_uv, mark_complete, new_venv, pip_installs, refuse_live_rebuild, spec_hash,
-                         stack_installed, state_fact, uv_install_args)
+from .python_env import (controller_cache, controller_lock, controller_uv, mark_complete, new_venv, pip_installs,
+                         refuse_live_rebuild, spec_hash, stack_installed, state_fact, uv_install_args)
 
 REMOTE_ROOT = f"{C.ROOT}/wheelhouse"
 # Debian 11+/Ubuntu 20.04+ have glibc >= 2.31: manylinux_2_28 wheels (torch's, vLLM's) run there.
 GLIBC = (2, 28)
 
 _built: dict[tuple, "Wheelhouse"] = {}
-_lock = None
 
 
 class WheelhouseError(C.ConfigError):
@@ -68,7 +67,7 @@ class Wheelhouse:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-deploy" / "wheelhouse"
+    return controller_cache() / "wheelhouse"
 
 
 def python_platform(arch: str) -> str:
@@ -199,14 +198,9 @@ def download(url: str, sha256: str, dest: Path, creds: tuple[str, str] | None = 
 def build(cfg: C.HostConfig, py: str, arch: str) -> Wheelhouse:
     """The stack's wheels for hosts of this Python (X.Y) and arch, resolved and fetched at most
     once per controller process (and kept in the cache across runs)."""
-    global _lock
-    if _lock is None:
-        from gevent.lock import BoundedSemaphore
-
-        _lock = BoundedSemaphore(1)
     py = ".".join(py.split(".")[:2])
     key = (spec_hash(cfg), tuple(ix.url for ix in cfg.indexes), py, arch)
-    with _lock:
+    with controller_lock("wheelhouse"):
         if key in _built:
             return _built[key]
         try:
