@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -119,12 +118,6 @@ def load_knowledge(extra: list[Path] = ()):
         raise TestbedError(f"knowledge data: {e}") from None
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
-
-
 def start_index(root: Path, host: str, port: int) -> int:
     paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = paths.log_file("index")
@@ -136,7 +129,7 @@ def start_index(root: Path, host: str, port: int) -> int:
                                 start_new_session=True)
     paths.pid_file("index").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 15
-    while not port_in_use(host, port):
+    while not hosts.address_in_use(host, port):
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = out.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise TestbedError(f"package index did not start on {host}:{port}: {tail[0]} (log: {out})")
@@ -212,7 +205,7 @@ def check_addresses_free(wanted: list[hosts.Host], index_host: str, index_port: 
         last = int(wanted[0].address.split(".")[-1])
         raise TestbedError(f"address in use: something already listens on {busy[0]}; stop it or pass "
                            f"--first-address (e.g. 127.0.0.{min(last + 20, 200)})")
-    if port_in_use(index_host, index_port):
+    if hosts.address_in_use(index_host, index_port):
         raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
                            f"or pass --index-port")
 
