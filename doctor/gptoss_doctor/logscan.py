@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from .findings import SEVERITIES, Finding, Fix
 from .redact import MASK, redact_text
@@ -531,9 +531,3 @@ def scan(lines: Iterable[str], signatures: Sequence[Signature] | None = None, ma
         lines = split_lines(lines)
     parsed = parse_lines(lines)
     return _judge(parsed, _matches(parsed, table), table, manager)
-
-
-def iter_messages(lines: Iterable[str]) -> Iterator[str]:
-    """The messages with prefixes stripped, for debugging a new log format."""
-    for line in parse_lines(lines):
-        yield line.message
