@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -38,21 +37,6 @@ BASE = "/opt/torch/.venv/bin/python3"
 PROBE_OK = {"version": "3.12.3", "is_venv": True, "site": ["/opt/torch/.venv/lib/python3.12/site-packages"],
             "torch": "2.11.0+cu130", "torch_cuda": "13.0", "executable": BASE}
 WHEELS = ["vllm-0.26.0-cp38-abi3-manylinux_2_31_x86_64.whl", "flashinfer_python-0.6.14-py3-none-any.whl"]
-
-
-@pytest.fixture(scope="module")
-def kb():
-    from gptoss_doctor import knowledge
-
-    return knowledge.load()
-
-
-@pytest.fixture()
-def key_file(tmp_path):
-    p = tmp_path / "api-key"
-    p.write_text("sk-test-0123456789\n")
-    p.chmod(0o600)
-    return str(p)
 
 
 def airgap_data(key_file, **over):

@@ -20,7 +20,6 @@ import pytest
 from gptoss_doctor import checks
 from gptoss_doctor.checks import UnknownCheckError, run_checks, run_one, select
 from gptoss_doctor.findings import REGISTRY, SEVERITIES, CheckSpec, Finding, Fix
-from gptoss_doctor.knowledge import load
 from gptoss_doctor.snapshot import FACT_KEYS, Snapshot, load_snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -28,11 +27,6 @@ BASES = FIXTURES / "snapshots"
 CASES = sorted((FIXTURES / "checks").glob("*/*.json"))
 KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 CASE_KEYS = {"snapshot", "patch", "merge", "append", "expect", "status", "_comment"}
-
-
-@pytest.fixture(scope="module")
-def kb():
-    return load()
 
 
 def load_base(name: str) -> dict:

@@ -25,21 +25,6 @@ DEBIAN = {"os_id": "debian", "os_like": None, "os_pretty": "Debian GNU/Linux 12 
           "python_path": "/usr/bin/python3", "python_version": "3.11.2", "gpus": [], "nvswitch_count": 0}
 
 
-@pytest.fixture(scope="module")
-def kb():
-    from gptoss_doctor import knowledge
-
-    return knowledge.load()
-
-
-@pytest.fixture()
-def key_file(tmp_path):
-    p = tmp_path / "api-key"
-    p.write_text("sk-test-0123456789\n")
-    p.chmod(0o600)
-    return str(p)
-
-
 def newest_stack(kb, python="3.11.2"):
     from packaging.specifiers import SpecifierSet
 

@@ -17,11 +17,6 @@ from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from, s
 DATA_FILES = ("stacks.toml", "gpu_families.toml", "recipes.toml", "lifecycle.toml", "drivers.toml", "models.toml")
 
 
-@pytest.fixture(scope="module")
-def kb():
-    return load()
-
-
 def broken_copy(tmp_path: Path, fname: str, old: str, new: str, count: int = 1) -> Path:
     """A copy of the shipped data with one textual edit in one file."""
     for f in DATA_FILES:

@@ -28,13 +28,6 @@ DEBIAN = {"os_id": "debian", "os_like": None, "os_pretty": "Debian GNU/Linux 12 
 TOKEN = "hf_secretTOKEN0123456789"
 
 
-@pytest.fixture(scope="module")
-def kb():
-    from gptoss_doctor import knowledge
-
-    return knowledge.load()
-
-
 @pytest.fixture()
 def good(kb, tmp_path):
     from packaging.specifiers import SpecifierSet

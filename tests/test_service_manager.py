@@ -31,7 +31,6 @@ from gptoss_doctor.cli import main
 from gptoss_doctor.collect import Env
 from gptoss_doctor.collect.service import service_manager
 from gptoss_doctor.findings import REGISTRY
-from gptoss_doctor.knowledge import load
 from gptoss_doctor.logscan import SignatureError, load_signatures, parse_signatures, scan
 from gptoss_doctor.render import render_report
 from gptoss_doctor.report import build_report
@@ -57,19 +56,6 @@ BASE = "/opt/torch/.venv/bin/python3"
 PROBE = {"version": "3.12.3", "is_venv": True, "site": ["/opt/torch/.venv/lib/python3.12/site-packages"],
          "torch": "2.11.0+cu130", "torch_cuda": "13.0", "executable": BASE}
 WHEELS = ["vllm-0.26.0-cp38-abi3-manylinux_2_31_x86_64.whl", "flashinfer_python-0.6.14-py3-none-any.whl"]
-
-
-@pytest.fixture(scope="module")
-def kb():
-    return load()
-
-
-@pytest.fixture()
-def key_file(tmp_path):
-    p = tmp_path / "api-key"
-    p.write_text("sk-test-0123456789\n")
-    p.chmod(0o600)
-    return str(p)
 
 
 # -- the manifest (pure) -------------------------------------------------------------------------
