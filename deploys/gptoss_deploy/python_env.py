@@ -114,42 +114,38 @@ open(dest, 'wb').write(z.read([n for n in z.namelist() if n.endswith('/scripts/u
 """
 
 
+# A release tarball holds uv-<triple>/uv; python3 fetches it so curl is not needed.
+_UV_FROM_TARBALL_PY = (
+    "import io,sys,tarfile,urllib.request;"
+    "t=tarfile.open(fileobj=io.BytesIO(urllib.request.urlopen(sys.argv[1],timeout=120).read()));"
+    "m=[x for x in t.getmembers() if x.name.split('/')[-1]=='uv'][0];"
+    "open(sys.argv[2],'wb').write(t.extractfile(m).read())"
+)
+
+
 @operation()
 def uv_binary(cfg: C.HostConfig):
-    """uv at /opt/gptoss/bin/uv: the controller's own binary, or a release tarball from a mirror."""
+    """uv at /opt/gptoss/bin/uv: the controller's own binary (pushed, or the same version's wheel
+    from the "pypi" index or its mirror), or a release tarball from a URL."""
     have = state_fact(cfg).get("uv")
-    if cfg.uv_source == "controller":
+    if cfg.uv_source in ("controller", "index"):
         path, version = controller_uv()
         if have == version:
             host.noop(f"{version} already at {UV}")
             return
-        yield StringCommand("mkdir", "-p", C.BIN_DIR)
-        yield FileUploadCommand(path, f"{UV}.tmp", remote_temp_filename=f"{UV}.upload")
-        yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
-        return
-    if cfg.uv_source == "index":
-        _, version = controller_uv()
-        if have == version:
-            host.noop(f"{version} already at {UV}")
+        if cfg.uv_source == "controller":
+            fetch = FileUploadCommand(path, f"{UV}.tmp", remote_temp_filename=f"{UV}.upload")
+        else:
+            fetch = StringCommand("python3", "-c", shlex.quote(_UV_FROM_INDEX_PY), shlex.quote(cfg.pypi_url),
+                                  shlex.quote(version.split()[1]), f"{UV}.tmp")
+    else:
+        if have:
+            host.noop(f"{have} already at {UV} (from {cfg.uv_source})")
             return
-        # The same uv version as the controller's, from the uv wheel on the "pypi" index (mirror).
-        yield StringCommand("mkdir", "-p", C.BIN_DIR)
-        yield StringCommand("python3", "-c", shlex.quote(_UV_FROM_INDEX_PY), shlex.quote(cfg.pypi_url),
-                            shlex.quote(version.split()[1]), f"{UV}.tmp")
-        yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
-        return
-    if have:
-        host.noop(f"{have} already at {UV} (from {cfg.uv_source})")
-        return
-    # A release tarball holds uv-<triple>/uv; python3 fetches it so curl is not needed.
-    script = (
-        "import io,sys,tarfile,urllib.request;"
-        "t=tarfile.open(fileobj=io.BytesIO(urllib.request.urlopen(sys.argv[1],timeout=120).read()));"
-        "m=[x for x in t.getmembers() if x.name.split('/')[-1]=='uv'][0];"
-        "open(sys.argv[2],'wb').write(t.extractfile(m).read())"
-    )
+        fetch = StringCommand("python3", "-c", shlex.quote(_UV_FROM_TARBALL_PY), shlex.quote(cfg.uv_source), f"{UV}.tmp")
+    # Onto a temp name, then renamed: an interrupted fetch never leaves a broken uv in place.
     yield StringCommand("mkdir", "-p", C.BIN_DIR)
-    yield StringCommand("python3", "-c", shlex.quote(script), shlex.quote(cfg.uv_source), f"{UV}.tmp")
+    yield fetch
     yield StringCommand("chmod", "0755", f"{UV}.tmp", "&&", "mv", "-f", f"{UV}.tmp", UV)
 
 
