@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     ap.add_argument("--state-dir", default="/var/lib/gptoss-testbed-bench", help="the bench fleet's state dir")
     ap.add_argument("--first-address", default="127.0.0.71", help="first host address of the bench fleet")
-    ap.add_argument("--index-port", default="8771", help="port of the bench fleet's package index")
+    ap.add_argument("--index-port", default="8900", help="port of the bench fleet's package index")
     args = ap.parse_args(argv)
     # inventories/testbed.py and gptoss-testbed both read this: the bench fleet is its own.
     os.environ["GPTOSS_TESTBED_STATE"] = args.state_dir

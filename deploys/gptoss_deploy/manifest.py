@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from gptoss_doctor.redact import redact_url
 from pyinfra.api import deploy
 
 from . import config as C
@@ -18,17 +18,6 @@ from .ops import ManagedFile, files_in_place
 from .service import UNIT_PATH
 
 SCHEMA = "gptoss-deploy/manifest@1"
-
-
-def _redact_url(url: str) -> str:
-    """Mirror URLs may carry credentials; the manifest is world-readable."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
 
 
 def manifest(cfg: C.HostConfig) -> dict:
@@ -44,7 +33,8 @@ def manifest(cfg: C.HostConfig) -> dict:
         "python": cfg.python,
         "cuda_home": cfg.cuda_home,
         "cuda_home_source": cfg.cuda_home_source,
-        "indexes": [{"name": ix.name, "url": _redact_url(ix.url)} for ix in cfg.indexes],
+        # mirror URLs may carry credentials; the manifest is world-readable
+        "indexes": [{"name": ix.name, "url": redact_url(ix.url)} for ix in cfg.indexes],
         "index_strategy": cfg.index_strategy,
         "prerelease": cfg.prerelease,
         "torch_backend": cfg.torch_backend,

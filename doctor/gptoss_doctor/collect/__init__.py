@@ -17,7 +17,7 @@ from functools import partial
 from .. import __version__
 from ..redact import redact_tree
 from ..snapshot import SCHEMA, Snapshot, failed
-from . import cuda, files, gpu, host, service, venv
+from . import cuda, files, gpu, host, service
 from .env import Env
 from .venv import VENV_KEYS, VenvError, venv_facts
 

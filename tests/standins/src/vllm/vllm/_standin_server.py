@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
