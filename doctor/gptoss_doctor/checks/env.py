@@ -201,19 +201,7 @@ def attention_backend_unknown(snap, kb):
     version (read from its source).
     """
     vllm = vllm_version(snap)
-    uses = []
-    flag = flag_value(snap, "--attention-backend", "--attention-config.backend")
-    if flag:
-        uses.append(("service flag --attention-backend", "service.serve", str(flag)))
-    env_lc = kb.env_vars.get("VLLM_ATTENTION_BACKEND")
-    env_read = env_lc is None or kb.lifecycle_status(env_lc, vllm) in ("valid", "deprecated")
-    known_vars = snap.get("vllm.env_vars")
-    if isinstance(known_vars, list):
-        env_read = "VLLM_ATTENTION_BACKEND" in known_vars
-    if env_read:
-        label, key, env = effective_env(snap)
-        if env.get("VLLM_ATTENTION_BACKEND"):
-            uses.append((f"{label} VLLM_ATTENTION_BACKEND", key, str(env["VLLM_ATTENTION_BACKEND"])))
+    uses = _forced_backends(snap, kb, vllm)
     if not uses:
         return
     for where, key, name in uses:
