@@ -12,8 +12,8 @@ With a token set, a request without it answers 401 (X-Error-Code: GatedRepo).
 Unknown repos, revisions and files answer 404 with the X-Error-Code the Hub sends, so the client
 raises its own RepositoryNotFoundError / RevisionNotFoundError / EntryNotFoundError.
 
-`gpt_oss_20b_standin()` builds the fake `openai/gpt-oss-20b`: the real config.json (from
-shared/data), small real-format safetensors shards with their index, tokenizer and chat-template
+`gpt_oss_20b_standin()` builds the fake `openai/gpt-oss-20b`: the real config.json (the
+repo's copy of shared/data/gpt-oss-20b-config.json), small real-format safetensors shards with their index, tokenizer and chat-template
 stand-ins, and the original/ and metal/ folders a deploy must NOT download.
 
 Run by hand: `python tests/hfmirror.py --port 8790` (prints the endpoint, serves until ^C).
@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_JSON = REPO_ROOT.parent / "shared" / "data" / "gpt-oss-20b-config.json"
+CONFIG_JSON = REPO_ROOT / "tests" / "fixtures" / "gpu" / "gpt-oss-20b" / "config.json"  # a copy of shared/data's
 LFS_SUFFIXES = (".safetensors", ".bin")  # stored in git-lfs on the Hub: sha256 etags, X-Linked-* headers
 
 
