@@ -15,6 +15,7 @@ import pytest
 from gptoss_doctor.collect import Env, VenvError, collect
 from gptoss_doctor.collect import cuda, gpu, host, service, venv
 from gptoss_doctor.collect.files import offline_files, world_readable_secrets
+from fakeroot import Box
 
 H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, Enabled, 580.159.04\n"
 PROC_VERSION = (
@@ -22,28 +23,6 @@ PROC_VERSION = (
     "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
 )
 NVIDIA_SMI_HEADER = "| NVIDIA-SMI 580.159.04    Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
-
-
-class Box:
-    """A fake root: write(path, text) puts a file at a box path, tool(name, script) an executable on PATH."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        (root / "usr/bin").mkdir(parents=True)
-        self.environ = {"PATH": "/usr/bin"}
-
-    def write(self, box_path: str, text: str, mode: int = 0o644) -> Path:
-        p = self.root / box_path.lstrip("/")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-        p.chmod(mode)
-        return p
-
-    def tool(self, name: str, body: str, where: str = "/usr/bin") -> None:
-        self.write(f"{where}/{name}", f"#!/bin/sh\n# stand-in for {name} (tests: no GPU here)\n{body}\n", 0o755)
-
-    def env(self, **extra) -> Env:
-        return Env(root=self.root, environ={**self.environ, **extra}, timeout_s=2.0)
 
 
 @pytest.fixture

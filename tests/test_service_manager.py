@@ -28,13 +28,14 @@ from pathlib import Path
 import pytest
 from gptoss_doctor.checks import run_one
 from gptoss_doctor.cli import main
-from gptoss_doctor.collect import Env
 from gptoss_doctor.collect.service import service_manager
 from gptoss_doctor.findings import REGISTRY
 from gptoss_doctor.logscan import SignatureError, load_signatures, parse_signatures, scan
 from gptoss_doctor.render import render_report
 from gptoss_doctor.report import build_report
 from gptoss_doctor.service_manager import commands_for
+
+import fakeroot
 from gptoss_doctor.snapshot import Snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,33 +84,19 @@ def test_manifest_of_an_indexed_systemd_host_says_so(kb, key_file):
 # -- the service.manager fact, on fake roots -------------------------------------------------------
 
 
-class Box:
+class Box(fakeroot.Box):
+    timeout_s = 5.0
+
     def __init__(self, root: Path):
-        self.root = root
-        self.environ = {"PATH": "/usr/bin:/bin"}
-
-    def write(self, box_path: str, text: str, mode: int = 0o644) -> Path:
-        p = self.root / box_path.lstrip("/")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-        p.chmod(mode)
-        return p
-
-    def tool(self, name: str, body: str) -> None:
-        self.write(f"/usr/bin/{name}", f"#!/bin/sh\n{body}\n", 0o755)
+        super().__init__(root, path="/usr/bin:/bin")
 
     def manifest(self, **fields) -> None:
         self.write("/etc/gptoss/manifest.json", json.dumps({"stack": "vllm-0.26.0", **fields}))
 
-    def env(self, timeout_s: float = 5.0) -> Env:
-        return Env(root=self.root, environ=dict(self.environ), timeout_s=timeout_s)
-
 
 @pytest.fixture()
 def box(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    return Box(root)
+    return Box(tmp_path / "root")
 
 
 SUPERVISED = {"service_manager": "supervisor", "service_log": LOG, "service_pid_file": "/run/gptoss/gptoss-vllm.pid",
