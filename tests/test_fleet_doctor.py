@@ -12,7 +12,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +19,11 @@ from pathlib import Path
 import pytest
 
 from gptoss_doctor.snapshot import SCHEMA, value
+# the same testbed as the upgrade tests, so one definition of where it is and how to reach it
+from test_fleet_upgrade import FIRST_ADDRESS, INDEX_PORT, STATE_DIR, _env, run_testbed
 
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "testbed.py"
-STATE_DIR = os.environ.get("GPTOSS_UPGRADE_TESTBED_STATE", "/var/lib/gptoss-testbed-upgrade")
-FIRST_ADDRESS = os.environ.get("GPTOSS_UPGRADE_TESTBED_ADDRESS", "127.0.0.41")
-INDEX_PORT = os.environ.get("GPTOSS_UPGRADE_TESTBED_INDEX_PORT", "8741")
 
 
 def _load_fleet_doctor():
@@ -130,15 +128,6 @@ def test_script_mode_bad_inventory_is_one_line_exit_2(tmp_path):
 
 
 # -- the local fleet -----------------------------------------------------------------------------------
-
-
-def _env() -> dict:
-    return {**os.environ, "GPTOSS_TESTBED_STATE": STATE_DIR, "PYINFRA_PROGRESS": "off"}
-
-
-def run_testbed(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("gptoss-testbed") or str(Path(sys.executable).with_name("gptoss-testbed"))
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=900, env=_env())
 
 
 def ssh(fleet: dict, address: str, command: str) -> None:
