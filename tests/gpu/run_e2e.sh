@@ -185,23 +185,24 @@ doctor_box stale-env
 log_since "$M" > $FIX/vllm-stale-env.log
 doctor_log stale-env $FIX/vllm-stale-env.log
 
+# A break made through the deploy itself: deploy NAME UTILIZATION EXTRA_ARGS (its gate is
+# expected to fail), stop the service, then judge the box and the log of that start.
+break_by_deploy() {
+  local name=$1 M
+  M=$(log_mark)
+  deploy "$name" "$2" "$3"
+  result "{\"step\": \"deploy-$name\", \"exit\": $DEPLOY_RC}"
+  "$SUP" stop
+  doctor_box "$name"
+  log_since "$M" > "$FIX/vllm-$name.log"
+  doctor_log "$name" "$FIX/vllm-$name.log"
+}
+
 # -- 4c. a stale attention-backend name on the command line, through the deploy -------------
-M=$(log_mark)
-deploy stale-backend 0.85 '["--attention-backend", "TRITON_ATTN_VLLM_V1"]'
-result "{\"step\": \"deploy-stale-backend\", \"exit\": $DEPLOY_RC}"
-"$SUP" stop
-doctor_box stale-backend
-log_since "$M" > $FIX/vllm-stale-backend.log
-doctor_log stale-backend $FIX/vllm-stale-backend.log
+break_by_deploy stale-backend 0.85 '["--attention-backend", "TRITON_ATTN_VLLM_V1"]'
 
 # -- 4d. a gpu-memory-utilization the weights and KV cache cannot live with -------------------
-M=$(log_mark)
-deploy low-memory 0.05 "[]"
-result "{\"step\": \"deploy-low-memory\", \"exit\": $DEPLOY_RC}"
-"$SUP" stop
-doctor_box low-memory
-log_since "$M" > $FIX/vllm-low-memory.log
-doctor_log low-memory $FIX/vllm-low-memory.log
+break_by_deploy low-memory 0.05 "[]"
 
 # -- 5. healthy again, warm caches -------------------------------------------------------------
 if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; then
