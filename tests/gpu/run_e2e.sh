@@ -27,6 +27,11 @@
 #     in the env file (stale-vllm-env), --attention-backend TRITON_ATTN_VLLM_V1 (deployed), and
 #     --gpu-memory-utilization 0.05 (deployed); after each, the doctor on the box and on the log;
 #  5. if time is left: the healthy deploy again, warm caches, for time-to-ready with caches.
+#
+# PHASES=cold,breaks (the default) runs it all. The device tool limits one call to 10 minutes
+# and keeps the machine (and the service, which gptoss-supervise detaches) for 30 s after a
+# call, so a run there is two calls: PHASES=cold (steps 0-3) then PHASES=breaks (steps 4-5);
+# the second reuses what the first left under /tmp/gptoss-e2e. Each call packs what exists so far.
 set -u
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -34,35 +39,40 @@ REPO=$(pwd)
 OUT=${OUT:?set OUT to the output directory}
 WHEELHOUSE=${WHEELHOUSE:-/tmp/wheelhouse}
 TOOLS=${TOOLS:-.gpu/tools}
+case $TOOLS in /*) ;; *) TOOLS=$REPO/$TOOLS ;; esac
 EXTRA=${EXTRA:-/tmp/gpu/extra}
 BASE_PYTHON=${BASE_PYTHON:-/opt/torch/.venv/bin/python3}
 CONTROLLER_PYTHON=${CONTROLLER_PYTHON:-$BASE_PYTHON}  # pyinfra's interpreter (any 3.12 for the cp312 tools)
-BUDGET_S=${BUDGET_S:-540}  # stop starting new steps after this
+BUDGET_S=${BUDGET_S:-540}  # stop starting new steps after this (counted from this call's start)
+PHASES=${PHASES:-cold,breaks}
+has_phase() { case ",$PHASES," in *",$1,"*) return 0;; esac; return 1; }
 WORK=/tmp/gptoss-e2e
 FIX=$WORK/fixtures
 MODEL=/srv/gptoss-models/gpt-oss-20b
 LOG=/var/log/gptoss/gptoss-vllm.log
 SUP=/opt/gptoss/bin/gptoss-supervise
 T0=$(date +%s)
+has_phase cold && rm -rf "$FIX"
 mkdir -p "$OUT" "$WORK" "$FIX"
 exec > >(tee -a "$OUT/e2e.log") 2>&1
 
 el() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[e2e +$(el)s] $*"; }
 RESULTS=$WORK/results.jsonl
-: > "$RESULTS"
+has_phase cold && : > "$RESULTS"
 result() { printf '%s\n' "$1" >> "$RESULTS"; }  # one JSON object per line
 
+say "phases: $PHASES"
 say "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1); init: $(ps -p 1 -o comm= 2>/dev/null)"
 say "base python: $($BASE_PYTHON -c 'import sys; print(sys.version.split()[0])') torch/version.py: $(grep -h '^__version__' $($BASE_PYTHON -c 'import os, importlib.util as u; print(os.path.dirname(u.find_spec("torch").origin))')/version.py)"
 
 # -- 0. inputs that belong to the box ------------------------------------------------------
+KEY_FILE=$WORK/api-key
+if has_phase cold; then
 cp "$EXTRA"/packaging-*.whl "$EXTRA"/rich-*.whl "$EXTRA"/markdown_it_py-*.whl "$EXTRA"/mdurl-*.whl \
    "$EXTRA"/pygments-*.whl "$WHEELHOUSE"/  # the doctor's venv installs from the wheelhouse too
 mkdir -p "$MODEL" && cp tests/fixtures/gpu/gpt-oss-20b/config.json "$MODEL"/ && chmod -R a+rX /srv/gptoss-models
-KEY_FILE=$WORK/api-key
 (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$KEY_FILE")
-KEY=$(cat "$KEY_FILE")
 # The service runs as the unprivileged user: it must reach the image's interpreter and torch.
 $BASE_PYTHON - <<'EOF'
 import os, stat, sys, importlib.util
@@ -75,6 +85,8 @@ for target in (os.path.realpath(sys.executable), os.path.dirname(importlib.util.
         d = os.path.dirname(d)
 EOF
 ls -l /dev/nvidia* 2>/dev/null | head -4
+fi
+KEY=$(cat "$KEY_FILE") || { say "FAILED: no API key file (run PHASES=cold first)"; exit 1; }
 CUDA_HOME_KEY=auto
 if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_HOME_KEY=system; fi
 say "CUDA_HOME choice: $CUDA_HOME_KEY ($(/usr/local/cuda/bin/nvcc --version 2>/dev/null | grep release))"
@@ -83,19 +95,25 @@ say "CUDA_HOME choice: $CUDA_HOME_KEY ($(/usr/local/cuda/bin/nvcc --version 2>/d
 # The offline uv settings are for the controller's own installs only: the deploy's commands on
 # the host must work without them (it passes its own --offline --no-index --find-links).
 PORT=${GPTOSS_E2E_PORT:-8000}
-OFFLINE=(env UV_OFFLINE=1 UV_NO_INDEX=1 "UV_FIND_LINKS=$REPO/$TOOLS,$EXTRA,$WHEELHOUSE" UV_PYTHON_DOWNLOADS=never UV_CACHE_DIR=$WORK/uv-cache)
+OFFLINE=(env UV_OFFLINE=1 UV_NO_INDEX=1 "UV_FIND_LINKS=$TOOLS,$EXTRA,$WHEELHOUSE" UV_PYTHON_DOWNLOADS=never UV_CACHE_DIR=$WORK/uv-cache)
 if [ -n "${CONTROLLER_VENV:-}" ]; then
   UV=$CONTROLLER_VENV/bin/uv
   export PATH=$CONTROLLER_VENV/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
+elif [ -x $WORK/ctl/bin/pyinfra ] && [ -n "$(ls $WORK/uvw/uv-*.data/scripts/uv 2>/dev/null)" ]; then
+  UV=$(ls $WORK/uvw/uv-*.data/scripts/uv)  # made by the cold phase
+  export PATH=$WORK/ctl/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
 else
-  mkdir -p $WORK/uvw && (cd $WORK/uvw && $CONTROLLER_PYTHON -m zipfile -e "$REPO/$TOOLS"/uv-*.whl . ) && UV=$(ls $WORK/uvw/uv-*.data/scripts/uv) && chmod +x "$UV"
+  mkdir -p $WORK/uvw && (cd $WORK/uvw && $CONTROLLER_PYTHON -m zipfile -e "$TOOLS"/uv-*.whl . ) && UV=$(ls $WORK/uvw/uv-*.data/scripts/uv) && chmod +x "$UV"
   "${OFFLINE[@]}" "$UV" venv -q --python "$CONTROLLER_PYTHON" $WORK/ctl && "${OFFLINE[@]}" "$UV" pip install -q --python $WORK/ctl/bin/python pyinfra uv packaging rich \
     || { say "FAILED: controller venv"; exit 1; }
   export PATH=$WORK/ctl/bin:$PATH PYTHONPATH=$REPO/deploys:$REPO/doctor
 fi
 # The doctor wheel the deploy pushes, built here from this tree (hatchling from $EXTRA).
-rm -rf $WORK/doctor-wheel && "${OFFLINE[@]}" "$UV" build -q --wheel --out-dir $WORK/doctor-wheel doctor \
-  && export GPTOSS_DOCTOR_WHEEL=$(ls $WORK/doctor-wheel/*.whl) || { say "FAILED: doctor wheel"; exit 1; }
+if has_phase cold || [ -z "$(ls $WORK/doctor-wheel/*.whl 2>/dev/null)" ]; then
+  rm -rf $WORK/doctor-wheel && "${OFFLINE[@]}" "$UV" build -q --wheel --out-dir $WORK/doctor-wheel doctor \
+    || { say "FAILED: doctor wheel"; exit 1; }
+fi
+export GPTOSS_DOCTOR_WHEEL=$(ls $WORK/doctor-wheel/*.whl)
 say "controller ready: $(pyinfra --version 2>&1 | head -1), doctor wheel $(basename $GPTOSS_DOCTOR_WHEEL)"
 
 # -- the deploy, parameterised --------------------------------------------------------------
@@ -143,6 +161,7 @@ ready_seen() { for _ in $(seq 1 20); do [ -f $WORK/ready_at ] && return 0; sleep
 started_at() { python3 -c "import json; print(json.load(open('/run/gptoss/gptoss-vllm.state')).get('since', 0))" 2>/dev/null || echo 0; }
 
 # -- 2. first deploy: cold ---------------------------------------------------------------------
+if has_phase cold; then
 M0=$(log_mark)
 ready_poller
 deploy healthy 0.85 "[]"
@@ -166,6 +185,9 @@ doctor_box healthy
 doctor_box healthy-deep --deep
 gptoss-doctor --deep collect > $FIX/box-healthy.json 2> $FIX/box-healthy.err; say "snapshot: exit $? ($(wc -c < $FIX/box-healthy.json) bytes)"
 doctor_log healthy $FIX/vllm-healthy-start.log
+fi
+
+if has_phase breaks; then
 
 # -- 4a. a second triton beside the first (no restart: what a later pip install leaves) ------
 SP=$(ls -d /opt/gptoss/current/lib/python3*/site-packages)
@@ -219,6 +241,7 @@ if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; th
     "$SUP" stop
 else
     say "skipping the warm start: $(el)s used of $BUDGET_S"
+fi
 fi
 
 # -- pack: the key never leaves the box ------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from ..findings import Finding, Fix, check
-from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, restart_command, serve, truthy
+from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, has_flag, restart_command, serve, truthy
 
 HARMONY_FILES = ("o200k_base.tiktoken", "cl100k_base.tiktoken")  # what the guide tells you to stage
 HARMONY_NEEDS = "o200k_base.tiktoken"  # gpt-oss's harmony encoding is built on o200k_base
@@ -48,6 +48,10 @@ def offline_tokenizer_files(snap, kb):
     """
     files = fact_obj(snap, "hf.offline_files")
     label, key, env = effective_env(snap)
+    if label == "service" and has_flag(snap, "--skip-tokenizer-init"):
+        # Prompts arrive as token ids and chat/responses are off: harmony never renders, so
+        # its vocabulary is never loaded (real vLLM 0.26.0 served so offline with none staged).
+        raise NotApplicable("the service runs with --skip-tokenizer-init: harmony never loads its vocabulary")
     base = as_str(files.get("tiktoken_dir")) or as_str(env.get("TIKTOKEN_ENCODINGS_BASE"))
     offline = _offline(env)
     seen = dict(environment=label, TIKTOKEN_ENCODINGS_BASE=base, offline_vars=offline or None,
