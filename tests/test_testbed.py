@@ -527,6 +527,8 @@ def test_zz_stale_state_gives_bare_hosts(tb):
     old_root = STATE / "hosts" / "gptoss-1"
     (old_root / "root").mkdir(parents=True, exist_ok=True)
     (old_root / "root" / "left-by-an-old-deploy").write_text("x")
+    # systemd-nspawn's image lock, left when the host was killed: `up` once died on it with a traceback
+    (STATE / "hosts" / ".#gptoss-1.lck").write_text("")
     try:
         up = run_testbed("up", "--hosts", "1", "--first-address", FIRST, "--index-port", str(INDEX_PORT))
         assert up.returncode == 0, up.stderr

@@ -240,8 +240,11 @@ def _discard_all(state: dict | None) -> None:
         hosts.discard(h)
         h.pid_file.unlink(missing_ok=True)
     if paths.HOSTS_DIR.exists():
-        for leftover in paths.HOSTS_DIR.iterdir():  # roots of hosts an interrupted `up` unpacked
-            hosts.discard(hosts.Host(leftover.name, ""))
+        for leftover in paths.HOSTS_DIR.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():  # a root an interrupted `up` unpacked
+                hosts.discard(hosts.Host(leftover.name, ""))
+            elif leftover.name.startswith(".#") and leftover.name.endswith(".lck"):
+                leftover.unlink(missing_ok=True)  # systemd-nspawn's image lock file, left by a killed host
     paths.pid_file("index").unlink(missing_ok=True)
     paths.STATE_FILE.unlink(missing_ok=True)
     paths.STACK_FILE.unlink(missing_ok=True)
