@@ -5,7 +5,7 @@ one line, before anything changes on any host); then one @deploy unit per concer
 health gate and the doctor gate. A second run changes nothing.
 """
 
-from gptoss_deploy import doctor, gpu, manifest, model, plan, python_env, service, tools
+from gptoss_deploy import doctor, gpu, jit_cache, manifest, model, plan, python_env, service, tools
 from gptoss_deploy import host as host_unit
 
 cfg, kb = plan.current_config()
@@ -17,6 +17,7 @@ installed, switched = python_env.apply(cfg)
 gpu.check_cuda_home(cfg)
 model_changes = model.apply(cfg, kb)
 tools.apply(cfg)
+jit_cache.apply(cfg)
 doctor.apply(cfg)
 deployed = manifest.apply(cfg)
 service.apply(

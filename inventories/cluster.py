@@ -74,19 +74,12 @@ Data keys (all optional unless marked; host data wins over group data, group ove
   gptoss_health_timeout_s        How long the health gate waits for /health (default 900 s).
   gptoss_doctor_gate             True (default): `gptoss-doctor` runs after the deploy and an
                                  error finding fails that host.
-  gptoss_wheelhouse              Air-gapped: a directory of wheels on the host; the stack (and the
-                                 doctor's venv) install with `uv pip install --offline --no-index
-                                 --find-links DIR`, no network at all.
-  gptoss_wheelhouse_no_deps      True: install exactly the wheelhouse's wheels (--no-deps), for a
-                                 curated closure; the doctor gate judges the result.
-  gptoss_base_python             An existing python3 that already holds the stack's exact torch
-                                 build (vendor PyTorch images, e.g. /opt/torch/.venv/bin/python3):
-                                 the stack venv layers on it; its torch/version.py must equal the
-                                 stack's pin. Needs gptoss_wheelhouse_no_deps=True.
-  gptoss_service_manager         "auto" (default: systemd where it runs, else gptoss-supervise
-                                 runs the same unit with a pid file and /var/log/gptoss/),
-                                 "systemd" or "supervisor".
-  gptoss_model_path              A model folder on the host, served under the model's HF id.
+  gptoss_jit_cache               A tar archive ON THE CONTROLLER of a warmed host's JIT caches
+                                 (Triton, FlashInfer, CUDA, vLLM; same GPU model and stack), made
+                                 there with `cd /var/lib/gptoss && tar -czf /tmp/jit.tgz $(ls -d
+                                 .triton .cache cache .nv 2>/dev/null)`. Unpacked as the service
+                                 user once per archive: the first start skips the kernel builds
+                                 (170 s -> 44 s to ready on an H200 with --enforce-eager).
 
 Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
 """

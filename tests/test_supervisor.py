@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pwd
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -253,10 +256,18 @@ def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
     key = top / "api-key"
     key.write_text("sk-supervisor-test-0123\n")
     key.chmod(0o600)
+    # JIT caches carried from a "warmed host" (jit_cache.py): unpacked for the service user
+    jit = top / "jit-cache.tgz"
+    with tarfile.open(jit, "w:gz") as tar:
+        for name, data in ((".triton/cache/ab12/kernel.cubin", b"cubin"), ("cache/vllm/modelinfos/m.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     env = {**os.environ, "GPTOSS_E2E_WHEELHOUSE": str(wh), "GPTOSS_E2E_BASE_PYTHON": f"{base}/bin/python",
            "GPTOSS_E2E_API_KEY_FILE": str(key), "GPTOSS_E2E_PORT": "18123", "GPTOSS_E2E_GPU_FAMILY": "H100",
            "GPTOSS_E2E_HEALTH_TIMEOUT_S": "60", "GPTOSS_E2E_MODEL_PATH": str(model),
            "GPTOSS_E2E_STACK": "vllm-0.26.0", "GPTOSS_E2E_CUDA_HOME": "pip", "GPTOSS_E2E_EXTRA_SERVE_ARGS": "[]",
+           "GPTOSS_E2E_JIT_CACHE": str(jit),
            "PYINFRA_PROGRESS": "off"}
     cmd = [str(REPO / ".venv/bin/pyinfra"), "-y", "--json", "tests/gpu/local_inventory.py", "deploys/gptoss.py"]
     sup = "/opt/gptoss/bin/gptoss-supervise"
@@ -276,6 +287,9 @@ def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
         assert st["argv"][2] == str(model) and "--served-model-name" in st["argv"]
         log = Path("/var/log/gptoss/gptoss-vllm.log").read_text()
         assert "Application startup complete." in log and "sk-supervisor-test" not in log
+        cubin = Path(C.STATE_DIR) / ".triton/cache/ab12/kernel.cubin"
+        assert cubin.read_bytes() == b"cubin" and cubin.stat().st_uid == pwd.getpwnam("gptoss").pw_uid
+        assert Path(C.STATE_DIR, ".jit-cache.sha256").read_text().strip() == hashlib.sha256(jit.read_bytes()).hexdigest()
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen("http://127.0.0.1:18123/v1/models", timeout=5)
         assert e.value.code == 401

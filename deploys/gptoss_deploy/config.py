@@ -84,6 +84,7 @@ KEYS = (
     "gptoss_base_python",
     "gptoss_service_manager",
     "gptoss_model_path",
+    "gptoss_jit_cache",  # jit_cache.py: JIT caches carried from a warmed host
 )
 
 
@@ -149,6 +150,7 @@ class HostConfig:
     model_path: str | None = None  # a model folder on the host, served under the HF id
     hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
+    jit_cache: Any = None  # jit_cache.JitCache: an archive of a warmed host's JIT caches, or None
 
     @property
     def venv(self) -> str:
@@ -641,12 +643,13 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     health_timeout = check_int(name, "gptoss_health_timeout_s", data.get("gptoss_health_timeout_s"), DEFAULT_HEALTH_TIMEOUT_S, 5, 7200, "use seconds, e.g. 900")
     gate = check_bool(name, "gptoss_doctor_gate", data.get("gptoss_doctor_gate"), True)
 
-    from . import airgap as airgap_mod, supervisor as supervisor_mod
+    from . import airgap as airgap_mod, jit_cache as jit_cache_mod, supervisor as supervisor_mod
 
     stack_versions = {k: _get(stack, k) for k in ("torch", "torch_local")}
     air = airgap_mod.check(name, data, facts, stack_name, stack_versions, py_spec, tuple(_get(stack, "requirements") or ()))
     if air.base_python:
         python = air.base_python
+    jit_cache = jit_cache_mod.check(name, data.get("gptoss_jit_cache"))
     manager = supervisor_mod.check_manager(name, data.get("gptoss_service_manager"), facts.get("init"))
     model_path = None
     if data.get("gptoss_model_path") is not None:
@@ -727,6 +730,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         model_path=model_path,
         hf_endpoint=hf_endpoint,
         hf_token_file=hf_token_file,
+        jit_cache=jit_cache,
     )
 
 

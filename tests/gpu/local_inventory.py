@@ -39,7 +39,7 @@ data = {
     "gptoss_service_manager": _opt("SERVICE_MANAGER", "auto"),
 }
 for key, var in (("gptoss_gpu_family", "GPU_FAMILY"), ("gptoss_cuda_home", "CUDA_HOME"),
-                 ("gptoss_extra_stack_files", "EXTRA_STACK_FILES")):
+                 ("gptoss_extra_stack_files", "EXTRA_STACK_FILES"), ("gptoss_jit_cache", "JIT_CACHE")):
     if _opt(var) is not None:
         data[key] = json.loads(_opt(var)) if _opt(var).startswith("[") else _opt(var)
 
