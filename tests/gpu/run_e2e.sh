@@ -26,7 +26,9 @@
 #  4. breaks: a pytorch-triton dist-info owning triton/ (duplicate-triton), VLLM_ATTENTION_BACKEND
 #     in the env file (stale-vllm-env), --attention-backend TRITON_ATTN_VLLM_V1 (deployed), and
 #     --gpu-memory-utilization 0.05 (deployed); after each, the doctor on the box and on the log;
-#  5. if time is left: the healthy deploy again, warm caches, for time-to-ready with caches.
+#  5. if time is left: the healthy deploy again, warm caches, for time-to-ready with caches;
+#  6. (PHASES=...,carried) the caches packed as gptoss_jit_cache wants them, wiped, and brought
+#     back by the deploy: time to ready on a box that never compiled a kernel but got the archive.
 #
 # PHASES=cold,breaks (the default) runs it all. The device tool limits one call to 10 minutes
 # and keeps the machine (and the service, which gptoss-supervise detaches) for 30 s after a
@@ -242,6 +244,32 @@ if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; th
 else
     say "skipping the warm start: $(el)s used of $BUDGET_S"
 fi
+fi
+
+if has_phase carried; then
+# -- 6. caches carried: a new host given the warmed host's JIT caches (gptoss_jit_cache) ------
+# The archive is made as jit_cache.py tells operators to; then the box loses every cache (and,
+# where the container allows, the page cache) and the deploy brings them back from the archive.
+H=/var/lib/gptoss
+CACHE_DIRS=$(cd $H && ls -d .triton .cache cache .nv 2>/dev/null | tr '\n' ' ')
+say "JIT caches on the box: $(cd $H && du -sh $CACHE_DIRS 2>/dev/null | tr '\t\n' ': ')"
+(cd $H && tar -czf $WORK/jit-cache.tgz $CACHE_DIRS) && say "archive: $(du -h $WORK/jit-cache.tgz | cut -f1)"
+"$SUP" stop
+(cd $H && rm -rf $CACHE_DIRS .jit-cache.sha256)
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && say "page cache dropped" || say "page cache kept (not allowed here)"
+M=$(log_mark)
+ready_poller
+export GPTOSS_E2E_JIT_CACHE=$WORK/jit-cache.tgz
+deploy carried 0.85 "[]"
+unset GPTOSS_E2E_JIT_CACHE
+if ready_seen; then
+    S=$(log_since "$M" | grep "gptoss-supervise: starting" | tail -1 | cut -d' ' -f1)
+    CARRIED=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+    say "READY with carried caches: ${CARRIED}s"; result "{\"step\": \"ready-carried\", \"seconds\": $CARRIED, \"deploy_exit\": $DEPLOY_RC}"
+fi
+log_since "$M" > $FIX/vllm-carried.log
+doctor_log carried $FIX/vllm-carried.log
+"$SUP" stop
 fi
 
 # -- pack: the key never leaves the box ------------------------------------------------------
