@@ -79,7 +79,7 @@ Data keys (all optional unless marked; host data wins over group data, group ove
                                  there with `cd /var/lib/gptoss && tar -czf /tmp/jit.tgz $(ls -d
                                  .triton .cache cache .nv 2>/dev/null)`. Unpacked as the service
                                  user once per archive: the first start skips the kernel builds
-                                 (170 s -> 44 s to ready on an H200 with --enforce-eager).
+                                 (208 s -> 60 s to ready on an H200 with --enforce-eager).
 
 Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
 """

@@ -49,7 +49,7 @@ def doctor(*args: str) -> tuple[int, dict]:
     return r.returncode, json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("log", ["vllm-healthy-start.log", "vllm-healthy-warm.log"])
+@pytest.mark.parametrize("log", ["vllm-healthy-start.log", "vllm-healthy-warm.log", "vllm-carried.log"])
 def test_healthy_real_start_raises_no_alarm(log):
     code, report = doctor("logs", str(need(log)))
     loud = [(f["id"], f["severity"]) for f in report["findings"] if f["severity"] != "info"]
@@ -98,3 +98,13 @@ def test_nothing_secret_was_recorded():
     key_shaped = re.compile(r"VLLM_API_KEY=(?!<redacted>|\*)\S|Bearer (?!<redacted>)[A-Za-z0-9]")
     leaks = [p.name for p in FIX.iterdir() if p.is_file() and key_shaped.search(p.read_text(errors="replace"))]
     assert not leaks, leaks
+
+
+def test_the_carried_caches_were_unpacked_by_the_deploy_before_the_start():
+    """gptoss_jit_cache on the real box: the archive went up and was unpacked, then the service
+    started and passed the gate (the deploy's exit 0 is in results-carried.json)."""
+    text = need("pyinfra-carried.txt").read_text()
+    ops = [line for line in text.splitlines() if line.strip().startswith("gptoss JIT caches |")]
+    assert len(ops) == 2 and all(line.split()[-3] == "1" for line in ops), ops  # the Success column: each changed the host
+    rows = {r["step"]: r for r in json.loads(need("results-carried.json").read_text())}
+    assert rows["ready-carried"]["deploy_exit"] == 0
