@@ -43,6 +43,9 @@ def offline_tokenizer_files(snap, kb):
     Fix: stage both encodings on a machine with network, copy them over, point
     TIKTOKEN_ENCODINGS_BASE at the directory (in the service's EnvironmentFile).
 
+    Not judged when the service runs with --skip-tokenizer-init: prompts come as token ids and
+    harmony never renders (real vLLM 0.26.0 served so, offline, with nothing staged).
+
     Source: the gpt-oss vLLM guide, Troubleshooting (Harmony vocab download);
     vllm-project/vllm#22525; openai/harmony#46, #71.
     """
