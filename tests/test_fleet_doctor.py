@@ -20,7 +20,7 @@ import pytest
 
 from gptoss_doctor.snapshot import SCHEMA, value
 # the same testbed as the upgrade tests, so one definition of where it is and how to reach it
-from test_fleet_upgrade import FIRST_ADDRESS, INDEX_PORT, STATE_DIR, _env, run_testbed
+from test_fleet_upgrade import _env, boot_testbed
 
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "testbed.py"
@@ -150,15 +150,8 @@ def deploy(stack: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet():
-    from gptoss_testbed import exclusive
-
-    lock = exclusive.hold(STATE_DIR)
-    up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
-    if up.returncode != 0:
-        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
-    st = json.loads(run_testbed("status", "--json").stdout)
+    lock, st = boot_testbed()
     st["new"] = st["stacks"][-1]["name"]
-    st["addr"] = {h["name"]: h["address"] for h in st["hosts"]}
     deploy(st["new"])
     yield st
     deploy(st["new"])  # put back what the tests below changed on the hosts

@@ -249,19 +249,26 @@ class Prober(threading.Thread):
         return sum(1 for _, oks in self.rounds if not oks[name])
 
 
-@pytest.fixture(scope="module")
-def fleet():
+def boot_testbed():
+    """Hold this testbed (another pytest process waits for it), bring it up, and return the lock
+    and `status --json` with each host's address under "addr". The fleet-doctor tests share it."""
     lock = exclusive.hold(STATE_DIR)
     up = run_testbed("up", "--first-address", FIRST_ADDRESS, "--index-port", INDEX_PORT)
     if up.returncode != 0:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
     st = json.loads(run_testbed("status", "--json").stdout)
+    st["addr"] = {h["name"]: h["address"] for h in st["hosts"]}
+    return lock, st
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    lock, st = boot_testbed()
     env = json.loads(run_testbed("env", "--json").stdout)
     st["stats_url"] = env["stats_url"]
     names = [s["name"] for s in st["stacks"]]
     st["new"], st["old"] = names[-1], names[-2]
     st["vllm"] = {s["name"]: s["vllm"] for s in st["stacks"]}
-    st["addr"] = {h["name"]: h["address"] for h in st["hosts"]}
     yield st
     lock.close()
 
