@@ -160,7 +160,11 @@ ready_poller() {  # records when /health first answers 200
           date +%s.%N > $WORK/ready_at; exit 0; fi; sleep 0.5; done ) &
 }
 ready_seen() { for _ in $(seq 1 20); do [ -f $WORK/ready_at ] && return 0; sleep 0.5; done; return 1; }
-started_at() { python3 -c "import json; print(json.load(open('/run/gptoss/gptoss-vllm.state')).get('since', 0))" 2>/dev/null || echo 0; }
+seconds_to_ready() {  # seconds_to_ready MARK head|tail: from the first/last supervisor start since MARK to /health 200
+    local s
+    s=$(log_since "$1" | grep "gptoss-supervise: starting" | "$2" -n 1 | cut -d' ' -f1)
+    python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$s" $WORK/ready_at
+}
 
 # -- 2. first deploy: cold ---------------------------------------------------------------------
 if has_phase cold; then
@@ -169,8 +173,7 @@ ready_poller
 deploy healthy 0.85 "[]"
 FIRST_RC=$DEPLOY_RC
 if ready_seen; then
-    S=$(log_since "$M0" | grep -m1 "gptoss-supervise: starting" | cut -d' ' -f1)
-    COLD=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+    COLD=$(seconds_to_ready "$M0" head)
     say "READY cold: ${COLD}s from the supervisor's start to /health 200"
     result "{\"step\": \"ready-cold\", \"seconds\": $COLD, \"deploy_exit\": $FIRST_RC}"
 else
@@ -234,8 +237,7 @@ if [ "$(el)" -lt "$BUDGET_S" ] && [ "$(( BUDGET_S + 60 - $(el) ))" -gt 150 ]; th
     ready_poller
     deploy healthy-warm 0.85 "[]"
     if ready_seen; then
-        S=$(log_since "$M" | grep "gptoss-supervise: starting" | tail -1 | cut -d' ' -f1)
-        WARM=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+        WARM=$(seconds_to_ready "$M" tail)
         say "READY warm: ${WARM}s"; result "{\"step\": \"ready-warm\", \"seconds\": $WARM, \"deploy_exit\": $DEPLOY_RC}"
     fi
     log_since "$M" > $FIX/vllm-healthy-warm.log
@@ -263,8 +265,7 @@ export GPTOSS_E2E_JIT_CACHE=$WORK/jit-cache.tgz
 deploy carried 0.85 "[]"
 unset GPTOSS_E2E_JIT_CACHE
 if ready_seen; then
-    S=$(log_since "$M" | grep "gptoss-supervise: starting" | tail -1 | cut -d' ' -f1)
-    CARRIED=$(python3 -c "import sys,datetime; s=datetime.datetime.strptime(sys.argv[1], '%Y-%m-%dT%H:%M:%S%z').timestamp(); print(round(float(open(sys.argv[2]).read())-s))" "$S" $WORK/ready_at)
+    CARRIED=$(seconds_to_ready "$M" tail)
     say "READY with carried caches: ${CARRIED}s"; result "{\"step\": \"ready-carried\", \"seconds\": $CARRIED, \"deploy_exit\": $DEPLOY_RC}"
 fi
 log_since "$M" > $FIX/vllm-carried.log
