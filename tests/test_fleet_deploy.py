@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -394,3 +395,24 @@ def test_failed_stack_install_never_becomes_current(deployed, fleet, tmp_path):
                   f"readlink /opt/gptoss/current; test -e /opt/gptoss/stacks/{s.name}-unresolvable/.gptoss-complete && echo MARKER")
     assert out.splitlines()[0] == before and "MARKER" not in out, out
     assert http(f"http://{h['address']}:8000/health")[0] == 200
+
+
+def test_the_live_stack_is_never_rebuilt_in_place(deployed, fleet):
+    """A live stack whose marker no longer matches what is asked for (hand-edited, or installed
+    by another spec) is refused, not wiped under the running service: the venv stays, the
+    service stays healthy, and the message says what to do instead."""
+    h = fleet["hosts"][0]
+    marker = "/opt/gptoss/current/.gptoss-complete"
+    rc, original = ssh(h["address"], fleet["ssh_key"], f"cat {marker}")
+    assert rc == 0 and original.strip(), original
+    try:
+        assert ssh(h["address"], fleet["ssh_key"], f"echo some-other-spec > {marker}")[0] == 0
+        run = pyinfra(TESTBED_INVENTORY, "--limit", h["name"])
+        text = run.stdout + run.stderr
+        assert run.returncode != 0, text[-2000:]
+        assert "is the live stack but was installed from a different spec; deploy it under a new stack name instead" in text
+        rc, out = ssh(h["address"], fleet["ssh_key"], "test -x /opt/gptoss/current/bin/python && echo VENV")
+        assert "VENV" in out, out
+        assert http(f"http://{h['address']}:8000/health")[0] == 200
+    finally:
+        ssh(h["address"], fleet["ssh_key"], f"printf '%s\\n' {shlex.quote(original.strip())} > {marker}")

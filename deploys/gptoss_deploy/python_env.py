@@ -154,11 +154,20 @@ def stack_installed(cfg: C.HostConfig) -> bool:
     return state_fact(cfg)["markers"].get(cfg.stack_marker) == spec_hash(cfg)
 
 
-def refuse_live_rebuild(cfg: C.HostConfig, instead: str) -> StringCommand:
-    """Rebuilding the venv the service runs from would serve a half-installed stack: fail, saying so."""
-    return StringCommand("echo", shlex.quote(
-        f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; {instead}"),
-        ">&2", "&&", "false")
+def begin_rebuild(cfg: C.HostConfig, instead: str):
+    """The start of every stack-venv operation (`yield from`; True: go on installing). An installed
+    stack is a no-op; rebuilding the venv the service runs from would serve a half-installed stack,
+    so that fails, saying so (`instead`: what to do); otherwise the old venv goes."""
+    if stack_installed(cfg):
+        host.noop(f"stack {cfg.stack} installed ({spec_hash(cfg)})")
+        return False
+    if state_fact(cfg).get("current") == cfg.venv:
+        yield StringCommand("echo", shlex.quote(
+            f"gptoss: {cfg.venv} is the live stack but was installed from a different spec; {instead}"),
+            ">&2", "&&", "false")
+        return False
+    yield StringCommand("rm", "-rf", cfg.venv)
+    return True
 
 
 def new_venv(cfg: C.HostConfig) -> StringCommand:
@@ -193,14 +202,9 @@ def mark_complete(cfg: C.HostConfig) -> StringCommand:
 @operation()
 def stack_venv(cfg: C.HostConfig):
     """The stack's venv, installed with the stack's uv options; complete when the marker matches."""
-    if stack_installed(cfg):
-        host.noop(f"stack {cfg.stack} installed ({spec_hash(cfg)})")
-        return
-    if state_fact(cfg).get("current") == cfg.venv:
-        yield refuse_live_rebuild(cfg, "deploy it under a new stack name instead")
+    if not (yield from begin_rebuild(cfg, "deploy it under a new stack name instead")):
         return
     venv_py = f"{cfg.venv}/bin/python"
-    yield StringCommand("rm", "-rf", cfg.venv)
     if cfg.airgap:
         yield from airgap_install(cfg, venv_py)
     else:

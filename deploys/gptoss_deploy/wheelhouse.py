@@ -32,8 +32,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 from . import config as C
-from .python_env import (controller_cache, controller_lock, controller_uv, mark_complete, new_venv, pip_installs,
-                         refuse_live_rebuild, spec_hash, stack_installed, state_fact, uv_install_args)
+from .python_env import (begin_rebuild, controller_cache, controller_lock, controller_uv, mark_complete, new_venv,
+                         pip_installs, spec_hash, stack_installed, uv_install_args)
 
 REMOTE_ROOT = f"{C.ROOT}/wheelhouse"
 # Debian 11+/Ubuntu 20.04+ have glibc >= 2.31: manylinux_2_28 wheels (torch's, vLLM's) run there.
@@ -281,13 +281,8 @@ def install_args(cfg: C.HostConfig, find_links: str) -> list[str]:
 def staged_venv(cfg: C.HostConfig, wh: Wheelhouse):
     """The stack's venv from the host's wheelhouse; complete (marker written) only at the end.
     Never touches the venv `current` points at, nor the running service."""
-    if stack_installed(cfg):
-        host.noop(f"stack {cfg.stack} installed ({spec_hash(cfg)})")
+    if not (yield from begin_rebuild(cfg, "upgrade to a new stack name instead")):
         return
-    if state_fact(cfg).get("current") == cfg.venv:
-        yield refuse_live_rebuild(cfg, "upgrade to a new stack name instead")
-        return
-    yield StringCommand("rm", "-rf", cfg.venv)
     yield new_venv(cfg)
     yield from pip_installs(cfg, f"{cfg.venv}/bin/python", install_args(cfg, wh.remote_dir))
     yield mark_complete(cfg)
