@@ -160,7 +160,6 @@ def fleet():
 
 @pytest.mark.fleet
 @pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root")
-@pytest.mark.skipif(not INVENTORY.exists(), reason="inventories/testbed.py not there yet")
 def test_fleet_doctor_on_the_local_fleet(fleet, tmp_path):
     names = list(fleet["addr"])
     clean = fleet_doctor(INVENTORY, "--json")

@@ -26,7 +26,6 @@ from test_fleet_deploy import TESTBED_INVENTORY, fleet, pyinfra, results, ssh  #
 pytestmark = [
     pytest.mark.fleet,
     pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root"),
-    pytest.mark.skipif(not TESTBED_INVENTORY.exists(), reason="inventories/testbed.py not there yet"),
 ]
 
 MODEL = "openai/gpt-oss-20b"

@@ -171,7 +171,6 @@ def test_pick_wheels_takes_the_best_wheel_for_the_host_and_refuses_sdists():
 fleet_only = [
     pytest.mark.fleet,
     pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root"),
-    pytest.mark.skipif(not INVENTORY.exists(), reason="inventories/testbed.py not there yet"),
 ]
 
 
