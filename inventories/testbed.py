@@ -31,7 +31,20 @@ def _state() -> dict:
                            f"run `uv run gptoss-testbed down && uv run gptoss-testbed up`") from None
 
 
+def _check_running(state: dict) -> None:
+    # A state file outlives a machine restart: without this, every host fails with "connection
+    # refused". A single host that is down stays the deploy's per-host failure to report.
+    try:
+        from gptoss_testbed import fleet
+    except ImportError:
+        return  # run outside the project's venv: pyinfra reports unreachable hosts itself
+    if not fleet.anything_running(state):
+        raise PyinfraError(f"inventories/testbed.py: the local fleet in {STATE_FILE} is not running (nothing of it "
+                           f"runs: a machine restart leaves this); run `uv run gptoss-testbed up` first")
+
+
 _S = _state()
+_check_running(_S)
 
 testbed = (
     [

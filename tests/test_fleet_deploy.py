@@ -118,13 +118,12 @@ def state_fingerprint(fleet: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def fleet() -> dict:
-    """The running fleet ($GPTOSS_TESTBED_STATE picks another one), else `gptoss-testbed up`."""
+    """The local fleet ($GPTOSS_TESTBED_STATE picks another one): `up` is idempotent, and boots
+    again what a state file left by a machine restart names but what no longer runs."""
+    up = run_testbed("up")
+    if up.returncode != 0:
+        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
     st = run_testbed("status", "--json")
-    if st.returncode != 0:
-        up = run_testbed("up")
-        if up.returncode != 0:
-            pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
-        st = run_testbed("status", "--json")
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
     assert data["hosts"], "the testbed has no hosts"

@@ -202,17 +202,16 @@ def test_bad_input_is_one_line(tmp_path):
 # -- pyinfra @local: this machine has no systemd ------------------------------------------------
 
 
-def _testbed_env() -> dict | None:
-    r = subprocess.run([sys.executable, "-m", "gptoss_testbed.cli", "env", "--json"], capture_output=True, text=True,
-                       cwd=REPO, timeout=60)
-    if r.returncode:
-        return None
-    env = json.loads(r.stdout)
-    try:
-        urllib.request.urlopen(env["index_mirrors"]["pypi"] + "/vllm/", timeout=5).read()
-    except OSError:
-        return None
-    return env
+def _testbed_env() -> dict:
+    """The default local fleet's `env --json`, booting it first (`up` is idempotent): its index
+    serves the stand-in wheels this deploy installs."""
+    cli = [sys.executable, "-m", "gptoss_testbed.cli"]
+    up = subprocess.run([*cli, "up"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    if up.returncode:
+        pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
+    r = subprocess.run([*cli, "env", "--json"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def _fetch(index: str, name: str, version: str, dest: Path) -> None:
@@ -234,8 +233,6 @@ def _fetch(index: str, name: str, version: str, dest: Path) -> None:
                     reason="needs root on a machine without systemd")
 def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
     tb = _testbed_env()
-    if tb is None:
-        pytest.skip("the local fleet's package index is not up (uv run gptoss-testbed up)")
     uv = shutil.which("uv") or str(REPO / ".venv" / "bin" / "uv")
     pypi, cu130 = tb["index_mirrors"]["pypi"], tb["index_mirrors"]["pytorch-cu130"]
     # the base Python of a vendor image: a venv holding the stand-in torch 2.11.0+cu130

@@ -490,6 +490,31 @@ def test_old_entry_point_serves_too(venvs):
 
 
 @pytest.mark.fleet
+def test_status_names_what_is_down_and_up_boots_it_again(tb):
+    """`status` reports the fleet as it runs, not as the state file remembers it."""
+    lost = tb["status"]["hosts"][1]
+    stop = (f"from gptoss_testbed import fleet, hosts, paths; "  # paths read $GPTOSS_TESTBED_STATE on import
+            f"print(hosts.stop_host(hosts.Host({lost['name']!r}, {lost['address']!r})), "
+            f"hosts.stop_process(paths.pid_file('index'), fleet.INDEX_PROCESS_MARK, timeout=5))")
+    stopped = subprocess.run([sys.executable, "-c", stop], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "GPTOSS_TESTBED_STATE": str(STATE)})
+    assert stopped.stdout.split() == ["True", "True"], stopped.stdout + stopped.stderr
+    for report in ("status", "env"):
+        r = run_testbed(report, "--json")
+        assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+        assert f"down: {lost['name']}, package index" in r.stderr and "gptoss-testbed up" in r.stderr
+    up = run_testbed("up", "--hosts", "3", "--first-address", FIRST, "--index-port", str(INDEX_PORT))
+    assert up.returncode == 0, up.stderr
+    assert f"{lost['name']} was not running: booting it again" in up.stdout and "package index restarted" in up.stdout
+    assert json.loads(run_testbed("status", "--json").stdout) == tb["status"]
+    r = subprocess.run(["ssh", "-i", tb["status"]["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{lost['address']}", "hostname"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == lost["name"], r.stderr
+    assert get(tb["env"]["index_url"])[0] == 200
+
+
+@pytest.mark.fleet
 def test_zz_down_stops_exactly_what_up_started(tb):
     """Last in the file (pytest keeps file order): the fixture's own `down` is then a no-op."""
     run = STATE / "run"
@@ -529,6 +554,14 @@ def test_zz_stale_state_gives_bare_hosts(tb):
     (old_root / "root" / "left-by-an-old-deploy").write_text("x")
     # systemd-nspawn's image lock, left when the host was killed: `up` once died on it with a traceback
     (STATE / "hosts" / ".#gptoss-1.lck").write_text("")
+    # Before `up`: the reports and the inventory say it is down instead of handing out dead addresses
+    st = run_testbed("status", "--json")
+    assert st.returncode == 1 and "nothing of it runs" in st.stderr and "gptoss-testbed up" in st.stderr, st.stderr
+    deploy = subprocess.run([str(Path(sys.executable).with_name("pyinfra")), "-y", "inventories/testbed.py", "deploys/gptoss.py"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**os.environ, "GPTOSS_TESTBED_STATE": str(STATE)})
+    assert deploy.returncode != 0 and "the local fleet in" in deploy.stdout + deploy.stderr, deploy.stdout + deploy.stderr
+    assert "not running (nothing of it runs" in deploy.stdout + deploy.stderr
     try:
         up = run_testbed("up", "--hosts", "1", "--first-address", FIRST, "--index-port", str(INDEX_PORT))
         assert up.returncode == 0, up.stderr

@@ -2,7 +2,7 @@
 
     gptoss-testbed up [--hosts N]     boot N hosts (default 3) and the index; idempotent
     gptoss-testbed down               stop exactly what `up` started; discard the hosts
-    gptoss-testbed status [--json]    hosts, ssh key, API key, stacks, broken stack
+    gptoss-testbed status [--json]    hosts, ssh key, API key, stacks, broken stack (exit 1 unless all runs)
     gptoss-testbed env [--json]       index URLs per name, stats URL, files the inventory reads
 """
 
@@ -34,13 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _need_state() -> dict:
-    state = fleet.read_state()
-    if state is None:
-        raise TestbedError("the testbed is not up (no state file); run `gptoss-testbed up`")
-    return state
-
-
 def status_lines(out: dict) -> list[str]:
     return ([f"{h['name']}  {h['address']}" for h in out["hosts"]]
             + [f"ssh key: {out['ssh_key']}",
@@ -61,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in REPORTS:
             report, lines = REPORTS[args.command]
-            out = report(_need_state())
+            out = report(fleet.running_state())
             print(json.dumps(out, indent=1) if args.json else "\n".join(lines(out)))
         else:
             t0 = time.monotonic()

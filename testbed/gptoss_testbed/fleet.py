@@ -44,6 +44,27 @@ def write_state(state: dict) -> None:
     tmp.replace(paths.STATE_FILE)
 
 
+def not_running(state: dict) -> list[str]:
+    """What the state names that does not run now: host names, then "package index"."""
+    gone = [h.name for h in _hosts_of(state) if not hosts.host_running(h)]
+    return gone + ([] if index_running() else ["package index"])
+
+
+def running_state() -> dict:
+    """The state, if everything it names runs: a state file alone proves nothing (it outlives a
+    machine restart, and a copied disk), so `status` and `env` never report a fleet that is down."""
+    state = read_state()
+    if state is None:
+        raise TestbedError("the testbed is not up (no state file); run `gptoss-testbed up`")
+    gone = not_running(state)
+    if gone:
+        everything = len(gone) == len(state["hosts"]) + 1
+        raise TestbedError(f"the testbed is not running: {'nothing of it runs' if everything else 'down: ' + ', '.join(gone)} "
+                           f"(state {paths.STATE_FILE}; a machine restart leaves this); run `gptoss-testbed up` "
+                           f"to boot {'it' if everything else 'them'} again")
+    return state
+
+
 def status_json(state: dict) -> dict:
     """Exactly the documented `status --json` shape."""
     return {
@@ -158,7 +179,7 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
         raise TestbedError(f"--index-port {index_port}: not a TCP port (1-65535)")
     require_root("up")
     state = read_state()
-    if state is not None and not _anything_running(state):
+    if state is not None and not anything_running(state):
         # Left by a machine restart or killed processes: nothing of it runs, so start from bare hosts.
         log("found a testbed state with nothing running: discarding it")
         _discard_all(state)
@@ -230,7 +251,7 @@ def new_state(wanted: list[hosts.Host], p: catalog.Plan, today: str, tree: Path,
     }
 
 
-def _anything_running(state: dict) -> bool:
+def anything_running(state: dict) -> bool:
     return index_running() or any(hosts.host_running(h) for h in _hosts_of(state))
 
 
