@@ -205,11 +205,12 @@ def test_bad_input_is_one_line(tmp_path):
 def _testbed_env() -> dict:
     """The default local fleet's `env --json`, booting it first (`up` is idempotent): its index
     serves the stand-in wheels this deploy installs."""
-    cli = [sys.executable, "-m", "gptoss_testbed.cli"]
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    from test_fleet_deploy import run_testbed
+
+    up = run_testbed("up")
     if up.returncode:
         pytest.fail(f"gptoss-testbed up failed: {up.stderr.strip()[-2000:]}")
-    r = subprocess.run([*cli, "env", "--json"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_testbed("env", "--json", timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

@@ -70,6 +70,13 @@ def run_testbed(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env, cwd=REPO)
 
 
+def ssh(tb: dict, address: str, command: str) -> subprocess.CompletedProcess:
+    """The real ssh client, as root, with the testbed's key."""
+    return subprocess.run(["ssh", "-i", tb["status"]["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{address}", command],
+                          capture_output=True, text=True, timeout=30)
+
+
 def get(url: str, key: str | None = None, data: bytes | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
@@ -324,12 +331,8 @@ def test_status_has_exactly_the_documented_shape(tb):
 
 @pytest.mark.fleet
 def test_every_host_is_booted_and_answers_ssh(tb):
-    key = tb["status"]["ssh_key"]
     for h in tb["status"]["hosts"]:
-        r = subprocess.run(["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{h['address']}",
-                            "hostname; systemctl is-system-running; ss -ltnH sport = :22"],
-                           capture_output=True, text=True, timeout=30)
+        r = ssh(tb, h["address"], "hostname; systemctl is-system-running; ss -ltnH sport = :22")
         lines = r.stdout.split("\n")
         assert lines[0] == h["name"]
         assert lines[1] in ("running", "degraded"), r.stdout + r.stderr
@@ -507,9 +510,7 @@ def test_status_names_what_is_down_and_up_boots_it_again(tb):
     assert up.returncode == 0, up.stderr
     assert f"{lost['name']} was not running: booting it again" in up.stdout and "package index restarted" in up.stdout
     assert json.loads(run_testbed("status", "--json").stdout) == tb["status"]
-    r = subprocess.run(["ssh", "-i", tb["status"]["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{lost['address']}", "hostname"],
-                       capture_output=True, text=True, timeout=30)
+    r = ssh(tb, lost["address"], "hostname")
     assert r.stdout.strip() == lost["name"], r.stderr
     assert get(tb["env"]["index_url"])[0] == 200
 
