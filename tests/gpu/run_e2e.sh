@@ -311,7 +311,7 @@ bench_server() {  # bench_server LABEL FLAGS...: start vLLM as a user would, ben
   local log=$FIX/vllm-bench-$label.log t0=$(date +%s) pid
   # The service's JIT caches seed this run's home: they change the start time, not the serving speed.
   mkdir -p $WORK/home-$label && (cd /var/lib/gptoss && cp -a .triton .cache cache .nv $WORK/home-$label/ 2>/dev/null)
-  ( set -a; . "$ENVF"; set +a; export HOME=$WORK/home-$label XDG_CACHE_HOME=$WORK/home-$label/.cache
+  ( set -a; . "$ENVF"; set +a; export HOME=$WORK/home-$label XDG_CACHE_HOME=$WORK/home-$label/cache
     exec setsid "$STACK_PY" -m vllm.entrypoints.cli.main serve "$MODEL" --served-model-name openai/gpt-oss-20b \
       --load-format dummy --skip-tokenizer-init --host 127.0.0.1 --port "$PORT" "$@" ) > "$log" 2>&1 &
   pid=$!
