@@ -76,12 +76,13 @@ def test_a_name_is_in_one_split_only():
 def test_sidecar(log):
     meta = _meta(log)
     assert KEYS <= meta.keys(), f"missing {sorted(KEYS - meta.keys())}"
-    assert re.match(r"[ab]-[a-z0-9]+(-[a-z0-9]+)*$", log.stem), "name: a-/b- prefix, kebab-case"
+    assert re.match(r"[ab]-[a-z0-9.]+(-[a-z0-9.]+)*$", log.stem), "name: a-/b- prefix, lower-case words joined by -"
     assert meta["source"].startswith("https://"), "source must be a public https URL"
     assert meta["split"] == log.parent.name
     assert meta["vendor"] in VENDORS
     assert isinstance(meta["failed_start"], bool)
-    assert meta["cause_text"].strip() and meta["note"].strip() and str(meta["vllm"]).strip()
+    assert meta["cause_text"].strip(), "the cause as the thread states it"
+    assert isinstance(meta["note"], str) and str(meta["vllm"]).strip()
     cause = meta["cause"]
     if cause == "healthy":
         assert meta["failed_start"] is False
