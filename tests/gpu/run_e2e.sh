@@ -289,7 +289,7 @@ result "{\"step\": \"doctor-timing\", \"median_s\": $(python3 -c "import json; p
 : > $FIX/routes-without-key.jsonl
 for r in "GET /health" "GET /version" "GET /v1/models" "POST /v1/completions" "POST /invocations" "GET /metrics" \
          "GET /load" "GET /ping" "GET /openapi.json" "GET /docs" "GET /redoc" "POST /tokenize" "POST /detokenize" \
-         "POST /generative_scoring" "GET /is_scaling_elastic_ep"; do
+         "POST /generative_scoring" "POST /is_scaling_elastic_ep"; do
   set -- $r
   code=$(curl -s -o /dev/null -m 30 -w '%{http_code}' -X "$1" -H 'Content-Type: application/json' \
          -d '{"model": "openai/gpt-oss-20b", "prompt": [1, 2, 3], "max_tokens": 4, "tokens": [1, 2, 3]}' "http://127.0.0.1:$PORT$2")
