@@ -117,8 +117,8 @@ def test_first_clear_names_the_first_version_past_every_applicable_advisory():
 
 def test_the_check_on_an_installed_stand_in_judges_the_route_from_its_source(tmp_path, kb):
     """The doctor's vllm-advisory on the stand-in 0.20.2 with a key: the key bypass applies (a
-    critical: error), and /inference/v1/generate, which its source registers, makes
-    GHSA-4xqp-c3mv-qff7 hold, not merely 'may'."""
+    critical: an error where vLLM listens beyond loopback, a warning behind a front on loopback),
+    and /inference/v1/generate, which its source registers, makes GHSA-4xqp-c3mv-qff7 hold."""
     from test_standin_routes import install_standin
 
     from gptoss_doctor.checks import run_one
@@ -133,7 +133,10 @@ def test_the_check_on_an_installed_stand_in_judges_the_route_from_its_source(tmp
                                "service.serve": {"value": serve}, "vllm.http_surface": {"value": surface},
                                "service": {"value": {"environment": {"VLLM_API_KEY": "***"}}}}})
     (finding,), status = run_one(snap, kb, REGISTRY["vllm-advisory"])
-    assert status == "error"
+    assert status == "warning" and finding.evidence["exposed"] == []
+    serve.update(host="0.0.0.0")
+    (finding,), status = run_one(snap, kb, REGISTRY["vllm-advisory"])
+    assert status == "error" and finding.evidence["exposed"] == ["0.0.0.0:8000"]
     holds = {a["id"]: a["holds"] for a in finding.evidence["advisories"]}
     assert holds["GHSA-94f4-hr76-p5j6"] is True and holds["GHSA-4xqp-c3mv-qff7"] is True
     assert finding.evidence["upgrade_to"]  # a shipped stack past every advisory that applies

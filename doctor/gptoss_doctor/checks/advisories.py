@@ -7,7 +7,7 @@ from packaging.version import Version
 from .. import advisories as adv
 from ..findings import Finding, Fix, check
 from ._util import evidence, fact_obj, obj, serve, vllm_version
-from .exposure import registered
+from .exposure import exposed_addresses, is_loopback, registered
 
 ADVISORY_LIST = "https://github.com/vllm-project/vllm/security/advisories"
 
@@ -20,6 +20,15 @@ def _routes(snap) -> list[str] | None:
     flags = obj(serve(snap).get("flags"))
     environ = obj(fact_obj(snap, "service").get("environment"))
     return [r["path"] for r in surface.get("routes") or [] if registered(r, flags, environ) is not False]
+
+
+def _exposed(snap) -> list[str]:
+    """Where vLLM's own port is reachable beyond loopback: the listening sockets, else the bind address."""
+    listen = snap.get("service.listen")
+    if isinstance(listen, dict):
+        return exposed_addresses(listen)[0]
+    host = serve(snap).get("host")
+    return [] if not host or is_loopback(host) else [f"{host}:{serve(snap).get('port')}"]
 
 
 def _multimodal(snap, kb) -> bool | None:
@@ -47,7 +56,8 @@ def vllm_advisory(snap, kb):
     from it; before a stack is installed, the deploy asks `advisories_for` instead.
 
     Why: each is a published denial of service, data leak or code execution in the serving
-    engine; the fixed release is known.
+    engine; the fixed release is known. A critical or high one is an error where vLLM's own port
+    is reachable beyond loopback; behind a front on loopback it is a warning.
 
     Fix: move the host to a stack whose vLLM is past every advisory that applies (the upgrade
     deploy stages it and rolls back on failure).
@@ -65,7 +75,10 @@ def vllm_advisory(snap, kb):
         return
     sure = [a for a in found if a.holds]
     bad = [a for a in sure if a.advisory.severity in ("critical", "high")]
-    severity = "error" if bad else "warning"
+    exposed = _exposed(snap)
+    # A critical/high one is an error where outsiders reach vLLM itself; behind a front on
+    # loopback (which checks the key and allows a few routes) it is a warning to plan the upgrade.
+    severity = "error" if bad and exposed else "warning"
     newer = [st for st in kb.stacks.values() if st.site_file is None and st.vllm_version > Version(Version(version).public)]
     target = next((st for st in newer if not adv.advisories_for(st.vllm, obj(s.get("flags")), **kw)), None)
     fixed = max((a.advisory.fixed for a in found if a.advisory.fixed), key=Version, default=None)
@@ -82,7 +95,8 @@ def vllm_advisory(snap, kb):
         title=f"vLLM {version} has {len(found)} published advisor{'y' if len(found) == 1 else 'ies'} "
         f"that apply here: {names}",
         evidence=evidence(snap, ["vllm.install", "service.serve", "vllm.http_surface"], vllm=version,
-                          advisories=[a.to_dict() for a in found], upgrade_to=target.name if target else None),
+                          advisories=[a.to_dict() for a in found], upgrade_to=target.name if target else None,
+                          exposed=exposed),
         fix=Fix(text=fix_text),
         links=[a.advisory.source for a in found][:8] or [ADVISORY_LIST],
     )
