@@ -12,9 +12,9 @@ import ast
 
 from ..findings import Finding, Fix, check
 from ._util import edit_unit_commands, evidence, fact_obj, obj, serve
+from .security import VLLM_SECURITY
 from .security import _is_loopback as is_loopback
 
-VLLM_SECURITY = "https://docs.vllm.ai/en/latest/usage/security.html"
 ISSUE_INVOCATIONS = "https://github.com/vllm-project/vllm/issues/58144"
 BIND_KEY = "gptoss_bind_address"  # deploys/gptoss_deploy/config.py
 # gpt-oss is a generative model: vLLM registers the routes of its "generate" task only.
@@ -153,8 +153,9 @@ def vllm_port_exposed(snap, kb):
 
     Why: vLLM's key check is a path-prefix test (`/v1`, in later releases also `/v2`,
     `/inference`, `/cohere`). Every other route it registers answers without the key:
-    `/invocations` serves full completions (vllm-project/vllm#58144, measured on 0.26.0, 0.27.1,
-    0.29.0), `/tokenize`, `/generative_scoring`, `/scale_elastic_ep`, the metrics and the docs.
+    `/invocations` serves full completions (measured on 0.26.0 here; vllm-project/vllm#58144 on
+    0.27.1 and 0.29.0), `/tokenize`, `/generative_scoring`, `/scale_elastic_ep`, the metrics and
+    the docs.
     vLLM's own security guide says not to rely on `--api-key` alone and to put a reverse proxy
     with an allow-list in front. The open routes are read from the installed vLLM's source
     (its key-check middleware and its route registrations), so a release that widens the guard
