@@ -198,3 +198,18 @@ def test_real_0_26_source_reading_matches_what_was_measured():
 def test_read_http_surface_needs_a_vllm(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_http_surface([tmp_path])
+
+
+def test_without_a_deployment_the_surface_comes_from_the_venv_named(tmp_path):
+    """No unit, no manifest: `--venv` (passed as `explicit`) names the vLLM whose source is read."""
+    from gptoss_doctor.collect import Env
+    from gptoss_doctor.collect.exposure import http_surface_fact
+
+    venv = tmp_path / "venv"
+    (venv / "lib/python3.12").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    install_standin(tmp_path, "0.28.0").rename(venv / "lib/python3.12/site-packages")
+    env = Env(root=tmp_path / "root", environ={"PATH": "/usr/bin"})
+    assert "absent" in http_surface_fact(env)["vllm.http_surface"]
+    surface = http_surface_fact(env, explicit=str(venv))["vllm.http_surface"]["value"]
+    assert surface["guard"]["prefixes"] == ["/v1", "/v2", "/inference", "/cohere"]

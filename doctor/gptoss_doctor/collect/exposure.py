@@ -413,33 +413,36 @@ def read_http_surface(site_packages: list[Path]) -> dict:
             "routes": [merged[p] for p in sorted(merged)]}
 
 
-def served_venv(env: Env) -> str | None:
-    """The venv of the vLLM that serves here: the unit's binary's venv, the manifest's, else the
-    doctor's usual target (VIRTUAL_ENV): what listens is the deployed service, whatever --venv says."""
+def served_venv(env: Env, explicit: str | None = None) -> tuple[str, bool] | None:
+    """(path, is a box path) of the vLLM that serves here: the unit's binary's venv, the manifest's,
+    else --venv, else the doctor's usual target (VIRTUAL_ENV). What listens is the deployed
+    service, whatever --venv says."""
     from .venv import _venv_of_binary, find_venv  # noqa: PLC0415 (venv imports service)
 
     unit = read_unit(env)
     if unit and unit.get("argv"):
         home = _venv_of_binary(env, unit["argv"][0])
         if home:
-            return home
+            return home, True
     try:
         manifest = read_manifest(env)
     except ValueError:
         manifest = None
     if isinstance(manifest, dict) and isinstance(manifest.get("venv"), str):
-        return manifest["venv"]
-    found = find_venv(env, None)
-    return found[0] if found else None
+        return manifest["venv"], True
+    found = find_venv(env, explicit)
+    return (found[0], found[2]) if found else None
 
 
-def http_surface_fact(env: Env) -> dict:
+def http_surface_fact(env: Env, explicit: str | None = None) -> dict:
+    """`explicit`: the doctor's --venv (collect() passes it, as to venv_facts)."""
     from .venv import site_packages_dirs  # noqa: PLC0415
 
-    path = served_venv(env)
-    if path is None:
-        return {"vllm.http_surface": absent("no vLLM venv (no service, manifest or VIRTUAL_ENV)")}
-    venv = env.path(path)
+    found = served_venv(env, explicit)
+    if found is None:
+        return {"vllm.http_surface": absent("no vLLM venv (no service, manifest, --venv or VIRTUAL_ENV)")}
+    path, is_box = found
+    venv = env.path(path) if is_box else Path(path)
     sps = site_packages_dirs(venv)
     try:
         surface = read_http_surface(sps)
