@@ -9,6 +9,7 @@ the running stand-in does: the routes it parses as open are exactly those answer
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -84,15 +85,14 @@ def _call(base: str, method: str, path: str, key: str | None = None) -> tuple[in
         return e.code, e.read()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The 0.26.0 stand-in serving on loopback with an API key (VLLM_API_KEY, as the deploy sets it)."""
-    site = install_standin(tmp_path_factory.mktemp("standin"), "0.26.0")
+@contextlib.contextmanager
+def serving(site: Path, argv: list[str]):
+    """The stand-in at `site` started with `argv` on a free loopback port, VLLM_API_KEY set (as the
+    deploy sets it); yields the base URL once /health answers 200."""
     port = _free_port()
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "VLLM_API_KEY": KEY,
            "GPTOSS_STANDIN_STARTUP_S": "0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", MODEL,
-                             "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -107,10 +107,18 @@ def served(tmp_path_factory):
             time.sleep(0.05)
         else:
             pytest.fail("the stand-in never became healthy")
-        yield site, base
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The 0.26.0 stand-in serving on loopback with an API key."""
+    site = install_standin(tmp_path_factory.mktemp("standin"), "0.26.0")
+    with serving(site, ["vllm.entrypoints.cli.main", "serve", MODEL]) as base:
+        yield site, base
 
 
 def test_invocations_serves_a_completion_without_the_key(served):
@@ -159,7 +167,7 @@ def test_the_doctor_reads_the_same_open_routes_from_the_source(served):
     assert OPEN_ON_0_26 <= parsed_open
 
 
-@pytest.mark.parametrize("version,prefixes", [("0.20.2", ["/v1"]), ("0.28.0", ["/v1", "/v2", "/inference", "/cohere"]),
+@pytest.mark.parametrize("version,prefixes", [("0.10.1", ["/v1"]), ("0.20.2", ["/v1"]), ("0.28.0", ["/v1", "/v2", "/inference", "/cohere"]),
                                               ("0.33.0", ["/v1", "/v2", "/inference", "/cohere"])])
 def test_the_key_check_follows_the_era(tmp_path, version, prefixes):
     """Older and newer stand-ins keep the check where that era of vLLM kept it, with its prefixes."""
@@ -169,3 +177,14 @@ def test_the_key_check_follows_the_era(tmp_path, version, prefixes):
     guard = read_http_surface([site])["guard"]
     assert guard["prefixes"] == prefixes
     assert guard["file"].startswith("vllm/entrypoints/")
+
+
+def test_the_old_api_server_entry_keeps_its_key_check(tmp_path):
+    """0.10-0.15 kept the check in entrypoints/openai/api_server.py, the module `python -m` runs:
+    the stand-in's file is both, and guards /v1 only (so /inference/v1/generate is open)."""
+    site = install_standin(tmp_path, "0.10.1")
+    with serving(site, ["vllm.entrypoints.openai.api_server", "--model", MODEL]) as base:
+        assert _call(base, "GET", "/v1/models")[0] == 401
+        assert _call(base, "GET", "/v1/models", key=KEY)[0] == 200
+        assert _call(base, "POST", "/invocations")[0] == 200
+        assert _call(base, "POST", "/inference/v1/generate")[0] == 200
