@@ -140,3 +140,13 @@ def test_the_check_on_an_installed_stand_in_judges_the_route_from_its_source(tmp
     holds = {a["id"]: a["holds"] for a in finding.evidence["advisories"]}
     assert holds["GHSA-94f4-hr76-p5j6"] is True and holds["GHSA-4xqp-c3mv-qff7"] is True
     assert finding.evidence["upgrade_to"]  # a shipped stack past every advisory that applies
+
+
+def test_warning_lines_for_the_deploy_name_id_state_fix_and_source():
+    found = adv.advisories_for("0.26.0", DEPLOY_ARGV, api_key_set=True)
+    lines = adv.warning_lines("0.26.0", found)
+    assert len(lines) == len(found) == 2
+    by_id = {line.split()[2]: line for line in lines}
+    assert "may apply" in by_id["GHSA-4xqp-c3mv-qff7"] and "fixed in 0.31.0" in by_id["GHSA-4xqp-c3mv-qff7"]
+    assert " applies" in by_id["GHSA-6cxc-2vcg-w5qc"] and by_id["GHSA-6cxc-2vcg-w5qc"].endswith("GHSA-6cxc-2vcg-w5qc")
+    assert all("\n" not in line for line in lines)

@@ -265,3 +265,14 @@ def first_clear(candidates: Iterable[str], serve_args=None, **kw) -> str | None:
         if not advisories_for(version, serve_args, **kw):
             return version
     return None
+
+
+def warning_lines(vllm_version: str, found: Iterable[Applicable]) -> list[str]:
+    """One line per applicable advisory, for a deploy to print before it installs the stack."""
+    lines = []
+    for a in found:
+        adv = a.advisory
+        state = "applies" if a.holds else "may apply"
+        lines.append(f"vLLM {vllm_version}: {adv.id} ({adv.severity}) {state}: {adv.title}; "
+                     f"{a.why}; fixed in {adv.fixed or 'no release yet'}; {adv.source}")
+    return lines
