@@ -213,3 +213,15 @@ def test_without_a_deployment_the_surface_comes_from_the_venv_named(tmp_path):
     assert "absent" in http_surface_fact(env)["vllm.http_surface"]
     surface = http_surface_fact(env, explicit=str(venv))["vllm.http_surface"]["value"]
     assert surface["guard"]["prefixes"] == ["/v1", "/v2", "/inference", "/cohere"]
+
+
+def test_a_hand_started_vllm_is_judged_by_its_socket_and_its_unguarded_routes():
+    """No unit, no manifest: a vLLM process listening on every interface. Whether it has a key is
+    unknown, so only the routes outside the key check are named."""
+    snap = snapshot(sockets=[{**socket_row("0.0.0.0", 8000, 77), "pid": 4242, "vllm": True}])
+    for key in ("service", "service.serve", "manifest"):
+        snap.facts.pop(key)
+    snap.facts["service.listen"]["value"].update(host=None, port=None, **{"from": None})
+    (finding,), status = judge(snap)
+    assert status == "error" and finding.evidence["addresses"] == ["0.0.0.0:8000"]
+    assert "/invocations" in open_paths(finding) and "/v1/completions" not in open_paths(finding)

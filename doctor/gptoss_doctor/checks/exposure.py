@@ -176,7 +176,9 @@ def vllm_port_exposed(snap, kb):
     s = serve(snap)
     flags = obj(s.get("flags"))
     environ = obj(fact_obj(snap, "service").get("environment"))
-    api_key_set = bool(s.get("api_key_set")) if s else bool(environ.get("VLLM_API_KEY"))
+    # No unit (a hand-started server): whether it has a key is unknown, so claim only what is
+    # open with one: the routes outside the key check.
+    api_key_set = bool(s.get("api_key_set")) if s else True
     sure, maybe = open_routes(surface, api_key_set, flags, environ)
     acting = [r for r in sure if r["kind"] in ("model", "control")]
     if not acting:
@@ -196,8 +198,9 @@ def vllm_port_exposed(snap, kb):
     if control:
         parts.append(f"control routes {_fmt(control)}")
     reads = [r for r in sure if r["kind"] == "read"]
-    port = listen.get("port")
+    port = listen.get("port") or addresses[0].rsplit(":", 1)[-1]
     deployed = snap.has("manifest")
+    unit = snap.has("service")
     yield Finding(
         id="vllm-port-exposed",
         severity="error",
@@ -214,9 +217,10 @@ def vllm_port_exposed(snap, kb):
                   "checks the key itself): "
                   + (f"set {BIND_KEY} = \"127.0.0.1\" for this host in the inventory (the default) and re-run "
                      "the deploy; until then, " if deployed else "")
-                  + f"change the unit's `--host` to 127.0.0.1 and restart. Port {port} must not be reachable "
-                  "from other hosts."),
-            commands=edit_unit_commands(snap, "set --host 127.0.0.1 in ExecStart (keep --port)"),
+                  + ("change the unit's `--host` to 127.0.0.1 and restart. " if unit else
+                     "restart this hand-started server with `--host 127.0.0.1`. ")
+                  + f"Port {port} must not be reachable from other hosts."),
+            commands=edit_unit_commands(snap, "set --host 127.0.0.1 in ExecStart (keep --port)") if unit else [],
         ),
         links=[VLLM_SECURITY, ISSUE_INVOCATIONS],
     )
