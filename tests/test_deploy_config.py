@@ -380,10 +380,14 @@ def test_cluster_example_validates_for_every_group(kb, key_file):
     assert len(families) == len(groups), "one group per GPU family"
 
 
-def test_every_data_key_is_documented_in_the_cluster_example():
+def test_the_cluster_example_documents_every_key_as_the_key_table_does():
+    from gptoss_deploy import keys
+
     text = (REPO / "inventories" / "cluster.py").read_text()
-    missing = [k for k in C.KEYS if k not in text]
-    assert not missing, f"undocumented keys: {missing}"
+    start = text.index("\n\n", text.index("Data keys")) + 2
+    block = text[start:text.index("\n\nConnection keys", start)]
+    assert block == keys.doc_block(), "inventories/cluster.py: paste `cd deploys && python -m gptoss_deploy.keys`"
+    assert len(keys.TABLE) == len(keys.KEYS)  # each key once
 
 
 def test_vagrant_inventory_imports_and_its_data_validates(kb, key_file):
@@ -446,8 +450,9 @@ def test_pinned_doctor_wheel_must_be_a_wheel(monkeypatch, tmp_path):
 
 
 def test_upgrade_keys_in_the_same_inventory_are_accepted(kb, good):
-    from gptoss_deploy import rollout
-    data = {**good, **{k: None for k in rollout.KEYS}}
+    from gptoss_deploy import keys
+
+    data = {**good, **{k.name: None for k in keys.TABLE if k.reader == "upgrade"}}
     assert C.validate("gpu-01", data, DEBIAN, kb).stack == good["gptoss_stack"]
     msg = one_line_error(kb, {**good, "gptoss_upgrade_bach": "1"})
     assert "gptoss_upgrade_bach" in msg and "unknown key" in msg

@@ -12,8 +12,9 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
+from gptoss_doctor.layout import TIKTOKEN_DIR
+
 from . import config as C
-from .host import TIKTOKEN_DIR
 from .ops import PathsState
 
 # openai_harmony loads these by name from TIKTOKEN_ENCODINGS_BASE instead of downloading.
