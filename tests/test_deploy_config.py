@@ -456,3 +456,43 @@ def test_upgrade_keys_in_the_same_inventory_are_accepted(kb, good):
     assert C.validate("gpu-01", data, DEBIAN, kb).stack == good["gptoss_stack"]
     msg = one_line_error(kb, {**good, "gptoss_upgrade_bach": "1"})
     assert "gptoss_upgrade_bach" in msg and "unknown key" in msg
+
+
+@pytest.mark.parametrize("typo, meant", [("gptoss_tensor_paralel_size", "gptoss_tensor_parallel_size"),
+                                         ("gptoss_hf_hom", "gptoss_hf_home"), ("gptoss_stacks", "gptoss_stack"),
+                                         ("gptoss_upgrade_bach", "gptoss_upgrade_batch"),
+                                         ("gptoss_wheelhouse_nodeps", "gptoss_wheelhouse_no_deps")])
+def test_a_mistyped_key_gets_the_nearest_real_one(kb, good, typo, meant):
+    msg = one_line_error(kb, {**good, typo: "x"})
+    assert msg == f"host gpu-07: {typo}='x': unknown key; fix: did you mean {meant}?"
+
+
+def test_a_key_nothing_resembles_points_at_the_documented_list(kb, good):
+    msg = one_line_error(kb, {**good, "gptoss_zzz": 1})
+    assert msg.endswith("unknown key; fix: see the data keys in inventories/cluster.py")
+
+
+def test_the_upgrade_refuses_a_mistyped_key_of_its_own(kb):
+    from gptoss_deploy import rollout
+
+    with pytest.raises(C.ConfigError, match=r"gptoss_keep_stack=3: unknown key; fix: did you mean gptoss_keep_stacks\?"):
+        rollout.settings("gpu-07", {"gptoss_keep_stack": 3})
+
+
+def test_every_key_in_the_table_parses_unset_to_its_default(kb, good):
+    """The table's `default` is what an unset key means: validate() with only the required keys
+    gives each key's default (the keys judged against facts or other keys aside)."""
+    from gptoss_deploy import keys
+
+    cfg = C.validate("gpu-01", good, DEBIAN, kb)
+    by_field = {"gptoss_model": cfg.model_size, "gptoss_tensor_parallel_size": cfg.tensor_parallel_size,
+                "gptoss_gpu_memory_utilization": cfg.gpu_memory_utilization, "gptoss_port": cfg.port,
+                "gptoss_bind_address": cfg.bind_address, "gptoss_uv_source": cfg.uv_source,
+                "gptoss_hf_home": cfg.hf_home, "gptoss_predownload": cfg.predownload, "gptoss_hf_endpoint": cfg.hf_endpoint,
+                "gptoss_tiktoken_url": cfg.tiktoken_url, "gptoss_health_timeout_s": cfg.health_timeout_s,
+                "gptoss_doctor_gate": cfg.doctor_gate, "gptoss_install_driver": cfg.install_driver}
+    for name, got in by_field.items():
+        assert got == keys.KEYS[name].default, name
+    st = __import__("gptoss_deploy.rollout", fromlist=["settings"]).settings("gpu-01", {})
+    assert (st.batch, st.keep_stacks, st.download_once) == tuple(
+        keys.KEYS[k].default for k in ("gptoss_upgrade_batch", "gptoss_keep_stacks", "gptoss_download_once"))

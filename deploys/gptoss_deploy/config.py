@@ -21,11 +21,11 @@ from typing import Any, Mapping
 from gptoss_doctor.layout import (BIN_DIR, CACHE_DIR, CURRENT, DOCTOR_DIR, ENV_FILE, ETC, KEY_FILE,  # noqa: F401
                                   MANIFEST, MARKER, ROOT, SERVICE_USER, STACKS_D, STACKS_DIR, STATE_DIR,
                                   TIKTOKEN_DIR, UNIT)
-from gptoss_doctor.service_manager import ServiceCommands
+from gptoss_doctor.service_manager import SYSTEMD, ServiceCommands
 
 from . import airgap, keys
-from .host_checks import check_os
 from .fields import ConfigError, bad, field as row_field
+from .host_checks import check_os
 from .keys import DEFAULT_HF_ENDPOINT, MODELS, stack_indexes
 
 # The layout's names above are this module's too: the units and tests read them as config.X.
@@ -85,7 +85,7 @@ class HostConfig:
     extra_stack_files: tuple[str, ...] = ()  # on the controller; copied to STACKS_D for the doctor
     warnings: tuple[str, ...] = field(default=())
     airgap: Any = None  # airgap.Airgap: wheelhouse / base Python, or None (indexes, today's behaviour)
-    service_manager: str = "systemd"  # or "supervisor" (gptoss-supervise runs the same unit)
+    service_manager: str = SYSTEMD  # or SUPERVISOR (gptoss-supervise runs the same unit): service_manager.choose
     model_path: str | None = None  # a model folder on the host, served under the HF id
     hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
@@ -288,14 +288,9 @@ def load_knowledge(host: str, extra: Any) -> Any:
     """The knowledge, with the host's extra stack files; its own errors become one line."""
     from gptoss_doctor import knowledge
 
-    key = "gptoss_extra_stack_files"
-    files = [] if not extra else ([extra] if isinstance(extra, str) else list(extra))
-    for f in files:
-        if not isinstance(f, str) or not os.path.isfile(os.path.expanduser(f)):
-            raise bad(host, key, extra, f"{f!r} is not a file on the controller", "list paths of stack TOML files")
+    key = keys.KEYS["gptoss_extra_stack_files"]
+    files = key.parse(keys.Context(host, {key.name: extra}), key, extra)
     try:
-        if files:
-            return knowledge.load(extra_stack_files=tuple(os.path.expanduser(f) for f in files))
-        return knowledge.load()
+        return knowledge.load(extra_stack_files=files) if files else knowledge.load()
     except Exception as e:  # KnowledgeError names file, row and field
-        raise ConfigError(f"host {host}: {key}={files!r}: knowledge data rejected: {e}; fix: correct that file") from None
+        raise ConfigError(f"host {host}: {key.name}={list(files)!r}: knowledge data rejected: {e}; fix: correct that file") from None

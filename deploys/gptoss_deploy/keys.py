@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import platform
 import re
+import stat
 import textwrap
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Mapping
@@ -92,11 +94,12 @@ def _stack(ctx: Context, k: Key, v: Any) -> str:
 
 
 def _extra_stack_files(ctx: Context, k: Key, v: Any) -> tuple[str, ...]:
-    # Checked when the knowledge is loaded (config.load_knowledge), before any other key.
-    import os
-
+    """Files on the controller (config.load_knowledge reads them before any other key is parsed)."""
     files = [] if not v else ([v] if isinstance(v, str) else list(v))
-    return tuple(os.path.expanduser(f) for f in files if isinstance(f, str))
+    for f in files:
+        if not isinstance(f, str) or not os.path.isfile(os.path.expanduser(f)):
+            raise bad(ctx.host, k.name, v, f"{f!r} is not a file on the controller", k.fix)
+    return tuple(os.path.expanduser(f) for f in files)
 
 
 def _gpu_family(ctx: Context, k: Key, v: Any) -> Any:
@@ -161,9 +164,6 @@ def _ip(ctx: Context, k: Key, v: Any) -> str:
 
 
 def _api_key_file(ctx: Context, k: Key, v: Any) -> str:
-    import os
-    import stat
-
     if not v or not isinstance(v, str):
         raise bad(ctx.host, k.name, v, "the service needs an API key", k.fix)
     path = os.path.expanduser(v)
@@ -459,8 +459,9 @@ def check_unknown_keys(host: str, data: Mapping[str, Any]) -> None:
     """A `gptoss_` key the table does not know is a typo: one line with the nearest real key."""
     for name in data:
         if name.startswith("gptoss_") and name not in KEYS:
-            close = difflib.get_close_matches(name, KEYS, n=1, cutoff=0.6)
-            fix = f"did you mean {close[0]}?" if close else "see the data keys in inventories/cluster.py"
+            # compared without the prefix every key shares, which would make any two keys look alike
+            close = difflib.get_close_matches(name[len("gptoss_"):], [k[len("gptoss_"):] for k in KEYS], n=1, cutoff=0.6)
+            fix = f"did you mean gptoss_{close[0]}?" if close else "see the data keys in inventories/cluster.py"
             raise bad(host, name, data[name], "unknown key", fix)
 
 

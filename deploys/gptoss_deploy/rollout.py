@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
