@@ -12,13 +12,12 @@ systemd itself documents for sd_booted()), "systemd" or "supervisor"; the choice
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
-from gptoss_doctor.layout import LOG_DIR, LOG_FILE, PID_FILE, RUN_DIR, SERVICE_USER, UNIT  # noqa: F401
+from gptoss_doctor.layout import LOG_DIR, LOG_FILE, PID_FILE, RUN_DIR, SERVICE_USER, UNIT  # noqa: F401 (LOG_FILE, PID_FILE: read as supervisor.X)
 from gptoss_doctor.layout import SUPERVISE as PROGRAM
 
 from . import config as C
@@ -51,10 +50,6 @@ def managed_files(cfg: C.HostConfig) -> tuple[ManagedFile, ...]:
 def managed_dirs() -> tuple[ManagedDir, ...]:
     # The log holds vLLM's output: root writes it, the service group reads it, nobody else.
     return (ManagedDir(RUN_DIR, "root", "root", "0755"), ManagedDir(LOG_DIR, "root", SERVICE_USER, "0750"))
-
-
-def command(verb: str) -> str:
-    return f"{PROGRAM} {shlex.quote(verb)}"
 
 
 class SupervisedState(FactBase):
