@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gptoss_doctor.layout import (BIN_DIR, CACHE_DIR, CURRENT, DOCTOR_DIR, ENV_FILE, ETC, KEY_FILE,  # noqa: F401
@@ -83,7 +83,6 @@ class HostConfig:
     gpus: tuple = ()  # as detected: [{"name", "compute_cap", "persistence_mode", ...}]
     missing_packages: tuple[str, ...] = ()
     extra_stack_files: tuple[str, ...] = ()  # on the controller; copied to STACKS_D for the doctor
-    warnings: tuple[str, ...] = field(default=())
     airgap: Any = None  # airgap.Airgap: wheelhouse / base Python, or None (indexes, today's behaviour)
     service_manager: str = SYSTEMD  # or SUPERVISOR (gptoss-supervise runs the same unit): service_manager.choose
     model_path: str | None = None  # a model folder on the host, served under the HF id

@@ -75,10 +75,6 @@ def _abs_path(ctx: Context, k: Key, v: Any) -> str:
     return check_abs_path(ctx.host, k.name, v, k.default)
 
 
-def _optional_abs_path(ctx: Context, k: Key, v: Any) -> str | None:
-    return None if v is None else check_abs_path(ctx.host, k.name, v, k.fix)
-
-
 def _str_list(ctx: Context, k: Key, v: Any) -> tuple[str, ...]:
     return check_str_list(ctx.host, k.name, v)
 
