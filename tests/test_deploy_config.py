@@ -496,3 +496,15 @@ def test_every_key_in_the_table_parses_unset_to_its_default(kb, good):
     st = __import__("gptoss_deploy.rollout", fromlist=["settings"]).settings("gpu-01", {})
     assert (st.batch, st.keep_stacks, st.download_once) == tuple(
         keys.KEYS[k].default for k in ("gptoss_upgrade_batch", "gptoss_keep_stacks", "gptoss_download_once"))
+
+
+def test_the_rollback_stack_needs_no_wheels_in_the_wheelhouse(kb, key_file):
+    """The upgrade builds the config of the stack a host runs (its rollback) too; that stack is
+    installed, so a wheelhouse without its wheels (here: no vllm at all) must not refuse it."""
+    data = {"gptoss_stack": "vllm-0.26.0", "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file,
+            "gptoss_wheelhouse": "/srv/wheelhouse"}
+    facts = {**DEBIAN, "init": "none", "airgap": {"wheelhouse": ["torch-2.13.0+cu130-cp311-cp311-manylinux_2_28_x86_64.whl"]}}
+    with pytest.raises(C.ConfigError, match="has no wheel for vllm==0.26.0"):
+        C.validate("gpu-01", data, facts, kb)
+    cfg = C.validate("gpu-01", data, facts, kb, installed=True)
+    assert (cfg.stack, cfg.service_manager, cfg.airgap.wheelhouse) == ("vllm-0.26.0", "supervisor", "/srv/wheelhouse")

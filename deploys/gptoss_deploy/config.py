@@ -129,9 +129,11 @@ class HostConfig:
         return argv
 
 
-def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: Any) -> HostConfig:
+def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: Any, installed: bool = False) -> HostConfig:
+    """`installed`: the stack is on the host already (the upgrade's rollback stack), so what it
+    would take to install it (the wheelhouse's wheels for it) is not asked for."""
     check_os(name, facts)
-    v = keys.parse_data(keys.Context(name, data, facts, kb), "deploy")
+    v = keys.parse_data(keys.Context(name, data, facts, kb, installed=installed), "deploy")
     stack_name, family = v["gptoss_stack"], v["gptoss_gpu_family"]
     stack = kb.stacks[stack_name]
     vllm = row_field(stack, "vllm")

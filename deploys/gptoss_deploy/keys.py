@@ -44,6 +44,7 @@ class Context:
     facts: Mapping[str, Any] = dc_field(default_factory=dict)
     kb: Any = None
     parsed: dict = dc_field(default_factory=dict)  # key name -> value, for the keys parsed so far
+    installed: bool = False  # the stack is on the host already (an upgrade's rollback): nothing to install
 
     @property
     def stack(self) -> Any:
@@ -257,8 +258,10 @@ def _wheelhouse(ctx: Context, k: Key, v: Any) -> airgap.Airgap:
     """The three air-gap keys judged together (airgap.check): the wheelhouse, --no-deps, the base Python."""
     stack = ctx.stack
     versions = {n: field(stack, n) for n in ("torch", "torch_local")}
+    # an installed stack (the rollback) needs no wheels: the wheelhouse may hold the new stack's only
+    requirements = () if ctx.installed else tuple(field(stack, "requirements") or ())
     return airgap.check(ctx.host, ctx.data, ctx.facts, ctx.parsed["gptoss_stack"], versions,
-                        str(field(stack, "python") or ""), tuple(field(stack, "requirements") or ()))
+                        str(field(stack, "python") or ""), requirements)
 
 
 def _no_deps(ctx: Context, k: Key, v: Any) -> bool:

@@ -65,5 +65,5 @@ def host_configs(upgrade: bool = False) -> HostConfigs:
         if old_name not in kb.stacks:
             raise bad(host.name, "gptoss_stack", old_name, "the host runs a stack the knowledge does not know, so "
                       "its rollback files cannot be written", "add it with gptoss_extra_stack_files")
-        old = C.validate(host.name, {**data, "gptoss_stack": old_name}, facts, kb)
+        old = C.validate(host.name, {**data, "gptoss_stack": old_name}, facts, kb, installed=True)
     return HostConfigs(cfg, kb, old, settings, state)
