@@ -8,8 +8,7 @@ health gate and the doctor gate. A second run changes nothing.
 from gptoss_deploy import doctor, gpu, jit_cache, manifest, model, plan, python_env, service, tools
 from gptoss_deploy import host as host_unit
 
-built = plan.host_configs()
-cfg, kb = built.cfg, built.kb
+cfg, kb = plan.host_configs().deploy  # the same builder as deploys/upgrade.py's
 doctor.build_wheel()  # on the controller, before any host is touched (cached by source hash)
 
 host_unit.apply(cfg)

@@ -345,7 +345,7 @@ def _wheelhouse_of(tb: dict, stacks: list[str], dest: Path, key_file: str) -> No
         cfg = C.validate("wheelhouse", {"gptoss_stack": stack, "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file,
                                         "gptoss_index_mirrors": tb["index_mirrors"],
                                         "gptoss_extra_stack_files": tb["extra_stack_files"]},
-                         {**DEBIAN, "python_version": "3.11.2", "init": None}, kb)
+                         DEBIAN, kb)
         for w in W.build(cfg, DEBIAN["python_version"], "x86_64").wheels:
             shutil.copy(w.path, dest / w.filename)
 

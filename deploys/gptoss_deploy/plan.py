@@ -30,6 +30,11 @@ class HostConfigs:
     settings: rollout.Settings | None = None  # upgrade: its own keys
     state: dict | None = None  # upgrade: what the host has (rollout.UpgradeState)
 
+    @property
+    def deploy(self) -> tuple[C.HostConfig, Any]:
+        """(config, knowledge): what the deploy's units take."""
+        return self.cfg, self.kb
+
 
 def host_data() -> dict[str, Any]:
     return {k: v for k, v in host.data.dict().items() if k.startswith("gptoss_")}
