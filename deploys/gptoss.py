@@ -8,10 +8,10 @@ health gate and the doctor gate. A second run changes nothing.
 from gptoss_deploy import doctor, gpu, jit_cache, manifest, model, plan, python_env, service, tools
 from gptoss_deploy import host as host_unit
 
-cfg, kb = plan.current_config()
+cfg, kb = plan.host_configs().deploy  # the same builder as deploys/upgrade.py's
 doctor.build_wheel()  # on the controller, before any host is touched (cached by source hash)
 
-host_unit.apply(cfg, missing_packages=cfg.missing_packages)
+host_unit.apply(cfg)
 gpu.apply(cfg)
 installed, switched = python_env.apply(cfg)
 gpu.check_cuda_home(cfg)

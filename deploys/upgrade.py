@@ -11,22 +11,26 @@
    gate rolls that host back and stops the run (exit 1) with the doctor's reading of the host.
    Stacks beyond `gptoss_keep_stacks` (default 2: NEW and the rollback) are pruned.
 
-Settings (inventory data): gptoss_upgrade_batch, gptoss_keep_stacks, gptoss_lb_drain_cmd and
-gptoss_lb_restore_cmd (run on the controller; {host}/{address} substituted), gptoss_download_once
-(default True; False: every host fetches from its indexes itself). GPTOSS_UPGRADE_REPORT=PATH (environment) writes the run's report as JSON.
+Settings (inventory data, documented with every key in inventories/cluster.py): gptoss_upgrade_batch,
+gptoss_keep_stacks, gptoss_lb_drain_cmd and gptoss_lb_restore_cmd (run on the controller;
+{host}/{address} substituted), gptoss_download_once (default True; False: every host fetches from
+its indexes itself). GPTOSS_UPGRADE_REPORT=PATH (environment) writes the run's report as JSON.
+The configs come from the deploy's own builder (plan.host_configs), facts included: a host
+without systemd is restarted through gptoss-supervise, an air-gapped one installs from its wheelhouse.
 Run it without --serial/--no-wait: the batch loop needs pyinfra's default op-by-op execution.
 """
 
 from pyinfra import host
 
-from gptoss_deploy import python_env, rollout, wheelhouse
+from gptoss_deploy import plan, python_env, rollout, wheelhouse
 from gptoss_deploy.facts import HostFacts
 
-new, old, settings, state = rollout.host_configs()
+built = plan.host_configs(upgrade=True)
+new, old, settings, state = built.cfg, built.rollback, built.settings, built.state
 
 python_env.uv_binary(name="uv binary", cfg=new)
 # An air-gapped site (the deploy's own wheelhouse) never reaches upstream: the deploy's install.
-if settings.download_once and not getattr(new, "airgap", None):
+if settings.download_once and not new.airgap:
     hf = host.get_fact(HostFacts)  # the venv's Python is the host's python3
     wh = wheelhouse.build(new, hf.get("python_version") or "3", hf.get("arch") or "x86_64")
     wheelhouse.push(name=f"stage: wheels of {new.stack} from the controller", cfg=new, wh=wh)

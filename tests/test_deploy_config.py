@@ -380,10 +380,14 @@ def test_cluster_example_validates_for_every_group(kb, key_file):
     assert len(families) == len(groups), "one group per GPU family"
 
 
-def test_every_data_key_is_documented_in_the_cluster_example():
+def test_the_cluster_example_documents_every_key_as_the_key_table_does():
+    from gptoss_deploy import keys
+
     text = (REPO / "inventories" / "cluster.py").read_text()
-    missing = [k for k in C.KEYS if k not in text]
-    assert not missing, f"undocumented keys: {missing}"
+    start = text.index("\n\n", text.index("Data keys")) + 2
+    block = text[start:text.index("\n\nConnection keys", start)]
+    assert block == keys.doc_block(), "inventories/cluster.py: paste `cd deploys && python -m gptoss_deploy.keys`"
+    assert len(keys.TABLE) == len(keys.KEYS)  # each key once
 
 
 def test_vagrant_inventory_imports_and_its_data_validates(kb, key_file):
@@ -446,8 +450,61 @@ def test_pinned_doctor_wheel_must_be_a_wheel(monkeypatch, tmp_path):
 
 
 def test_upgrade_keys_in_the_same_inventory_are_accepted(kb, good):
-    from gptoss_deploy import rollout
-    data = {**good, **{k: None for k in rollout.KEYS}}
+    from gptoss_deploy import keys
+
+    data = {**good, **{k.name: None for k in keys.TABLE if k.reader == "upgrade"}}
     assert C.validate("gpu-01", data, DEBIAN, kb).stack == good["gptoss_stack"]
     msg = one_line_error(kb, {**good, "gptoss_upgrade_bach": "1"})
     assert "gptoss_upgrade_bach" in msg and "unknown key" in msg
+
+
+@pytest.mark.parametrize("typo, meant", [("gptoss_tensor_paralel_size", "gptoss_tensor_parallel_size"),
+                                         ("gptoss_hf_hom", "gptoss_hf_home"), ("gptoss_stacks", "gptoss_stack"),
+                                         ("gptoss_upgrade_bach", "gptoss_upgrade_batch"),
+                                         ("gptoss_wheelhouse_nodeps", "gptoss_wheelhouse_no_deps")])
+def test_a_mistyped_key_gets_the_nearest_real_one(kb, good, typo, meant):
+    msg = one_line_error(kb, {**good, typo: "x"})
+    assert msg == f"host gpu-07: {typo}='x': unknown key; fix: did you mean {meant}?"
+
+
+def test_a_key_nothing_resembles_points_at_the_documented_list(kb, good):
+    msg = one_line_error(kb, {**good, "gptoss_zzz": 1})
+    assert msg.endswith("unknown key; fix: see the data keys in inventories/cluster.py")
+
+
+def test_the_upgrade_refuses_a_mistyped_key_of_its_own(kb):
+    from gptoss_deploy import rollout
+
+    with pytest.raises(C.ConfigError, match=r"gptoss_keep_stack=3: unknown key; fix: did you mean gptoss_keep_stacks\?"):
+        rollout.settings("gpu-07", {"gptoss_keep_stack": 3})
+
+
+def test_every_key_in_the_table_parses_unset_to_its_default(kb, good):
+    """The table's `default` is what an unset key means: validate() with only the required keys
+    gives each key's default (the keys judged against facts or other keys aside)."""
+    from gptoss_deploy import keys
+
+    cfg = C.validate("gpu-01", good, DEBIAN, kb)
+    by_field = {"gptoss_model": cfg.model_size, "gptoss_tensor_parallel_size": cfg.tensor_parallel_size,
+                "gptoss_gpu_memory_utilization": cfg.gpu_memory_utilization, "gptoss_port": cfg.port,
+                "gptoss_bind_address": cfg.bind_address, "gptoss_uv_source": cfg.uv_source,
+                "gptoss_hf_home": cfg.hf_home, "gptoss_predownload": cfg.predownload, "gptoss_hf_endpoint": cfg.hf_endpoint,
+                "gptoss_tiktoken_url": cfg.tiktoken_url, "gptoss_health_timeout_s": cfg.health_timeout_s,
+                "gptoss_doctor_gate": cfg.doctor_gate, "gptoss_install_driver": cfg.install_driver}
+    for name, got in by_field.items():
+        assert got == keys.KEYS[name].default, name
+    st = __import__("gptoss_deploy.rollout", fromlist=["settings"]).settings("gpu-01", {})
+    assert (st.batch, st.keep_stacks, st.download_once) == tuple(
+        keys.KEYS[k].default for k in ("gptoss_upgrade_batch", "gptoss_keep_stacks", "gptoss_download_once"))
+
+
+def test_the_rollback_stack_needs_no_wheels_in_the_wheelhouse(kb, key_file):
+    """The upgrade builds the config of the stack a host runs (its rollback) too; that stack is
+    installed, so a wheelhouse without its wheels (here: no vllm at all) must not refuse it."""
+    data = {"gptoss_stack": "vllm-0.26.0", "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file,
+            "gptoss_wheelhouse": "/srv/wheelhouse"}
+    facts = {**DEBIAN, "init": "none", "airgap": {"wheelhouse": ["torch-2.13.0+cu130-cp311-cp311-manylinux_2_28_x86_64.whl"]}}
+    with pytest.raises(C.ConfigError, match="has no wheel for vllm==0.26.0"):
+        C.validate("gpu-01", data, facts, kb)
+    cfg = C.validate("gpu-01", data, facts, kb, installed=True)
+    assert (cfg.stack, cfg.service_manager, cfg.airgap.wheelhouse) == ("vllm-0.26.0", "supervisor", "/srv/wheelhouse")

@@ -345,7 +345,9 @@ class TestOnTheLocalFleet:
                   for n, a in fleet["addr"].items()}
         for bad, says in ((["--data", f"gptoss_stack={fleet['new']}", "--data", "gptoss_upgrade_batch=0%"],
                            "gptoss_upgrade_batch='0%': not a host count or a percentage; fix:"),
-                          (["--data", "gptoss_stack=vllm-9.9.9"], "gptoss_stack='vllm-9.9.9': not a stack in the knowledge")):
+                          (["--data", "gptoss_stack=vllm-9.9.9"], "gptoss_stack='vllm-9.9.9': not a stack in the knowledge"),
+                          (["--data", f"gptoss_stack={fleet['new']}", "--data", "gptoss_keep_stack=1"],
+                           "unknown key; fix: did you mean gptoss_keep_stacks?")):
             run = subprocess.run(pyinfra_cmd("deploys/upgrade.py", *bad), cwd=REPO, capture_output=True, text=True,
                                  timeout=300, env=_env())
             assert run.returncode != 0 and says in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]

@@ -119,8 +119,8 @@ def test_the_unpack_command_runs_as_the_service_user(world_enterable_dir, monkey
     os.chown(home, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     archive = make_archive(top / "jit.tgz", GOOD)
     archive.chmod(0o644)
-    monkeypatch.setattr(J.C, "SERVICE_USER", user)
-    monkeypatch.setattr(J.C, "STATE_DIR", str(home))
+    monkeypatch.setattr(J, "SERVICE_USER", user)
+    monkeypatch.setattr(J, "STATE_DIR", str(home))
     monkeypatch.setattr(J, "ARCHIVE", str(archive))
     monkeypatch.setattr(J, "MARKER", str(home / ".jit-cache.sha256"))
     digest = J.read_archive(str(archive)).sha256

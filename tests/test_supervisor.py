@@ -37,8 +37,10 @@ sys.path.insert(0, str(REPO / "deploys"))
 from gptoss_deploy import config as C  # noqa: E402
 from gptoss_deploy import gptoss_supervise as S  # noqa: E402
 from gptoss_deploy import service  # noqa: E402
+from gptoss_doctor.layout import RUN_DIR, SUPERVISE, UNIT_STEM  # noqa: E402
 
 PROGRAM = REPO / "deploys" / "gptoss_deploy" / "gptoss_supervise.py"
+RUN_STATE = f"{RUN_DIR}/{UNIT_STEM}.state"  # gptoss-supervise's state file (main pid, restarts)
 DEBIAN = {"os_id": "debian", "os_like": None, "os_pretty": "Debian GNU/Linux 12 (bookworm)", "arch": "x86_64",
           "python_path": "/usr/bin/python3", "python_version": "3.11.2", "gpus": [], "nvswitch_count": 0, "init": "none"}
 
@@ -229,9 +231,23 @@ def _fetch(index: str, name: str, version: str, dest: Path) -> None:
     raise AssertionError(f"{name} {version} not on {index}")
 
 
-@pytest.mark.fleet
-@pytest.mark.skipif(os.geteuid() != 0 or os.path.isdir("/run/systemd/system"),
-                    reason="needs root on a machine without systemd")
+def bare_local_host() -> None:
+    """What an earlier @local deploy left on this machine goes first: its service, then its paths."""
+    if os.path.exists(SUPERVISE):
+        subprocess.run([SUPERVISE, "stop"], capture_output=True)
+    for d in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/log/gptoss", "/run/gptoss"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+local_fleet_only = [
+    pytest.mark.fleet,
+    pytest.mark.skipif(os.geteuid() != 0 or os.path.isdir("/run/systemd/system"),
+                       reason="needs root on a machine without systemd"),
+]
+
+
+@local_fleet_only[0]
+@local_fleet_only[1]
 def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
     tb = _testbed_env()
     uv = shutil.which("uv") or str(REPO / ".venv" / "bin" / "uv")
@@ -268,12 +284,8 @@ def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
            "GPTOSS_E2E_JIT_CACHE": str(jit),
            "PYINFRA_PROGRESS": "off"}
     cmd = [str(REPO / ".venv/bin/pyinfra"), "-y", "--json", "tests/gpu/local_inventory.py", "deploys/gptoss.py"]
-    sup = "/opt/gptoss/bin/gptoss-supervise"
-    # a bare host: what an earlier @local deploy left here goes first
-    if os.path.exists(sup):
-        subprocess.run([sup, "stop"], capture_output=True)
-    for d in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/log/gptoss", "/run/gptoss"):
-        shutil.rmtree(d, ignore_errors=True)
+    sup = SUPERVISE
+    bare_local_host()
     try:
         first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
@@ -305,3 +317,111 @@ def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
         subprocess.run([sup, "stop"], capture_output=True)
     with pytest.raises(OSError):
         urllib.request.urlopen("http://127.0.0.1:18123/health", timeout=3)
+
+
+# -- the rolling upgrade on a host without systemd ------------------------------------------------
+
+
+def _served_version(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5) as r:
+            return json.loads(r.read()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def _main_pid() -> int:
+    return json.loads(Path(RUN_STATE).read_text())["main_pid"]
+
+
+def _wheelhouse_of(tb: dict, stacks: list[str], dest: Path, key_file: str) -> None:
+    """Every wheel the stacks install, resolved and fetched by the upgrade's own download-once code
+    (gptoss_deploy.wheelhouse) from the local fleet's index, copied into one air-gapped wheelhouse."""
+    from gptoss_deploy import wheelhouse as W
+    from gptoss_doctor import knowledge
+
+    kb = knowledge.load(extra_stack_files=tuple(tb["extra_stack_files"]))
+    for stack in stacks:
+        cfg = C.validate("wheelhouse", {"gptoss_stack": stack, "gptoss_gpu_family": "H100", "gptoss_api_key_file": key_file,
+                                        "gptoss_index_mirrors": tb["index_mirrors"],
+                                        "gptoss_extra_stack_files": tb["extra_stack_files"]},
+                         DEBIAN, kb)
+        for w in W.build(cfg, DEBIAN["python_version"], "x86_64").wheels:
+            shutil.copy(w.path, dest / w.filename)
+
+
+@local_fleet_only[0]
+@local_fleet_only[1]
+def test_upgrade_on_a_host_without_systemd(tmp_path, monkeypatch):
+    """deploys/upgrade.py through the deploy's own builder: a host under gptoss-supervise, air-gapped
+    from a wheelhouse, is upgraded to the new stack (restarted by gptoss-supervise, installed from
+    the wheelhouse), and an upgrade to the broken stack puts it back on the one it ran."""
+    tb = _testbed_env()
+    old, new, broken = "vllm-0.28.0", tb["today_stack"], tb["broken_stack"]
+    from test_fleet_deploy import run_testbed
+
+    versions = {s["name"]: s["vllm"] for s in json.loads(run_testbed("status", "--json").stdout)["stacks"]}
+    top = Path("/var/tmp/gptoss-supervisor-upgrade-test")
+    shutil.rmtree(top, ignore_errors=True)
+    top.mkdir(mode=0o755)
+    wh = top / "wheelhouse"
+    wh.mkdir()
+    key = top / "api-key"
+    key.write_text("sk-supervisor-upgrade-0123\n")
+    key.chmod(0o600)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the download-once cache of this test
+    _wheelhouse_of(tb, [old, new, broken], wh, str(key))
+    # the doctor's own small dependencies, from the same wheelhouse
+    for name, version in (("rich", "15.0.0"), ("markdown-it-py", "4.3.0"), ("mdurl", "0.1.2"), ("pygments", "2.21.0")):
+        if not list(wh.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+            _fetch(tb["index_mirrors"]["pypi"], name, version, wh)
+    model = top / "gpt-oss-20b"
+    model.mkdir()
+    shutil.copy(REPO / "tests/fixtures/gpu/gpt-oss-20b/config.json", model / "config.json")
+    port = 18124
+    env = {**os.environ, "GPTOSS_E2E_WHEELHOUSE": str(wh), "GPTOSS_E2E_NO_DEPS": "false",
+           "GPTOSS_E2E_API_KEY_FILE": str(key), "GPTOSS_E2E_PORT": str(port), "GPTOSS_E2E_GPU_FAMILY": "H100",
+           "GPTOSS_E2E_HEALTH_TIMEOUT_S": "60", "GPTOSS_E2E_MODEL_PATH": str(model), "GPTOSS_E2E_STACK": old,
+           "GPTOSS_E2E_EXTRA_STACK_FILES": json.dumps(tb["extra_stack_files"]), "PYINFRA_PROGRESS": "off",
+           # a server's PATH: the venvs are built on the python3 found there, which the service user
+           # must be able to run (a python3 under /root, as pyenv's shims give here, it cannot)
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    pyinfra = [str(REPO / ".venv/bin/pyinfra"), "-y", "tests/gpu/local_inventory.py"]
+
+    def run(deploy: str, *extra: str, report: Path | None = None) -> subprocess.CompletedProcess:
+        e = {**env, **({"GPTOSS_UPGRADE_REPORT": str(report)} if report else {})}
+        return subprocess.run([*pyinfra, deploy, *extra], cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+
+    def manifest() -> dict:
+        return json.loads(Path("/etc/gptoss/manifest.json").read_text())
+
+    bare_local_host()
+    try:
+        first = run("deploys/gptoss.py")
+        assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+        assert _served_version(port) == versions[old]
+        assert manifest()["service_manager"] == "supervisor" and manifest()["wheelhouse"]["path"] == str(wh)
+        before = _main_pid()
+
+        up = run("deploys/upgrade.py", "--data", f"gptoss_stack={new}", report=tmp_path / "up.json")
+        out = up.stdout + up.stderr
+        assert up.returncode == 0, out[-4000:]
+        assert "systemctl" not in out and "no such directory on the host" not in out
+        assert _served_version(port) == versions[new]
+        assert os.readlink(C.CURRENT) == f"{C.STACKS_DIR}/{new}"
+        assert (manifest()["stack"], manifest()["service_manager"]) == (new, "supervisor")
+        assert [h["status"] for h in json.loads((tmp_path / "up.json").read_text())["hosts"]] == ["upgraded"]
+        assert _main_pid() != before  # gptoss-supervise restarted it on the new stack
+        assert "sk-supervisor-upgrade" not in out
+
+        bad = run("deploys/upgrade.py", "--data", f"gptoss_stack={broken}", "--data", "gptoss_health_timeout_s=15",
+                  report=tmp_path / "broken.json")
+        out = bad.stdout + bad.stderr
+        assert bad.returncode != 0
+        assert "STOPPED at host @local" in out and "failed step: health-gate" in out, out[-4000:]
+        assert f"back on {new}" in out, out[-4000:]
+        assert _served_version(port) == versions[new]  # serving the stack it ran before, healthy
+        assert os.readlink(C.CURRENT) == f"{C.STACKS_DIR}/{new}" and manifest()["stack"] == new
+        assert subprocess.run([SUPERVISE, "is-active"], capture_output=True, text=True).stdout.strip() == "active"
+    finally:
+        subprocess.run([SUPERVISE, "stop"], capture_output=True)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from pyinfra.api import FactBase
 
-from . import config as C
+from .fields import ConfigError, bad, check_abs_path, check_bool
 
 KEYS = ("gptoss_wheelhouse", "gptoss_wheelhouse_no_deps", "gptoss_base_python")
 PTH_NAME = "gptoss-base-python.pth"
@@ -118,54 +118,54 @@ def check(host: str, data: Mapping[str, Any], facts: Mapping[str, Any], stack_na
           stack_versions: Mapping[str, Any], python_spec: str, requirements: tuple[str, ...]) -> Airgap:
     """The air-gap settings of one host (pure): one ConfigError naming key, value and fix."""
     wh_value, base_value = data.get("gptoss_wheelhouse"), data.get("gptoss_base_python")
-    no_deps = C.check_bool(host, "gptoss_wheelhouse_no_deps", data.get("gptoss_wheelhouse_no_deps"), False)
+    no_deps = check_bool(host, "gptoss_wheelhouse_no_deps", data.get("gptoss_wheelhouse_no_deps"), False)
     if wh_value is None:
         if no_deps:
-            raise C.bad(host, "gptoss_wheelhouse_no_deps", True, "needs gptoss_wheelhouse",
+            raise bad(host, "gptoss_wheelhouse_no_deps", True, "needs gptoss_wheelhouse",
                         "set gptoss_wheelhouse to the directory of wheels, or drop gptoss_wheelhouse_no_deps")
         if base_value is not None:
-            raise C.bad(host, "gptoss_base_python", base_value, "needs gptoss_wheelhouse",
+            raise bad(host, "gptoss_base_python", base_value, "needs gptoss_wheelhouse",
                         "set gptoss_wheelhouse (uv cannot see the base's torch when it resolves from an index)")
         return Airgap()
-    wheelhouse = C.check_abs_path(host, "gptoss_wheelhouse", wh_value, "/srv/wheelhouse")
+    wheelhouse = check_abs_path(host, "gptoss_wheelhouse", wh_value, "/srv/wheelhouse")
     ag = facts.get("airgap") or {}
     files = ag.get("wheelhouse")
     if files is None:
-        raise C.bad(host, "gptoss_wheelhouse", wh_value, "no such directory on the host",
+        raise bad(host, "gptoss_wheelhouse", wh_value, "no such directory on the host",
                     "copy the wheels there first (rsync/scp), or fix the path")
     if not files:
-        raise C.bad(host, "gptoss_wheelhouse", wh_value, "holds no .whl files", "put the stack's wheels there")
+        raise bad(host, "gptoss_wheelhouse", wh_value, "holds no .whl files", "put the stack's wheels there")
     have = wheel_names(files)
     missing = [r for r in requirements if requirement_name(r) not in have]
     if missing and base_value is None:
-        raise C.bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
+        raise bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
                     "add those wheels to the wheelhouse")
     if base_value is None:
         return Airgap(wheelhouse=wheelhouse, wheels=tuple(sorted(files)), no_deps=no_deps)
 
     key = "gptoss_base_python"
-    base_python = C.check_abs_path(host, key, base_value, "/opt/torch/.venv/bin/python3")
+    base_python = check_abs_path(host, key, base_value, "/opt/torch/.venv/bin/python3")
     if not no_deps:
-        raise C.bad(host, key, base_value, "needs gptoss_wheelhouse_no_deps=True",
+        raise bad(host, key, base_value, "needs gptoss_wheelhouse_no_deps=True",
                     "set it: uv resolves against the new venv alone and would install a second torch over the base's")
     probe = ag.get("base")
     if not probe:
-        raise C.bad(host, key, base_value, "not an executable on the host", "point it at the python3 that holds torch")
+        raise bad(host, key, base_value, "not an executable on the host", "point it at the python3 that holds torch")
     if "error" in probe:
-        raise C.bad(host, key, base_value, f"does not run: {probe['error']}", "point it at a working python3")
+        raise bad(host, key, base_value, f"does not run: {probe['error']}", "point it at a working python3")
     from packaging.specifiers import SpecifierSet
 
     if python_spec and probe["version"] not in SpecifierSet(python_spec):
-        raise C.bad(host, key, base_value, f"is Python {probe['version']}, outside stack {stack_name}'s {python_spec}",
+        raise bad(host, key, base_value, f"is Python {probe['version']}, outside stack {stack_name}'s {python_spec}",
                     "use an interpreter in that range, or another stack")
     want, got = wanted_torch(stack_versions), probe.get("torch")
     if want and got != want:
         seen = f"holds torch {got} (torch/version.py)" if got else "holds no torch"
-        raise C.bad(host, key, base_value, f"{seen}, stack {stack_name} pins torch {want}",
+        raise bad(host, key, base_value, f"{seen}, stack {stack_name} pins torch {want}",
                     f"use a Python whose torch is exactly {want}, or drop gptoss_base_python to install torch from the wheelhouse")
     missing = [r for r in requirements if requirement_name(r) not in have]
     if missing:
-        raise C.bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
+        raise bad(host, "gptoss_wheelhouse", wh_value, f"has no wheel for {', '.join(missing)} (stack {stack_name})",
                     "add those wheels to the wheelhouse")
     return Airgap(wheelhouse=wheelhouse, wheels=tuple(sorted(files)), no_deps=True, base_python=base_python, base_version=probe["version"],
                   base_site=tuple(probe.get("site") or ()), base_is_venv=bool(probe.get("is_venv")), torch_build=got)
@@ -245,6 +245,6 @@ def filter_missing_packages(host: str, missing: tuple[str, ...], facts: Mapping[
     have_python = bool(facts.get("python_version") and facts.get("python_path")) or bool(ag.base_python)
     left = tuple(p for p in missing if p != "ca-certificates" and not (p == "python3" and have_python))
     if left:
-        raise C.ConfigError(f"host {host}: gptoss_wheelhouse is set (no network) but the host lacks {', '.join(left)}; "
+        raise ConfigError(f"host {host}: gptoss_wheelhouse is set (no network) but the host lacks {', '.join(left)}; "
                             f"fix: install {' '.join(left)} from your local apt mirror first")
     return ()

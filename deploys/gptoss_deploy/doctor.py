@@ -17,12 +17,13 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 
+from gptoss_doctor.layout import DOCTOR_LINK as LINK
+from gptoss_doctor.layout import WHEELS_DIR as WHEEL_DIR
+
 from . import config as C
 from .python_env import UV, UV_ENV, controller_cache, controller_lock, controller_uv, doctor_index_args, state_fact
 
-WHEEL_DIR = f"{C.ROOT}/wheels"
-DOCTOR_MARKER = f"{C.DOCTOR_DIR}/.gptoss-complete"
-LINK = "/usr/local/bin/gptoss-doctor"
+DOCTOR_MARKER = f"{C.DOCTOR_DIR}/{C.MARKER}"
 
 _built: dict[str, str] = {}
 

@@ -17,6 +17,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import systemd
 
 from . import config as C
+from .fields import version_tuple
 from .ops import ManagedFile, UnitState, files_in_place
 
 UNATTENDED_BLACKLIST = "/etc/apt/apt.conf.d/51gptoss-gpu-packages"
@@ -123,7 +124,7 @@ def hold_gpu_packages():
 def nvidia_driver(cfg: C.HostConfig):
     """Opt-in (gptoss_install_driver): the open-module server driver of the needed branch."""
     have = cfg.driver_version
-    if have and C._version_tuple(have) >= C._version_tuple(cfg.min_driver or "0"):
+    if have and version_tuple(have) >= version_tuple(cfg.min_driver or "0"):
         host.noop(f"driver {have} >= {cfg.min_driver}")
         return
     branch = driver_branch(cfg.min_driver or "580")
@@ -148,7 +149,7 @@ def cuda_home_check(cfg: C.HostConfig):
     import re
 
     m = re.search(r"release (\d+\.\d+)", text)
-    if m and C._version_tuple(m.group(1)) >= C._version_tuple(need):
+    if m and version_tuple(m.group(1)) >= version_tuple(need):
         return
     found = m.group(1) if m else "no nvcc"
     msg = (

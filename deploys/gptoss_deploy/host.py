@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
+from gptoss_doctor.layout import TIKTOKEN_DIR, UV_CACHE
+
 from . import config as C
 from .ops import ManagedDir, dirs_in_place, system_account
-
-# python3 builds the venvs and runs the gates; ca-certificates for https indexes.
-PACKAGES = ("python3", "ca-certificates")
-TIKTOKEN_DIR = f"{C.STATE_DIR}/tiktoken"
-UV_CACHE = "/var/cache/gptoss/uv"
 
 
 def directories(cfg: C.HostConfig) -> tuple[ManagedDir, ...]:
@@ -22,8 +21,8 @@ def directories(cfg: C.HostConfig) -> tuple[ManagedDir, ...]:
         ManagedDir(C.ETC, "root", svc, "0750"),
         ManagedDir(C.STACKS_D, "root", "root", "0755"),
         ManagedDir(C.STATE_DIR, svc, svc, "0750"),
-        ManagedDir(f"{C.STATE_DIR}/cache", svc, svc, "0750"),
-        ManagedDir("/var/cache/gptoss", "root", "root", "0700"),
+        ManagedDir(C.CACHE_DIR, svc, svc, "0750"),
+        ManagedDir(os.path.dirname(UV_CACHE), "root", "root", "0700"),
         ManagedDir(UV_CACHE, "root", "root", "0700"),
         ManagedDir(cfg.hf_home, svc, svc, "0750"),
     ]
@@ -33,9 +32,9 @@ def directories(cfg: C.HostConfig) -> tuple[ManagedDir, ...]:
 
 
 @deploy("gptoss host")
-def apply(cfg: C.HostConfig, missing_packages: tuple[str, ...] = ()):
-    if missing_packages:
+def apply(cfg: C.HostConfig):
+    if cfg.missing_packages:
         # Only touch the apt cache when something is missing: a re-run stays a no-op.
-        apt.packages(name="system packages", packages=list(missing_packages), update=True)
+        apt.packages(name="system packages", packages=list(cfg.missing_packages), update=True)
     system_account(name="service user (unprivileged, no login)", user=C.SERVICE_USER, home=C.STATE_DIR)
     dirs_in_place(name="directories", dirs=directories(cfg))

@@ -30,14 +30,16 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files
 
-from . import config as C
+from gptoss_doctor.layout import ROOT, SERVICE_USER, STATE_DIR
+
+from .fields import bad
 
 KEY = "gptoss_jit_cache"
 # The service's HOME is STATE_DIR and XDG_CACHE_HOME is STATE_DIR/cache (config.deploy_env):
 # Triton writes ~/.triton, FlashInfer and others ~/.cache or $XDG_CACHE_HOME, CUDA ~/.nv.
 CACHE_DIRS = (".triton", ".cache", "cache", ".nv")
-ARCHIVE = f"{C.ROOT}/jit-cache.tar"  # root-owned: root never writes into the service user's home
-MARKER = f"{C.STATE_DIR}/.jit-cache.sha256"
+ARCHIVE = f"{ROOT}/jit-cache.tar"  # root-owned: root never writes into the service user's home
+MARKER = f"{STATE_DIR}/.jit-cache.sha256"
 MAKE_HINT = "make it on a warmed host: cd /var/lib/gptoss && tar -czf /tmp/gptoss-jit-cache.tgz $(ls -d .triton .cache cache .nv 2>/dev/null)"
 
 
@@ -57,18 +59,18 @@ def check(host_name: str, value) -> JitCache | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise C.bad(host_name, KEY, value, "is not a path", "set it to the archive's path on the controller, or drop it")
+        raise bad(host_name, KEY, value, "is not a path", "set it to the archive's path on the controller, or drop it")
     path = os.path.abspath(os.path.expanduser(value))
     try:
         st = os.stat(path)
     except OSError as e:
-        raise C.bad(host_name, KEY, value, f"cannot be read on the controller ({e.strerror})", MAKE_HINT) from None
+        raise bad(host_name, KEY, value, f"cannot be read on the controller ({e.strerror})", MAKE_HINT) from None
     seen = (path, st.st_size, st.st_mtime_ns)
     if seen not in _read_once:
         _read_once[seen] = read_archive(path)
     got = _read_once[seen]
     if isinstance(got, str):
-        raise C.bad(host_name, KEY, value, got, MAKE_HINT)
+        raise bad(host_name, KEY, value, got, MAKE_HINT)
     return got
 
 
@@ -117,8 +119,8 @@ class JitCacheMarker(FactBase):
 def unpack_command(sha256: str) -> str:
     # As the service user: the caches end up its own, and a link it planted in its home cannot
     # turn the unpack (or the marker) into a root write elsewhere.
-    inner = f"tar -xf {ARCHIVE} -C {C.STATE_DIR} && printf '%s\\n' {sha256} > {MARKER}"
-    return f"runuser -u {C.SERVICE_USER} -- sh -c {shlex.quote(inner)}"
+    inner = f"tar -xf {ARCHIVE} -C {STATE_DIR} && printf '%s\\n' {sha256} > {MARKER}"
+    return f"runuser -u {SERVICE_USER} -- sh -c {shlex.quote(inner)}"
 
 
 @operation()
@@ -131,10 +133,10 @@ def unpacked(cache: JitCache):
 
 
 @deploy("gptoss JIT caches")
-def apply(cfg: C.HostConfig):
+def apply(cfg):  # a config.HostConfig (config imports this module's check)
     cache = cfg.jit_cache
     if cache is None:
         return
     files.put(name=f"JIT cache archive ({cache.files} files, {cache.unpacked_bytes / 2**20:.0f} MiB unpacked)",
-              src=cache.path, dest=ARCHIVE, user="root", group=C.SERVICE_USER, mode="0640")
+              src=cache.path, dest=ARCHIVE, user="root", group=SERVICE_USER, mode="0640")
     unpacked(name="JIT caches unpacked into the service user's home", cache=cache)

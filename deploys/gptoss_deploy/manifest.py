@@ -12,10 +12,10 @@ from pathlib import Path
 from gptoss_doctor.redact import redact_url
 from pyinfra.api import deploy
 
+from gptoss_doctor.layout import PID_FILE, UNIT_PATH
+
 from . import config as C
-from . import supervisor
 from .ops import ManagedFile, files_in_place
-from .service import UNIT_PATH
 
 SCHEMA = "gptoss-deploy/manifest@1"
 
@@ -62,10 +62,11 @@ def manifest(cfg: C.HostConfig) -> dict:
 def service_manager_fields(cfg: C.HostConfig) -> dict:
     """Who runs the unit: systemd, or gptoss-supervise with its pid and log files (the doctor
     names the right restart command and reads the right log from these)."""
-    if cfg.service_manager != "supervisor":
-        return {"service_manager": "systemd", "service_log": None, "service_pid_file": None, "supervise": None}
-    return {"service_manager": "supervisor", "service_log": supervisor.LOG_FILE,
-            "service_pid_file": supervisor.PID_FILE, "supervise": supervisor.PROGRAM}
+    sc = cfg.service
+    if not sc.supervised:
+        return {"service_manager": sc.manager, "service_log": None, "service_pid_file": None, "supervise": None}
+    return {"service_manager": sc.manager, "service_log": sc.log_file, "service_pid_file": PID_FILE,
+            "supervise": sc.supervise}
 
 
 def airgap_fields(cfg: C.HostConfig) -> dict:

@@ -17,12 +17,13 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 
+from gptoss_doctor.layout import DOCTOR_LINK, UV_CACHE
+
 from . import airgap
 from . import config as C
 from .facts import DeployState
 
 UV = f"{C.BIN_DIR}/uv"
-UV_CACHE = "/var/cache/gptoss/uv"  # created by the host unit
 # uv must never fetch a Python or read a user's config on a server.
 UV_ENV = f"UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_CACHE_DIR={UV_CACHE} UV_NO_PROGRESS=1"
 
@@ -93,9 +94,9 @@ def state_fact(cfg: C.HostConfig) -> dict:
         uv=UV,
         markers=[cfg.stack_marker],
         current=C.CURRENT,
-        doctor_marker=f"{C.DOCTOR_DIR}/.gptoss-complete",
+        doctor_marker=f"{C.DOCTOR_DIR}/{C.MARKER}",
         files=[],
-        links=("/usr/local/bin/gptoss-doctor",),
+        links=(DOCTOR_LINK,),
     )
 
 

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,14 +39,15 @@ from typing import Any, Mapping
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
 
-from . import config as C
+from gptoss_doctor.layout import DOCTOR_LINK, ROLLBACK_FILE, STAGED_DIR, UNIT_PATH, WHEELHOUSE_DIR
 
-# Data keys read by the upgrade only (stripped before the deploy's own validation).
-KEYS = ("gptoss_upgrade_batch", "gptoss_keep_stacks", "gptoss_lb_drain_cmd", "gptoss_lb_restore_cmd",
-        "gptoss_download_once")
-STAGED_DIR = f"{C.ETC}/stacks"  # /etc/gptoss/stacks/<stack>/{gptoss.env,gptoss-vllm.service,manifest.json}
-ROLLBACK_FILE = f"{C.ETC}/rollback-stack"  # the stack to go back to, recorded before the first switch
-DEFAULT_KEEP = 2
+from . import config as C
+from . import keys
+from .doctor import split_exit_status, with_exit_status
+from .fields import bad
+from .manifest import manifest_text
+from .service import env_file_text, health_command, local_base, unit_text
+
 LB_TIMEOUT_S = 120
 
 
@@ -61,15 +61,6 @@ class Settings:
     lb_drain_cmd: str | None
     lb_restore_cmd: str | None
     download_once: bool  # wheels fetched once on the controller and pushed (gptoss_deploy.wheelhouse)
-
-
-def parse_batch(host: str, value: Any) -> str:
-    key = "gptoss_upgrade_batch"
-    v = "1" if value is None else str(value).strip()
-    m = re.fullmatch(r"(\d+)(%?)", v)
-    if isinstance(value, bool) or not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(1)) > 100):
-        raise C.bad(host, key, value, "not a host count or a percentage", "use a count such as 2, or a percentage such as 25%")
-    return v
 
 
 def batch_size(spec: str, hosts: int) -> int:
@@ -89,22 +80,13 @@ def plan_batches(names: list[str], spec: str) -> list[list[str]]:
 
 
 def settings(host: str, data: Mapping[str, Any]) -> Settings:
-    keep = C.check_int(host, "gptoss_keep_stacks", data.get("gptoss_keep_stacks"), DEFAULT_KEEP, 1, 50,
-                       "keep at least 1 stack (2 keeps the previous one for rollback)")
-    cmds = {}
-    for key in ("gptoss_lb_drain_cmd", "gptoss_lb_restore_cmd"):
-        v = data.get(key)
-        if v is not None and (not isinstance(v, str) or not v.strip()):
-            raise C.bad(host, key, v, "not a command line", "set a shell command run on the controller, e.g. "
-                        "'lbctl drain {host}', or leave it unset")
-        cmds[key] = v.strip() if v else None
-    if bool(cmds["gptoss_lb_drain_cmd"]) != bool(cmds["gptoss_lb_restore_cmd"]):
-        missing = "gptoss_lb_restore_cmd" if cmds["gptoss_lb_drain_cmd"] else "gptoss_lb_drain_cmd"
-        raise C.bad(host, missing, None, "a load balancer hook needs both drain and restore",
-                    f"set {missing} too, or unset both")
-    once = C.check_bool(host, "gptoss_download_once", data.get("gptoss_download_once"), True)
-    return Settings(parse_batch(host, data.get("gptoss_upgrade_batch")), keep, cmds["gptoss_lb_drain_cmd"],
-                    cmds["gptoss_lb_restore_cmd"], once)
+    """The upgrade's own keys (reader "upgrade" in the key table), parsed; one line on a bad one."""
+    v = keys.parse_data(keys.Context(host, data), "upgrade")
+    drain, restore = v["gptoss_lb_drain_cmd"], v["gptoss_lb_restore_cmd"]
+    if bool(drain) != bool(restore):
+        missing = "gptoss_lb_restore_cmd" if drain else "gptoss_lb_drain_cmd"
+        raise bad(host, missing, None, "a load balancer hook needs both drain and restore", f"set {missing} too, or unset both")
+    return Settings(v["gptoss_upgrade_batch"], v["gptoss_keep_stacks"], drain, restore, v["gptoss_download_once"])
 
 
 def stacks_to_prune(installed: Mapping[str, float], keep: int, new: str, old: str | None) -> list[str]:
@@ -158,43 +140,11 @@ def rollback_stack(new: str, current: str | None, recorded: str | None) -> str |
     return recorded if recorded and recorded != new else None
 
 
-# -- configs for the new and the old stack (prepare phase) ---------------------------------------
-
-
-def host_configs() -> tuple[C.HostConfig, C.HostConfig | None, Settings, dict]:
-    """This host's config for the new stack and for its rollback stack, the upgrade settings,
-    and the host's upgrade state. Any problem is one ConfigError before any host changes."""
-    from .facts import HostFacts
-    from .plan import host_data
-
-    data = host_data()
-    st = settings(host.name, data)
-    base = {k: v for k, v in data.items() if k not in KEYS}
-    kb = C.load_knowledge(host.name, base.get("gptoss_extra_stack_files"))
-    facts = host.get_fact(HostFacts)
-    new = C.validate(host.name, base, facts, kb)
-    state = host.get_fact(UpgradeState)
-    if not stack_of(state["current"]):
-        raise C.ConfigError(f"host {host.name}: nothing deployed yet ({C.CURRENT} missing); "
-                            f"fix: run deploys/gptoss.py for this host first, then upgrade")
-    old_name = rollback_stack(new.stack, state["current"], state["rollback"])
-    old = None
-    if old_name:
-        if old_name not in kb.stacks:
-            raise C.bad(host.name, "gptoss_stack", old_name, "the host runs a stack the knowledge does not know, so "
-                        "its rollback files cannot be written", "add it with gptoss_extra_stack_files")
-        old = C.validate(host.name, {**base, "gptoss_stack": old_name}, facts, kb)
-    return new, old, st, state
-
-
 # -- staged files ------------------------------------------------------------------------------
 
 
 def staged_files(cfg: C.HostConfig) -> dict[str, tuple[str, str, str]]:
     """{live path: (staged path, content, mode+group)} for one stack: env file, unit, manifest."""
-    from .manifest import manifest_text
-    from .service import UNIT_PATH, env_file_text, unit_text
-
     d = f"{STAGED_DIR}/{cfg.stack}"
     return {
         C.ENV_FILE: (f"{d}/gptoss.env", env_file_text(cfg), f"0640 root:{C.SERVICE_USER}"),
@@ -249,36 +199,6 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
 # -- remote steps (run inside the roll, through the host's connection) ----------------------------
 
 
-def supervised(cfg: C.HostConfig) -> bool:
-    """Hosts without systemd run the same unit under gptoss-supervise (the deploy's choice)."""
-    return cfg.service_manager == "supervisor"
-
-
-def restart_commands(cfg: C.HostConfig) -> list[str]:
-    if supervised(cfg):
-        from .supervisor import command
-
-        return [command("restart")]
-    return ["systemctl daemon-reload", f"systemctl restart {C.UNIT}"]
-
-
-def is_active_command(cfg: C.HostConfig) -> str:
-    if supervised(cfg):
-        from .supervisor import command
-
-        return f"{command('is-active')} >/dev/null"
-    return f"systemctl is-active --quiet {C.UNIT}"
-
-
-def service_log_command(cfg: C.HostConfig, since: int) -> str:
-    """The service's log since `since` (host clock): the journal, or the supervisor's log file."""
-    if supervised(cfg):
-        from .supervisor import LOG_FILE
-
-        return f"tail -n 2000 {LOG_FILE}"
-    return f"journalctl -u {C.UNIT} --since @{since} --no-pager -o cat 2>/dev/null | tail -n 2000"
-
-
 def switch_script(cfg: C.HostConfig) -> str:
     """Live files <- staged files of `cfg.stack`, then `current` (rename), then restart.
     Files before `current`: a service restarting in between never runs a venv with the other
@@ -287,7 +207,7 @@ def switch_script(cfg: C.HostConfig) -> str:
     for live, (staged, _text, _mode) in staged_files(cfg).items():
         lines.append(f"cp -p {staged} {live}.gptoss-new && mv -f {live}.gptoss-new {live}")
     lines.append(f"ln -sfn {cfg.venv} {C.CURRENT}.tmp && mv -T {C.CURRENT}.tmp {C.CURRENT}")
-    lines += restart_commands(cfg)
+    lines += cfg.service.restart_after_unit_change()
     return "\n".join(lines)
 
 
@@ -332,8 +252,6 @@ def _run(cmd: str) -> tuple[bool, str, str]:
 
 def gate(cfg: C.HostConfig) -> tuple[str | None, str]:
     """(None, detail) when the host serves `cfg` healthily; else (failed step, one line)."""
-    from .service import health_command, local_base
-
     ok, out, err = _run(health_command(cfg))
     if not ok:
         return "health-gate", (err or out or "health check failed").strip().splitlines()[-1][:900]
@@ -348,25 +266,21 @@ def switched_to(cfg: C.HostConfig) -> bool:
     """`current` and the live env file, unit and manifest already those of `cfg`, service up
     (an earlier, interrupted run switched it)?"""
     same = " && ".join(f"cmp -s {staged} {live}" for live, (staged, _t, _m) in staged_files(cfg).items())
-    cmd = f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && {same} && {is_active_command(cfg)}'
+    cmd = f'[ "$(readlink {C.CURRENT})" = {cfg.venv} ] && {same} && {cfg.service.is_active_quiet()}'
     return _run(cmd)[0]
 
 
 def doctor_reading(cfg: C.HostConfig, since: int) -> dict:
     """`gptoss-doctor --json` on the host and its triage of the service's log since `since`."""
-    from .doctor import LINK, with_exit_status
-
     reading: dict = {}
-    _ok, out, err = _run(with_exit_status(f"timeout 120 {LINK} --json"))
+    _ok, out, err = _run(with_exit_status(f"timeout 120 {DOCTOR_LINK} --json"))
     reading["doctor"] = _summarise(out, err)
-    _ok, out, err = _run(with_exit_status(f"{service_log_command(cfg, since)} | timeout 60 {LINK} logs - --json"))
+    _ok, out, err = _run(with_exit_status(f"{cfg.service.log_since(since)} | timeout 60 {DOCTOR_LINK} logs - --json"))
     reading["logs"] = _summarise(out, err)
     return reading
 
 
 def _summarise(stdout: str, stderr: str) -> dict:
-    from .doctor import split_exit_status
-
     code, err_lines = split_exit_status(stderr)
     code = 2 if code is None else code
     try:
@@ -400,7 +314,7 @@ def prune_command(names: list[str]) -> str | None:
         return None
     paths = []
     for n in names:
-        paths += [f"{C.STACKS_DIR}/{n}", f"{STAGED_DIR}/{n}", f"{C.ROOT}/wheelhouse/{n}"]
+        paths += [f"{C.STACKS_DIR}/{n}", f"{STAGED_DIR}/{n}", f"{WHEELHOUSE_DIR}/{n}"]
     return "rm -rf " + " ".join(shlex.quote(p) for p in paths)
 
 

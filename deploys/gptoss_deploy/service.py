@@ -12,11 +12,14 @@ import shlex
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
+from gptoss_doctor.layout import UNIT_PATH
+
 from . import config as C
 from . import supervisor
+from .doctor import run_doctor
+from .fields import read_api_key
 from .ops import ManagedFile, dirs_in_place, files_in_place, unit_running
 
-UNIT_PATH = f"/etc/systemd/system/{C.UNIT}"
 
 
 def env_file_text(cfg: C.HostConfig) -> str:
@@ -32,7 +35,7 @@ def env_file_text(cfg: C.HostConfig) -> str:
 
 
 def key_file_text(cfg: C.HostConfig) -> str:
-    return f"VLLM_API_KEY={C.read_api_key(cfg.api_key_file)}\n"
+    return f"VLLM_API_KEY={read_api_key(cfg.api_key_file)}\n"
 
 
 def _systemd_quote(arg: str) -> str:
@@ -164,8 +167,9 @@ def health_prompt(cfg: C.HostConfig) -> str | list[int]:
 def health_extra_args(cfg: C.HostConfig) -> list[str]:
     """The gate's optional arguments; none where today's defaults hold (text prompt, systemd)."""
     prompt = health_prompt(cfg)
-    if cfg.service_manager == "supervisor":
-        return [shlex.quote(json.dumps(prompt)), supervisor.PROGRAM, supervisor.LOG_FILE]
+    sc = cfg.service
+    if sc.supervised:
+        return [shlex.quote(json.dumps(prompt)), sc.supervise, sc.log_file]
     return [shlex.quote(json.dumps(prompt))] if prompt != "Hello" else []
 
 
@@ -196,8 +200,6 @@ def health_gate(cfg: C.HostConfig):
         return
     text = " ".join(out.stderr_lines) or "health check failed"
     # The doctor usually knows why a service never got healthy: add its error findings.
-    from .doctor import run_doctor
-
     verdict = run_doctor() if cfg.doctor_gate else None
     if verdict:
         text = f"{text[-900:]} | {verdict}"
@@ -213,7 +215,7 @@ def apply(cfg: C.HostConfig, inputs_changed):
         ManagedFile(C.KEY_FILE, key_file_text(cfg), "root", C.SERVICE_USER, "0640", secret=True),
         ManagedFile(UNIT_PATH, unit_text(cfg)),
     )
-    if cfg.service_manager == "supervisor":
+    if cfg.service.supervised:
         # No systemd: the same unit file, run by gptoss-supervise (see supervisor.py).
         dirs_in_place(name="supervisor run and log directories", dirs=supervisor.managed_dirs())
         files = files_in_place(name="env file, API key file, unit, gptoss-supervise",

@@ -6,26 +6,22 @@ reads that unit and runs the same argv, EnvironmentFiles and User/Group, with a 
 (/run/gptoss/gptoss-vllm.pid), a log file (/var/log/gptoss/gptoss-vllm.log) and start/stop/restart.
 
 `gptoss_service_manager`: "auto" (default: systemd when /run/systemd/system exists, the test
-systemd itself documents for sd_booted()), "systemd" or "supervisor".
+systemd itself documents for sd_booted()), "systemd" or "supervisor"; the choice is
+`gptoss_doctor.service_manager.choose`, the doctor's own, fed the `InitSystem` fact below.
 """
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
+from gptoss_doctor.layout import LOG_DIR, LOG_FILE, PID_FILE, RUN_DIR, SERVICE_USER, UNIT  # noqa: F401 (LOG_FILE, PID_FILE: read as supervisor.X)
+from gptoss_doctor.layout import SUPERVISE as PROGRAM
+
 from . import config as C
 from .ops import ManagedDir, ManagedFile
-
-PROGRAM = f"{C.BIN_DIR}/gptoss-supervise"
-RUN_DIR = "/run/gptoss"
-LOG_DIR = "/var/log/gptoss"
-LOG_FILE = f"{LOG_DIR}/{C.UNIT.rsplit('.', 1)[0]}.log"
-PID_FILE = f"{RUN_DIR}/{C.UNIT.rsplit('.', 1)[0]}.pid"
-MANAGERS = ("auto", "systemd", "supervisor")
 
 
 class InitSystem(FactBase):
@@ -41,21 +37,6 @@ class InitSystem(FactBase):
         return (output[0].strip() if output else "") or "none"
 
 
-def check_manager(host_name: str, value, init: str | None) -> str:
-    """The service manager for this host (pure): the data key, or the init system found."""
-    key = "gptoss_service_manager"
-    choice = "auto" if value is None else value
-    if choice not in MANAGERS:
-        raise C.bad(host_name, key, value, "unknown service manager", "use 'auto', 'systemd' or 'supervisor'")
-    if choice == "auto":
-        # No fact (pure unit tests, older callers): today's behaviour, systemd.
-        return "supervisor" if init == "none" else "systemd"
-    if choice == "systemd" and init == "none":
-        raise C.bad(host_name, key, value, "systemd is not running on this host (no /run/systemd/system)",
-                    "use 'auto' or 'supervisor' (gptoss-supervise runs the same unit)")
-    return choice
-
-
 def program_text(python: str) -> str:
     """The supervisor program with the host's python3 as its interpreter."""
     src = (Path(__file__).parent / "gptoss_supervise.py").read_text()
@@ -68,11 +49,7 @@ def managed_files(cfg: C.HostConfig) -> tuple[ManagedFile, ...]:
 
 def managed_dirs() -> tuple[ManagedDir, ...]:
     # The log holds vLLM's output: root writes it, the service group reads it, nobody else.
-    return (ManagedDir(RUN_DIR, "root", "root", "0755"), ManagedDir(LOG_DIR, "root", C.SERVICE_USER, "0750"))
-
-
-def command(verb: str) -> str:
-    return f"{PROGRAM} {shlex.quote(verb)}"
+    return (ManagedDir(RUN_DIR, "root", "root", "0755"), ManagedDir(LOG_DIR, "root", SERVICE_USER, "0750"))
 
 
 class SupervisedState(FactBase):
@@ -99,4 +76,4 @@ def service_running(restart_if):
     elif restart_needed:
         yield StringCommand(PROGRAM, "restart")
     else:
-        host.noop(f"{C.UNIT} active under gptoss-supervise")
+        host.noop(f"{UNIT} active under gptoss-supervise")

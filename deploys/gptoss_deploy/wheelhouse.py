@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptoss_doctor.layout import WHEELHOUSE_DIR
 from gptoss_doctor.redact import redact_url
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
@@ -35,7 +36,7 @@ from . import config as C
 from .python_env import (begin_rebuild, controller_cache, controller_lock, controller_uv, mark_complete, new_venv,
                          pip_installs, spec_hash, stack_installed, uv_install_args)
 
-REMOTE_ROOT = f"{C.ROOT}/wheelhouse"
+REMOTE_ROOT = WHEELHOUSE_DIR
 # Debian 11+/Ubuntu 20.04+ have glibc >= 2.31: manylinux_2_28 wheels (torch's, vLLM's) run there.
 GLIBC = (2, 28)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from .layout import DEFAULT_PORT
+
 # vLLM binds every interface when --host is not given (uvicorn host=None).
 DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 8000
 
 SHORT_ALIASES = {
     "tp": "tensor-parallel-size",

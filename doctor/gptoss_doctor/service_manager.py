@@ -4,7 +4,8 @@ The deploy runs one unit, gptoss-vllm.service. Where systemd is PID 1, systemd r
 without systemd (containers, many GPU machines) /opt/gptoss/bin/gptoss-supervise reads the same
 unit file and runs it, with a pid file in /run/gptoss/ and a log file in /var/log/gptoss/. Every
 fix that restarts the service, edits its unit, or reads its log asks `commands_for(...)` here, so
-the doctor never tells a container to `systemctl restart`.
+the doctor never tells a container to `systemctl restart`. The deploy makes its choice with
+`choose(...)` here too, and its units and the rolling upgrade run the `ServiceCommands` lines.
 """
 
 from __future__ import annotations
@@ -13,15 +14,37 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from .layout import LOG_DIR, LOG_FILE, PID_FILE, RUN_DIR, SUPERVISE, UNIT, UNIT_PATH
+
 SYSTEMD = "systemd"
 SUPERVISOR = "supervisor"
 MANAGERS = (SYSTEMD, SUPERVISOR)
+AUTO = "auto"
+CHOICES = (AUTO, SYSTEMD, SUPERVISOR)  # what the deploy's `gptoss_service_manager` accepts
 
-UNIT = "gptoss-vllm.service"
-UNIT_PATH = "/etc/systemd/system/gptoss-vllm.service"
-SUPERVISE = "/opt/gptoss/bin/gptoss-supervise"
-RUN_DIR = "/run/gptoss"
-LOG_DIR = "/var/log/gptoss"
+
+class ManagerChoiceError(ValueError):
+    """A service manager this host cannot use: `problem` and `fix`, for the caller's one line."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; fix: {fix}")
+        self.problem, self.fix = problem, fix
+
+
+def choose(requested: str | None, pid1_systemd: bool | None) -> str:
+    """The one choice of who runs the unit, for the deploy (from its data key and the host's init
+    system) as for the doctor (`commands_for`, from what the deploy recorded). `requested`: "auto"
+    (None too), "systemd" or "supervisor"; `pid1_systemd`: whether systemd is PID 1 (None: unknown,
+    taken as yes, what every deploy assumed before hosts without systemd)."""
+    choice = AUTO if requested is None else requested
+    if choice not in CHOICES:
+        raise ManagerChoiceError("unknown service manager", "use 'auto', 'systemd' or 'supervisor'")
+    if choice == AUTO:
+        return SUPERVISOR if pid1_systemd is False else SYSTEMD
+    if choice == SYSTEMD and pid1_systemd is False:
+        raise ManagerChoiceError("systemd is not running on this host (no /run/systemd/system)",
+                                 "use 'auto' or 'supervisor' (gptoss-supervise runs the same unit)")
+    return choice
 
 
 def unit_stem(unit: str) -> str:
@@ -30,11 +53,11 @@ def unit_stem(unit: str) -> str:
 
 
 def default_log_file(unit: str = UNIT) -> str:
-    return f"{LOG_DIR}/{unit_stem(unit)}.log"
+    return LOG_FILE if unit == UNIT else f"{LOG_DIR}/{unit_stem(unit)}.log"
 
 
 def default_pid_file(unit: str = UNIT) -> str:
-    return f"{RUN_DIR}/{unit_stem(unit)}.pid"
+    return PID_FILE if unit == UNIT else f"{RUN_DIR}/{unit_stem(unit)}.pid"
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,26 @@ class ServiceCommands:
 
     def describe(self) -> str:
         return f"gptoss-supervise ({self.supervise})" if self.supervised else "systemd"
+
+    # -- what the deploy and the rolling upgrade run on the host (shell lines) --
+
+    def restart_after_unit_change(self) -> list[str]:
+        """Restart with a unit file that may have changed: systemd re-reads it only on daemon-reload;
+        gptoss-supervise reads it on every start."""
+        if self.supervised:
+            return [self.restart()]
+        return ["systemctl daemon-reload", f"systemctl restart {self.unit}"]
+
+    def is_active_quiet(self) -> str:
+        """Exit 0 when the service runs, nothing printed."""
+        return f"{self.supervise} is-active >/dev/null" if self.supervised else f"systemctl is-active --quiet {self.unit}"
+
+    def log_since(self, since: int, lines: int = 2000) -> str:
+        """The service's log since `since` (epoch seconds on the host's clock), last `lines` lines:
+        the journal, or the supervisor's log file (which has no timestamps to cut at)."""
+        if self.supervised:
+            return f"tail -n {lines} {shlex.quote(self.log_file)}"
+        return f"journalctl -u {self.unit} --since @{since} --no-pager -o cat 2>/dev/null | tail -n {lines}"
 
 
 # Host daemons the checks may ask to start, and how to start one where systemd is not PID 1

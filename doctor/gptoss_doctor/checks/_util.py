@@ -10,10 +10,11 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from ..layout import CURRENT, ENV_FILE, STACKS_DIR, UNIT
 from ..snapshot import Snapshot
 
 GUIDE = "https://github.com/vllm-project/recipes/blob/main/OpenAI/GPT-OSS.md"
-DEFAULT_VENV = "/opt/gptoss/current"
+DEFAULT_VENV = CURRENT
 
 
 class NotApplicable(Exception):
@@ -134,9 +135,6 @@ def stack_args(stack) -> list[str]:
 def stack_install_commands(snap: Snapshot, stack, *extra: str) -> list[str]:
     """Install a knowledge stack into the inspected venv, as the stack's row says to."""
     return [uv_pip(snap, "install", *stack.requirements, *extra, *stack_args(stack))]
-
-
-STACKS_DIR = "/opt/gptoss/stacks"  # where the deploy keeps one venv per stack (docs/design.md)
 
 
 def python_in(spec: str) -> str:
@@ -307,7 +305,7 @@ def env_file_delete(path: str, names: Iterable[str]) -> str:
 
 def env_file_hint(snap: Snapshot) -> str:
     files = service(snap).get("environment_files") or []
-    return files[0] if files else "/etc/gptoss/gptoss.env"
+    return files[0] if files else ENV_FILE
 
 
 def target_vllm(snap: Snapshot, kb) -> str:
@@ -351,7 +349,7 @@ def gpu_memory_utilization(snap: Snapshot) -> tuple[float, bool]:
 
 
 def unit_name(snap: Snapshot) -> str:
-    return service(snap).get("unit") or "gptoss-vllm.service"
+    return service(snap).get("unit") or UNIT
 
 
 # --- the service manager: every fix that restarts, edits or reads the service asks here -------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from ..findings import Finding, Fix, check
+from ..layout import TIKTOKEN_DIR
 from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, has_flag, restart_command, serve, truthy
 
 HARMONY_FILES = ("o200k_base.tiktoken", "cl100k_base.tiktoken")  # what the guide tells you to stage
@@ -74,7 +75,7 @@ def offline_tokenizer_files(snap, kb):
         return
     if not offline:
         return
-    target = "/opt/gptoss/tiktoken"
+    target = TIKTOKEN_DIR  # where the deploy stages them (gptoss_tiktoken_url)
     yield Finding(
         id="offline-tokenizer-files",
         severity="warning",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 from ..findings import Finding, Fix, check
+from ..layout import KEY_FILE
 from ._util import edit_unit_commands, env_file_hint, evidence, fact_list, has_flag, restart_command, serve, unit_name
 
-KEY_FILE = "/etc/gptoss/api-key"
 VLLM_SECURITY = "https://docs.vllm.ai/en/latest/usage/security.html"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..findings import Finding, Fix, check
+from ..layout import SUPERVISE
 from ._util import NotApplicable, evidence, fact_obj
 
 DESIGN = "docs/design.md#on-a-deployed-host"
@@ -12,7 +13,7 @@ SUPERVISOR_DOC = "deploys/gptoss_deploy/supervisor.py"
 def _problem(m: dict) -> tuple[str, str, list[str]] | None:
     """(title, fix text, commands) when the manifest's manager cannot run the service here (pure)."""
     recorded = m.get("manifest_manager")
-    supervise = m.get("supervise") or "/opt/gptoss/bin/gptoss-supervise"
+    supervise = m.get("supervise") or SUPERVISE
     if recorded == "systemd" and m.get("pid1_systemd") is False:
         commands = [f"{supervise} start"] if m.get("supervise_installed") else []
         return (

@@ -6,12 +6,12 @@ import os
 import stat
 from pathlib import PurePosixPath
 
+from ..layout import ETC as SECRET_DIR
 from ..redact import is_secret_name, redact_text
 from ..snapshot import value
 from .env import Env
 from .service import parse_env_file, read_unit
 
-SECRET_DIR = "/etc/gptoss"
 
 
 def _home_of(env: Env, user: str | None) -> str:

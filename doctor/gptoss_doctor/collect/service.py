@@ -10,12 +10,11 @@ import re
 import shlex
 
 from .. import serveargs
+from ..layout import MANIFEST, UNIT
 from ..snapshot import absent, failed, value
 from .env import CommandError, Env
 
-UNIT = "gptoss-vllm.service"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
-MANIFEST = "/etc/gptoss/manifest.json"
 
 RELEVANT_PREFIXES = (
     "VLLM_", "CUDA", "NCCL", "TORCH", "PYTORCH", "HF_", "HUGGING_FACE", "TRANSFORMERS_", "TIKTOKEN",
