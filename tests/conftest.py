@@ -18,3 +18,29 @@ def key_file(tmp_path):
     p.write_text("sk-test-0123456789\n")
     p.chmod(0o600)  # the deploy refuses a key file others can read
     return str(p)
+
+
+# -- this machine as a deploy target (`pyinfra @local`) ------------------------------------------
+
+
+@pytest.fixture()
+def local_host():
+    """For a test that deploys to this machine: whatever of a deployment it adds (tests/localroot.py)
+    is undone afterwards, pass or fail."""
+    import localroot
+
+    before = localroot.footprint()
+    yield
+    localroot.undo(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_left_as_found():
+    """The suite leaves this machine as it found it: no deployment (/etc/gptoss, /opt/gptoss,
+    /var/lib/gptoss, the gptoss user, a gptoss-* unit, ...) that was not there before the run."""
+    import localroot
+
+    before = localroot.footprint()
+    yield
+    left = sorted(localroot.footprint() - before)
+    assert not left, f"the test run left on this machine: {', '.join(left)}; a test that deploys here must use the local_host fixture"

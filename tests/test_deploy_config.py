@@ -217,7 +217,7 @@ def tree_state(*roots: str) -> dict:
     return out
 
 
-def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
+def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good, local_host):
     inv = tmp_path / "inv.py"
     inv.write_text(f"hosts = [('@local', {{**{good!r}, 'gptoss_tensor_parallel_size': 3}})]\n")
     watched = (C.ROOT, C.ETC, C.STATE_DIR, "/etc/systemd/system")

@@ -1,0 +1,89 @@
+"""What a deploy to this machine (`pyinfra @local`) leaves behind, and undoing it.
+
+The `@local` tests deploy to the machine that runs pytest. Left there, a deployment makes a later
+`gptoss-doctor` on that machine judge a leftover service. `footprint()` lists what a deploy makes
+(the deploy's paths, the service user and group); `undo(before)` stops a service a test started
+and removes every part of the footprint that was not there before. conftest.py uses both: the
+`local_host` fixture around each `@local` test, and a session check that fails the run when
+anything new is left.
+"""
+
+from __future__ import annotations
+
+import glob
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+
+USER = "gptoss"
+# Every path a deploy writes on a host outside the controller's own cache (deploys/gptoss_deploy:
+# config's ROOT/ETC/STATE_DIR, host.py's cache, supervisor.py's run and log dirs, doctor.py's
+# link, service.py's unit, gpu.py's apt file), and the supervisor test's own scratch dir.
+PATHS = ("/etc/gptoss", "/opt/gptoss", "/var/lib/gptoss", "/var/log/gptoss", "/run/gptoss", "/var/cache/gptoss",
+         "/usr/local/bin/gptoss-doctor", "/etc/systemd/system/gptoss-*", "/etc/apt/apt.conf.d/*gptoss*",
+         "/var/tmp/gptoss-supervisor-test")
+SUPERVISOR = "/opt/gptoss/bin/gptoss-supervise"
+
+
+def _exists(kind, name: str) -> bool:
+    try:
+        kind(name)
+        return True
+    except KeyError:
+        return False
+
+
+def footprint() -> set[str]:
+    """What of a deployment is on this machine now: paths, and `user:gptoss` / `group:gptoss`."""
+    found = {p for pattern in PATHS for p in glob.glob(pattern) if os.path.lexists(p)}
+    if _exists(pwd.getpwnam, USER):
+        found.add(f"user:{USER}")
+    if _exists(grp.getgrnam, USER):
+        found.add(f"group:{USER}")
+    return found
+
+
+def _service_user_pids(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def undo(before: set[str]) -> None:
+    """Remove what appeared since `before`: the supervised service stopped first, then the
+    processes of a service user the test created (by pid), the paths, the user and the group."""
+    new = footprint() - before
+    if not new:
+        return
+    if "/opt/gptoss" in new and os.access(SUPERVISOR, os.X_OK):
+        subprocess.run([SUPERVISOR, "stop"], capture_output=True, timeout=120)
+    if f"user:{USER}" in new:
+        uid = pwd.getpwnam(USER).pw_uid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _service_user_pids(uid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            for _ in range(50):
+                if not _service_user_pids(uid):
+                    break
+                time.sleep(0.1)
+        subprocess.run(["userdel", USER], capture_output=True, timeout=60)
+    if f"group:{USER}" in new and _exists(grp.getgrnam, USER):
+        subprocess.run(["groupdel", USER], capture_output=True, timeout=60)
+    for path in sorted(p for p in new if p.startswith("/")):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
