@@ -68,6 +68,14 @@ Data keys (all optional unless marked; host data wins over group data, group ove
   gptoss_base_python             An existing interpreter on the host whose torch build equals the
                                  stack's pin (vendor PyTorch images): the stack venv is layered
                                  on it (--system-site-packages). Checked before any change.
+  gptoss_python_mirror           Where the host's python3 misses the stack's Python range (the
+                                 launch stack needs 3.12; Debian 12 has 3.11), the stack venv is
+                                 built on uv's managed CPython in /opt/gptoss/python, downloaded
+                                 from python-build-standalone's GitHub releases, or from this
+                                 mirror of them (UV_PYTHON_INSTALL_MIRROR; http(s) or file://).
+                                 Needed when air-gapped (gptoss_wheelhouse).
+  gptoss_python_downloads_json   A downloads list in uv's format (UV_PYTHON_DOWNLOADS_JSON_URL)
+                                 for a site's own CPython archives and their sha256.
   gptoss_service_manager         "auto" (default: systemd where it runs), "systemd", or
                                  "supervisor" (gptoss-supervise runs the same unit file on hosts
                                  without systemd: containers, some GPU VMs).

@@ -46,7 +46,7 @@ from pyinfra.context import ctx_host, ctx_state
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "deploys"))
 
-from gptoss_deploy import airgap, jit_cache, ops, rollout, wheelhouse  # noqa: E402
+from gptoss_deploy import airgap, jit_cache, managed_python, ops, rollout, wheelhouse  # noqa: E402
 from gptoss_deploy import config as C  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "operations"
@@ -64,6 +64,7 @@ TYPES = {
     "Wheel": wheelhouse.Wheel,
     "Wheelhouse": wheelhouse.Wheelhouse,
     "Settings": rollout.Settings,
+    "ManagedPython": managed_python.ManagedPython,
 }
 
 

@@ -85,6 +85,8 @@ KEYS = (
     "gptoss_service_manager",
     "gptoss_model_path",
     "gptoss_jit_cache",  # jit_cache.py: JIT caches carried from a warmed host
+    "gptoss_python_mirror",  # managed_python.py: uv's CPython where the host's python3 misses the stack's range
+    "gptoss_python_downloads_json",
 )
 
 
@@ -151,6 +153,7 @@ class HostConfig:
     hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
     jit_cache: Any = None  # jit_cache.JitCache: an archive of a warmed host's JIT caches, or None
+    managed_python: Any = None  # managed_python.ManagedPython: the stack venv's uv-managed CPython, or None
 
     @property
     def venv(self) -> str:
@@ -627,9 +630,13 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
     uv_source = check_uv_source(name, data.get("gptoss_uv_source"), platform.machine(), facts.get("arch"))
 
     py_spec = str(_get(stack, "python") or "")
-    python = check_python(name, facts, py_spec, stack_name)
+    from . import managed_python as managed_python_mod
+
+    managed = managed_python_mod.check(name, data, facts, py_spec)
+    python = check_python(name, managed_python_mod.venv_facts(facts, managed), py_spec, stack_name)
     cuda_home, cuda_src = choose_cuda_home(
-        name, data.get("gptoss_cuda_home"), vendor, stack, f"{STACKS_DIR}/{stack_name}", facts, python
+        name, data.get("gptoss_cuda_home"), vendor, stack, f"{STACKS_DIR}/{stack_name}",
+        managed_python_mod.venv_facts(facts, managed), python
     )
 
     hf_home = check_abs_path(name, "gptoss_hf_home", data.get("gptoss_hf_home"), DEFAULT_HF_HOME)
@@ -731,6 +738,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         hf_endpoint=hf_endpoint,
         hf_token_file=hf_token_file,
         jit_cache=jit_cache,
+        managed_python=managed,
     )
 
 
