@@ -1,6 +1,7 @@
 """The stack's Python where the host lacks it, on the local fleet: a Debian 12 host (python3 3.11)
 deployed with the launch stack (Python >=3.12,<3.13) gets uv's managed CPython 3.12 from a
-mirror and its stack venv on it, serves, and a second run changes nothing.
+mirror and its stack venv on it, serves, and a second run changes nothing; upgraded to that
+stack with deploys/upgrade.py, the same.
 
 No python-build-standalone archive can be downloaded here, so the mirror holds one made in the
 test, in that project's layout: a CPython 3.12 install tree found on this machine (pyenv's, or
@@ -133,54 +134,89 @@ def fleet() -> dict:
     return json.loads(st.stdout)
 
 
-def test_a_host_without_the_stacks_python_gets_a_venv_on_the_mirrored_one(fleet, tmp_path):
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory) -> dict:
+    """The loopback mirror with the home-made archive and its downloads list."""
     prefix = cpython_312_prefix()
     if prefix is None:
         pytest.skip("no CPython 3.12 install tree on this machine to pack as the mirror's archive")
-    h = fleet["hosts"][-1]
-    key = fleet["ssh_key"]
+    root = tmp_path_factory.mktemp("pbs")
+    version, archive = make_archive(prefix, root)
+    (root / "mirror" / "downloads.json").write_text(downloads_json(version, archive))
+    server = Mirror(root / "mirror")
+    url = server.url.replace("http://", f"http://mirror-user:{SECRET}@")
+    yield {"server": server, "version": version, "path": f"/{RELEASE}/{archive.name.replace('+', '%2B')}",
+           "data": ("--data", f"gptoss_python_mirror={url}", "--data", f"gptoss_python_downloads_json={url}/downloads.json")}
+    server.close()
 
-    def on_host(cmd: str) -> str:
-        rc, out = ssh(h["address"], key, cmd)
+
+class Host:
+    """The fleet's last host, without CPython 3.12 (Debian 12's python3 is 3.11) and, after the
+    test, back on the fleet's own stack with uv's CPython gone."""
+
+    def __init__(self, fleet: dict):
+        self.h, self.key = fleet["hosts"][-1], fleet["ssh_key"]
+        self.name = self.h["name"]
+
+    def run(self, cmd: str) -> str:
+        rc, out = ssh(self.h["address"], self.key, cmd)
         assert rc == 0, f"{cmd}: {out}"
         return out.strip()
 
-    assert not on_host("python3 -c 'import sys; print(sys.version_info >= (3, 12))'") == "True"
-    if on_host("readlink /opt/gptoss/current || true").endswith(LAUNCH):  # an interrupted earlier run
-        assert pyinfra(TESTBED_INVENTORY, "--limit", h["name"]).returncode == 0
-    on_host(f"rm -rf {M.INSTALL_DIR} /opt/gptoss/stacks/{LAUNCH}")  # a host that never had it
-
-    version, archive = make_archive(prefix, tmp_path)
-    (tmp_path / "mirror" / "downloads.json").write_text(downloads_json(version, archive))
-    mirror = Mirror(tmp_path / "mirror")
-    with_creds = mirror.url.replace("http://", f"http://mirror-user:{SECRET}@")
-    data = ("--limit", h["name"], "--data", f"gptoss_stack={LAUNCH}",
-            "--data", f"gptoss_python_mirror={with_creds}",
-            "--data", f"gptoss_python_downloads_json={with_creds}/downloads.json")
-    try:
-        first = pyinfra(TESTBED_INVENTORY, *data)
-        res = results(first)
-        assert first.returncode == 0 and res["failed_hosts"] == [], first.stderr[-4000:]
-        assert f"/{RELEASE}/{archive.name.replace('+', '%2B')}" in mirror.requests, mirror.requests
-        assert SECRET not in first.stdout + first.stderr
-
-        venv = f"/opt/gptoss/stacks/{LAUNCH}"
-        home = on_host(f"sed -n 's/^home = //p' {venv}/pyvenv.cfg")
-        assert home == f"{M.INSTALL_DIR}/cpython-3.12-linux-x86_64-gnu/bin", home
-        assert on_host(f"readlink -f {venv}/bin/python").startswith(f"{M.INSTALL_DIR}/cpython-{version}-")
-        assert on_host("readlink /opt/gptoss/current") == venv
-        # the service user runs it (the service did: the deploy's health gate passed)
-        assert on_host("runuser -u gptoss -- /opt/gptoss/current/bin/python -c 'import platform; "
-                       "print(platform.python_version())'") == version
-        assert on_host(f"grep -rl {SECRET} /opt/gptoss /etc/gptoss /var/lib/gptoss /var/cache/gptoss 2>/dev/null || true") == ""
-
-        second = pyinfra(TESTBED_INVENTORY, *data)
-        res2 = results(second)
-        changed = [op["name"] for op in res2["operations"] if op["success"]]
-        assert second.returncode == 0 and res2["totals"]["success"] == 0, f"changed on re-run: {changed}"
-    finally:
-        mirror.close()
-        back = pyinfra(TESTBED_INVENTORY, "--limit", h["name"])  # the fleet's own stack again
+    def reset(self) -> subprocess.CompletedProcess:
+        back = pyinfra(TESTBED_INVENTORY, "--limit", self.name)  # the fleet's own stack
         if back.returncode == 0:
-            ssh(h["address"], key, f"rm -rf {M.INSTALL_DIR} /opt/gptoss/stacks/{LAUNCH}")
+            self.run(f"rm -rf {M.INSTALL_DIR} /opt/gptoss/stacks/{LAUNCH}")
+        return back
+
+
+@pytest.fixture()
+def host(fleet) -> Host:
+    h = Host(fleet)
+    assert h.run("python3 -c 'import sys; print(sys.version_info >= (3, 12))'") == "False"
+    assert h.reset().returncode == 0
+    yield h
+    back = h.reset()
     assert back.returncode == 0, back.stderr[-3000:]
+
+
+def assert_on_managed_python(host: Host, mirror: dict) -> None:
+    venv = f"/opt/gptoss/stacks/{LAUNCH}"
+    assert mirror["path"] in mirror["server"].requests, mirror["server"].requests
+    assert host.run("readlink /opt/gptoss/current") == venv
+    home = host.run(f"sed -n 's/^home = //p' {venv}/pyvenv.cfg")
+    assert home == f"{M.INSTALL_DIR}/cpython-3.12-linux-x86_64-gnu/bin", home
+    assert host.run(f"readlink -f {venv}/bin/python").startswith(f"{M.INSTALL_DIR}/cpython-{mirror['version']}-")
+    # the service user runs it (the service did: the health gate passed)
+    assert host.run("runuser -u gptoss -- /opt/gptoss/current/bin/python -c 'import platform; "
+                    "print(platform.python_version())'") == mirror["version"]
+    assert host.run(f"grep -rl {SECRET} /opt/gptoss /etc/gptoss /var/lib/gptoss /var/cache/gptoss 2>/dev/null || true") == ""
+
+
+def test_a_host_without_the_stacks_python_gets_a_venv_on_the_mirrored_one(host, mirror):
+    data = ("--limit", host.name, "--data", f"gptoss_stack={LAUNCH}", *mirror["data"])
+    mirror["server"].requests.clear()
+    first = pyinfra(TESTBED_INVENTORY, *data)
+    res = results(first)
+    assert first.returncode == 0 and res["failed_hosts"] == [], first.stderr[-4000:]
+    assert SECRET not in first.stdout + first.stderr
+    assert_on_managed_python(host, mirror)
+
+    second = pyinfra(TESTBED_INVENTORY, *data)
+    res2 = results(second)
+    changed = [op["name"] for op in res2["operations"] if op["success"]]
+    assert second.returncode == 0 and res2["totals"]["success"] == 0, f"changed on re-run: {changed}"
+
+
+def test_an_upgrade_to_the_stack_brings_its_python_too(host, mirror):
+    """deploys/upgrade.py: the wheels resolved on the controller for CPython 3.12, the venv staged on it."""
+    mirror["server"].requests.clear()
+    run = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", "--json", str(TESTBED_INVENTORY), "deploys/upgrade.py",
+         "--limit", host.name, "--data", f"gptoss_stack={LAUNCH}", *mirror["data"]],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYINFRA_PROGRESS": "off"})
+    res = results(run)
+    assert run.returncode == 0 and res["failed_hosts"] == [], run.stderr[-4000:]
+    assert f"upgraded to {LAUNCH}" in run.stderr + run.stdout
+    assert SECRET not in run.stdout + run.stderr
+    assert_on_managed_python(host, mirror)
