@@ -34,6 +34,18 @@ def local_host():
     localroot.undo(before)
 
 
+@pytest.fixture()
+def bare_local_host(local_host):
+    """For a test that deploys to this machine from scratch: it wipes a deployment first, so it
+    does not run where one is already here (a real one would be lost; the suite leaves none)."""
+    import localroot
+
+    here = sorted(localroot.footprint())
+    if here:
+        pytest.skip(f"this machine has a gptoss deployment ({', '.join(here)}) that the test would replace; "
+                    f"run it where there is none")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def machine_left_as_found():
     """The suite leaves this machine as it found it: no deployment (/etc/gptoss, /opt/gptoss,

@@ -48,11 +48,15 @@ def footprint() -> set[str]:
 
 
 def _service_user_pids(uid: int) -> list[int]:
+    """This machine's processes of `uid`; not those of containers (the local fleet's hosts run
+    their own services as a gptoss user of the same uid), whose root is another directory."""
+    ours = os.stat("/")
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
+                root = os.stat(f"/proc/{entry}/root")
+                if os.stat(f"/proc/{entry}").st_uid == uid and (root.st_dev, root.st_ino) == (ours.st_dev, ours.st_ino):
                     pids.append(int(entry))
             except OSError:
                 pass
@@ -79,7 +83,8 @@ def undo(before: set[str]) -> None:
                 if not _service_user_pids(uid):
                     break
                 time.sleep(0.1)
-        subprocess.run(["userdel", USER], capture_output=True, timeout=60)
+        # --force: the fleet's container processes of the same uid would otherwise keep it
+        subprocess.run(["userdel", "--force", USER], capture_output=True, timeout=60)
     if f"group:{USER}" in new and _exists(grp.getgrnam, USER):
         subprocess.run(["groupdel", USER], capture_output=True, timeout=60)
     for path in sorted(p for p in new if p.startswith("/")):

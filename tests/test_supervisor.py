@@ -232,7 +232,7 @@ def _fetch(index: str, name: str, version: str, dest: Path) -> None:
 @pytest.mark.fleet
 @pytest.mark.skipif(os.geteuid() != 0 or os.path.isdir("/run/systemd/system"),
                     reason="needs root on a machine without systemd")
-def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path, local_host):
+def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path, bare_local_host):
     tb = _testbed_env()
     uv = shutil.which("uv") or str(REPO / ".venv" / "bin" / "uv")
     pypi, cu130 = tb["index_mirrors"]["pypi"], tb["index_mirrors"]["pytorch-cu130"]
