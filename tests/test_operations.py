@@ -15,6 +15,8 @@ module of `deploys/gptoss_deploy/` the operation lives in; one JSON file per cas
   argument set). The operation must ask with exactly those arguments, each one a real argument
   of the fact's `command()`, as pyinfra's own FakeHost checks.
 - `executing`: true for pyinfra's execute phase (the gates run their checks then);
+  `other_hosts`: the rest of the inventory after this host (`gpu-01`); `failed_hosts`: those
+  pyinfra has already failed;
   `shell`: what `host.run_shell_command` answers, in order (`ok`, `stdout`, `stderr`, and
   optionally the `command` it must be asked to run).
 - `commands`: what the operation yields: a string per shell command (`{"_stdin": ..., "command":
@@ -102,13 +104,30 @@ def jsonable(value):
     return json.loads(json.dumps(value, default=list))
 
 
-class FakeState:
-    """The parts of pyinfra's State the operations read."""
+class FakeInventoryHost:
+    def __init__(self, name: str):
+        self.name = name
 
-    def __init__(self, executing: bool):
+
+class FakeInventory(list):
+    def get_active_hosts(self):
+        return list(self)
+
+
+_STATES: list = []  # kept alive: the rollout keys its per-run state by id(state)
+
+
+class FakeState:
+    """The parts of pyinfra's State the operations read: the execute phase, the inventory (the
+    fixture's `inventory` names, this host first) and the hosts that failed (`failed_hosts`)."""
+
+    def __init__(self, executing: bool, inventory: list[str], failed: list[str]):
         self.is_executing = executing
-        self.failed_hosts: set = set()
+        hosts = {n: FakeInventoryHost(n) for n in inventory}
+        self.inventory = FakeInventory(hosts.values())
+        self.failed_hosts: set = {hosts.get(n) or FakeInventoryHost(n) for n in failed}
         self.print_noop_info = False
+        _STATES.append(self)
 
 
 class FakeHost:
@@ -118,10 +137,10 @@ class FakeHost:
     name = "gpu-01"
     print_prefix = "[gpu-01] "
 
-    def __init__(self, facts: dict, shell: list, executing: bool, data: dict):
+    def __init__(self, facts: dict, shell: list, executing: bool, data: dict, inventory=(), failed=()):
         self.facts = facts
         self.shell = list(shell)
-        self.state = FakeState(executing)
+        self.state = FakeState(executing, [self.name, *inventory], list(failed))
         self.data = data
         self.noop_description = None
         self.asked: list[str] = []
@@ -194,7 +213,8 @@ def test_operation(op_name, case, tmp_path):
     data = json.loads(case.read_text())
     for rel, content in data.get("local_files", {}).items():
         (tmp_path / rel).write_text(content)
-    fake = FakeHost(data.get("facts", {}), data.get("shell", []), data.get("executing", False), data.get("host_data", {}))
+    fake = FakeHost(data.get("facts", {}), data.get("shell", []), data.get("executing", False), data.get("host_data", {}),
+                    data.get("other_hosts", []), data.get("failed_hosts", []))
     kwargs = parse_value(data.get("args", {}), tmp_path)
     controller_uv = tuple(data.get("controller_uv", ("/controller/bin/uv", "uv 0.9.5")))
     with ctx_state.use(fake.state), ctx_host.use(fake), \
