@@ -18,14 +18,14 @@ module of `deploys/gptoss_deploy/` the operation lives in; one JSON file per cas
   `other_hosts`: the rest of the inventory after this host (`gpu-01`); `failed_hosts`: those
   pyinfra has already failed;
   `shell`: what `host.run_shell_command` answers, in order (`ok`, `stdout`, `stderr`, and
-  optionally the `command` it must be asked to run).
+  optionally the `command` it must be asked to run); `controller_uv`: [path, `uv --version`] of
+  the controller's uv (default `/controller/bin/uv`, `uv 0.9.5`), what the deploy pushes.
 - `commands`: what the operation yields: a string per shell command (`{"_stdin": ..., "command":
   ...}` when it has connector arguments), `["upload", content or "local:NAME", dest]` (text
   over 200 characters as `sha256:HEX`: the unit and manifest texts have tests of their own),
   `["function", name, args]`.
 - `noop`: the no-change description, or null where the operation must not call `host.noop`.
   A case with no commands must say which.
-- `exception`: `{"name": ..., "message": ...}` when the operation must raise instead.
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ class FakeHost:
     name = "gpu-01"
     print_prefix = "[gpu-01] "
 
-    def __init__(self, facts: dict, shell: list, executing: bool, data: dict, inventory=(), failed=()):
+    def __init__(self, facts: dict, shell: list, executing: bool, inventory=(), failed=()):
         self.facts = facts
         self.shell = list(shell)
         self.state = FakeState(executing, [self.name, *inventory], list(failed))
-        self.data = data
+        self.data: dict = {}
         self.noop_description = None
         self.asked: list[str] = []
 
@@ -213,18 +213,12 @@ def test_operation(op_name, case, tmp_path):
     data = json.loads(case.read_text())
     for rel, content in data.get("local_files", {}).items():
         (tmp_path / rel).write_text(content)
-    fake = FakeHost(data.get("facts", {}), data.get("shell", []), data.get("executing", False), data.get("host_data", {}),
+    fake = FakeHost(data.get("facts", {}), data.get("shell", []), data.get("executing", False),
                     data.get("other_hosts", []), data.get("failed_hosts", []))
     kwargs = parse_value(data.get("args", {}), tmp_path)
     controller_uv = tuple(data.get("controller_uv", ("/controller/bin/uv", "uv 0.9.5")))
     with ctx_state.use(fake.state), ctx_host.use(fake), \
             mock.patch("gptoss_deploy.python_env.controller_uv", lambda: controller_uv):
-        if "exception" in data:
-            with pytest.raises(Exception) as e:
-                list(op._inner(**kwargs))
-            assert type(e.value).__name__ == data["exception"]["name"]
-            assert str(e.value) == data["exception"]["message"]
-            return
         got = [command_json(c, tmp_path) for c in op._inner(**kwargs)]
     assert got == data["commands"], json.dumps(got, indent=2)
     assert not fake.shell, f"the fixture answers {len(fake.shell)} host command(s) the operation never ran"
