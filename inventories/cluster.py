@@ -12,8 +12,17 @@ list is generated from the deploy's key table, deploys/gptoss_deploy/keys.py):
   gptoss_stack                   REQUIRED. A stack name from the knowledge
                                  (doctor/gptoss_doctor/knowledge/stacks.toml, e.g. "vllm-0.20.2"):
                                  fixes vLLM, torch, Triton, CUDA, the package indexes, the uv index
-                                 strategy / prerelease / torch backend. The host's python3 must be
-                                 in the stack's Python range.
+                                 strategy / prerelease / torch backend. The stack venv runs on the
+                                 host's python3 where it is in the stack's Python range, else on
+                                 uv's managed CPython (gptoss_python_mirror).
+  gptoss_python_mirror           Where the host's python3 misses the stack's Python range (the
+                                 launch stack needs 3.12; Debian 12 has 3.11), the stack venv is
+                                 built on uv's managed CPython in /opt/gptoss/python, downloaded
+                                 from python-build-standalone's GitHub releases, or from this mirror
+                                 of them (UV_PYTHON_INSTALL_MIRROR; http(s) or file://). Needed when
+                                 air-gapped (gptoss_wheelhouse).
+  gptoss_python_downloads_json   A downloads list in uv's format (UV_PYTHON_DOWNLOADS_JSON_URL) for
+                                 a site's own CPython archives and their sha256.
   gptoss_extra_stack_files       Paths (on the controller) of extra stack TOML files: your own
                                  pinned stacks, same fields as stacks.toml.
   gptoss_gpu_family              Detected from nvidia-smi / ROCm; set it only for hosts without GPUs

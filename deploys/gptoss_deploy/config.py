@@ -89,6 +89,7 @@ class HostConfig:
     hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
     jit_cache: Any = None  # jit_cache.JitCache: an archive of a warmed host's JIT caches, or None
+    managed_python: Any = None  # managed_python.ManagedPython: the stack venv's uv-managed CPython, or None
 
     @property
     def service(self) -> ServiceCommands:
@@ -230,6 +231,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         hf_endpoint=v["gptoss_hf_endpoint"],
         hf_token_file=v["gptoss_hf_token_file"],
         jit_cache=v["gptoss_jit_cache"],
+        managed_python=v["gptoss_python_mirror"],
     )
 
 
