@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,7 @@ from packaging.version import Version
 
 from gptoss_doctor import knowledge
 from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from, source_links
-
-DATA_FILES = ("stacks.toml", "gpu_families.toml", "recipes.toml", "lifecycle.toml", "drivers.toml", "models.toml")
+from gptoss_doctor.knowledge.loading import DATA_FILES
 
 
 def broken_copy(tmp_path: Path, fname: str, old: str, new: str, count: int = 1) -> Path:
@@ -73,7 +73,7 @@ def test_stacks_are_ordered_oldest_first(kb):
     releases = [Version(v.base_version) for v in versions]
     assert releases == sorted(releases)
     assert list(kb.stacks)[0] == "vllm-0.10.1-gptoss"
-    assert kb.latest_stack.name == "vllm-0.33.0"
+    assert kb.latest_stack.name == "vllm-0.34.0"
 
 
 def test_every_stack_requirement_selects_its_vllm(kb):
@@ -107,7 +107,9 @@ def test_todays_stack(kb):
 def test_pip_cuda_toolkit_only_for_cuda_13(kb):
     """nvidia-cuda-nvcc-cu12 ships ptxas only; the CUDA 13 wheel ships nvcc under nvidia/cu13."""
     for s in kb.stacks.values():
-        if s.cuda.startswith("12."):
+        if s.rocm:
+            assert s.cuda is None and s.nvcc_requirement is None and s.min_driver is None, s.name
+        elif s.cuda.startswith("12."):
             assert s.nvcc_requirement is None and s.cuda_home_subdir is None, s.name
         else:
             assert Requirement(s.nvcc_requirement).name == "nvidia-cuda-nvcc", s.name
@@ -116,8 +118,8 @@ def test_pip_cuda_toolkit_only_for_cuda_13(kb):
 
 
 def test_nvcc_requirement_must_match_the_stack_cuda(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"', 'nvcc_requirement = "nvidia-cuda-nvcc==13.1.*"')
-    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': nvcc_requirement: nvidia-cuda-nvcc==13\.1\.\* does not pin CUDA 13\.0"):
+    d = broken_copy(tmp_path, "releases.toml", 'nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"', 'nvcc_requirement = "nvidia-cuda-nvcc==13.1.*"')
+    with pytest.raises(KnowledgeError, match=r"^releases\.toml: stack 'vllm-0\.20\.0': nvcc_requirement: nvidia-cuda-nvcc==13\.1\.\* does not pin CUDA 13\.0"):
         load_from(d)
 
 
@@ -129,17 +131,19 @@ def test_torch_backend_index(kb):
 
 def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
     for s in kb.stacks.values():
-        assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
+        if s.cuda:
+            assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
 
 
 def test_stack_lookups_by_vllm_version(kb):
     assert kb.stack_for_vllm("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
     assert kb.stack_for_vllm("0.10.1").name == "vllm-0.10.1"
     assert kb.stack_for_vllm("0.26.0+cu130").name == "vllm-0.26.0"  # a local build of a known release
-    assert kb.stack_for_vllm("0.27.1") is None
-    assert kb.era_stack("0.27.1").name == "vllm-0.26.0"
+    assert kb.stack_for_vllm("0.27.1").name == "vllm-0.27.1"  # every release has its stack
+    assert kb.stack_for_vllm("0.35.0") is None  # newer than the knowledge
+    assert kb.era_stack("0.35.0").name == "vllm-0.34.0"
     assert kb.era_stack("0.9.2") is None
-    assert kb.era_stack("0.10.1.1").name == "vllm-0.10.1"  # not the +gptoss pre-release
+    assert kb.era_stack("0.10.1.1").name == "vllm-0.10.1.1"  # not the +gptoss pre-release
     assert kb.era_stack("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
 
 
@@ -152,14 +156,22 @@ def test_unknown_stack_lists_valid_names(kb):
 
 
 def test_missing_source_is_named(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'source = "vllm 0.33.0 wheel METADATA', 'sauce = "vllm 0.33.0 wheel METADATA')
+    d = broken_copy(tmp_path, "stacks.toml", 'source = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel', 'sauce = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel')
     with pytest.raises(KnowledgeError) as e:
         load_from(d)
     # the unknown key is reported first; once it is fixed the missing source is
-    assert str(e.value).startswith("stacks.toml: stack 'vllm-0.33.0': sauce: unknown key")
-    text = (d / "stacks.toml").read_text().replace('sauce = "vllm 0.33.0 wheel METADATA', '# "')
+    assert str(e.value).startswith("stacks.toml: stack 'vllm-0.14.1-rocm': sauce: unknown key")
+    text = (d / "stacks.toml").read_text().replace('sauce = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel', '# "')
     (d / "stacks.toml").write_text(text)
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.33\.0': source: missing"):
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': source: missing"):
+        load_from(d)
+
+
+def test_an_era_note_cannot_change_a_releases_facts(tmp_path):
+    """A stacks.toml row named like a generated stack adds era/notes/source; a fact there
+    (torch, cuda, ...) would contradict the release files, so it is refused."""
+    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.27.0"\n', 'name = "vllm-0.27.0"\ntorch = "2.11.0"\n')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.27\.0': torch: unknown key \(known: name, era, notes, source\)"):
         load_from(d)
 
 
@@ -181,7 +193,7 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_bad_version_is_named(tmp_path):
     d = broken_copy(tmp_path, "stacks.toml", 'torch = "2.9.1"', 'torch = "2.9.one"')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1': torch: '2\.9\.one' is not a version"):
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': torch: '2\.9\.one' is not a version"):
         load_from(d)
 
 
@@ -192,8 +204,8 @@ def test_bad_specifier_is_named(tmp_path):
 
 
 def test_bad_requirement_is_named(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm=>0.13"]')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.13\.0': requirements: 'vllm=>0\.13' is not a requirement"):
+    d = broken_copy(tmp_path, "releases.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm=>0.13"]')
+    with pytest.raises(KnowledgeError, match=r"^releases\.toml: stack 'vllm-0\.13\.0': requirements: 'vllm=>0\.13' is not a requirement"):
         load_from(d)
 
 
@@ -204,8 +216,8 @@ def test_unknown_family_in_recipe(tmp_path):
 
 
 def test_duplicate_stack(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.28.0"', 'name = "vllm-0.26.0"')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.26\.0': name: duplicate stack"):
+    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.17.0-rocm"', 'name = "vllm-0.14.1-rocm"')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': name: duplicate stack"):
         load_from(d)
 
 
@@ -216,14 +228,14 @@ def test_invalid_toml_is_one_line(tmp_path):
 
 
 def test_stack_vllm_must_match_its_requirement(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm==0.12.0"]')
+    d = broken_copy(tmp_path, "releases.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm==0.12.0"]')
     with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.13\.0': requirements: vllm==0\.12\.0 does not select vllm 0\.13\.0"):
         load_from(d)
 
 
 def test_stack_cuda_needs_a_driver_row(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'cuda = "13.0"', 'cuda = "13.9"')
-    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': cuda: '13\.9' has no row in drivers\.toml"):
+    d = broken_copy(tmp_path, "releases.toml", 'cuda = "13.0"', 'cuda = "13.9"')
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.0': cuda: '13\.9' has no row in drivers\.toml"):
         load_from(d)
 
 
@@ -587,7 +599,8 @@ def _fake_vllm_wheel(path: Path, *, envs: list[str], backends: list[str], args: 
 def test_wheelcheck_reads_a_wheel_and_finds_disagreements(kb, tmp_path):
     import zipfile
 
-    from gptoss_doctor.knowledge import _wheelcheck as wc
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import wheelcheck as wc  # the maintainer tool (scripts/), outside the doctor wheel
 
     whl = _fake_vllm_wheel(tmp_path / "vllm-0.12.0.whl", envs=["VLLM_ATTENTION_BACKEND", "VLLM_USE_V1"],
                            backends=["TRITON_ATTN", "FLASH_ATTN"], args=["async_scheduling", "cuda_graph_sizes"],
