@@ -199,7 +199,7 @@ def test_bad_version_is_named(tmp_path):
 
 def test_bad_specifier_is_named(tmp_path):
     d = broken_copy(tmp_path, "recipes.toml", 'vllm = ">=0.22"', 'vllm = "from 0.22 on"')
-    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200 vllm from 0\.22 on\): vllm: .* not a version specifier"):
+    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200/B300/GB300 vllm from 0\.22 on\): vllm: .* not a version specifier"):
         load_from(d)
 
 
@@ -500,7 +500,7 @@ def test_family_for_real_gpu_names(kb, name, family):
 
 
 def test_family_for_gpu_does_not_confuse_neighbours(kb):
-    assert kb.family_for_gpu("NVIDIA GH200 480GB") is None
+    assert kb.family_for_gpu("NVIDIA GH200 480GB").name == "GH200"  # not H200
     assert kb.family_for_gpu("Tesla V100-SXM2-16GB", compute_cap="7.0") is None
     assert kb.family_for_gpu("NVIDIA GB200", compute_cap="10.0").name == "GB200"
 
@@ -678,3 +678,56 @@ def test_gpt_oss_package_rows_judge_the_package_version(kb):
     new = kb.env_vars["PYTHON_EXECUTION_BACKEND=dangerously_use_uv"]
     assert [kb.lifecycle_status(new, v) for v in ("0.0.4", "0.0.5", "0.0.9")] == ["not-yet", "valid", "valid"]
     assert kb.env_vars["VLLM_ATTENTION_BACKEND"].package == "vllm"
+
+
+# ------------------------------------------------------------- the GPUs people own
+
+@pytest.mark.parametrize("name,cc,family,arch", [
+    ("NVIDIA B300 SXM6 AC", "10.3", "B300", "blackwell-ultra"),
+    ("NVIDIA GB300", "10.3", "GB300", "blackwell-ultra"),
+    ("NVIDIA GeForce RTX 4090", "8.9", "RTX 4090", "ada"),
+    ("NVIDIA GeForce RTX 3090", "8.6", "RTX 3090", "ampere"),
+    ("NVIDIA GeForce RTX 5090", "12.0", "RTX 5090", "blackwell-rtx"),
+    ("NVIDIA L4", "8.9", "L4", "ada"),
+    ("NVIDIA L40", "8.9", "L40", "ada"),
+    ("NVIDIA L40S", "8.9", "L40S", "ada"),
+    ("NVIDIA A10G", "8.6", "A10", "ampere"),
+    ("NVIDIA A10", "8.6", "A10", "ampere"),
+    ("NVIDIA A40", "8.6", "A40", "ampere"),
+    ("NVIDIA RTX A6000", "8.6", "RTX A6000", "ampere"),
+    ("NVIDIA RTX 6000 Ada Generation", "8.9", "RTX 6000 Ada", "ada"),
+    ("NVIDIA H20", "9.0", "H20", "hopper"),
+    ("NVIDIA H800", "9.0", "H800", "hopper"),
+    ("NVIDIA A800 80GB PCIe", "8.0", "A800", "ampere"),
+    ("NVIDIA GH200 480GB", "9.0", "GH200", "hopper"),
+    ("NVIDIA GB10", "12.1", "GB10", "blackwell-rtx"),
+])
+def test_gpus_people_own_have_a_family_and_a_recipe_in_every_era(kb, name, cc, family, arch):
+    fam = kb.family_for_gpu(name, compute_cap=cc)
+    assert (fam.name, fam.arch, fam.compute_capability) == (family, arch, cc)
+    for s in kb.shipped_stacks.values():
+        if s.vllm_version.local:
+            continue
+        recipe = kb.recipe(family, s.vllm)
+        assert recipe is not None, (family, s.vllm)
+        # the attention backend the recipe forces (or vLLM's default) must serve sinks there
+        forced = recipe.env.get("VLLM_ATTENTION_BACKEND") or next(
+            (recipe.serve_flags[i + 1] for i, f in enumerate(recipe.serve_flags) if f == "--attention-backend"), None)
+        if forced:
+            assert kb.serves_sinks(forced, s.vllm, arch) is True, (family, s.vllm, forced)
+
+
+def test_b300_is_not_given_hopper_or_early_flashinfer_settings(kb):
+    """The upstream script hands SM103 the Hopper file; before 0.13 FlashInfer sinks were SM100-only."""
+    assert kb.serves_sinks("FLASHINFER", "0.12.0", "blackwell-ultra") is False
+    assert kb.serves_sinks("FLASHINFER", "0.12.0", "blackwell") is True
+    assert kb.recipe("B300", "0.12.0").env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
+    assert kb.recipe("B300", "0.33.0") == kb.recipe("B200", "0.33.0")
+    assert kb.recipe("B300", "0.33.0") != kb.recipe("H100", "0.33.0")
+
+
+def test_rocm_sinks_follow_the_release_files(kb):
+    assert kb.serves_sinks("ROCM_ATTN", "0.18.1", "cdna3") is True
+    assert kb.serves_sinks("ROCM_ATTN", "0.19.0", "cdna3") is False
+    assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.18.0", "cdna4") is True
+    assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.17.1", "cdna3") is None  # not read for that release

@@ -80,7 +80,8 @@ def sinks_float32(snap, kb):
     ("Attention sink dtype error on Blackwell"); vllm-project/vllm#23016.
     """
     vllm = target_vllm(snap, kb)
-    blackwell = [f for f in _present_families(snap, kb) if f.vendor == "nvidia" and f.arch.lower() == "blackwell"]
+    # the SM10x family (B200/GB200, B300/GB300): where TRT-LLM attention is what serves sinks
+    blackwell = [f for f in _present_families(snap, kb) if f.vendor == "nvidia" and f.arch.lower() in ("blackwell", "blackwell-ultra")]
     if not blackwell:
         raise NotApplicable("no Blackwell GPU")
     label, key, env = effective_env(snap)
@@ -88,7 +89,9 @@ def sinks_float32(snap, kb):
         recipe = kb.recipe(fam.name, vllm)
         if recipe is None:
             continue
-        wanted = {n: v for n, v in recipe.env.items() if "ATTENTION" in n}
+        # the TRT-LLM attention switches only: a recipe that forces another backend
+        # (VLLM_ATTENTION_BACKEND) does not hit the float32 assertion when it is missing
+        wanted = {n: v for n, v in recipe.env.items() if n.startswith("VLLM_USE_TRTLLM")}
         missing = {n: v for n, v in wanted.items() if str(env.get(n, "")).strip() != str(v)}
         if not missing:
             continue
