@@ -117,7 +117,8 @@ class DirSource:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.label = (folder / "wheel.txt").read_text().strip()
-        self._scans = json.loads((folder / "scans.json").read_text())
+        scans = folder / "scans.json"  # absent for a torch wheel: nothing is scanned there
+        self._scans = json.loads(scans.read_text()) if scans.is_file() else {}
 
     def names(self) -> list[str]:
         return (self.folder / "names.txt").read_text().split()
@@ -292,7 +293,7 @@ def _cu(cuda: str) -> str:
     return "cu" + cuda.replace(".", "")
 
 
-def stack_row(r: ReleaseFacts, t: TorchFacts | None, driver_floors: dict[str, str]) -> dict:
+def stack_row(r: ReleaseFacts, t: TorchFacts | None, driver_floors: dict[str, str], why: str = "") -> dict:
     """The `[[stack]]` row of one release. The torch build is the one for the CUDA the vLLM wheel
     was compiled with (not PyPI's torch build when that differs: 2.7.1 on PyPI is cu126)."""
     v = r.version
@@ -313,7 +314,7 @@ def stack_row(r: ReleaseFacts, t: TorchFacts | None, driver_floors: dict[str, st
         raise LookupError(f"vllm {v}: METADATA pins no torch==")
     triton = t.triton if t is not None else None
     if triton is None:
-        raise LookupError(f"vllm {v}: torch {r.torch}'s Triton requirement was not read")
+        raise LookupError(f"vllm {v}: torch {r.torch}'s Triton requirement was not read" + (f" ({why})" if why else ""))
     row = {
         "name": f"vllm-{v}",
         "era": f"vLLM {v}: torch {r.torch}, CUDA {cuda}, Triton {triton[1]}",
@@ -401,22 +402,25 @@ def driver_floors() -> dict[str, str]:
         return {r["cuda"]: r["min_driver"] for r in tomllib.load(f)["cuda"]}
 
 
-def read_torches(releases: list[ReleaseFacts], torch_source) -> tuple[dict[str, TorchFacts], list[str]]:
-    """The facts of every torch the releases pin; `torch_source(version)` opens one."""
-    torches, problems = {}, []
+def read_torches(releases: list[ReleaseFacts], torch_source) -> tuple[dict[str, TorchFacts], dict[str, str]]:
+    """The facts of every torch the releases pin, and why a torch could not be read;
+    `torch_source(version)` opens one."""
+    torches, problems = {}, {}
     for t in sorted({r.torch for r in releases if r.torch}, key=Version):
         try:
             torches[t] = read_torch(t, torch_source(t))
         except (OSError, LookupError) as e:
-            problems.append(f"torch {t}: {e}")
+            problems[t] = str(e)
     return torches, problems
 
 
-def generate(releases: list[ReleaseFacts], torches: dict[str, TorchFacts], when: str) -> str:
+def generate(releases: list[ReleaseFacts], torches: dict[str, TorchFacts], when: str,
+             torch_problems: dict[str, str] | None = None) -> str:
     """The generated TOML for these releases (pure)."""
     floors = driver_floors()
     ordered = sorted(releases, key=lambda r: Version(r.version))
-    stacks = [stack_row(r, torches.get(r.torch or ""), floors) for r in ordered]
+    why = torch_problems or {}
+    stacks = [stack_row(r, torches.get(r.torch or ""), floors, why.get(r.torch or "", "")) for r in ordered]
     summary = f"{len(stacks)} releases ({stacks[0]['vllm']} .. {stacks[-1]['vllm']}), read {when}"
     return render(stacks, release_rows(ordered), summary)
 
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         def torch_source(t: str) -> Source:
             folder = args.offline / f"torch-{t}"
             if not folder.is_dir():
-                raise LookupError(f"{folder}: not recorded")
+                raise LookupError(f"{folder.name}/ was not recorded")
             return DirSource(folder)
         when = f"from the recorded folder {args.offline.name}/"
     else:
@@ -483,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
 
             with ThreadPoolExecutor(max_workers=4) as pool:  # the compiled-library scans dominate
                 releases = list(pool.map(one, versions))
-        torches, problems = read_torches(releases, torch_source)
-        problems = [f"vllm {r.version}: {p}" for r in releases for p in r.problems] + problems
-        text = generate(releases, torches, when)
+        torches, torch_problems = read_torches(releases, torch_source)
+        problems = [f"vllm {r.version}: {p}" for r in releases for p in r.problems]
+        text = generate(releases, torches, when, torch_problems)
     except (OSError, LookupError) as e:
         print(f"gen_stacks: {e}", file=sys.stderr)
         return 2

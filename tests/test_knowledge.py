@@ -731,3 +731,121 @@ def test_rocm_sinks_follow_the_release_files(kb):
     assert kb.serves_sinks("ROCM_ATTN", "0.19.0", "cdna3") is False
     assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.18.0", "cdna4") is True
     assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.17.1", "cdna3") is None  # not read for that release
+
+
+# ------------------------------------------------------- the generated releases and stacks
+
+def test_every_release_from_0_10_1_has_a_generated_stack(kb):
+    releases = list(kb.releases)
+    assert releases[0] == "0.10.1" and "0.34.0" in releases and len(releases) >= 39
+    for v, rel in kb.releases.items():
+        s = kb.stack_for_vllm(v)
+        assert s is not None and s.generated and s.vllm == v, v
+        assert s.torch == rel.pin("torch"), v  # the stack installs what the release pins
+        assert s.cuda == rel.cuda and s.torch_local == "+cu" + rel.cuda.replace(".", ""), v
+        assert f"https://pypi.org/project/vllm/{v}/" in s.links, v
+
+
+def test_audit_rows_read_from_the_release_files(kb):
+    """The rows the 2026-12-03 audit found wrong, as the release files say them."""
+    s = kb.stack("vllm-0.11.2")
+    assert (s.cuda, s.torch_local, s.min_driver) == ("12.8", "+cu128", "570.26")  # E1
+    assert kb.stack("vllm-0.12.0").cuda == "12.9"
+    assert kb.stack("vllm-0.27.0").torch == "2.13.0"  # E9
+    assert kb.release("0.20.2").cudart == "13" and kb.release("0.20.2").cuda == "13.0"  # E2
+    assert not kb.release("0.31.0").download_kernels and kb.release("0.32.0").download_kernels  # E5
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" in kb.release("0.23.0").env_vars  # E4
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" not in kb.release("0.24.0").env_vars
+    assert kb.lifecycle_status("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", "0.21.0") == "valid"  # E3
+    assert kb.lifecycle_status("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", "0.23.0") == "deprecated"
+    new = kb.stack("vllm-0.34.0")  # S1
+    assert (new.torch, new.triton, new.cuda, new.python) == ("2.14.0", "3.8.0", "13.0", ">=3.11,<3.15")
+    assert kb.latest_stack is new
+
+
+def test_lifecycle_env_vars_agree_with_every_release(kb):
+    """Each VLLM_* lifecycle row is present (valid/deprecated) exactly in the releases whose
+    envs.py defines it: the lifecycle is checked against all releases, offline."""
+    bad = []
+    for name, lc in kb.env_vars.items():
+        if not name.startswith("VLLM_") or not lc.upstream or lc.only_in or lc.package != "vllm":
+            continue
+        for v, rel in kb.releases.items():
+            present = kb.lifecycle_status(lc, v) in ("valid", "deprecated")
+            if present != (name in rel.env_vars):
+                bad.append(f"{name} on {v}: lifecycle {kb.lifecycle_status(lc, v)}, envs.py {'has' if name in rel.env_vars else 'lacks'} it")
+    assert not bad, "\n".join(bad)
+
+
+def test_lifecycle_backends_agree_with_every_release(kb):
+    bad = []
+    for name, lc in kb.attention_backends.items():
+        if not lc.upstream or lc.only_in:
+            continue
+        for v, rel in kb.releases.items():
+            status = kb.lifecycle_status(lc, v)
+            if status == "valid" and name not in rel.attention_backends:
+                bad.append(f"{name} on {v}: lifecycle valid, the registry lacks it")
+            if status in ("removed", "not-yet") and name in rel.attention_backends:
+                bad.append(f"{name} on {v}: lifecycle {status}, the registry has it")
+    assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------- the generator, on recorded release files
+
+RELEASE_FIXTURES = Path(__file__).parent / "fixtures" / "releases"
+
+
+def _gen_stacks():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_stacks  # the maintainer command (scripts/), outside the doctor wheel
+
+    return gen_stacks
+
+
+def test_generator_on_recorded_releases_gives_the_shipped_rows(kb, tmp_path, monkeypatch):
+    """tests/fixtures/releases holds what --record kept of 0.10.1, 0.11.2 and 0.34.0 (METADATA,
+    envs.py, the backend registry, the compiled library's version strings) and of the torch
+    wheels they pin: the generator, run on them with no network, writes the rows shipped in
+    releases.toml (which it wrote from PyPI)."""
+    import tomllib
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("the offline generator touched the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    gen = _gen_stacks()
+    out = tmp_path / "releases.toml"
+    assert gen.main(["--offline", str(RELEASE_FIXTURES), "--out", str(out)]) == 0
+    doc = tomllib.loads(out.read_text())
+    shipped = tomllib.loads((DATA_DIR / "releases.toml").read_text())
+    shipped_stacks = {r["name"]: r for r in shipped["stack"]}
+    assert [r["name"] for r in doc["stack"]] == ["vllm-0.10.1", "vllm-0.11.2", "vllm-0.34.0"]
+    for row in doc["stack"]:
+        assert row == shipped_stacks[row["name"]], row["name"]
+    env: set[str] = set()
+    for row in doc["release"]:
+        env = (set(row.get("env_vars", env)) | set(row.get("env_vars_added", ()))) - set(row.get("env_vars_removed", ()))
+        rel = kb.release(row["vllm"])
+        assert env == set(rel.env_vars) and tuple(row["attention_backends"]) == rel.attention_backends, row["vllm"]
+        assert (row["nvcc"], tuple(row["pins"])) == (rel.nvcc, rel.pins)
+
+
+def test_generator_reads_the_cuda_13_version_string():
+    """nvcc 12 leaves 'release 12.8, V12.8.93'; CUDA 13's compressed fatbins keep 'release 13.0, V.88'."""
+    gen = _gen_stacks()
+    for text, want in ((b"Cuda compilation tools, release 12.8, V12.8.93\0", ("12.8", "93")),
+                       (b"xx release 13.0, V.88\0", ("13.0", "88"))):
+        m = re.search(gen.NVCC, text)
+        assert (m.group(1).decode(), m.group(2).decode()) == want
+
+
+def test_generator_names_what_it_could_not_read(tmp_path, capsys):
+    """A release whose pinned torch was not recorded: one line naming it, exit 2."""
+    gen = _gen_stacks()
+    shutil.copytree(RELEASE_FIXTURES / "vllm-0.11.2", tmp_path / "vllm-0.11.2")
+    assert gen.main(["--offline", str(tmp_path), "--out", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gen_stacks: vllm 0.11.2: torch 2.9.0's Triton requirement was not read (torch-2.9.0/ was not recorded)"]
+    assert not (tmp_path / "x.toml").exists()
