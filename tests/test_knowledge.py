@@ -849,3 +849,32 @@ def test_generator_names_what_it_could_not_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gen_stacks: vllm 0.11.2: torch 2.9.0's Triton requirement was not read (torch-2.9.0/ was not recorded)"]
     assert not (tmp_path / "x.toml").exists()
+
+
+# ------------------------- newer than the knowledge: what the collector reads of the release
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build a library that links libcudart.so.13")
+def test_collector_reads_a_new_releases_pins_and_cuda_major(tmp_path):
+    """A vLLM newer than the knowledge is judged by its METADATA pins and the libcudart its
+    compiled library links (a real ELF here, linked against a stand-in libcudart.so.13)."""
+    import subprocess
+
+    from gptoss_doctor.collect.venv import read_dist_info, vllm_facts
+
+    sp = tmp_path / "site-packages"
+    (sp / "vllm").mkdir(parents=True)
+    (tmp_path / "a.c").write_text("int f(void){return 1;}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcudart.so.13", "-o", str(tmp_path / "libcudart.so"),
+                    str(tmp_path / "a.c")], check=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,--no-as-needed", "-o", str(sp / "vllm" / "_C_stable_libtorch.abi3.so"),
+                    str(tmp_path / "a.c"), "-L", str(tmp_path), "-lcudart"], check=True)
+    (sp / "vllm" / "envs.py").write_text('environment_variables = {\n    "VLLM_NEW": lambda: 1,\n}\n')
+    info = sp / "vllm-0.35.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.4\nName: vllm\nVersion: 0.35.0\nRequires-Python: >=3.11\n"
+                                   "Requires-Dist: torch==2.15.0\nRequires-Dist: regex\n"
+                                   'Requires-Dist: tensorizer==2.10.1; extra == "tensorizer"\n\nlong description: torch==9\n')
+    dist = read_dist_info(info, sp)
+    install = vllm_facts([sp], [dist])["vllm.install"]["value"]
+    assert install["requires"] == ["torch==2.15.0"]
+    assert install["cudart"] == "13"

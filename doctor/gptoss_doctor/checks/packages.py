@@ -156,11 +156,19 @@ def torch_cuda_suffix(snap, kb):
     except NotApplicable:
         stack, how = None, None
     if stack is None:
-        # Without a stack only a build without CUDA on an NVIDIA box is certainly wrong.
+        # Without a stack: a build without CUDA on an NVIDIA box is certainly wrong, and so is a
+        # torch of another CUDA major than the libcudart vLLM's compiled library links.
         if nvidia_gpus(snap) and not torch.get("cuda") and not torch.get("hip"):
             yield _suffix_finding(snap, installed, "a CUDA build", "this box has NVIDIA GPUs", None)
             return
-        raise NotApplicable("the stack is unknown (no manifest, vLLM matches no knowledge stack)")
+        cudart = fact_obj(snap, "vllm.install").get("cudart")
+        vllm = fact_obj(snap, "vllm.install").get("version")
+        if cudart and torch.get("cuda"):
+            if str(torch.get("cuda")).split(".")[0] != str(cudart):
+                yield _suffix_finding(snap, installed, f"a CUDA {cudart}.x build",
+                                      f"vLLM {vllm}'s compiled library links libcudart.so.{cudart}", None)
+            return
+        raise NotApplicable("the stack is unknown (no manifest, vLLM matches no knowledge stack) and vLLM's CUDA was not read")
     want_local = stack.torch_local
     have_local = _local(installed)
     if want_local:
@@ -313,22 +321,95 @@ def vllm_torch_pair(snap, kb):
     each stack row's source (vLLM METADATA `Requires-Dist: torch==...`).
     """
     vllm = vllm_version(snap)
-    if fact_obj(snap, "torch.build").get("hip"):
-        raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
     stack = kb.stack_for_vllm(vllm)
-    if stack is None:
-        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack")
+    pin = vllm_pin(snap, "torch")
+    # The installed build's own METADATA first (a ROCm or cu129 build, a release newer than the
+    # knowledge), else the knowledge's stack of that vLLM.
+    if pin is not None:
+        want, whence = pin, f"vLLM {vllm}'s METADATA (Requires-Dist: torch=={pin})"
+    elif stack is not None and stack.verified:
+        want, whence = stack.torch, f"stack {stack.name}"
+    elif stack is not None:
+        raise NotApplicable(f"stack {stack.name}'s torch pin was not read from the build's files, and no torch== pin was read from vLLM {vllm}'s METADATA")
+    else:
+        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack and no torch== pin was read from its METADATA")
     torch = str(fact_obj(snap, "torch.build").get("version") or "")
-    have, want = version(torch), version(stack.torch)
-    if have is not None and want is not None and public(have) == public(want):
+    have, wanted = version(torch), version(want)
+    if have is not None and wanted is not None and public(have) == public(wanted):
         return
+    newer = newer_than_knowledge(kb, vllm)
+    if stack is not None:
+        commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
+    else:
+        commands = [uv_pip(snap, "install", "--reinstall-package", "torch", f"vllm=={vllm}", f"torch=={want}", "--torch-backend", "auto")]
     yield Finding(
         id="vllm-torch-pair",
         severity="error",
-        title=f"vLLM {vllm} pins torch {stack.torch}, but torch {torch or '(unknown)'} is installed",
-        evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, stack=stack.name, stack_torch=stack.torch),
-        fix=Fix(text=f"Reinstall stack {stack.name} so torch matches vLLM.", commands=stack_install_commands(snap, stack, "--reinstall-package", "torch")),
-        links=["https://github.com/vllm-project/vllm/issues/20361", stack.source],
+        title=f"vLLM {vllm} pins torch {want}, but torch {torch or '(unknown)'} is installed"
+        + (f" (vLLM {vllm} is newer than the knowledge: judged from its own METADATA)" if newer else ""),
+        evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, needed=want, needed_from=whence,
+                          stack=stack.name if stack else None, newer_than_knowledge=newer or None),
+        fix=Fix(text=f"Reinstall torch {want} so it matches vLLM {vllm}" + (f" (stack {stack.name})." if stack else "."), commands=commands),
+        links=["https://github.com/vllm-project/vllm/issues/20361", *([stack.source] if stack else [f"https://pypi.org/project/vllm/{public(version(vllm))}/"])],
+    )
+
+
+def vllm_pin(snap, name: str) -> str | None:
+    """The version the installed vLLM's METADATA pins `name` to (`Requires-Dist: torch==2.14.0`)."""
+    for req in fact_obj(snap, "vllm.install").get("requires") or ():
+        head, sep, ver = str(req).partition("==")
+        if sep and canonicalize_name(head.split("[")[0].strip()) == name:
+            return ver.split(";")[0].strip() or None
+    return None
+
+
+def newer_than_knowledge(kb, vllm: str) -> str | None:
+    """"the knowledge ends at <newest>" when this vLLM is a release after every one it has."""
+    v = version(vllm)
+    newest = kb.newest_release.vllm
+    if v is None or kb.stack_for_vllm(vllm) is not None or public(v) <= version(newest):
+        return None
+    return f"the knowledge ends at vLLM {newest}"
+
+
+@check(
+    "vllm-newer-than-knowledge",
+    severity="info",
+    title="vLLM is newer than the knowledge: judged from its own files",
+    category="packages",
+    needs=("vllm.install",),
+    links=["https://pypi.org/project/vllm/#history"],
+)
+def vllm_newer_than_knowledge(snap, kb):
+    """The installed vLLM is a release after the newest one the knowledge has a row for.
+
+    Why: every other check still runs, judged from what is installed instead of the knowledge:
+    the torch== pin of vLLM's METADATA (vllm-torch-pair), the CUDA major its compiled library
+    links against torch's build (torch-cuda-suffix), the env var names of its envs.py and the
+    backend names of its registry (the env checks). Only the knowledge's recipes and eras stop
+    at the newest release it has.
+
+    Fix: upgrade gptoss-doctor to one whose knowledge has the release (maintainers regenerate it
+    with scripts/gen_stacks.py).
+
+    Source: each release's own files on PyPI (https://pypi.org/project/vllm/#history).
+    """
+    vllm = vllm_version(snap)
+    newer = newer_than_knowledge(kb, vllm)
+    if newer is None:
+        return
+    install = fact_obj(snap, "vllm.install")
+    env_vars, backends = snap.get("vllm.env_vars"), snap.get("vllm.attention_backends")
+    yield Finding(
+        id="vllm-newer-than-knowledge",
+        severity="info",
+        title=f"vLLM {vllm} is newer than the knowledge ({newer}): judged from its own METADATA, compiled library, envs.py and backend registry",
+        evidence=evidence(snap, ["vllm.install"], vllm=vllm, knowledge_newest=kb.newest_release.vllm,
+                          torch_pin=vllm_pin(snap, "torch"), links_libcudart=install.get("cudart"),
+                          env_vars_read=len(env_vars) if isinstance(env_vars, list) else None,
+                          backends_read=len(backends) if isinstance(backends, list) else None),
+        fix=Fix(text="Upgrade gptoss-doctor to a release whose knowledge has this vLLM (maintainers: scripts/gen_stacks.py).", commands=[]),
+        links=[f"https://pypi.org/project/vllm/{public(version(vllm))}/"],
     )
 
 

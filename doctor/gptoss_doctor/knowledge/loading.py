@@ -227,6 +227,7 @@ _STACK: _Spec = {
     "nvcc_requirement": (_requirement, False),
     "cuda_home_subdir": (_str, False),
     "era": (_str, True),
+    "verified": (_bool, False),
     "notes": (_text, False),
     "source": (_source, True),
 }

@@ -101,6 +101,7 @@ class Stack(_Sourced):
     cuda_home_subdir: str | None = None  # where that wheel puts the toolkit, under site-packages
     notes: str = ""
     generated: bool = False  # its facts come from releases.toml (scripts/gen_stacks.py)
+    verified: bool = True  # False: its torch/Triton pins were not read from the build's own files
     site_file: str | None = None  # the site's stack file it came from; None: shipped
 
     @property
