@@ -878,3 +878,48 @@ def test_collector_reads_a_new_releases_pins_and_cuda_major(tmp_path):
     install = vllm_facts([sp], [dist])["vllm.install"]["value"]
     assert install["requires"] == ["torch==2.15.0"]
     assert install["cudart"] == "13"
+
+
+# ------------------------------------------------ CUDA 12 drivers on the CUDA 13 releases
+
+def test_cuda_12_driver_gets_vllms_cu129_build_not_a_cu129_torch(kb):
+    """From 0.20 the PyPI wheel links libcudart.so.13 (driver >= 580): a CUDA 12 driver needs
+    vLLM's own cu129 build, from vLLM's wheel index (a named index a deploy can mirror)."""
+    assert kb.release("0.20.2").cudart == "13"
+    pypi = kb.stack("vllm-0.20.2")
+    assert pypi.torch_local == "+cu130" and pypi.min_driver == "580.65.06"
+    for name in ("vllm-0.20.2-cu129", "vllm-0.34.0-cu129"):
+        s = kb.stack(name)
+        assert s.vllm.endswith("+cu129") and s.torch_local == "+cu129" and s.cuda == "12.9"
+        assert s.index("vllm-cu129").url == f"https://wheels.vllm.ai/{s.vllm.split('+')[0]}/cu129"
+        assert Version(s.min_driver) < Version("580")
+        assert kb.stack_for_vllm(s.vllm) is s
+    assert kb.stack_for_vllm("0.34.0+cu129").name == "vllm-0.34.0-cu129"
+    assert kb.stack_for_vllm("0.34.0+cu130").name == "vllm-0.34.0"  # the PyPI build is that CUDA
+    assert "vllm-0.20.2-cu129" in pypi.notes and "torch_backend = cu129" not in pypi.notes  # audit E2
+
+
+def test_drivers_reach_cuda_13_5_and_cu132_torch_builds_are_valid(kb, tmp_path):
+    assert {"13.3", "13.4", "13.5"} <= set(kb.drivers)
+    assert kb.max_cuda_for_driver("620.10.01") == "13.5"
+    assert kb.max_cuda_for_driver("580.159.04") == "13.0"
+    assert all(kb.drivers[c].compat_min_driver == "580.65.06" for c in ("13.3", "13.4", "13.5"))
+    f = tmp_path / "site.toml"
+    f.write_text(SITE_STACK.replace('torch_local = "+cu130"', 'torch_local = "+cu132"').replace('cuda = "13.0"', 'cuda = "13.2"')
+                 .replace('torch_backend = "cu130"', 'torch_backend = "cu132"').replace("13.0.*", "13.2.*")
+                 .replace('min_driver = "580.95.05"', 'min_driver = "595.45.04"'))
+    s = load([f]).stack("vllm-0.33.0-site")
+    assert s.torch_build == "2.14.0+cu132" and s.torch_backend_index.url == "https://download.pytorch.org/whl/cu132"
+
+
+def test_rocm_stacks_are_vllms_rocm_wheels(kb):
+    rocm = [s for s in kb.shipped_stacks.values() if s.rocm]
+    assert {s.name for s in rocm} >= {"vllm-0.14.1-rocm", "vllm-0.17.0-rocm", "vllm-0.34.0-rocm"}
+    for s in rocm:
+        assert (s.rocm, s.min_glibc, s.python, s.vendor) == ("7.0", "2.35", ">=3.12,<3.13", "amd")
+        assert s.torch_local == "+rocm7.0" and s.triton_dist == "pytorch-triton-rocm" and s.cuda is None
+        assert s.index("vllm-rocm").url == "https://wheels.vllm.ai/rocm"
+        assert kb.recipe("MI300X", s.vllm) is not None and kb.recipe("MI355X", s.vllm) is not None
+    assert kb.stack_for_vllm("0.17.0+rocm700").name == "vllm-0.17.0-rocm"
+    assert kb.stack_for_vllm("0.17.0+rocm701").name == "vllm-0.17.0-rocm"  # another ROCm build of it
+    assert kb.latest_stack.rocm is None  # today's stack stays the PyPI one

@@ -244,6 +244,8 @@ def _newest_stack_for_driver(kb, driver: str, driver_max) -> object | None:
     d = version(driver)
     fits = []
     for s in kb.shipped_stacks.values():  # a recommendation: never a site's own stack
+        if s.cuda is None:  # a ROCm stack
+            continue
         if d is not None and version(s.min_driver) and version(s.min_driver) > d:
             continue
         max_mm = major_minor(driver_max)
