@@ -122,9 +122,10 @@ class Stack(_Sourced):
 
     @property
     def torch_backend_index(self) -> Index | None:
-        """The PyTorch index a `cu<NNN>` torch_backend stands for, named so a deploy can mirror it
-        (`pytorch-cu130` -> https://download.pytorch.org/whl/cu130); None for "auto" or unset."""
-        if not self.torch_backend or not self.torch_backend.startswith("cu"):
+        """The PyTorch index a `cu<NNN>` / `rocm<X.Y>` torch_backend stands for, named so a deploy
+        can mirror it (`pytorch-cu130` -> https://download.pytorch.org/whl/cu130); None for "auto"
+        or unset."""
+        if not self.torch_backend or not self.torch_backend.startswith(("cu", "rocm")):
             return None
         return Index(name=f"pytorch-{self.torch_backend}", url=f"{PYTORCH_INDEX_ROOT}/{self.torch_backend}")
 
