@@ -26,7 +26,6 @@ at load (README.md says how).
 from __future__ import annotations
 
 import argparse
-import ast
 import email.parser
 import json
 import re

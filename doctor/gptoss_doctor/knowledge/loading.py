@@ -18,8 +18,6 @@ from packaging.version import InvalidVersion, Version
 
 from .queries import Knowledge
 from .rows import (
-    _as_version,
-    parse_version,
     PYPI_INDEX_URL,
     DriverFloor,
     GpuFamily,

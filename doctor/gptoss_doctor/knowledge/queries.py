@@ -28,9 +28,6 @@ from .rows import (
 # The knowledge
 # --------------------------------------------------------------------------------------------
 
-STATUSES = ("valid", "deprecated", "removed", "not-yet")
-
-
 @dataclass(frozen=True, kw_only=True)
 class Knowledge:
     stacks: Mapping[str, Stack]
@@ -86,17 +83,6 @@ class Knowledge:
             match = [s for s in same if _build_kind(s.vllm_version.local) == kind]
             match = match or [s for s in same if not s.vllm_version.local and s.torch_local == f"+{kind}"]
         return match[0] if match else None
-
-    def era_stack(self, vllm_version: str | Version) -> Stack | None:
-        """The newest public-release stack at or below this version (a local build such as
-        0.10.1+gptoss only answers for itself): the era the version belongs to. Eras are the
-        shipped stacks; a site's stack answers only for its exact version."""
-        v = parse_version(vllm_version)
-        exact = [s for s in self.stacks.values() if s.vllm_version == v]
-        if exact:
-            return exact[0]
-        older = [s for s in self.shipped_stacks.values() if not s.vllm_version.local and s.vllm_version <= v]
-        return max(older, key=lambda s: s.vllm_version) if older else None
 
     def release(self, vllm_version: str | Version) -> Release | None:
         """What the release files of this vLLM say (a local build counts as its public release,
@@ -196,12 +182,6 @@ class Knowledge:
     def min_driver_for_cuda(self, cuda: str) -> str | None:
         row = self.drivers.get(_major_minor(cuda))
         return row.min_driver if row else None
-
-    def max_cuda_for_driver(self, driver_version: str) -> str | None:
-        """The newest CUDA (in drivers.toml) whose toolkit GA driver is <= this driver."""
-        d = parse_version(driver_version)
-        ok = [c for c, row in self.drivers.items() if Version(row.min_driver) <= d]
-        return max(ok, key=lambda c: Version(c)) if ok else None
 
     # -- models ---------------------------------------------------------------------------
     def model(self, name_or_hf_id: str) -> Model | None:

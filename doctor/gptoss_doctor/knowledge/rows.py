@@ -265,19 +265,6 @@ class Model(_Sourced):
     weights_gib_max: float | None = None  # the largest loaded size seen (older MoE kernels)
     notes: str = ""
 
-    @property
-    def full_layers(self) -> int:
-        return self.layers - self.sliding_layers
-
-    def kv_bytes_per_token_full_layers(self, dtype_bytes: int = 2) -> int:
-        """What vLLM's KV cache needs per token: K and V of the full-attention layers only
-        (sliding layers hold a fixed 128-token window per sequence)."""
-        return 2 * self.full_layers * self.num_kv_heads * self.head_dim * dtype_bytes
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """K and V for every layer: the worst case, as if no layer were sliding-window."""
-        return 2 * self.layers * self.num_kv_heads * self.head_dim * dtype_bytes
-
     def kv_bytes_for_context(self, tokens: int, dtype_bytes: int = 2) -> int:
         """KV bytes for one sequence of `tokens`: sliding layers keep at most `sliding_window` tokens."""
         per_layer_token = 2 * self.num_kv_heads * self.head_dim * dtype_bytes
