@@ -91,6 +91,17 @@ def _requirement(v: Any) -> str:
     return v
 
 
+_PIN = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+(; extra == "[A-Za-z0-9._-]+")?')
+
+
+def _pin(v: Any) -> str:
+    """`name==X` or `name[extra]==X; extra == "e"`, as the generator writes a release's pins (a
+    regular expression: parsing ~700 pins with packaging would be half of a load)."""
+    if not isinstance(v, str) or not _PIN.fullmatch(v):
+        raise _Bad(f"{v!r} is not an exact pin like 'torch==2.14.0'")
+    return v
+
+
 def _cuda(v: Any) -> str:
     if not isinstance(v, str) or not re.fullmatch(r"\d+\.\d+", v):
         raise _Bad(f"{v!r} is not a CUDA version like '12.8'")
@@ -237,7 +248,7 @@ _RELEASE: _Spec = {
     "vllm": (_version, True),
     "wheel": (_str, True),
     "requires_python": (_specifier, True),
-    "pins": (lambda v: tuple(_requirement(x) for x in _str_list(v)) if v else (), True),
+    "pins": (lambda v: tuple(_pin(x) for x in _str_list(v)) if v else (), True),
     "nvcc": (_version, False),
     "compiled_in": (_str, False),
     "cudart": (_str, False),
