@@ -912,3 +912,20 @@ def test_rocm_stacks_are_vllms_rocm_wheels(kb):
     assert kb.stack_for_vllm("0.17.0+rocm700").name == "vllm-0.17.0-rocm"
     assert kb.stack_for_vllm("0.17.0+rocm701").name == "vllm-0.17.0-rocm"  # another ROCm build of it
     assert kb.latest_stack.rocm is None  # today's stack stays the PyPI one
+
+
+def test_sources_name_nothing_of_the_machine_they_were_written_on(kb):
+    """Sources are public URLs, release files or this project's own files: never a path of a
+    development machine or a private research note."""
+    rows = [*kb.stacks.values(), *kb.releases.values(), *kb.gpu_families.values(), *kb.recipes,
+            *kb.env_vars.values(), *kb.attention_backends.values(), *kb.flags.values(), *kb.drivers.values(),
+            *kb.models.values(), *kb.memory_fits, *kb.attention_sinks]
+    private = re.compile(r"/work/|/root/|/home/|vllm-gptoss-matrix|failure-catalog|-facts\.md|knowledge-audit")
+    assert not [r.source for r in rows if private.search(r.source)]
+    for f in DATA_FILES:
+        assert not private.search((DATA_DIR / f).read_text()), f
+    # project files a source names exist
+    repo = Path(__file__).resolve().parent.parent
+    for r in rows:
+        for path in re.findall(r"(?<![\w/.])((?:tests|docs)/[\w./-]+\.(?:log|md|json))", r.source):
+            assert (repo / path).exists(), path

@@ -51,8 +51,8 @@ class Knowledge:
 
     @property
     def shipped_stacks(self) -> Mapping[str, Stack]:
-        """The stacks of stacks.toml (oldest first), without a site's own: what the doctor may
-        recommend to anyone."""
+        """The stacks shipped with the doctor (releases.toml and stacks.toml, oldest first), without
+        a site's own: what the doctor may recommend to anyone."""
         return MappingProxyType({n: s for n, s in self.stacks.items() if s.site_file is None})
 
     @property
