@@ -929,3 +929,45 @@ def test_sources_name_nothing_of_the_machine_they_were_written_on(kb):
     for r in rows:
         for path in re.findall(r"(?<![\w/.])((?:tests|docs)/[\w./-]+\.(?:log|md|json))", r.source):
             assert (repo / path).exists(), path
+
+
+# ------------------------------------------------------------ the parse cache
+
+def test_parse_cache_is_keyed_by_the_files_hashes(tmp_path, monkeypatch):
+    from gptoss_doctor.knowledge import loading
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
+    first = loading._parsed_docs(data)
+    (written,) = cache.glob("knowledge-*.marshal")
+
+    real_loads = loading.tomllib.loads
+    monkeypatch.setattr(loading.tomllib, "loads", lambda *a, **k: pytest.fail("parsed again despite the cache"))
+    assert loading._parsed_docs(data) == first  # same bytes: read from the cache, nothing parsed
+    kb = load_from(data, docs=loading._parsed_docs(data))
+    assert kb.latest_stack.name == load().latest_stack.name
+
+    monkeypatch.setattr(loading.tomllib, "loads", real_loads)
+    f = data / "stacks.toml"
+    f.write_text(f.read_text().replace('era = "torch 2.13.0 / Triton 3.7.1"', 'era = "torch 2.13 arrives"'))
+    changed = load_from(data, docs=loading._parsed_docs(data))
+    assert changed.stack("vllm-0.27.0").era == "torch 2.13 arrives"  # a changed file is a new key
+    assert len(list(cache.glob("knowledge-*.marshal"))) == 2
+
+    written.write_bytes(b"\x00 not marshal")  # a damaged cache is ignored, not trusted
+    f.write_text(f.read_text().replace('era = "torch 2.13 arrives"', 'era = "torch 2.13.0 / Triton 3.7.1"'))
+    assert loading._parsed_docs(data) == first
+
+
+def test_parse_cache_can_be_turned_off_and_survives_a_read_only_home(tmp_path, monkeypatch):
+    from gptoss_doctor.knowledge import loading
+
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", "")
+    assert loading.cache_dir() is None
+    assert loading._parsed_docs(DATA_DIR)["releases.toml"]["stack"]
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(blocked / "cache"))  # cannot be created
+    assert loading._parsed_docs(DATA_DIR)["stacks.toml"]["stack"]
