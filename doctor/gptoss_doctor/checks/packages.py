@@ -193,7 +193,7 @@ def _suffix_finding(snap, installed, wanted, how, stack):
         title=f"torch {installed or '(unknown)'} is {kind}; the stack needs {wanted}",
         evidence=evidence(snap, ["torch.build"], torch=installed, torch_cuda=torch.get("cuda"), needed=wanted, stack_from=how),
         fix=Fix(text=f"Reinstall torch as {wanted} in {venv_python(snap)}'s venv.", commands=commands),
-        links=[GUIDE + "#known-issues", *( [stack.source] if stack is not None else [])],
+        links=[GUIDE + "#known-issues", *(stack.links if stack is not None else [])],
     )
 
 
@@ -350,7 +350,7 @@ def vllm_torch_pair(snap, kb):
         evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, needed=want, needed_from=whence,
                           stack=stack.name if stack else None, newer_than_knowledge=newer or None),
         fix=Fix(text=f"Reinstall torch {want} so it matches vLLM {vllm}" + (f" (stack {stack.name})." if stack else "."), commands=commands),
-        links=["https://github.com/vllm-project/vllm/issues/20361", *([stack.source] if stack else [f"https://pypi.org/project/vllm/{public(version(vllm))}/"])],
+        links=["https://github.com/vllm-project/vllm/issues/20361", *(stack.links if stack else [f"https://pypi.org/project/vllm/{public(version(vllm))}/"])],
     )
 
 
@@ -451,7 +451,7 @@ def python_outside_stack(snap, kb):
             + (" (on a deployed host: set its python in the host config and re-run the deploy)." if snap.has("manifest") else "."),
             commands=[f"uv venv --clear --python {pick} {path}", *stack_install_commands(snap, stack)],
         ),
-        links=[stack.source],
+        links=[*stack.links, "https://pypi.org/project/vllm/#history"],
     )
 
 
@@ -526,7 +526,7 @@ def manifest_drift(snap, kb):
             text="Re-run the deploy for this host, or reinstall the manifest's stack:",
             commands=commands,
         ),
-        links=[DESIGN, *([stack.source] if stack else [])],
+        links=[DESIGN, *(stack.links if stack else [])],
     )
 
 
@@ -707,7 +707,7 @@ def recipe_extras_missing(snap, kb):
             dist = EXTRA_DISTS.get(extra, extra)
             if canonicalize_name(dist) not in have:
                 missing.setdefault(extra, []).append(fam.name)
-                sources.append(recipe.source)
+                sources.extend(recipe.links)
     if not missing:
         return
     extras = ",".join(sorted(missing))
@@ -769,7 +769,7 @@ def triton_version_mismatch(snap, kb):
             text=f"Install {pin}" + (" (and see duplicate-triton for the other Triton)" if others else "") + ".",
             commands=[uv_pip(snap, "install", "--reinstall", pin, *stack_args(stack))],
         ),
-        links=["https://github.com/vllm-project/vllm/issues/39664", stack.source],
+        links=["https://github.com/vllm-project/vllm/issues/39664", *stack.links],
     )
 
 
