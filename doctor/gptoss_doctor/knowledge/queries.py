@@ -57,8 +57,9 @@ class Knowledge:
 
     @property
     def latest_stack(self) -> Stack:
-        """Today's shipped stack; never a site's extra stack (see `site_stacks`)."""
-        return list(self.shipped_stacks.values())[-1]
+        """Today's shipped stack: the newest PyPI release's; never a site's extra stack (see
+        `site_stacks`) nor a build of vLLM's own indexes (cu129, ROCm)."""
+        return [s for s in self.shipped_stacks.values() if not s.vllm_version.local][-1]
 
     @property
     def site_stacks(self) -> Mapping[str, Stack]:
