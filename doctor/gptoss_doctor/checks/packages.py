@@ -51,7 +51,8 @@ def _triton_to_keep(snap, kb) -> tuple[str, str | None, str]:
     """(distribution, version or None, why) of the Triton this venv should keep."""
     try:
         stack, how = current_stack(snap, kb)
-        return stack.triton_dist, stack.triton, how
+        # a stack whose pins were not read from its build's files names the distribution only
+        return stack.triton_dist, stack.triton if stack.verified else None, how
     except NotApplicable:
         pass
     torch = fact_obj(snap, "torch.build")
