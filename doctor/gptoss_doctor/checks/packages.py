@@ -752,6 +752,8 @@ def triton_version_mismatch(snap, kb):
     if fact_obj(snap, "torch.build").get("hip"):
         raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
     stack, how = current_stack(snap, kb)
+    if not stack.verified:
+        raise NotApplicable(f"stack {stack.name}'s Triton pin was not read from the build's files")
     have = installed_version(snap, stack.triton_dist)
     want = version(stack.triton)
     if have is not None and version(have) is not None and want is not None and public(version(have)) == public(want):
