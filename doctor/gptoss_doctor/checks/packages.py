@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from packaging.utils import canonicalize_name
@@ -150,12 +151,18 @@ def torch_cuda_suffix(snap, kb):
     """
     torch = fact_obj(snap, "torch.build")
     installed = str(torch.get("version") or "")
-    if torch.get("hip") and rocm_gpus(snap):
-        raise NotApplicable("a ROCm torch on an AMD box: the knowledge's stacks are CUDA builds")
     try:
         stack, how = current_stack(snap, kb)
     except NotApplicable:
         stack, how = None, None
+    if torch.get("hip") and rocm_gpus(snap):
+        # a ROCm torch on an AMD box: judged against a ROCm stack's ROCm (+rocm7.0 = +rocm7.0.x)
+        if stack is None or not stack.rocm:
+            raise NotApplicable("a ROCm torch on an AMD box, and no ROCm stack for this vLLM")
+        have = re.match(r"\+rocm(\d+\.\d+)", _local(installed))
+        if have is None or have.group(1) != stack.rocm:
+            yield _suffix_finding(snap, installed, f"a ROCm {stack.rocm} build ({stack.torch}{stack.torch_local})", how, stack)
+        return
     if stack is None:
         # Without a stack: a build without CUDA on an NVIDIA box is certainly wrong, and so is a
         # torch of another CUDA major than the libcudart vLLM's compiled library links.
@@ -183,7 +190,8 @@ def torch_cuda_suffix(snap, kb):
 
 def _suffix_finding(snap, installed, wanted, how, stack):
     torch = fact_obj(snap, "torch.build")
-    kind = "a CPU build" if not torch.get("cuda") and not torch.get("hip") else f"built for CUDA {torch.get('cuda')}"
+    kind = ("a CPU build" if not torch.get("cuda") and not torch.get("hip")
+            else f"built for ROCm {torch.get('hip')}" if torch.get("hip") else f"built for CUDA {torch.get('cuda')}")
     if stack is not None:
         commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
     else:
