@@ -26,6 +26,7 @@ from ._util import (
     rocm_gpus,
     restart_command,
     uv_pip,
+    venv_python,
     version,
 )
 
@@ -146,10 +147,18 @@ def bad_cuda_home(snap, kb):
     want = f"a CUDA {fmt_mm(torch_mm)} toolkit (torch's build)"
     if home is None:
         if needed:
+            # from vLLM 0.32 `vllm download-kernels` fetches FlashInfer's cubins: no compiler needed
+            release = kb.release(fact_obj(snap, "vllm.install").get("version") or "0") if version(
+                fact_obj(snap, "vllm.install").get("version")) else None
+            if release is not None and release.download_kernels and "flashinfer" in needed:
+                fix_cmds.insert(0, f"{posixpath.dirname(venv_python(snap))}/vllm download-kernels")
+                alternative = f" (or fetch the prebuilt kernels with `vllm download-kernels`: vLLM {release.vllm} has it)"
+            else:
+                alternative = ""
             yield finding(
                 "warning",
                 "No CUDA toolkit found (CUDA_HOME/CUDA_PATH unset, no nvcc on PATH, no /usr/local/cuda)",
-                f"Install {want} and set CUDA_HOME for the service, because {needed}.",
+                f"Install {want} and set CUDA_HOME for the service, because {needed}{alternative}.",
             )
         return
     path, rule = home.get("path"), home.get("rule")
