@@ -150,15 +150,15 @@ def bad_cuda_home(snap, kb):
             # from vLLM 0.32 `vllm download-kernels` fetches FlashInfer's cubins: no compiler needed
             release = kb.release(fact_obj(snap, "vllm.install").get("version") or "0") if version(
                 fact_obj(snap, "vllm.install").get("version")) else None
+            text = f"Install {want} and set CUDA_HOME for the service, because {needed}."
             if release is not None and release.download_kernels and "flashinfer" in needed:
-                fix_cmds.insert(0, f"{posixpath.dirname(venv_python(snap))}/vllm download-kernels")
-                alternative = f" (or fetch the prebuilt kernels with `vllm download-kernels`: vLLM {release.vllm} has it)"
-            else:
-                alternative = ""
+                fix_cmds[:] = [f"{posixpath.dirname(venv_python(snap))}/vllm download-kernels"]
+                text = (f"Fetch FlashInfer's prebuilt kernels with `vllm download-kernels` (vLLM {release.vllm} has it), "
+                        f"so nothing JIT-compiles; or install {want} and set CUDA_HOME for the service, because {needed}.")
             yield finding(
                 "warning",
                 "No CUDA toolkit found (CUDA_HOME/CUDA_PATH unset, no nvcc on PATH, no /usr/local/cuda)",
-                f"Install {want} and set CUDA_HOME for the service, because {needed}{alternative}.",
+                text,
             )
         return
     path, rule = home.get("path"), home.get("rule")
