@@ -933,41 +933,53 @@ def test_sources_name_nothing_of_the_machine_they_were_written_on(kb):
 
 # ------------------------------------------------------------ the parse cache
 
-def test_parse_cache_is_keyed_by_the_files_hashes(tmp_path, monkeypatch):
+def test_cache_is_keyed_by_the_files_hashes(tmp_path, monkeypatch):
+    """The validated rows are cached under the SHA-256 of the data files (and of the validating
+    code): the same bytes are neither parsed nor validated again, a changed file is a new key."""
     from gptoss_doctor.knowledge import loading
 
     data = tmp_path / "data"
     shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setattr(loading, "_CODE", tuple(DATA_DIR / p.name for p in loading._CODE))
     cache = tmp_path / "cache"
     monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
-    first = loading._parsed_docs(data)
+    first = loading._validated_rows(data)
     (written,) = cache.glob("knowledge-*.marshal")
 
-    real_loads = loading.tomllib.loads
-    monkeypatch.setattr(loading.tomllib, "loads", lambda *a, **k: pytest.fail("parsed again despite the cache"))
-    assert loading._parsed_docs(data) == first  # same bytes: read from the cache, nothing parsed
-    kb = load_from(data, docs=loading._parsed_docs(data))
-    assert kb.latest_stack.name == load().latest_stack.name
+    def refuse(*a, **k):
+        pytest.fail("parsed or validated again despite the cache")
 
-    monkeypatch.setattr(loading.tomllib, "loads", real_loads)
+    monkeypatch.setattr(loading.tomllib, "loads", refuse)
+    monkeypatch.setattr(loading, "_validate", refuse)
+    assert loading._validated_rows(data) == first
+    assert loading._assemble(loading._validated_rows(data)).latest_stack.name == load().latest_stack.name
+
+    monkeypatch.undo()
+    monkeypatch.setattr(loading, "_CODE", tuple(DATA_DIR / p.name for p in loading._CODE))
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
     f = data / "stacks.toml"
     f.write_text(f.read_text().replace('era = "torch 2.13.0 / Triton 3.7.1"', 'era = "torch 2.13 arrives"'))
-    changed = load_from(data, docs=loading._parsed_docs(data))
+    changed = loading._assemble(loading._validated_rows(data))
     assert changed.stack("vllm-0.27.0").era == "torch 2.13 arrives"  # a changed file is a new key
-    assert len(list(cache.glob("knowledge-*.marshal"))) == 2
+    assert [p.name for p in cache.glob("knowledge-*.marshal")] != [written.name]  # and the old one goes
+    written = next(cache.glob("knowledge-*.marshal"))
 
     written.write_bytes(b"\x00 not marshal")  # a damaged cache is ignored, not trusted
+    assert loading._assemble(loading._validated_rows(data)).stack("vllm-0.27.0").era == "torch 2.13 arrives"
     f.write_text(f.read_text().replace('era = "torch 2.13 arrives"', 'era = "torch 2.13.0 / Triton 3.7.1"'))
-    assert loading._parsed_docs(data) == first
+    assert loading._validated_rows(data) == first
+    f.write_text(f.read_text().replace('era = "torch 2.13.0 / Triton 3.7.1"', 'era = ""'))
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.27\.0': era"):  # a bad file is never cached as good
+        loading._validated_rows(data)
 
 
-def test_parse_cache_can_be_turned_off_and_survives_a_read_only_home(tmp_path, monkeypatch):
+def test_cache_can_be_turned_off_and_survives_a_read_only_home(tmp_path, monkeypatch):
     from gptoss_doctor.knowledge import loading
 
     monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", "")
     assert loading.cache_dir() is None
-    assert loading._parsed_docs(DATA_DIR)["releases.toml"]["stack"]
+    assert loading._validated_rows(DATA_DIR)["stacks"]
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
     monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(blocked / "cache"))  # cannot be created
-    assert loading._parsed_docs(DATA_DIR)["stacks.toml"]["stack"]
+    assert loading._validated_rows(DATA_DIR)["releases"]

@@ -12,7 +12,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -36,6 +35,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 hosts only
     import tomli as tomllib
+
+# packaging.requirements (with its marker parser) is imported where a requirement is validated:
+# a load from the cache validates nothing and skips that import (about 25 ms).
 
 DATA_DIR = Path(__file__).resolve().parent
 
@@ -83,6 +85,8 @@ def _specifier(v: Any) -> str:
 
 
 def _requirement(v: Any) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415 - see the imports
+
     _str(v)
     try:
         Requirement(v)
@@ -166,10 +170,11 @@ def _env(v: Any) -> Mapping[str, str]:
     return out
 
 
-def _indexes(v: Any) -> tuple[Index, ...]:
+def _indexes(v: Any) -> tuple[tuple[str, str], ...]:
+    """((name, url), ...): plain data, so validated rows can be cached; `_build` makes `Index`es."""
     if not isinstance(v, list) or not v:
         raise _Bad(f"must be a non-empty list of {{name = ..., url = ...}}, got {v!r}")
-    out: list[Index] = []
+    out: list[tuple[str, str]] = []
     for item in v:
         if not isinstance(item, dict) or set(item) != {"name", "url"}:
             raise _Bad(f"each index needs exactly name and url, got {item!r}")
@@ -180,10 +185,10 @@ def _indexes(v: Any) -> tuple[Index, ...]:
             raise _Bad(f"index {name}: url {url!r} must be https://")
         if name == "pypi" and url.rstrip("/") != PYPI_INDEX_URL:
             raise _Bad(f"the index named pypi must be {PYPI_INDEX_URL}, got {url!r}")
-        if any(i.name == name for i in out):
+        if any(n == name for n, _ in out):
             raise _Bad(f"index name {name!r} appears twice")
-        out.append(Index(name=name, url=url))
-    if not any(i.name == "pypi" for i in out):
+        out.append((name, url))
+    if not any(n == "pypi" for n, _ in out):
         raise _Bad("must include the default index {name = \"pypi\", url = \"https://pypi.org/simple\"}")
     return tuple(out)
 
@@ -442,6 +447,8 @@ def _read_file(path: Path | None, tables: dict[str, _Spec], display: str | None 
 
 def _build(cls: type, parsed: dict[str, Any]) -> Any:
     kwargs = {k: (MappingProxyType(v) if isinstance(v, dict) else v) for k, v in parsed.items() if not k.startswith("_")}
+    if cls is Stack:
+        kwargs["indexes"] = tuple(Index(name=n, url=u) for n, u in kwargs["indexes"])
     return cls(**kwargs)
 
 
@@ -460,7 +467,10 @@ def _unique(fname: str, table: str, rows: Iterable[dict], key: str = "name") -> 
 _STACK_NAME = re.compile(r"vllm-\d+(\.\d+)*(-[a-z0-9]+)?")
 
 
-def _check_stack(fname: str, r: dict, drivers: dict[str, DriverFloor]) -> None:
+def _check_stack(fname: str, r: dict, drivers: Mapping[str, str]) -> None:
+    """`drivers`: {CUDA: its minimum driver} (drivers.toml)."""
+    from packaging.requirements import Requirement  # noqa: PLC0415 - see the imports
+
     label = r["_label"]
 
     def bad(fieldname: str, problem: str) -> KnowledgeError:
@@ -486,7 +496,7 @@ def _check_stack(fname: str, r: dict, drivers: dict[str, DriverFloor]) -> None:
             raise bad("cuda", f"{r['cuda']!r} has no row in drivers.toml (known: {', '.join(drivers)})")
         if "min_driver" not in r:
             raise bad("min_driver", "missing (every CUDA stack needs a value)")
-        floor = drivers[r["cuda"]].min_driver
+        floor = drivers[r["cuda"]]
         if Version(r["min_driver"]) < Version(floor):
             raise bad("min_driver", f"{r['min_driver']} is below CUDA {r['cuda']}'s minimum {floor} (drivers.toml)")
         expect_local = "+cu" + r["cuda"].replace(".", "")
@@ -549,7 +559,7 @@ def _check_model(fname: str, r: dict) -> None:
         raise KnowledgeError(f"{fname}: {r['_label']}: num_kv_heads: does not divide num_attention_heads")
 
 
-def _load_stacks(path: Path | None, drivers: dict[str, DriverFloor], display: str | None = None,
+def _load_stacks(path: Path | None, drivers: Mapping[str, str], display: str | None = None,
                  text: str | None = None, doc: dict | None = None,
                  generated: Mapping[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
     """(full stack rows, overlay rows) of a stack file. A row named like a generated stack is an
@@ -592,17 +602,16 @@ def _order_stacks(fname: str, rows: list[dict]) -> dict[str, Stack]:
     return {r["name"]: _build(Stack, r) for r in ordered}
 
 
-def _release_facts(rows: list[dict]) -> dict[str, Release]:
+def _release_rows(rows: list[dict]) -> list[dict]:
     """The `[[release]]` rows, oldest first, each with its whole env var set (the file lists them
     in full for the first release and as changes after it)."""
-    out: dict[str, Release] = {}
-    current: set[str] = set()
+    out, current = [], set()
     for r in sorted(rows, key=lambda r: Version(r["vllm"])):
         if "env_vars" in r:
             current = set(r["env_vars"])
         current = (current | set(r.get("env_vars_added", ()))) - set(r.get("env_vars_removed", ()))
-        kwargs = {k: v for k, v in r.items() if k not in ("env_vars", "env_vars_added", "env_vars_removed")}
-        out[r["vllm"]] = _build(Release, {**kwargs, "env_vars": frozenset(current)})
+        row = {k: v for k, v in r.items() if k not in ("env_vars", "env_vars_added", "env_vars_removed")}
+        out.append({**row, "env_vars": tuple(sorted(current))})
     return out
 
 
@@ -611,13 +620,10 @@ DATA_FILES = ("drivers.toml", "releases.toml", "stacks.toml", "gpu_families.toml
               "lifecycle.toml", "models.toml", "attention_sinks.toml")
 
 
-def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
-              extra_stack_texts: Mapping[str, str] | None = None, docs: Mapping[str, dict] | None = None) -> Knowledge:
-    """Load and validate every file in `data_dir` (tests point this at a broken copy), plus a
-    site's stack files: by path, or as {where it came from: TOML text} (a snapshot's copy).
-    `docs` holds files already parsed ({file name: TOML document}), read from disk otherwise."""
-    data_dir = Path(data_dir)
-    docs = dict(docs or {})
+def _validate(data_dir: Path, docs: Mapping[str, dict]) -> dict[str, Any]:
+    """Every row of the data files, parsed and cross-checked, as plain data (dicts, tuples,
+    strings: what the cache can hold); KnowledgeError for the first problem."""
+    docs = dict(docs)
 
     def read(fname: str) -> dict[str, list[dict]]:
         tables = _FILES[fname]
@@ -629,97 +635,113 @@ def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
             raise KnowledgeError(f"{fname}: {unknown[0]}: unknown table (this file holds [[{']], [['.join(tables)}]])")
         return {t: _parse_rows(fname, t, doc.get(t, []), spec) for t, spec in tables.items()}
 
-    drivers_rows = read("drivers.toml")["cuda"]
-    _unique("drivers.toml", "cuda", drivers_rows, key="cuda")
-    drivers = {r["cuda"]: _build(DriverFloor, r) for r in drivers_rows}
+    drivers = read("drivers.toml")["cuda"]
+    _unique("drivers.toml", "cuda", drivers, key="cuda")
+    floors = {r["cuda"]: r["min_driver"] for r in drivers}
 
     generated = read("releases.toml")
     for r in generated["stack"]:
-        _check_stack("releases.toml", r, drivers)
+        _check_stack("releases.toml", r, floors)
         r["generated"] = True
     _unique("releases.toml", "stack", generated["stack"])
     _unique("releases.toml", "release", generated["release"], key="vllm")
-    releases = _release_facts(generated["release"])
     generated_stacks = {r["name"]: r for r in generated["stack"]}
     if "stacks.toml" not in docs:
         docs["stacks.toml"] = _read_toml(data_dir / "stacks.toml")
-    hand_rows, overlays = _load_stacks(data_dir / "stacks.toml", drivers, doc=docs["stacks.toml"],
-                                       generated=generated_stacks)
+    hand_rows, overlays = _load_stacks(data_dir / "stacks.toml", floors, doc=docs["stacks.toml"], generated=generated_stacks)
     _merge_overlays("stacks.toml", generated_stacks, overlays)
-    stack_rows = [*generated_stacks.values(), *hand_rows]
-    extras = [(str(Path(p)), Path(p), None) for p in extra_stack_files]
-    extras += [(str(name), None, text) for name, text in (extra_stack_texts or {}).items()]
-    for display, path, text in extras:
-        extra_rows, _ = _load_stacks(path, drivers, display=display, text=text)
-        for r in extra_rows:
-            if any(r["name"] == s["name"] for s in stack_rows):
-                raise KnowledgeError(f"{display}: {r['_label']}: name: duplicate stack {r['name']!r} (already defined)")
-        stack_rows += extra_rows
-    stacks = _order_stacks("stacks.toml", stack_rows)
+    stacks = [*generated_stacks.values(), *hand_rows]
+    _unique("stacks.toml", "stack", stacks)
 
-    fam_rows = read("gpu_families.toml")["family"]
-    _unique("gpu_families.toml", "family", fam_rows)
-    for r in fam_rows:
+    families = read("gpu_families.toml")["family"]
+    _unique("gpu_families.toml", "family", families)
+    for r in families:
         has_cc, has_gfx = "compute_capability" in r, "gfx" in r
         want = "compute_capability" if r["vendor"] == "nvidia" else "gfx"
         if (r["vendor"] == "nvidia") != has_cc or has_cc == has_gfx:
             raise KnowledgeError(f"gpu_families.toml: {r['_label']}: {want}: {r['vendor']} families need {want} (and only it)")
-    families = {r["name"]: _build(GpuFamily, r) for r in fam_rows}
+    family_names = {r["name"]: r for r in families}
 
-    recipe_rows = read("recipes.toml")["recipe"]
-    for r in recipe_rows:
-        _check_recipe("recipes.toml", r, families)
-    recipes = tuple(_build(Recipe, r) for r in recipe_rows)
+    recipes = read("recipes.toml")["recipe"]
+    for r in recipes:
+        _check_recipe("recipes.toml", r, family_names)
 
-    lc_tables = read("lifecycle.toml")
-    lifecycles: dict[str, dict[str, Lifecycle]] = {}
-    for table, rows in lc_tables.items():
+    lifecycles = read("lifecycle.toml")
+    for table, rows in lifecycles.items():
         _unique("lifecycle.toml", table, rows)
         for r in rows:
             _check_lifecycle("lifecycle.toml", r)
-        lifecycles[table] = {r["name"]: _build(Lifecycle, {**r, "kind": table}) for r in rows}
+            r["kind"] = table
 
     model_tables = read("models.toml")
     _unique("models.toml", "model", model_tables["model"])
     for r in model_tables["model"]:
         _check_model("models.toml", r)
-    models = {r["name"]: _build(Model, r) for r in model_tables["model"]}
+    model_names = {r["name"]: r for r in model_tables["model"]}
     for r in model_tables["memory_fit"]:
-        _check_fit("models.toml", r, models, families)
-    fits = tuple(_build(MemoryFit, r) for r in model_tables["memory_fit"])
+        _check_fit("models.toml", r, model_names, family_names)
 
-    sink_rows = read("attention_sinks.toml")["sinks"]
-    archs = {f.arch for f in families.values()}
-    for r in sink_rows:
-        _check_sinks("attention_sinks.toml", r, lifecycles["attention_backend"], archs)
-    sinks = tuple(_build(SinkSupport, r) for r in sink_rows)
+    sinks = read("attention_sinks.toml")["sinks"]
+    backends = {r["name"]: r for r in lifecycles["attention_backend"]}
+    archs = {r["arch"] for r in families}
+    for r in sinks:
+        _check_sinks("attention_sinks.toml", r, backends, archs)
 
+    return {"drivers": drivers, "stacks": stacks, "releases": _release_rows(generated["release"]),
+            "families": families, "recipes": recipes, "lifecycles": lifecycles, "models": model_tables["model"],
+            "fits": model_tables["memory_fit"], "sinks": sinks}
+
+
+def _assemble(valid: Mapping[str, Any], extra_stack_files: Iterable[str | Path] = (),
+              extra_stack_texts: Mapping[str, str] | None = None) -> Knowledge:
+    """The `Knowledge` of validated rows, plus a site's stack files (validated here)."""
+    drivers = {r["cuda"]: _build(DriverFloor, r) for r in valid["drivers"]}
+    floors = {c: d.min_driver for c, d in drivers.items()}
+    stack_rows = list(valid["stacks"])
+    extras = [(str(Path(p)), Path(p), None) for p in extra_stack_files]
+    extras += [(str(name), None, text) for name, text in (extra_stack_texts or {}).items()]
+    for display, path, text in extras:
+        extra_rows, _ = _load_stacks(path, floors, display=display, text=text)
+        for r in extra_rows:
+            if any(r["name"] == s["name"] for s in stack_rows):
+                raise KnowledgeError(f"{display}: {r['_label']}: name: duplicate stack {r['name']!r} (already defined)")
+        stack_rows += extra_rows
+    releases = {r["vllm"]: _build(Release, {**r, "env_vars": frozenset(r["env_vars"])}) for r in valid["releases"]}
     # Read-only views: the default Knowledge is cached and shared by every check.
     return Knowledge(
-        stacks=MappingProxyType(stacks),
+        stacks=MappingProxyType(_order_stacks("stacks.toml", stack_rows)),
         releases=MappingProxyType(releases),
-        gpu_families=MappingProxyType(families),
-        recipes=recipes,
-        env_vars=MappingProxyType(lifecycles["env_var"]),
-        attention_backends=MappingProxyType(lifecycles["attention_backend"]),
-        flags=MappingProxyType(lifecycles["flag"]),
+        gpu_families=MappingProxyType({r["name"]: _build(GpuFamily, r) for r in valid["families"]}),
+        recipes=tuple(_build(Recipe, r) for r in valid["recipes"]),
+        env_vars=MappingProxyType({r["name"]: _build(Lifecycle, r) for r in valid["lifecycles"]["env_var"]}),
+        attention_backends=MappingProxyType({r["name"]: _build(Lifecycle, r) for r in valid["lifecycles"]["attention_backend"]}),
+        flags=MappingProxyType({r["name"]: _build(Lifecycle, r) for r in valid["lifecycles"]["flag"]}),
         drivers=MappingProxyType(drivers),
-        models=MappingProxyType(models),
-        memory_fits=fits,
-        attention_sinks=sinks,
+        models=MappingProxyType({r["name"]: _build(Model, r) for r in valid["models"]}),
+        memory_fits=tuple(_build(MemoryFit, r) for r in valid["fits"]),
+        attention_sinks=tuple(_build(SinkSupport, r) for r in valid["sinks"]),
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The parsed files, cached by their hashes
-# --------------------------------------------------------------------------------------------
-# Parsing the TOML is most of a load (the generated releases.toml is the largest file), so the
-# parsed documents are kept in a marshal file named by the SHA-256 of the data files' bytes: a
-# changed file is a new name, never a stale read. Marshal holds only plain data (dicts, lists,
-# strings), so a tampered cache cannot run code; an unreadable one is ignored. The rows are still
-# validated on every load.
+def load_from(data_dir: Path, extra_stack_files: Iterable[str | Path] = (),
+              extra_stack_texts: Mapping[str, str] | None = None, docs: Mapping[str, dict] | None = None) -> Knowledge:
+    """Load and validate every file in `data_dir` (tests point this at a broken copy), plus a
+    site's stack files: by path, or as {where it came from: TOML text} (a snapshot's copy).
+    `docs` holds files already parsed ({file name: TOML document}), read from disk otherwise."""
+    return _assemble(_validate(Path(data_dir), docs or {}), extra_stack_files, extra_stack_texts)
 
-CACHE_VERSION = 1
+
+# --------------------------------------------------------------------------------------------
+# The validated rows, cached by the hashes of the files
+# --------------------------------------------------------------------------------------------
+# Parsing and validating is most of a load (the generated releases.toml is the largest file), so
+# the validated rows are kept in a marshal file named by the SHA-256 of the data files and of the
+# code that validates them (this file and rows.py): a changed file is a new name, never a stale
+# read. Marshal holds plain data only (dicts, tuples, strings), so reading a tampered cache runs
+# no code; an unreadable one is ignored and rewritten.
+
+CACHE_VERSION = 2
+_CODE = (Path(__file__), Path(__file__).with_name("rows.py"))
 
 
 def cache_dir() -> Path | None:
@@ -732,44 +754,48 @@ def cache_dir() -> Path | None:
     return Path(base) / "gptoss-doctor"
 
 
-def _parsed_docs(data_dir: Path) -> dict[str, dict]:
-    """{file name: parsed TOML} of the data files, from the cache when the hashes match."""
+def _validated_rows(data_dir: Path) -> dict[str, Any]:
+    """The validated rows of the data files in `data_dir`, from the cache when its key matches."""
     raw = {}
-    for fname in DATA_FILES:
+    for path in [*(data_dir / f for f in DATA_FILES), *_CODE]:
         try:
-            raw[fname] = (data_dir / fname).read_bytes()
+            raw[path.name] = path.read_bytes()
         except FileNotFoundError:
-            raise KnowledgeError(f"{data_dir / fname}: no such file") from None
+            raise KnowledgeError(f"{path}: no such file") from None
     digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in raw.values())).hexdigest()[:32]
     folder = cache_dir()
     cached = folder / f"knowledge-{CACHE_VERSION}-{digest}.marshal" if folder else None
     if cached is not None:
         try:
-            docs = marshal.loads(cached.read_bytes())
-            if isinstance(docs, dict) and set(docs) == set(raw):
-                return docs
+            valid = marshal.loads(cached.read_bytes())
+            if isinstance(valid, dict) and "stacks" in valid:
+                return valid
         except (OSError, ValueError, EOFError, TypeError):
             pass
     docs = {}
-    for fname, data in raw.items():
+    for fname in DATA_FILES:
         try:
-            docs[fname] = tomllib.loads(data.decode("utf-8"))
+            docs[fname] = tomllib.loads(raw[fname].decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise KnowledgeError(f"{fname}: not valid TOML ({e})") from None
+    valid = _validate(data_dir, docs)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(marshal.dumps(docs))
+            tmp.write_bytes(marshal.dumps(valid))
             os.replace(tmp, cached)
-        except OSError:  # a read-only home: load without the cache
+            for old in cached.parent.glob("knowledge-*.marshal"):  # older data's rows: never read again
+                if old != cached:
+                    old.unlink(missing_ok=True)
+        except (OSError, ValueError):  # a read-only home: load without the cache
             pass
-    return docs
+    return valid
 
 
 @lru_cache(maxsize=1)
 def _load_default() -> Knowledge:
-    return load_from(DATA_DIR, docs=_parsed_docs(DATA_DIR))
+    return _assemble(_validated_rows(DATA_DIR))
 
 
 def load(extra_stack_files: Iterable[str | Path] = (), extra_stack_texts: Mapping[str, str] | None = None) -> Knowledge:
@@ -779,5 +805,4 @@ def load(extra_stack_files: Iterable[str | Path] = (), extra_stack_texts: Mappin
     extra = (extra_stack_files,) if isinstance(extra_stack_files, (str, Path)) else tuple(extra_stack_files)
     if not extra and not extra_stack_texts:
         return _load_default()
-    return load_from(DATA_DIR, extra, extra_stack_texts, docs=_parsed_docs(DATA_DIR))
-
+    return _assemble(_validated_rows(DATA_DIR), extra, extra_stack_texts)
