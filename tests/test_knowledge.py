@@ -866,7 +866,7 @@ def test_collector_reads_a_new_releases_pins_and_cuda_major(tmp_path):
                                    'Requires-Dist: tensorizer==2.10.1; extra == "tensorizer"\n\nlong description: torch==9\n')
     dist = read_dist_info(info, sp)
     install = vllm_facts([sp], [dist])["vllm.install"]["value"]
-    assert install["requires"] == ["torch==2.15.0"]
+    assert install["requires"] == ["torch==2.15.0"] and install["requires_python"] == ">=3.11"
     assert install["cudart"] == "13"
 
 

@@ -393,7 +393,8 @@ def vllm_newer_than_knowledge(snap, kb):
     """The installed vLLM is a release after the newest one the knowledge has a row for.
 
     Why: every other check still runs, judged from what is installed instead of the knowledge:
-    the torch== pin of vLLM's METADATA (vllm-torch-pair), the CUDA major its compiled library
+    the torch== pin of vLLM's METADATA (vllm-torch-pair) and its Requires-Python
+    (python-outside-stack), the CUDA major its compiled library
     links against torch's build (torch-cuda-suffix), the env var names of its envs.py and the
     backend names of its registry (the env checks). Only the knowledge's recipes and eras stop
     at the newest release it has.
@@ -444,23 +445,35 @@ def python_outside_stack(snap, kb):
     py = fact_obj(snap, "venv").get("python")
     if not py:
         raise NotApplicable("the venv's Python version was not collected")
-    stack, how = current_stack(snap, kb)
-    ok = in_specifier(py, stack.python)
+    try:
+        stack, how = current_stack(snap, kb)
+        wanted, name, commands = stack.python, stack.name, None
+    except NotApplicable:
+        # no stack (a release newer than the knowledge): the installed vLLM's own Requires-Python
+        install = fact_obj(snap, "vllm.install")
+        wanted = install.get("requires_python")
+        if not wanted:
+            raise
+        stack, name = None, f"vLLM {install.get('version')}"
+        how = f"vLLM {install.get('version')}'s METADATA (Requires-Python: {wanted})"
+        commands = [uv_pip(snap, "install", f"vllm=={install.get('version')}", "--torch-backend", "auto")]
+    ok = in_specifier(py, wanted)
     if ok is None or ok:
         return
     path = fact_obj(snap, "venv").get("path") or "/opt/gptoss/current"
-    pick = python_in(stack.python)
+    pick = python_in(wanted)
     yield Finding(
         id="python-outside-stack",
         severity="error",
-        title=f"Python {py} is outside {stack.name}'s range {stack.python}",
-        evidence=evidence(snap, ["venv"], python=py, needed=stack.python, stack_from=how),
+        title=f"Python {py} is outside {name}'s range {wanted}",
+        evidence=evidence(snap, ["venv"], python=py, needed=wanted, stack_from=how),
         fix=Fix(
             text=f"Recreate {path} with Python {pick} and reinstall the stack"
             + (" (on a deployed host: set its python in the host config and re-run the deploy)." if snap.has("manifest") else "."),
-            commands=[f"uv venv --clear --python {pick} {path}", *stack_install_commands(snap, stack)],
+            commands=[f"uv venv --clear --python {pick} {path}", *(stack_install_commands(snap, stack) if stack else commands)],
         ),
-        links=[*stack.links, "https://pypi.org/project/vllm/#history"],
+        links=[*(stack.links if stack else [f"https://pypi.org/project/vllm/{fact_obj(snap, 'vllm.install').get('version')}/"]),
+               "https://pypi.org/project/vllm/#files"],
     )
 
 

@@ -166,10 +166,10 @@ def top_level_from_record(text: str) -> list[str]:
     return sorted(names)
 
 
-def exact_pins(metadata: Path) -> list[str] | None:
-    """The `Requires-Dist: name==X` lines of a METADATA header that no extra guards (vLLM's
-    `torch==2.14.0`); None when the file cannot be read."""
-    pins = []
+def requirements_of(metadata: Path) -> tuple[list[str] | None, str | None]:
+    """(the `Requires-Dist: name==X` lines no extra guards, `Requires-Python`) of a METADATA
+    header: what vLLM's build pins (`torch==2.14.0`, `>=3.11,<3.15`); (None, None) if unreadable."""
+    pins, python = [], None
     try:
         with open(metadata, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -178,9 +178,11 @@ def exact_pins(metadata: Path) -> list[str] | None:
                 key, _, val = line.partition(":")
                 if key == "Requires-Dist" and "==" in val and "extra" not in val:
                     pins.append(val.strip())
+                elif key == "Requires-Python":
+                    python = val.strip()
     except OSError:
-        return None
-    return pins
+        return None, None
+    return pins, python
 
 
 def read_dist_info(d: Path, location: Path) -> dict | None:
@@ -325,7 +327,7 @@ def vllm_facts(site_packages: list[Path], dists: list[dict]) -> dict:
     install = {"version": version, "path": path, "version_py": version_py}
     # what a release newer than the knowledge is judged by: its own pins and its CUDA major
     if dist is not None:
-        install["requires"] = exact_pins(Path(dist["location"]) / dist["dist_info"] / "METADATA")
+        install["requires"], install["requires_python"] = requirements_of(Path(dist["location"]) / dist["dist_info"] / "METADATA")
     if root is not None:
         lib = next((root / rel for rel in VLLM_COMPILED if (root / rel).is_file()), None)
         needed = needed_libraries(str(lib)) if lib is not None else None
