@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..snapshot import absent, failed, value
+from .elf import needed_libraries
 from .env import Env
 from .service import read_manifest, read_unit
 
@@ -24,6 +25,8 @@ BACKEND_REGISTRIES = (
     "vllm/platforms/interface.py",
 )
 BACKEND_CLASSES = ("AttentionBackendEnum", "_Backend")
+# vLLM's main compiled library, newest name last; it links the libcudart of its CUDA major.
+VLLM_COMPILED = ("vllm/_C.abi3.so", "vllm/_C_stable_libtorch.abi3.so")
 
 
 def canonical_name(name: str) -> str:
@@ -161,6 +164,25 @@ def top_level_from_record(text: str) -> list[str]:
         elif head and not head.startswith("..") and not head.endswith((".dist-info", ".data")) and head != "__pycache__":
             names.add(head.strip())
     return sorted(names)
+
+
+def requirements_of(metadata: Path) -> tuple[list[str] | None, str | None]:
+    """(the `Requires-Dist: name==X` lines no extra guards, `Requires-Python`) of a METADATA
+    header: what vLLM's build pins (`torch==2.14.0`, `>=3.11,<3.15`); (None, None) if unreadable."""
+    pins, python = [], None
+    try:
+        with open(metadata, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, val = line.partition(":")
+                if key == "Requires-Dist" and "==" in val and "extra" not in val:
+                    pins.append(val.strip())
+                elif key == "Requires-Python":
+                    python = val.strip()
+    except OSError:
+        return None, None
+    return pins, python
 
 
 def read_dist_info(d: Path, location: Path) -> dict | None:
@@ -302,7 +324,15 @@ def vllm_facts(site_packages: list[Path], dists: list[dict]) -> dict:
         version_py = consts.get("__version__") or consts.get("version")
     version = dist["version"] if dist else version_py
     path = str(root / "vllm") if root is not None else dist["location"]
-    facts["vllm.install"] = value({"version": version, "path": path, "version_py": version_py}, path)
+    install = {"version": version, "path": path, "version_py": version_py}
+    # what a release newer than the knowledge is judged by: its own pins and its CUDA major
+    if dist is not None:
+        install["requires"], install["requires_python"] = requirements_of(Path(dist["location"]) / dist["dist_info"] / "METADATA")
+    if root is not None:
+        lib = next((root / rel for rel in VLLM_COMPILED if (root / rel).is_file()), None)
+        needed = needed_libraries(str(lib)) if lib is not None else None
+        install["cudart"] = next((n.rsplit(".", 1)[-1] for n in needed or () if n.startswith("libcudart.so.")), None)
+    facts["vllm.install"] = value(install, path)
     if root is None:
         why = absent(f"vllm {version} has a dist-info but no vllm/ package", path)
         facts["vllm.env_vars"] = facts["vllm.attention_backends"] = why
