@@ -71,10 +71,6 @@ def case_id(path: Path) -> str:
 
 
 def assert_well_formed(finding: Finding, spec: CheckSpec, where: str) -> None:
-    assert finding.id == spec.id, f"{where}: finding id {finding.id!r} from check {spec.id!r}"
-    assert SEVERITIES.index(finding.severity) >= SEVERITIES.index(spec.severity), (
-        f"{where}: {finding.severity} is worse than the check's declared worst {spec.severity}"
-    )
     assert finding.title.strip(), f"{where}: empty title"
     assert isinstance(finding.evidence, dict) and finding.evidence.get("sources"), (
         f"{where}: evidence must say what was seen and where (a 'sources' entry)"

@@ -2,11 +2,14 @@
 
 A check is a small pure function `(Snapshot, Knowledge) -> Iterable[Finding]`, registered with
 `@check(id, ...)`. Ids are stable kebab-case: users grep for them, `explain ID` documents them,
-and the deploy gate reports them.
+and the deploy gate reports them. The registry owns a check's id, worst severity and links: a
+finding made inside a check with `found(title, evidence, fix)` takes them from there (a milder
+severity may be given; a worse one is a bug and raises).
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import re
 from dataclasses import asdict, dataclass, field
@@ -60,6 +63,21 @@ class CheckSpec:
 
 
 REGISTRY: dict[str, CheckSpec] = {}
+_RUNNING: contextvars.ContextVar[CheckSpec] = contextvars.ContextVar("gptoss_doctor_running_check")
+
+
+def found(title: str, evidence: dict[str, Any], fix: Fix, severity: str | None = None,
+          links: Iterable[str] = ()) -> Finding:
+    """A finding of the check that is running: its id, severity (or a milder one) and links
+    come from the registry; `links` adds finding-specific ones after them."""
+    try:
+        spec = _RUNNING.get()
+    except LookupError:
+        raise RuntimeError("found() is called only inside a registered check") from None
+    severity = severity or spec.severity
+    if severity not in SEVERITIES or SEVERITIES.index(severity) < SEVERITIES.index(spec.severity):
+        raise ValueError(f"check {spec.id}: finding severity {severity!r} is worse than the registered {spec.severity!r}")
+    return Finding(spec.id, severity, title, evidence, fix, list(dict.fromkeys([*spec.links, *links])))
 
 
 def check(
@@ -80,7 +98,7 @@ def check(
     def register(fn: CheckFn) -> CheckFn:
         if id in REGISTRY:
             raise ValueError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(
+        spec = CheckSpec(
             id=id,
             severity=severity,
             title=title,
@@ -90,6 +108,17 @@ def check(
             explain=inspect.cleandoc(fn.__doc__ or ""),
             links=list(links),
         )
+
+        def run(snap, kb) -> list[Finding]:
+            # the check's findings (found() inside it reads this spec) as a list, made while it runs
+            token = _RUNNING.set(spec)
+            try:
+                return list(fn(snap, kb))
+            finally:
+                _RUNNING.reset(token)
+
+        spec.fn = run
+        REGISTRY[id] = spec
         return fn
 
     return register

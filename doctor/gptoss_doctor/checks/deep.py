@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ._util import NotApplicable, current_stack, evidence, fact_obj, host_daemon_command, stack_install_commands, uv_pip
 
 STEPS = ("torch_import", "cuda_init", "matmul", "triton_kernel")
@@ -61,9 +61,7 @@ def deep_probe_failed(snap, kb):
             commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
         except NotApplicable:
             commands = [uv_pip(snap, "install", "--reinstall-package", "torch", "--torch-backend", "auto", "torch")]
-    yield Finding(
-        id="deep-probe-failed",
-        severity="error",
+    yield found(
         title=f"--deep: {step} failed: {str(row.get('error') or 'no error text').strip().splitlines()[-1][:200]}",
         evidence=evidence(snap, ["deep"], step=step, error=row.get("error"), seconds=row.get("seconds"),
                           detail=row.get("detail"), python=deep.get("python")),

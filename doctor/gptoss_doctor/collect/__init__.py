@@ -47,6 +47,7 @@ def collect(
 ) -> Snapshot:
     """The snapshot of this box (or of `env.root`). Raises VenvError when `venv_path` is not a venv."""
     env = env or Env()
+    env.forget()  # a collection reads the box afresh, each file once
     started = time.perf_counter()
     jobs = [(fn.__name__, fn, keys) for fn, keys in COLLECTORS]
     jobs.append(("venv", partial(venv_facts, explicit=venv_path), VENV_KEYS))

@@ -11,6 +11,7 @@ import shlex
 
 from .. import serveargs
 from ..snapshot import absent, failed, value
+from .cuda import service_cuda_home_fact
 from .env import CommandError, Env
 
 UNIT = "gptoss-vllm.service"
@@ -93,7 +94,12 @@ def find_unit(env: Env) -> str | None:
 
 
 def read_unit(env: Env) -> dict | None:
-    """The service as systemd would run it (unredacted: callers redact), or None without a unit file."""
+    """The service as systemd would run it (unredacted: callers redact; read-only: shared by every
+    collector of one collection), or None without a unit file."""
+    return env.once("unit", lambda: _read_unit(env))
+
+
+def _read_unit(env: Env) -> dict | None:
     unit_path = find_unit(env)
     if unit_path is None:
         return None
@@ -147,7 +153,12 @@ def read_unit(env: Env) -> dict | None:
 
 
 def read_manifest(env: Env):
-    """The deploy's manifest as JSON, None when there is none; raises ValueError when it is not JSON."""
+    """The deploy's manifest as JSON, None when there is none; raises ValueError when it is not JSON.
+    Read once per collection (read-only for callers)."""
+    return env.once("manifest", lambda: _read_manifest(env))
+
+
+def _read_manifest(env: Env):
     if not env.exists(MANIFEST):
         return None
     try:
@@ -159,8 +170,6 @@ def read_manifest(env: Env):
 def service_cuda_home(env: Env, unit: dict | None) -> dict:
     """The CUDA_HOME of the deployed service: from its unit's environment, else (no unit) from the
     manifest's env, the environment the deploy gave it; absent when neither is there."""
-    from .cuda import service_cuda_home_fact  # noqa: PLC0415
-
     if unit is not None:
         return service_cuda_home_fact(env, unit["environment"], f"{unit['unit_path']} Environment=/EnvironmentFile=")
     try:
@@ -178,9 +187,7 @@ def service_facts(env: Env) -> dict:
     if unit is None:
         why = absent(f"no {UNIT} in {', '.join(UNIT_DIRS)}")
         return {"service": why, "service.serve": why, "service.cuda_home": service_cuda_home(env, None)}
-    from .venv import _venv_of_binary  # noqa: PLC0415 (venv imports this module)
-
-    venv = _venv_of_binary(env, unit["argv"][0]) if unit["argv"] else None
+    venv = env.venv_of_binary(unit["argv"][0]) if unit["argv"] else None
     facts = {"service": value({**unit, "venv": venv}, unit["unit_path"]),
              "service.cuda_home": service_cuda_home(env, unit)}
     if not unit["argv"]:

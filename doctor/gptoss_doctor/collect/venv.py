@@ -44,12 +44,6 @@ def _is_own_venv(path: str) -> bool:
         return False
 
 
-def _venv_of_binary(env: Env, binary: str) -> str | None:
-    """`/opt/x/bin/vllm` -> `/opt/x` when `/opt/x/pyvenv.cfg` exists."""
-    home = os.path.dirname(os.path.dirname(binary))
-    return home if env.exists(f"{home}/pyvenv.cfg") else None
-
-
 def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
     """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV, the service, the manifest."""
     if explicit:
@@ -60,7 +54,7 @@ def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
         return active, "VIRTUAL_ENV", True
     unit = read_unit(env)
     if unit and unit.get("argv"):
-        home = _venv_of_binary(env, unit["argv"][0])
+        home = env.venv_of_binary(unit["argv"][0])
         if home:
             return home, "service", True
         if unit["environment"].get("VIRTUAL_ENV"):
