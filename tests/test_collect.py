@@ -17,7 +17,7 @@ from gptoss_doctor.collect import cuda, gpu, host, service, venv
 from gptoss_doctor.collect.files import offline_files, world_readable_secrets
 from fakeroot import Box
 
-H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, Enabled, 580.159.04\n"
+H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, 0, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, 0, Enabled, 580.159.04\n"
 PROC_VERSION = (
     "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U16)  Thu Sep 4 2025\n"
     "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
@@ -70,7 +70,7 @@ def test_nvidia_gpus_driver_and_cuda(box):
     assert [g["index"] for g in gpus] == [0, 1]
     assert gpus[0] == {
         "index": 0, "name": "NVIDIA H200", "uuid": "GPU-1111-2222", "compute_cap": "9.0",
-        "memory_mib": 143771, "persistence_mode": "Enabled",
+        "memory_mib": 143771, "memory_used_mib": 0, "persistence_mode": "Enabled",
     }
     assert facts["nvidia.driver"] == {"value": {"version": "580.159.04"}, "source": "/proc/driver/nvidia/version"}
     assert gpu.nvidia_cuda_max(env)["nvidia.cuda_driver_max"]["value"] == "13.0"

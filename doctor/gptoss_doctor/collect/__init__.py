@@ -16,14 +16,14 @@ from functools import partial
 
 from .. import __version__
 from ..redact import redact_tree
-from ..snapshot import SCHEMA, Snapshot, failed
-from . import cuda, files, gpu, host, service
+from ..snapshot import SCHEMA, Snapshot, absent, failed
+from . import cuda, files, gpu, host, live, service
 from .env import Env
 from .venv import VENV_KEYS, VenvError, venv_facts
 
 __all__ = ["Env", "VenvError", "collect", "COLLECTORS"]
 
-COLLECTORS = [*host.COLLECTORS, *gpu.COLLECTORS, *cuda.COLLECTORS, *service.COLLECTORS, *files.COLLECTORS]
+COLLECTORS = [*host.COLLECTORS, *gpu.COLLECTORS, *cuda.COLLECTORS, *service.COLLECTORS, *files.COLLECTORS, *live.COLLECTORS]
 # Slack on top of the per-command timeout for a collector that runs a command or two.
 _COLLECTOR_SLACK_S = 3.0
 
@@ -37,6 +37,17 @@ def _run_one(fn, keys: tuple[str, ...], env: Env) -> tuple[dict, float]:
     except Exception as e:  # noqa: BLE001 - a broken collector is a failed fact, not a crashed doctor
         facts = {k: failed(f"{type(e).__name__}: {e}") for k in keys}
     return facts, time.perf_counter() - started
+
+
+def judge_venv_on_its_own(facts: dict) -> None:
+    """`--venv X` on a deployed host, X not the deployed venv: the manifest describes the
+    deployed venv, not X, so X is judged by its own vLLM (the manifest steps aside)."""
+    venv = facts.get("venv", {}).get("value")
+    manifest = facts.get("manifest", {})
+    if isinstance(venv, dict) and venv.get("rule") == "--venv" and venv.get("deployed") is False and "value" in manifest:
+        deployed = manifest["value"].get("venv") if isinstance(manifest["value"], dict) else None
+        facts["manifest"] = absent(f"--venv {venv.get('path')} is not the deployed venv ({deployed or 'see the manifest'}): "
+                                   "judged by its own vLLM, not the manifest", manifest.get("source"))
 
 
 def collect(
@@ -70,6 +81,7 @@ def collect(
             timings[name] = round(seconds, 4)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+    judge_venv_on_its_own(facts)
     hostname = facts.get("host.hostname", {}).get("value") or socket.gethostname()
     ordered = {k: facts[k] for k in sorted(facts)}
     return Snapshot(

@@ -44,14 +44,49 @@ def _is_own_venv(path: str) -> bool:
         return False
 
 
+def _parent_virtual_env(env: Env) -> str | None:
+    """VIRTUAL_ENV of the process that started this one (`uv run` replaces it with the project's
+    venv for its child, but keeps the shell's in its own environment)."""
+    if env.root != Path("/"):
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"VIRTUAL_ENV="):
+                    return item.split(b"=", 1)[1].decode(errors="replace") or None
+    except OSError:
+        return None
+    return None
+
+
+def _vllm_on_path(env: Env) -> str | None:
+    """The venv of the first `vllm` on PATH: an activated venv `uv run` hid (it keeps PATH's tail)."""
+    for d in env.environ.get("PATH", "").split(os.pathsep):
+        exe = f"{d}/vllm" if d else None
+        if exe and env.path(exe).is_file():
+            home = env.venv_of_binary(exe)
+            if home and not (env.root == Path("/") and _is_own_venv(home)):
+                return home
+    return None
+
+
 def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
-    """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV, the service, the manifest."""
+    """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV (when it is the
+    doctor's own, as under `uv run`: the parent's VIRTUAL_ENV, then the vllm on PATH), the
+    service, the manifest."""
     if explicit:
         return os.path.abspath(explicit), "--venv", False
     active = env.environ.get("VIRTUAL_ENV")
     # the doctor's own venv (activated, or set by `uv run`) holds no serving stack: look further
     if active and not (env.root == Path("/") and _is_own_venv(active)):
         return active, "VIRTUAL_ENV", True
+    if active:  # the doctor's own: what the user had activated before `uv run` hid it
+        parent = _parent_virtual_env(env)
+        if parent and not _is_own_venv(parent) and env.exists(f"{parent}/pyvenv.cfg"):
+            return parent, "VIRTUAL_ENV of the parent process", True
+        on_path = _vllm_on_path(env)
+        if on_path:
+            return on_path, "vllm on PATH", True
     unit = read_unit(env)
     if unit and unit.get("argv"):
         home = env.venv_of_binary(unit["argv"][0])
@@ -66,6 +101,32 @@ def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
     if isinstance(manifest, dict) and isinstance(manifest.get("venv"), str):
         return manifest["venv"], "manifest", True
     return None
+
+
+def deployed_venvs(env: Env) -> list[str]:
+    """The box paths of the deployed venv: the service's and the manifest's (venv, current)."""
+    out = []
+    unit = read_unit(env)
+    if unit and unit.get("argv"):
+        out.append(env.venv_of_binary(unit["argv"][0]))
+    try:
+        manifest = read_manifest(env)
+    except ValueError:
+        manifest = None
+    if isinstance(manifest, dict):
+        out += [manifest.get(k) for k in ("venv", "current")]
+    return [p for p in out if isinstance(p, str) and p]
+
+
+def is_deployed(env: Env, host_path: Path) -> bool:
+    """Whether the venv at host_path is the deployed one (same directory, links resolved)."""
+    for p in deployed_venvs(env):
+        try:
+            if os.path.samefile(env.path(p), host_path):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_pyvenv_cfg(text: str) -> dict[str, str]:
@@ -118,13 +179,14 @@ def base_site_dirs(env: Env, cfg: dict[str, str], own: list[Path]) -> list[Path]
 
 def unshadowed(dists: list[dict]) -> list[dict]:
     """The first distribution of each name in import order: the one Python and
-    importlib.metadata see; a same-name one further down the path is shadowed."""
+    importlib.metadata see; a same-name one further down the path is shadowed. A dist-info
+    without METADATA shadows nothing and is kept (after the others): it is a fault to report."""
     seen, out = set(), []
     for d in dists:
-        if d["name"] not in seen:
+        if d.get("metadata") is not False and d["name"] not in seen:
             seen.add(d["name"])
             out.append(d)
-    return out
+    return out + [d for d in dists if d.get("metadata") is False]
 
 
 # -- distributions ------------------------------------------------------------------------------
@@ -157,10 +219,23 @@ def top_level_from_record(text: str) -> list[str]:
     return sorted(names)
 
 
+def _from_dir_name(d: Path) -> tuple[str, str]:
+    """(name, version) from `name-version.dist-info`, the wheel spec's directory name."""
+    stem = d.name.rsplit(".", 1)[0]
+    name, _, ver = stem.partition("-")
+    return name, ver
+
+
 def read_dist_info(d: Path, location: Path) -> dict | None:
     meta = d / "METADATA"
     if not meta.is_file():
-        return None
+        # an interrupted install or uninstall: importlib.metadata still lists it (with no
+        # name or version), and what it owns per RECORD is still there
+        name, ver = _from_dir_name(d)
+        record = d / "RECORD"
+        top = top_level_from_record(record.read_text(errors="replace")) if record.is_file() else []
+        return {"name": canonical_name(name), "version": ver, "installer": None, "location": str(location),
+                "dist_info": d.name, "top_level": top, "metadata": False}
     header = read_metadata_header(meta)
     if "Name" not in header:
         return None
@@ -347,6 +422,8 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
     cfg = read_pyvenv_cfg(cfg_path.read_text(errors="replace"))
     own = site_packages_dirs(host)
     sps = own + base_site_dirs(env, cfg, own)
+    exe = host / "bin" / "python"
+    link = os.readlink(exe) if exe.is_symlink() else None
     facts = {
         "venv": value(
             {
@@ -354,7 +431,11 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
                 "rule": rule,
                 "python": cfg.get("version_info") or cfg.get("version"),
                 "site_packages": [str(sp) for sp in sps],
-                "executable": str(host / "bin" / "python"),
+                "executable": str(exe),
+                "executable_link": link,
+                "executable_ok": exe.exists(),  # False for a link whose target is gone
+                "home": cfg.get("home"),
+                "deployed": is_deployed(env, host),
             },
             rule,
         )
