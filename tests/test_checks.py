@@ -306,3 +306,21 @@ def test_recommendations_never_name_a_sites_stack(kb):
     (site_loaded,), _ = run_one(snap, with_site, REGISTRY["driver-too-old"])
     assert "vllm-0.99.0-cu129" in with_site.stacks and "vllm-0.99.0-cu129" not in " ".join(site_loaded.fix.commands)
     assert site_loaded.fix.commands == plain.fix.commands and site_loaded.fix.commands
+
+
+@pytest.mark.parametrize("case, says, never", [
+    ("timeout-during-triton-compile", "did not finish in 30 s", "reinstall"),
+    ("cpu-torch-cuda-init", "CPU-only build: install the CUDA build", "driver"),
+    ("libcudart-13-missing", "reinstall it from the stack's index", "timed out"),
+])
+def test_deep_fixes_follow_the_step_and_the_way_it_failed(case, says, never, kb):
+    """--deep's fix names what failed: a time limit is not "reinstall torch", a CPU-only torch
+    is "install the CUDA build", a missing CUDA runtime is a reinstall."""
+    data = json.loads((FIXTURES / "checks" / "deep-probe-failed" / f"{case}.json").read_text())
+    snap = apply_case(load_base(data["snapshot"]), data, case)
+    (finding,), _ = run_one(snap, kb, REGISTRY["deep-probe-failed"])
+    assert says in finding.fix.text and never not in finding.fix.text.lower(), finding.fix.text
+    if case != "timeout-during-triton-compile":
+        assert any("--reinstall-package torch" in c for c in finding.fix.commands), finding.fix.commands
+    else:
+        assert finding.fix.commands == ["gptoss-doctor --deep --deep-timeout 600"]

@@ -147,49 +147,69 @@ def install_line(facts: dict) -> str | None:
     return " · ".join(parts) or None
 
 
-def summary_lines(facts: dict) -> list[tuple[str, str]]:
-    """(label, text) lines that say what the doctor looked at."""
-    lines = [("gpu", gpu_line(facts))]
+def _cuda_line(facts: dict) -> str:
     # the deployed service's toolkit is the one serving uses (checks judge it too)
     home_key = "service.cuda_home" if isinstance(_v(facts, "service.cuda_home"), dict) else "cuda_home"
     home = _v(facts, home_key)
     whose = " (service)" if home_key == "service.cuda_home" else ""
-    lines.append(
-        ("cuda", f"{home['path']} (from {home['rule']}{whose}) · {home.get('version') or 'no version'}" if home else _why(facts, home_key))
-    )
+    return f"{home['path']} (from {home['rule']}{whose}) · {home.get('version') or 'no version'}" if home else _why(facts, home_key)
+
+
+def _venv_line(facts: dict) -> str:
     venv = _v(facts, "venv")
-    lines.append(("venv", f"{venv['path']} (from {venv['rule']}) · Python {venv.get('python')}" if venv else _why(facts, "venv")))
-    if venv:
-        lines.append(("stack", stack_line(facts)))
+    return f"{venv['path']} (from {venv['rule']}) · Python {venv.get('python')}" if venv else _why(facts, "venv")
+
+
+def _service_line(facts: dict) -> str | None:
     serve = _v(facts, "service.serve")
-    if serve:
-        lines.append(
-            (
-                "service",
-                f"{serve.get('model')} on {serve.get('host')}:{serve.get('port')} · TP {serve.get('tensor_parallel_size')}"
-                + (" · API key set" if serve.get("api_key_set") else " · no API key"),
-            )
-        )
-    if "service.manager" in facts:
-        lines.append(("manager", manager_line(facts)))
-    install = install_line(facts)
-    if install:
-        lines.append(("install", install))
+    if not serve:
+        return None
+    return (f"{serve.get('model')} on {serve.get('host')}:{serve.get('port')} · TP {serve.get('tensor_parallel_size')}"
+            + (" · API key set" if serve.get("api_key_set") else " · no API key"))
+
+
+def _deep_lines(facts: dict) -> list[tuple[str, str]]:
     deep = _v(facts, "deep")
-    if deep:
-        steps = []
-        for name in ("torch_import", "cuda_init", "matmul", "triton_kernel"):
-            step = deep.get(name) or {}
-            state = "ok" if step.get("ok") else "n/a" if step.get("ok") is None and step.get("error", "").startswith("skipped") else "FAILED"
-            secs = f" {step['seconds']:.1f}s" if isinstance(step.get("seconds"), (int, float)) else ""
-            steps.append(f"{name} {state}{secs}")
-        lines.append(("deep", " · ".join(steps)))
-        for name in ("torch_import", "cuda_init", "matmul", "triton_kernel"):
-            step = deep.get(name) or {}
-            error = step.get("error") or ""
-            if step.get("ok") is False and not error.startswith("not run"):
-                # the last line of the error is what to search for; the fact keeps the whole tail
-                lines.append(("", f"{name}: {error.strip().splitlines()[-1][:300] if error.strip() else 'failed'}"))
+    if not deep:
+        return []
+    steps, lines = [], []
+    for name in ("torch_import", "cuda_init", "matmul", "triton_kernel"):
+        step = deep.get(name) or {}
+        state = "ok" if step.get("ok") else "n/a" if step.get("ok") is None and str(step.get("error") or "").startswith("skipped") else "FAILED"
+        secs = f" {step['seconds']:.1f}s" if isinstance(step.get("seconds"), (int, float)) else ""
+        steps.append(f"{name} {state}{secs}")
+    lines.append(("deep", " · ".join(steps)))
+    for name in ("torch_import", "cuda_init", "matmul", "triton_kernel"):
+        step = deep.get(name) or {}
+        error = str(step.get("error") or "")
+        if step.get("ok") is False and not error.startswith("not run"):
+            # the last line of the error is what to search for; the fact keeps the whole tail
+            lines.append(("", f"{name}: {error.strip().splitlines()[-1][:300] if error.strip() else 'failed'}"))
+    return lines
+
+
+def _safe(label: str, fn, facts: dict) -> list[tuple[str, str]]:
+    """A summary line, or one saying its facts have a shape this doctor does not know (a snapshot
+    edited by hand, or from another version): the header never stops the report."""
+    try:
+        got = fn(facts)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        return [(label, f"(facts of an unexpected shape: {type(e).__name__}: {e})")]
+    if got is None:
+        return []
+    return got if isinstance(got, list) else [(label, got)]
+
+
+def summary_lines(facts: dict) -> list[tuple[str, str]]:
+    """(label, text) lines that say what the doctor looked at."""
+    lines = _safe("gpu", gpu_line, facts) + _safe("cuda", _cuda_line, facts) + _safe("venv", _venv_line, facts)
+    if _v(facts, "venv"):
+        lines += _safe("stack", stack_line, facts)
+    lines += _safe("service", _service_line, facts)
+    if "service.manager" in facts:
+        lines += _safe("manager", manager_line, facts)
+    lines += _safe("install", install_line, facts)
+    lines += _safe("deep", _deep_lines, facts)
     return lines
 
 

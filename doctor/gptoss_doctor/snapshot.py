@@ -153,4 +153,14 @@ def load_snapshot(text: str, where: str) -> Snapshot:
         )
     if not isinstance(data.get("facts"), dict):
         raise SnapshotError(f"{where}: no 'facts' object")
+    for field_name in ("host", "collected_at", "doctor_version"):
+        if data.get(field_name) is not None and not isinstance(data[field_name], str):
+            raise SnapshotError(f"{where}: {field_name!r} is {json.dumps(data[field_name])[:60]}, expected a string; "
+                                "make the snapshot again with `gptoss-doctor collect`")
+    for key, fact in data["facts"].items():
+        states = set(fact) & {"value", "absent", "failed"} if isinstance(fact, dict) else set()
+        if len(states) != 1:
+            raise SnapshotError(
+                f"{where}: fact {key!r} is {json.dumps(fact, default=str)[:80]}, expected exactly one of "
+                '{"value": ...}, {"absent": "why"}, {"failed": "error"}; make the snapshot again with `gptoss-doctor collect`')
     return Snapshot(data)
