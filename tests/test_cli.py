@@ -602,3 +602,27 @@ def test_prose_wraps_to_the_width_and_commands_never_do():
     assert ("          " + cmd) in lines
     assert all(len(line) <= 60 for line in lines if cmd not in line), lines
     assert sum(1 for line in lines if line.strip().startswith("words") or line.startswith("      fix: ")) >= 3
+
+
+def test_nothing_of_the_machine_the_doctor_was_written_on_is_shown(capsys, kb):
+    """explain (every check and log signature) and the findings of every check case show public
+    URLs and the project's own files as sources, never a path of a development machine (a
+    knowledge row's source may name one beside its URLs)."""
+    from gptoss_doctor.findings import REGISTRY
+    from gptoss_doctor.logscan import load_signatures
+    from gptoss_doctor.report import build_report
+    from test_checks import CASES, apply_case, load_base
+    from gptoss_doctor.checks import run_one
+
+    local = ("/work/", "/root/", "shared/reference", "shared/notes", "shared/data")
+    for ident in [*REGISTRY, *(s.id for s in load_signatures())]:
+        rc, out, _ = run(capsys, "explain", ident, "--json")
+        entry = json.loads(out)
+        assert not [x for x in local if x in json.dumps({k: entry[k] for k in ("text", "links")})], ident
+    for path in CASES:
+        case = json.loads(path.read_text())
+        snap = apply_case(load_base(case["snapshot"]), case, path.stem)
+        findings, _ = run_one(snap, kb, REGISTRY[path.parent.name])
+        for f in build_report(findings, {}, {})["findings"]:
+            assert all(link.startswith("https://") or not link.startswith("/") for link in f["links"]), (path, f["links"])
+            assert not [x for x in local if x in json.dumps(f["links"])], (path, f["links"])

@@ -24,7 +24,7 @@ import time
 from typing import Sequence
 
 from . import __version__
-from .report import DoctorError, ExitStatus
+from .report import DoctorError, ExitStatus, public_links
 
 PROG = "gptoss-doctor"
 
@@ -310,13 +310,13 @@ def explain_entry(ident: str) -> dict:
     if spec:
         return {
             "id": spec.id, "kind": "check", "severity": spec.severity, "title": spec.title,
-            "category": spec.category, "text": spec.explain, "needs": list(spec.needs), "links": spec.links,
+            "category": spec.category, "text": spec.explain, "needs": list(spec.needs), "links": public_links(spec.links),
         }
     for sig in _signatures():
         if sig.id == ident:
             return {
                 "id": sig.id, "kind": "log signature", "severity": sig.severity, "title": sig.title,
-                "text": sig.fix, "commands": list(sig.commands), "links": list(sig.links),
+                "text": sig.fix, "commands": list(sig.commands), "links": public_links(sig.links),
                 **({"supervisor_commands": list(sig.supervisor_commands)} if sig.supervisor_commands else {}),
                 "patterns": [p.pattern for p in sig.patterns],
             }

@@ -13,6 +13,7 @@ Exit codes are the machine contract: 0 no error finding, 1 an error finding, 2 b
 from __future__ import annotations
 
 import json
+import re
 from enum import IntEnum
 from typing import Iterable
 
@@ -110,6 +111,24 @@ def not_checked(facts: dict, checks: dict[str, str]) -> list[dict]:
     return out
 
 
+_URL = re.compile(r"https?://[^\s;,)\]]+")
+_PROJECT_FILE = re.compile(r"^(?:docs|deploys|doctor|inventories|testbed|tests|bench)/[\w./#-]+$")
+
+
+def public_links(links) -> list[str]:
+    """The links a user is shown: public URLs and this project's own files. A knowledge row's
+    source may be prose that also names a file of the machine it was written on: only its URLs
+    are kept, never a path of that machine."""
+    out: list[str] = []
+    for link in links or []:
+        text = str(link).strip()
+        if _PROJECT_FILE.match(text):
+            out.append(text)
+        else:
+            out += [u.rstrip(".") for u in _URL.findall(text)]
+    return list(dict.fromkeys(out))
+
+
 def build_report(
     findings: Iterable[Finding],
     facts: dict,
@@ -123,7 +142,7 @@ def build_report(
         "exit_code": exit_code(ordered),
         # findings quote facts and log lines: redact them; check ids are not secrets
         # (`api-key-in-argv` names a key, it holds none), so `checks` is left as it is
-        "findings": [redact_tree(f.to_dict()) for f in ordered],
+        "findings": [redact_tree({**f.to_dict(), "links": public_links(f.links)}) for f in ordered],
         "facts": redact_tree(facts),
         "checks": dict(checks),
         "not_checked": redact_tree(not_checked(facts, checks)),
