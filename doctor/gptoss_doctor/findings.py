@@ -10,7 +10,6 @@ severity may be given; a worse one is a bug and raises).
 from __future__ import annotations
 
 import contextvars
-import inspect
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -45,6 +44,20 @@ class Finding:
         if not d["lines"]:
             d.pop("lines")
         return d
+
+
+def cleandoc(doc: str) -> str:
+    """inspect.cleandoc's result (first line stripped, the rest dedented) without importing
+    inspect, which costs more than every check module together."""
+    lines = doc.expandtabs().split("\n")
+    rest = [ln for ln in lines[1:] if ln.strip()]
+    margin = min((len(ln) - len(ln.lstrip()) for ln in rest), default=0)
+    out = [lines[0].strip()] + [ln[margin:].rstrip() for ln in lines[1:]]
+    while out and not out[-1]:
+        out.pop()
+    while out and not out[0]:
+        out.pop(0)
+    return "\n".join(out)
 
 
 CheckFn = Callable[..., Iterable[Finding]]
@@ -105,7 +118,7 @@ def check(
             category=category,
             needs=tuple(needs),
             fn=fn,
-            explain=inspect.cleandoc(fn.__doc__ or ""),
+            explain=cleandoc(fn.__doc__ or ""),
             links=list(links),
         )
 

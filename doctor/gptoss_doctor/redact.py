@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -57,6 +56,8 @@ def redact_text(text: str) -> str:
 def redact_url(url: str) -> str:
     """A URL without its userinfo (`https://user:pw@host:port/p` -> `https://***@host:port/p`):
     a mirror's user name may itself be a token, so all of it goes, unlike `redact_text`."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415 - only the deploys' mirror URLs need it
+
     parts = urlsplit(url)
     if not (parts.username or parts.password):
         return url

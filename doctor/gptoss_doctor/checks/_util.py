@@ -395,11 +395,20 @@ def knowledge_for(snap: Snapshot, load) -> tuple[Any, list[dict]]:
     """(knowledge with every usable site stack file of the snapshot, [{"path", "error"}] for the
     files left out: unreadable on the host, or rejected by the loader). `load` is
     `gptoss_doctor.knowledge.load` (passed in, so this module stays free of the loader)."""
+    texts = site_stack_texts(snap)
+    memo = snap.__dict__.setdefault("_knowledge_for", {})  # diagnose and site-stack-file-invalid both ask
+    key = (id(load), tuple(sorted(texts.items())))
+    if key not in memo:
+        memo[key] = _knowledge_for(snap, load, texts)
+    kb, problems = memo[key]
+    return kb, list(problems)
+
+
+def _knowledge_for(snap: Snapshot, load, texts: dict[str, str]) -> tuple[Any, list[dict]]:
     from ..knowledge import KnowledgeError  # noqa: PLC0415
 
     problems = [{"path": str(f.get("path")), "error": f"unreadable on the host: {f['error']}"}
                 for f in fact_list(snap, "stacks.extra") if isinstance(f, dict) and f.get("error")]
-    texts = site_stack_texts(snap)
     if not texts:
         return load(), problems
     try:

@@ -8,8 +8,8 @@ torch or vLLM. `deep=True` adds the child-process probe (see `gptoss_doctor.deep
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import socket
+import threading
 import time
 from datetime import datetime, timezone
 from functools import partial
@@ -68,19 +68,31 @@ def collect(
         jobs.append(("deep", partial(deep_fact, venv_path=venv_path, timeout_s=deep_timeout_s), ("deep",)))
     facts: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    pool = cf.ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="collect")
-    try:
-        futures = {name: (pool.submit(_run_one, fn, keys, env), keys) for name, fn, keys in jobs}
-        for name, (future, keys) in futures.items():
-            limit = (deep_timeout_s + 10 if name == "deep" else env.timeout_s * 2) + _COLLECTOR_SLACK_S
-            try:
-                got, seconds = future.result(timeout=max(0.1, limit - (time.perf_counter() - started)))
-            except cf.TimeoutError:
-                got, seconds = {k: failed(f"collector {name} did not finish in {limit:g} s") for k in keys}, limit
-            facts.update(got)
-            timings[name] = round(seconds, 4)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    results: dict[str, tuple[dict, float]] = {}
+
+    def work(name, fn, keys):
+        try:
+            results[name] = _run_one(fn, keys, env)
+        except BaseException as e:  # noqa: BLE001 - VenvError, re-raised below in this thread
+            results[name] = ({"__error__": e}, 0.0)
+
+    # plain daemon threads (not concurrent.futures, whose import pulls in logging): a hung
+    # collector is left behind when its time is up, never waited for
+    threads = [(name, keys, threading.Thread(target=work, args=(name, fn, keys), daemon=True, name=f"collect-{name}"))
+               for name, fn, keys in jobs]
+    for _, _, t in threads:
+        t.start()
+    for name, keys, t in threads:
+        limit = (deep_timeout_s + 10 if name == "deep" else env.timeout_s * 2) + _COLLECTOR_SLACK_S
+        t.join(max(0.1, limit - (time.perf_counter() - started)))
+        if name not in results:
+            got, seconds = {k: failed(f"collector {name} did not finish in {limit:g} s") for k in keys}, limit
+        else:
+            got, seconds = results[name]
+            if "__error__" in got:
+                raise got["__error__"]
+        facts.update(got)
+        timings[name] = round(seconds, 4)
     judge_venv_on_its_own(facts)
     hostname = facts.get("host.hostname", {}).get("value") or socket.gethostname()
     ordered = {k: facts[k] for k in sorted(facts)}

@@ -99,31 +99,84 @@ def describe(env: Env, pid: int, service: ServiceProcesses) -> dict:
 # -- the port -------------------------------------------------------------------------------------
 
 
-def listening_inodes(text: str, port: int) -> list[tuple[str, int]]:
-    """(local address hex, socket inode) of the LISTEN rows of a /proc/net/tcp{,6} table on `port`."""
+def listening_inodes(text: str, port: int) -> list[tuple[str, int, int]]:
+    """(local address hex, socket inode, owner uid) of the LISTEN rows of a /proc/net/tcp{,6}
+    table on `port`."""
     out = []
+    needle = f":{port:04X} "
     for line in text.splitlines()[1:]:
+        if needle not in line:  # most rows are other ports: skip them before splitting
+            continue
         cols = line.split()
         if len(cols) < 10 or cols[3] != TCP_LISTEN:
             continue
         address, _, port_hex = cols[1].rpartition(":")
         try:
             if int(port_hex, 16) == port:
-                out.append((address, int(cols[9])))
+                out.append((address, int(cols[9]), int(cols[7])))
         except ValueError:
             continue
     return out
 
 
-def socket_owners(env: Env, inodes: set[int]) -> tuple[dict[int, int], int]:
-    """{inode: pid} from /proc/*/fd links `socket:[inode]`; and how many processes' fds could not be read."""
+CGROUP_PROCS = ("/sys/fs/cgroup/system.slice/{unit}/cgroup.procs",  # cgroup v2 (unified)
+                "/sys/fs/cgroup/systemd/system.slice/{unit}/cgroup.procs")  # v1's named hierarchy
+
+
+def likely_service_pids(env: Env) -> list[int]:
+    """The service's processes where they are cheap to find: its systemd cgroup's member list,
+    else gptoss-supervise's pid file and that monitor's children (/proc/<pid>/task/<pid>/children).
+    Searched first, so that the usual case (the service holds its port) reads a handful of fd
+    tables instead of every process's."""
+    from ..service_manager import default_pid_file  # noqa: PLC0415
+
+    pids: list[int] = []
+    for pattern in CGROUP_PROCS:
+        pids += [int(w) for w in (_read(env, pattern.format(unit=UNIT)) or "").split() if w.isdigit()]
+    monitor = (_read(env, default_pid_file(UNIT)) or "").strip()
+    todo = [int(monitor)] if monitor.isdigit() else []
+    while todo and len(pids) < 256:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += [int(w) for w in (_read(env, f"/proc/{pid}/task/{pid}/children") or "").split() if w.isdigit()]
+    return list(dict.fromkeys(pids))
+
+
+def listen_rows(env: Env, table: str) -> str | None:
+    """The header and the LISTEN rows of a /proc/net/tcp{,6} table. The kernel lists the
+    listening sockets first (its listening hash, then the established one), so reading stops at
+    the first other row: a busy server's thousands of connections are never generated."""
+    try:
+        with open(env.path(table), errors="replace") as f:
+            rows = [next(f, "")]
+            for line in f:
+                cols = line.split(None, 4)
+                if len(cols) > 3 and cols[3] != TCP_LISTEN:
+                    break
+                rows.append(line)
+    except OSError:
+        return None
+    return "".join(rows)
+
+
+def socket_owners(env: Env, inodes: set[int], uids: set[int] | None = None,
+                  only: list[int] | None = None) -> tuple[dict[int, int], int]:
+    """{inode: pid} from /proc/*/fd links `socket:[inode]`; and how many processes' fds could not
+    be read. With `uids` (the sockets' owners, from /proc/net/tcp) only those users' processes
+    are searched: one stat per process instead of a readlink per open file of every process."""
     owners: dict[int, int] = {}
     hidden = 0
     proc = env.path("/proc")
     wanted = {f"socket:[{i}]": i for i in inodes}
-    for d in proc.iterdir():
+    for d in (proc / str(p) for p in only) if only is not None else proc.iterdir():
         if not d.name.isdigit():
             continue
+        if uids is not None:
+            try:
+                if os.stat(d).st_uid not in uids:
+                    continue
+            except OSError:
+                continue
         try:
             fds = os.listdir(d / "fd")
         except OSError:
@@ -154,19 +207,28 @@ def service_port(env: Env) -> dict:
     port = serve.get("port")
     if not isinstance(port, int):
         return {"service.port": failed(f"the service's port {port!r} is not a number", unit["unit_path"])}
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, int, int]] = []
     read = []
     for table in TCP_TABLES:
-        text = _read(env, table)
+        text = listen_rows(env, table)
         if text is not None:
             read.append(table)
             found += listening_inodes(text, port)
     if not read:
         return {"service.port": failed("no /proc/net/tcp or /proc/net/tcp6 to read", "/proc/net/tcp")}
-    owners, hidden = socket_owners(env, {inode for _, inode in found}) if found else ({}, 0)
+    owners, hidden = {}, 0
+    if found:
+        inodes = {inode for _, inode, _ in found}
+        owners, hidden = socket_owners(env, inodes, only=likely_service_pids(env))
+        if len(owners) < len(inodes):  # not the service's: the processes of the sockets' owners
+            more, hidden = socket_owners(env, inodes - set(owners), {uid for _, _, uid in found})
+            owners.update(more)
+        if len(owners) < len(inodes):  # a process that changed its uid after binding: search them all
+            more, hidden = socket_owners(env, inodes - set(owners))
+            owners.update(more)
     service = ServiceProcesses(env)
     listeners, seen_pids = [], set()
-    for address, inode in found:
+    for _address, inode, _uid in found:
         pid = owners.get(inode)
         if pid is None:
             listeners.append({"pid": None, "uid": None, "command": None, "is_service": None,

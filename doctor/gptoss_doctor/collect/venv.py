@@ -211,6 +211,7 @@ def top_level_from_record(text: str) -> list[str]:
     """First path parts a distribution owns per RECORD: packages and modules, not its dist-info or scripts."""
     names = set()
     # dedupe the first path parts first: torch's RECORD has ~20k rows but three top-level names
+    # (a split and a set in C: measured faster than one regex over the text)
     for head in {line.partition("/")[0] for line in text.split("\n")}:
         if "," in head:  # no "/" before the first ",": a top-level file (six.py, foo.cpython-312-x86_64-linux-gnu.so)
             file = head.partition(",")[0]
