@@ -14,6 +14,7 @@ The snapshot is {"schema": SCHEMA, "doctor_version", "collected_at", "host", "du
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,16 @@ FACT_KEYS: dict[str, str] = {
     '"detail": ...}; also "python": str, "seconds": float  (only with --deep). cuda_init detail: {"device_count", '
     '"devices": [{"index", "name", "capability": "9.0", "memory_mib"}], "arch_list": [str], "arch_ok": bool}',
 }
+
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def canonical_name(name: str) -> str:
+    """A distribution's name as `venv.distributions` records it: PEP 503's normalized form
+    (packaging.utils.canonicalize_name's rule, without importing packaging.utils, which pulls in
+    packaging.tags, platform and logging at start-up)."""
+    return _SEPARATORS.sub("-", name).lower()
 
 
 def value(v: Any, source: str | None = None) -> dict:

@@ -7,10 +7,9 @@ import shlex
 from typing import Any, Iterable
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..snapshot import Snapshot
+from ..snapshot import Snapshot, canonical_name
 
 GUIDE = "https://github.com/vllm-project/recipes/blob/main/OpenAI/GPT-OSS.md"
 DEFAULT_VENV = "/opt/gptoss/current"
@@ -168,12 +167,12 @@ def distributions(snap: Snapshot) -> list[dict]:
 def dists_by_name(snap: Snapshot) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for d in distributions(snap):
-        out.setdefault(canonicalize_name(str(d.get("name", ""))), []).append(d)
+        out.setdefault(canonical_name(str(d.get("name", ""))), []).append(d)
     return out
 
 
 def installed_version(snap: Snapshot, name: str) -> str | None:
-    found = dists_by_name(snap).get(canonicalize_name(name))
+    found = dists_by_name(snap).get(canonical_name(name))
     return found[0].get("version") if found else None
 
 

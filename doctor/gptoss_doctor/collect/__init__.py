@@ -8,10 +8,9 @@ torch or vLLM. `deep=True` adds the child-process probe (see `gptoss_doctor.deep
 
 from __future__ import annotations
 
-import socket
+import os
 import threading
 import time
-from datetime import datetime, timezone
 from functools import partial
 
 from .. import __version__
@@ -94,13 +93,14 @@ def collect(
         facts.update(got)
         timings[name] = round(seconds, 4)
     judge_venv_on_its_own(facts)
-    hostname = facts.get("host.hostname", {}).get("value") or socket.gethostname()
+    hostname = facts.get("host.hostname", {}).get("value") or os.uname().nodename
     ordered = {k: facts[k] for k in sorted(facts)}
     return Snapshot(
         {
             "schema": SCHEMA,
             "doctor_version": __version__,
-            "collected_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # datetime's isoformat, without importing datetime (and socket) on the doctor's path
+            "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
             "host": hostname,
             "duration_s": round(time.perf_counter() - started, 4),
             "collector_seconds": timings,
