@@ -263,6 +263,8 @@ def no_gpu(snap, kb):
     """
     if nvidia_gpus(snap) or rocm_gpus(snap):
         return
+    if "nvidia.gpus" not in snap.facts and "rocm.gpus" not in snap.facts:
+        raise NotApplicable("the snapshot holds no GPU facts (a partial snapshot): nothing to judge")
     why = [f"{k}: " + str(snap.fact(k).get("failed") or snap.fact(k).get("absent") or "empty list")
            for k in ("nvidia.gpus", "rocm.gpus")]
     yield found(
