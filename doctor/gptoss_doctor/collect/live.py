@@ -246,7 +246,7 @@ def service_port(env: Env) -> dict:
 
 def passwd_entry(env: Env, user: str) -> tuple[int, int, str] | None:
     """(uid, primary gid, home) of `user` from /etc/passwd (a numeric user is its own uid)."""
-    for line in (_read(env, "/etc/passwd") or "").splitlines():
+    for line in env.once("/etc/passwd", lambda: _read(env, "/etc/passwd") or "").splitlines():
         parts = line.split(":")
         if len(parts) >= 6 and (parts[0] == user) and parts[2].isdigit() and parts[3].isdigit():
             return int(parts[2]), int(parts[3]), parts[5]
@@ -255,9 +255,16 @@ def passwd_entry(env: Env, user: str) -> tuple[int, int, str] | None:
     return None
 
 
+def home_of(env: Env, user: str | None) -> str:
+    """The home directory of `user` (default root) from /etc/passwd; the usual one if not listed."""
+    user = user or "root"
+    entry = passwd_entry(env, user) if not user.isdigit() else None
+    return entry[2] if entry else ("/root" if user == "root" else f"/home/{user}")
+
+
 def group_ids(env: Env, user: str, primary: int) -> list[int]:
     gids = {primary}
-    for line in (_read(env, "/etc/group") or "").splitlines():
+    for line in env.once("/etc/group", lambda: _read(env, "/etc/group") or "").splitlines():
         parts = line.split(":")
         if len(parts) >= 4 and parts[2].isdigit() and user in parts[3].split(","):
             gids.add(int(parts[2]))
@@ -335,10 +342,7 @@ def hf_cache_dirs(env: Env, unit: dict | None) -> tuple[str, str]:
     service_env = (unit or {}).get("environment", {})
     hf_home = service_env.get("HF_HOME")
     if not hf_home:
-        user = (unit or {}).get("user") or "root"
-        entry = passwd_entry(env, user)
-        home = entry[2] if entry else ("/root" if user == "root" else f"/home/{user}")
-        hf_home = f"{home.rstrip('/')}/.cache/huggingface"
+        hf_home = f"{home_of(env, (unit or {}).get('user')).rstrip('/')}/.cache/huggingface"
     return hf_home, service_env.get("HF_HUB_CACHE") or f"{hf_home}/hub"
 
 
