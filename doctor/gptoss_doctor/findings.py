@@ -123,12 +123,20 @@ def check(
         )
 
         def run(snap, kb) -> list[Finding]:
-            # the check's findings (found() inside it reads this spec) as a list, made while it runs
+            # the check's findings (found() inside it reads this spec) as a list, made while it
+            # runs; one made with Finding(...) directly gets the same: the registry's id and
+            # links first, and a severity no worse than the registered one
             token = _RUNNING.set(spec)
             try:
-                return list(fn(snap, kb))
+                out = list(fn(snap, kb))
             finally:
                 _RUNNING.reset(token)
+            for f in out:
+                if SEVERITIES.index(f.severity) < SEVERITIES.index(spec.severity):
+                    raise ValueError(f"check {spec.id}: finding severity {f.severity!r} is worse than the registered {spec.severity!r}")
+                f.id = spec.id
+                f.links = list(dict.fromkeys([*spec.links, *f.links]))
+            return out
 
         spec.fn = run
         REGISTRY[id] = spec
