@@ -289,13 +289,20 @@ def test_live_state_breaks_are_named_on_a_deployed_host(fleet):
         (held,) = named(report, "gpu-memory-held")
         assert "held by pid" in held["title"] and "sleep 600" in held["title"], held["title"]
         assert not named(report, "no-gpu")
+        # the other vendor's torch (a ROCm build) on this NVIDIA box
+        version_py = clean["facts"]["torch.build"]["value"]["path"]
+        on_host(fleet, address, f"cp -p {version_py} /root/torch-version.bak && "
+                                f"sed -i -E \"s/^cuda = .*/cuda = None/; s/^hip = .*/hip = '6.4.43482'/\" {version_py}")
+        (vendor,) = named(host_doctor(fleet, address), "torch-wrong-vendor")
+        assert "ROCm" in vendor["title"], vendor["title"]
     finally:
+        on_host(fleet, address, f"cp -p /root/torch-version.bak {clean['facts']['torch.build']['value']['path']}", ok=(0, 1))
         on_host(fleet, address, "kill $(cat /run/gptoss-test-holder.pid); rm -f /usr/local/bin/nvidia-smi /run/gptoss-test-holder.pid",
                 ok=(0, 1))
 
     # 5. a CPU-only torch in the deployed venv
     venv = clean["facts"]["venv"]["value"]["path"]
-    version_py = next(iter(clean["facts"]["torch.build"]["value"]["path"].split()), "")
+    version_py = clean["facts"]["torch.build"]["value"]["path"]
     try:
         on_host(fleet, address, f"cp -p {version_py} /root/torch-version.bak && "
                                 f"sed -i -E \"s/^cuda = .*/cuda = None/; s/^hip = .*/hip = None/\" {version_py}")
@@ -304,7 +311,18 @@ def test_live_state_breaks_are_named_on_a_deployed_host(fleet):
     finally:
         on_host(fleet, address, f"cp -p /root/torch-version.bak {version_py}")
 
-    # 6. --venv X: a venv beside the deployment, its python a broken link, a dist-info without
+    # 6. too little free disk for the model still to download: a 1 MiB filesystem over the HF cache
+    disk = clean["facts"]["model.disk"]["value"]
+    assert disk["complete"] is False, disk  # the stand-in vLLM never downloads the model
+    hub = disk["filesystem_of"]
+    try:
+        on_host(fleet, address, f"mount -t tmpfs -o size=1m gptoss-test-small {hub}")
+        (full,) = named(host_doctor(fleet, address), "model-disk-space")
+        assert "GiB free" in full["title"] and hub in full["title"], full["title"]
+    finally:
+        on_host(fleet, address, f"umount {hub}", ok=(0, 1, 32))
+
+    # 7. --venv X: a venv beside the deployment, its python a broken link, a dist-info without
     # METADATA; judged on its own (the manifest describes the deployed venv, not X)
     try:
         sp = "/tmp/gptoss-test-venv/lib/python3.11/site-packages"
