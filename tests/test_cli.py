@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -496,6 +497,10 @@ def test_json_path_imports_neither_rich_nor_torch(broken_venv, tmp_path):
         "print(rc, heavy)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "1 []", proc.stderr
+    # the text report too: plain ANSI, no rich
+    proc = subprocess.run([sys.executable, "-c", code.replace(", '--json'", "")], capture_output=True, text=True,
+                          env={**os.environ, "FORCE_COLOR": "1"})
     assert proc.stdout.strip() == "1 []", proc.stderr
 
 

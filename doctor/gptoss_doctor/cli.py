@@ -9,7 +9,8 @@
     gptoss-doctor list-checks [--json]
 
 Exit 0: no error finding; 1: an error finding; 2: bad invocation (one line on stderr).
-Heavy modules (rich, the checks, the knowledge) are imported only by the commands that use them.
+Heavy modules (the checks, the knowledge) are imported only by the commands that use them; text
+output is plain ANSI (no rich import), coloured on a terminal unless NO_COLOR, or with FORCE_COLOR.
 """
 
 from __future__ import annotations
