@@ -631,6 +631,7 @@ def test_access_is_judged_as_the_service_user(box):
     assert "does not exist" in access_as(env, "/models/gone", other, [gid], "r")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user or group needs root")
 def test_service_access_and_disk_from_the_unit(box):
     from gptoss_doctor.collect.live import service_access
 
@@ -673,3 +674,26 @@ def test_uv_run_hides_virtual_env_the_vllm_on_path_is_found(box):
     box.tool("vllm", "exit 0", where="/home/u/serve/bin")
     env = box.env(PATH="/home/u/serve/bin:/usr/bin", VIRTUAL_ENV="/doctor/.venv")
     assert venv_mod._vllm_on_path(env) == "/home/u/serve"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user or group needs root")
+def test_the_units_groups_count_for_access(box):
+    """SupplementaryGroups= (the deploy gives AMD hosts video and render) lets the service's user
+    in where its own groups would not."""
+    from gptoss_doctor.collect.live import service_access
+
+    box.write("/etc/systemd/system/gptoss-vllm.service",
+              "[Service]\nUser=gptoss\nSupplementaryGroups=models\nExecStart=/opt/v/bin/vllm serve /srv/m --port 8000\n")
+    box.write("/etc/passwd", "gptoss:x:4998:4998::/var/lib/gptoss:/usr/sbin/nologin\n")
+    box.write("/etc/group", "gptoss:x:4998:\nmodels:x:4700:\n")
+    model = box.root / "srv/m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    for p in (model.parent, model, model / "config.json"):
+        os.chown(p, 0, 4700)
+        p.chmod(0o750 if p.is_dir() else 0o640)
+    acc = service_access(box.env())["service.access"]["value"]
+    assert 4700 in acc["gids"] and acc["paths"][0]["problem"] is None
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nUser=gptoss\nExecStart=/opt/v/bin/vllm serve /srv/m --port 8000\n")
+    acc = service_access(box.env())["service.access"]["value"]
+    assert "cannot enter /srv (0750" in acc["paths"][0]["problem"]

@@ -55,7 +55,8 @@ FACT_KEYS: dict[str, str] = {
     "vllm.env_vars": "[str]: the VLLM_* names this vLLM's envs.py knows (read as text)",
     "vllm.attention_backends": "[str]: backend names this vLLM's registry knows (read as text)",
     "env.shell": "{name: value}: relevant env vars of the doctor's own shell, secrets redacted",
-    "service": '{"unit": str, "unit_path": str, "user": str | None, "environment_files": [str], '
+    "service": '{"unit": str, "unit_path": str, "user": str | None, "group": str | None, "supplementary_groups": [str], '
+    '"environment_files": [str], '
     '"environment": {name: value} (redacted; EnvironmentFile= over Environment=), '
     '"environment_file_errors": {path: error}, "argv": [str] (redacted, $VARs expanded), "venv": str | None}',
     "service.cuda_home": '{...}: the shape of cuda_home, resolved from the deployed service\'s environment '

@@ -262,11 +262,23 @@ def home_of(env: Env, user: str | None) -> str:
     return entry[2] if entry else ("/root" if user == "root" else f"/home/{user}")
 
 
-def group_ids(env: Env, user: str, primary: int) -> list[int]:
-    gids = {primary}
+def gid_of(env: Env, group: str) -> int | None:
+    if group.isdigit():
+        return int(group)
     for line in env.once("/etc/group", lambda: _read(env, "/etc/group") or "").splitlines():
         parts = line.split(":")
-        if len(parts) >= 4 and parts[2].isdigit() and user in parts[3].split(","):
+        if len(parts) >= 3 and parts[0] == group and parts[2].isdigit():
+            return int(parts[2])
+    return None
+
+
+def group_ids(env: Env, user: str, primary: int, extra: list[str] = ()) -> list[int]:
+    """The user's groups as the kernel will see them for the service: its primary group, the
+    groups that list it in /etc/group, and the unit's Group= / SupplementaryGroups= (names or gids)."""
+    gids = {primary} | {int(g) for g in extra if g.isdigit()}
+    for line in env.once("/etc/group", lambda: _read(env, "/etc/group") or "").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[2].isdigit() and (user in parts[3].split(",") or parts[0] in extra):
             gids.add(int(parts[2]))
     return sorted(gids)
 
@@ -388,7 +400,10 @@ def service_access(env: Env) -> dict:
         facts["service.access"] = failed(f"the service's user {user!r} is not in /etc/passwd", "/etc/passwd")
     else:
         uid, gid, _ = entry
-        gids = group_ids(env, user, gid)
+        unit_groups = [g for g in [unit.get("group"), *(unit.get("supplementary_groups") or [])] if g]
+        if unit.get("group"):  # Group= replaces the primary group
+            gid = gid_of(env, unit["group"]) if gid_of(env, unit["group"]) is not None else gid
+        gids = group_ids(env, user, gid, unit_groups)
         paths = []
         if local_model:
             problem = access_as(env, model, uid, gids, "r")

@@ -109,7 +109,8 @@ def _read_unit(env: Env) -> dict | None:
         texts += [p.read_text(errors="replace") for p in sorted(dropin_dir.glob("*.conf"))]
     inline: dict[str, str] = {}
     env_files: list[str] = []
-    user, exec_start = None, None
+    user, group, exec_start = None, None, None
+    supplementary: list[str] = []
     for text in texts:
         for section, key, val in unit_lines(text):
             if section != "Service":
@@ -125,6 +126,10 @@ def _read_unit(env: Env) -> dict | None:
                 env_files = [] if not val else env_files + [val]
             elif key == "User":
                 user = val or None
+            elif key == "Group":
+                group = val or None
+            elif key == "SupplementaryGroups":  # a list; an empty assignment resets it
+                supplementary = supplementary + val.split() if val else []
             elif key == "ExecStart":
                 exec_start = val or None
     environment = dict(inline)
@@ -145,6 +150,8 @@ def _read_unit(env: Env) -> dict | None:
         "unit": UNIT,
         "unit_path": unit_path,
         "user": user,
+        "group": group,
+        "supplementary_groups": supplementary,
         "environment_files": [s.lstrip("-") for s in env_files],
         "environment_file_errors": file_errors,
         "environment": environment,
