@@ -9,6 +9,7 @@ import shlex
 from ..findings import Fix, check, found
 from ._util import (
     NotApplicable,
+    as_int,
     current_stack,
     evidence,
     fact_list,
@@ -71,7 +72,7 @@ def port_held_by_other(snap, kb):
     Source: the kernel's /proc/net/tcp format; vLLM's API server binds after the engine starts.
     """
     port = fact_obj(snap, "service.port")
-    listeners = [x for x in port.get("listeners") or [] if isinstance(x, dict)]
+    listeners = [x for x in port.get("listeners") if isinstance(x, dict)] if isinstance(port.get("listeners"), list) else []
     others = [x for x in listeners if x.get("is_service") is False]
     hidden = [x for x in listeners if x.get("pid") is None]
     manager = fact_obj(snap, "service.manager")
@@ -220,7 +221,7 @@ def gpu_memory_held(snap, kb):
         if not isinstance(total, int) or not total:
             continue
         holders = [a for a in apps if a.get("gpu_uuid") == g.get("uuid")]
-        held = sum(a.get("used_mib") or 0 for a in holders)
+        held = sum(as_int(a.get("used_mib"), 0) for a in holders)
         free = total - held
         if held and free < util * total:
             short.append({"gpu": g.get("index"), "total_mib": total, "held_by_others_mib": held,
@@ -303,7 +304,8 @@ def service_user_cannot_read(snap, kb):
     Source: path_resolution(7) (search permission on every directory); huggingface_hub cache.
     """
     acc = fact_obj(snap, "service.access")
-    bad = [p for p in acc.get("paths") or [] if isinstance(p, dict) and p.get("problem")]
+    paths = acc.get("paths") if isinstance(acc.get("paths"), list) else []
+    bad = [p for p in paths if isinstance(p, dict) and p.get("problem")]
     if not bad:
         return
     user = str(acc.get("user") or "gptoss")
