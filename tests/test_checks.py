@@ -324,3 +324,30 @@ def test_deep_fixes_follow_the_step_and_the_way_it_failed(case, says, never, kb)
         assert any("--reinstall-package torch" in c for c in finding.fix.commands), finding.fix.commands
     else:
         assert finding.fix.commands == ["gptoss-doctor --deep --deep-timeout 600"]
+
+
+@pytest.mark.parametrize("key", ["service.port", "service.access", "model.disk", "nvidia.compute_apps"])
+def test_live_state_facts_of_unexpected_shape_never_crash_a_check(key, kb):
+    """The live-state facts hand-edited or from another version: junk as the value, as each
+    field, and as an item of each list: every check skips or passes, none crashes."""
+    data = load_base("h200-vllm-0.33.0")
+    variants = []
+    value = data["facts"][key]["value"]
+    for junk in JUNK + (5,):
+        variants.append(lambda v, j=junk: j)
+        if isinstance(value, dict):
+            for sub in value:
+                variants.append(lambda v, s=sub, j=junk: {**v, s: j})
+                if isinstance(value[sub], list):
+                    variants.append(lambda v, s=sub, j=junk: {**v, s: [*v[s], j]})
+        if isinstance(value, list):
+            variants.append(lambda v, j=junk: [*v, j])
+            for field in value[0] if value and isinstance(value[0], dict) else ():
+                variants.append(lambda v, f=field, j=junk: [{**v[0], f: j, "is_service": False}, *v[1:]])
+    crashed = []
+    for make in variants:
+        d = copy.deepcopy(data)
+        d["facts"][key] = {"value": make(copy.deepcopy(value))}
+        _, statuses = run_checks(Snapshot(d), kb)
+        crashed += [(cid, s) for cid, s in statuses.items() if s.startswith("crashed")]
+    assert not crashed, crashed[:5]
