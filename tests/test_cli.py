@@ -631,3 +631,22 @@ def test_nothing_of_the_machine_the_doctor_was_written_on_is_shown(capsys, kb):
         for f in build_report(findings, {}, {})["findings"]:
             assert all(link.startswith("https://") or not link.startswith("/") for link in f["links"]), (path, f["links"])
             assert not [x for x in local if x in json.dumps(f["links"])], (path, f["links"])
+
+
+def test_the_venv_an_activated_shell_had_is_found_under_uv_run(tmp_path):
+    """The README's `uv run gptoss-doctor` in a shell with a vLLM venv activated: uv gives the
+    doctor its own venv as VIRTUAL_ENV; the doctor still judges the activated one."""
+    import shutil
+
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    served = tmp_path / "serve-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(served)], check=True)
+    (served / "bin" / "vllm").write_text("#!/bin/sh\n# stand-in for vllm's entry point (tests)\n")
+    (served / "bin" / "vllm").chmod(0o755)
+    env = {**os.environ, "VIRTUAL_ENV": str(served), "PATH": f"{served / 'bin'}:{os.environ['PATH']}"}
+    proc = subprocess.run([uv, "run", "--frozen", "--project", str(Path(__file__).resolve().parents[1]), "gptoss-doctor",
+                           "collect"], capture_output=True, text=True, env=env, timeout=120)
+    venv = json.loads(proc.stdout)["facts"]["venv"]["value"]
+    assert venv["path"] == str(served) and venv["rule"] == "VIRTUAL_ENV of the parent process", proc.stderr[-500:]
