@@ -85,13 +85,14 @@ def collect(
     # 25 ms threaded against 13 ms in turn). Plain daemon threads (concurrent.futures' import
     # pulls in logging): a hung collector is left behind when its time is up, never waited for.
     groups = [[job] for job in jobs if job[0] in RUN_COMMANDS] + [[job for job in jobs if job[0] not in RUN_COMMANDS]]
-    threads = [threading.Thread(target=work, args=(g,), daemon=True, name=f"collect-{g[0][0]}") for g in groups if g]
-    for t in threads:
-        t.start()
+    thread_of: dict[str, threading.Thread] = {}
+    for group in filter(None, groups):
+        thread = threading.Thread(target=work, args=(group,), daemon=True, name=f"collect-{group[0][0]}")
+        thread.start()
+        thread_of.update((name, thread) for name, _, _ in group)
     for name, _, keys in jobs:
         limit = (deep_timeout_s + 10 if name == "deep" else env.timeout_s * 2) + _COLLECTOR_SLACK_S
-        thread = next(t for t, g in zip(threads, [g for g in groups if g]) if any(j[0] == name for j in g))
-        thread.join(max(0.0, limit - (time.perf_counter() - started)))
+        thread_of[name].join(max(0.0, limit - (time.perf_counter() - started)))
         if name not in results:
             got, seconds = {k: failed(f"collector {name} did not finish in {limit:g} s") for k in keys}, limit
         else:
