@@ -245,6 +245,11 @@ SYSTEMCTL_TIMEOUT_S = 2.0  # `systemctl is-active` answers in milliseconds; a hu
 
 
 def pid1_is_systemd(env: Env) -> bool:
+    """Whether systemd is PID 1 (asked by host.systemd and service.manager: looked up once)."""
+    return env.once("pid1_is_systemd", lambda: _pid1_is_systemd(env))
+
+
+def _pid1_is_systemd(env: Env) -> bool:
     # /run/systemd/system exists exactly when systemd is the running init (sd_booted()).
     comm = ""
     if env.exists("/proc/1/comm"):
