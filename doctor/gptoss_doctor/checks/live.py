@@ -255,7 +255,8 @@ def no_gpu(snap, kb):
     Why: vLLM serves gpt-oss on NVIDIA or AMD GPUs only; without one it fails at start with "No
     CUDA GPUs are available" or picks a CPU platform that cannot run the model. Most GPU checks
     are skipped on such a box, so "no errors" would say nothing: this finding says it plainly.
-    A warning, not an error, so a box that only builds or stages (and the test fleet) passes.
+    A warning, not an error: a box that only builds, stages or tests a deploy has no GPU on
+    purpose, and its deploy gate must still pass.
 
     Fix: run the doctor on the GPU machine; if it has GPUs, install the driver (nvidia-smi must
     list them) or make them visible to this container (`--gpus all`, /dev/kfd and /dev/dri).
