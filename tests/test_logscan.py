@@ -6,6 +6,7 @@ exact set of finding ids scan() must return (see the README there).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -374,6 +375,7 @@ def test_the_shipped_table_loads_and_is_big_enough():
         ("title = 'no rows'", "no [[signature]] rows"),
         ("[[signature]\n", "not valid TOML"),
         (GOOD_ROW + 'explained_by = ["nope"]\n', "explained_by names 'nope'"),
+        (GOOD_ROW.replace("'''boom'''", "'''[\\w./-]*_C\\.so'''"), "starts with an unbounded repeat"),
     ],
 )
 def test_bad_table_rows_are_named(tmp_path, row, problem):
@@ -427,3 +429,67 @@ def test_no_fixture_finding_prints_an_unfilled_placeholder():
         for f in _scan_file(log):
             for text in (f.title, f.fix.text, *f.fix.commands):
                 assert not re.search(r"<[a-z_]+>", text), f"{log.name}: {f.id}: {text!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Streams: bounded memory and bounded work per line, whatever the input
+# --------------------------------------------------------------------------------------------
+
+
+class EndlessBytes(io.RawIOBase):
+    """A stand-in for a device like /dev/zero: every read is full, there is no end."""
+
+    def __init__(self, byte: bytes) -> None:
+        self.byte, self.reads = byte, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.reads += 1
+        buffer[:] = self.byte * len(buffer)
+        return len(buffer)
+
+
+def test_an_endless_stream_of_nul_bytes_stops_at_the_sample():
+    zero = EndlessBytes(b"\0")
+    source = logscan.LogInput(zero)
+    assert list(source) == [] and "NUL" in source.binary
+    assert zero.reads * logscan.READ_BLOCK <= 2 * logscan.SAMPLE_BYTES
+
+
+def test_a_line_longer_than_the_cap_keeps_its_head_and_tail():
+    huge = b"(EngineCore_DP0 pid=3) ERROR 11-28 00:40:40 [core.py:1] " + b"QUJD" * 750_000 + b" ValueError: No available memory for the cache blocks.\n"
+    line = next(iter(logscan.LogInput(io.BytesIO(huge + b"next\n"))))
+    assert len(line) <= logscan.LINE_HEAD_CHARS + logscan.LINE_TAIL_CHARS + len(logscan.ELIDED)
+    assert line.startswith("(EngineCore_DP0 pid=3) ERROR") and line.endswith("cache blocks.")
+    (finding,) = scan(io.BytesIO(huge))
+    assert finding.id == "kv-cache-no-memory" and finding.evidence["process"] == "EngineCore_DP0"
+    # the same line given as text is capped the same way
+    assert [f.id for f in scan([huge.decode()])] == ["kv-cache-no-memory"]
+
+
+def test_a_megabyte_progress_bar_shows_its_last_redraw():
+    redraws = b"".join(b"\rCapturing CUDA graphs: %3d%%|" % (n % 100) + b"#" * 40 for n in range(30_000))
+    raw = b"(EngineCore pid=7) " + redraws + b"\rKeyboardInterrupt\n"
+    assert len(raw) > 1_000_000
+    (line,) = logscan.LogInput(io.BytesIO(raw))
+    parsed = parse_line(1, line)
+    assert (parsed.process, parsed.message) == ("EngineCore", "KeyboardInterrupt")
+
+
+def test_a_stream_and_its_text_give_the_same_findings():
+    for log in LOGS:
+        raw = log.read_bytes()
+        from_stream = [f.to_dict() for f in scan(io.BytesIO(raw))]
+        from_text = [f.to_dict() for f in scan(_read(log))]
+        assert from_stream == from_text, log.name
+
+
+def test_many_matches_keep_a_count_and_bounded_evidence():
+    lines = [ENV + "VLLM_FOO"] * 10_000 + ["INFO 01-01 00:00:00 [a.py:1] done"]
+    (finding,) = scan(iter(lines))
+    ev = finding.evidence
+    assert (ev["count"], ev["first_line"], ev["last_line"]) == (10_000, 1, 10_000)
+    assert ev["line_numbers"] == list(range(1, logscan.MAX_LINE_NUMBERS + 1))
+    assert sum(entry["match"] for entry in finding.lines) == logscan.MAX_SHOWN_MATCHES

@@ -1,7 +1,14 @@
 """Log triage: match vLLM logs of every era against an ordered table of known failures.
 
-    lines ──► parse_line (strip prefixes once) ──► match (first signature that fits claims the line)
-          ──► judge (one finding per id, root cause beats downstream noise) ──► [Finding]
+    source ──► LogInput (blocks, lines capped to head+tail, binary refused)
+           ──► parse_line (strip prefixes once) ──► _Scanner.feed (first signature that fits
+               claims the line; bounded state) ──► judge (one finding per id, root cause beats
+               downstream noise) ──► [Finding]
+
+One pass, line by line, in memory bounded whatever the input: a line longer than
+LINE_HEAD_CHARS + LINE_TAIL_CHARS is kept as its head and tail while it is read, so no pattern
+ever sees more than that of one line, and the table refuses patterns that would backtrack over a
+long run (an unbounded repeat at their start).
 
 The table is data: knowledge/signatures.toml, validated by `load_signatures()`. Order matters:
 a line belongs to the first signature in the file whose pattern matches it, so the specific
@@ -12,13 +19,15 @@ error was found; otherwise it is folded into the root cause's evidence.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .findings import SEVERITIES, Finding, Fix
 from .redact import MASK, redact_text
@@ -106,9 +115,17 @@ _SYSTEMD_ONLY = re.compile(r"\b(?:systemctl|journalctl)\b")
 _REQUIRED = ("id", "severity", "title", "patterns", "fix", "source")
 
 
+# A pattern that starts with an unbounded repeat ("[\w./-]*_C", ".*x", "\S+y") is tried from every
+# position of a line and runs to its end each time: quadratic on a long run of such characters.
+_LEADING_REPEAT = re.compile(r"^(?:\(\?i\))?(?:\((?:\?P<\w+>|\?:)?)*(?:\\[SsWwDd]|\[(?:\\.|[^\]])*\]|\.)(?:[*+]|\{\d*,\})")
+
+
 def _compile(pattern: object, where: str) -> re.Pattern:
     if not isinstance(pattern, str) or not pattern:
         raise SignatureError(f"{where}: a pattern must be a non-empty string, got {pattern!r}")
+    if _LEADING_REPEAT.match(pattern):
+        raise SignatureError(f"{where}: {pattern!r} starts with an unbounded repeat (slow on long lines): "
+                             "start it with literal text or anchor it with ^")
     try:
         return re.compile(pattern)
     except re.error as e:
@@ -196,68 +213,241 @@ def load_signatures(path: Path | str = SIGNATURES_PATH) -> tuple[Signature, ...]
 
 
 # --------------------------------------------------------------------------------------------
+# Input: lines of bounded length, read in blocks, whatever the source
+# --------------------------------------------------------------------------------------------
+
+# What any pattern sees of one line: its head and its tail. A 3 MB progress bar keeps its prefix
+# and its last redraw, a 1 MB base64 request line its start and end; the middle is dropped as it
+# is read, so memory and the time of every pattern are bounded per line.
+LINE_HEAD_CHARS = 4096
+LINE_TAIL_CHARS = 4096
+ELIDED = " … "
+READ_BLOCK = 1 << 16
+# The start of the input decides "binary": NUL bytes or undecodable bytes in this many.
+SAMPLE_BYTES = 1 << 16
+BINARY_SHARE = 0.10
+
+
+def _cap(text: str) -> str:
+    if len(text) <= LINE_HEAD_CHARS + LINE_TAIL_CHARS:
+        return text
+    return text[:LINE_HEAD_CHARS] + ELIDED + text[-LINE_TAIL_CHARS:]
+
+
+class LogInput:
+    """The lines of a log source, each capped to its head and tail, numbered as `grep -n` does.
+
+    Sources: a str (a whole log), bytes, a binary or text file object, or any iterable of str or
+    bytes lines. A binary stream is read in blocks and split on b"\\n" only (a progress bar's
+    lone \\r stays inside its line), so a line with no end (/dev/zero) never fills memory. When
+    the first SAMPLE_BYTES are mostly NUL or undecodable the input is not text: reading stops and
+    `binary` says why.
+    """
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.binary: str | None = None
+        self.chars = 0  # characters seen in the sample
+        self._odd = 0  # NULs and undecodable characters in the sample
+
+    def __iter__(self) -> Iterator[str]:
+        src = self.source
+        if isinstance(src, str):
+            yield from self._texts(split_lines(src))
+        elif isinstance(src, (bytes, bytearray)):
+            yield from self._blocks(io.BytesIO(bytes(src)))
+        elif hasattr(src, "read"):
+            probe = src.read(0)
+            if isinstance(probe, bytes):
+                yield from self._blocks(src)
+            else:
+                yield from self._texts(src)
+        else:
+            yield from self._texts(src)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _sample(self, text: str) -> bool:
+        """Count NULs and replacement characters at the start; True when the input is binary."""
+        if self.chars >= SAMPLE_BYTES:
+            return False
+        self.chars += len(text) + 1
+        self._odd += text.count("\0") + text.count("\ufffd")
+        if self.chars >= SAMPLE_BYTES or self.binary is None:
+            share = self._odd / max(self.chars, 1)
+            if self.chars >= 512 and share > BINARY_SHARE:
+                pct = round(100 * share)
+                self.binary = f"{pct}% of its first {self.chars} bytes are NUL or not UTF-8 text"
+                return True
+        return False
+
+    def finish_sample(self) -> None:
+        """A short input: judge what was seen."""
+        if self.binary is None and 0 < self.chars < 512 and self._odd / self.chars > BINARY_SHARE:
+            self.binary = f"{round(100 * self._odd / self.chars)}% of its {self.chars} bytes are NUL or not UTF-8 text"
+
+    # -- sources -------------------------------------------------------------------------------
+
+    def _texts(self, lines: Iterable) -> Iterator[str]:
+        for raw in lines:
+            if isinstance(raw, (bytes, bytearray)):
+                raw = bytes(raw).decode("utf-8", "replace")
+            if raw.endswith("\n"):
+                raw = raw[:-1]
+            line = _cap(raw)
+            if self._sample(line):
+                return
+            yield line
+        self.finish_sample()
+
+    def _blocks(self, stream) -> Iterator[str]:
+        """Lines of a binary stream through readline(limit): one C call per ordinary line, and a
+        line longer than the limit is read on in pieces of which only its head and tail stay."""
+        if isinstance(stream, io.RawIOBase) or not hasattr(stream, "readline"):
+            stream = io.BufferedReader(stream, READ_BLOCK)  # IOBase.readline would read byte by byte
+        readline = stream.readline
+        head_max, tail_max, limit = LINE_HEAD_CHARS, LINE_TAIL_CHARS, READ_BLOCK
+        seen = nul = 0
+        while True:
+            chunk = readline(limit)
+            if not chunk:
+                break
+            if seen < SAMPLE_BYTES:
+                # NULs are counted per piece: /dev/zero never ends a line to count them in
+                seen += len(chunk)
+                nul += chunk.count(b"\0")
+                if seen >= 512 and nul / seen > BINARY_SHARE:
+                    self.binary = f"{round(100 * nul / seen)}% of its first {seen} bytes are NUL"
+                    return
+            if chunk[-1:] != b"\n" and len(chunk) == limit:
+                # a long line: keep its head and a rolling tail while the rest is read
+                head, tail = chunk[:head_max], chunk[head_max:][-tail_max:]
+                elided = len(chunk) > head_max + tail_max
+                while True:
+                    piece = readline(limit)
+                    if seen < SAMPLE_BYTES and piece:
+                        seen += len(piece)
+                        nul += piece.count(b"\0")
+                        if seen >= 512 and nul / seen > BINARY_SHARE:
+                            self.binary = f"{round(100 * nul / seen)}% of its first {seen} bytes are NUL"
+                            return
+                    if not piece:
+                        break
+                    done = piece[-1:] == b"\n"
+                    if done:
+                        piece = piece[:-1]
+                    if len(tail) + len(piece) > tail_max:
+                        elided = True
+                    tail = (tail + piece)[-tail_max:]
+                    if done:
+                        break
+                chunk = head + (ELIDED.encode() if elided else b"") + tail
+            elif chunk[-1:] == b"\n":
+                chunk = chunk[:-1]
+            text = chunk.decode("utf-8", "replace")
+            if len(text) > head_max + tail_max + 3:  # multi-byte characters: cap in characters too
+                text = _cap(text)
+            if self.chars < SAMPLE_BYTES and self._sample(text):
+                return
+            yield text
+        self.finish_sample()
+
+
+# --------------------------------------------------------------------------------------------
 # Lines: strip whatever the runtime put in front of vLLM's message
 # --------------------------------------------------------------------------------------------
 
-# ESC-based colour codes, and the same codes pasted without their ESC byte.
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\[(?:\d{1,3};)*\d{1,3}m")
+_ANSI_ESC = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+# the same colour codes pasted without their ESC byte
+_ANSI_BARE = re.compile(r"\[(?:\d{1,3};)*\d{1,3}m")
 _LEVELS = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL"
 
 # Each prefix is stripped at most once, in this order (outermost wrapper first).
-_PREFIXES: tuple[tuple[str, re.Pattern], ...] = (
+_PREFIXES: tuple[tuple[str, str], ...] = (
     # a log copied out of a terminal UI (k9s, lazydocker): "│ ERROR ... │"
-    ("frame", re.compile(r"^│ ?")),
+    ("frame", r"│ ?"),
     # journalctl -o short: "Nov 27 10:00:00 host vllm[123]: ", month names in the host's locale ("Okt", "авг", "6月")
-    ("journal", re.compile(
-        r"^(?:[^\W\d_]{3,5}\.?|\d{1,2}月) [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    ("journal", r"(?:[^\W\d_]{3,5}\.?|\d{1,2}月) [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ [^\s:\[]+(?:\[\d+\])?: "),
     # journalctl -o short-iso / syslog: "2025-11-27T10:00:00+0000 host vllm[123]: "
-    ("journal", re.compile(
-        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ [^\s:\[]+(?:\[\d+\])?: ")),
+    ("journal", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ [^\s:\[]+(?:\[\d+\])?: "),
     # journalctl -o short-monotonic, dmesg: "[12345.678901] host vllm[123]: ", "[ 1234.5678] "
-    ("journal", re.compile(r"^\[\s*\d+\.\d+\] \S+ [^\s:\[]+(?:\[\d+\])?: ")),
-    ("kernel", re.compile(r"^\[\s*\d+\.\d+\] ")),
+    ("journal", r"\[\s*\d+\.\d+\] \S+ [^\s:\[]+(?:\[\d+\])?: "),
+    ("kernel", r"\[\s*\d+\.\d+\] "),
     # containerd/CRI log files (/var/log/pods/...): "2025-08-05T10:11:12.123456789Z stderr F "
-    ("cri", re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d) (?:stdout|stderr) [FP] ")),
+    ("cri", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d) (?:stdout|stderr) [FP] "),
     # docker compose: "vllm-1  | ", "gptoss_vllm_1 | "
-    ("compose", re.compile(r"^[A-Za-z0-9][\w.-]*\s+\| ?")),
+    ("compose", r"[A-Za-z0-9][\w.-]*\s+\| ?"),
     # docker logs -t / kubectl --timestamps / many collectors: ISO timestamp first
-    ("timestamp", re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+")),
+    ("timestamp", r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+"),
     # "[2026-01-22 19:54:36] " and "[/bin/sh]: " from process supervisors
-    ("timestamp", re.compile(r"^\[\d{4}-\d\d-\d\d[T ][\d:.,]+(?:Z|[+-]\d\d:?\d\d)?\]\s*")),
-    ("supervisor", re.compile(r"^\[[^\]\s]+\]: ")),
+    ("timestamp", r"\[\d{4}-\d\d-\d\d[T ][\d:.,]+(?:Z|[+-]\d\d:?\d\d)?\]\s*"),
+    ("supervisor", r"\[[^\]\s]+\]: "),
     # kubectl logs --prefix: "[pod/vllm-0/vllm] "
-    ("supervisor", re.compile(r"^\[pod/[^\]\s]+\] ")),
+    ("supervisor", r"\[pod/[^\]\s]+\] "),
     # torch.distributed rank prefix
-    ("rank", re.compile(r"^\[rank\d+\]:\s?")),
+    ("rank", r"\[rank\d+\]:\s?"),
     # vLLM process prefix: "(VllmWorker TP0 pid=1234) ", "(EngineCore_DP0 pid=1) ", "(APIServer pid=1) "
-    ("process", re.compile(r"^\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
+    ("process", r"\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?"),
     # a child's output relayed by its parent: "(APIServer pid=1) (EngineCore_DP0 pid=68) ERROR ..."
-    ("process", re.compile(r"^\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?")),
+    ("process", r"\((?:(?P<process>[A-Za-z][\w-]*(?: [\w=-]+)*?) )?pid=\d+(?:, ip=[\d.:a-f]+)?\)\s?"),
     # vLLM logger header, every era: "ERROR 08-05 10:11:12 [file.py:511] " / "INFO 02-16 18:30:09 file.py:190] "
-    ("header", re.compile(
-        rf"^(?P<level>{_LEVELS}) +\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? +\[?[\w.<>-]+(?::\d+)?\] ?")),
+    ("header", rf"(?P<level>{_LEVELS}) +\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? +\[?[\w.<>-]+(?::\d+)?\] ?"),
     # vLLM's logger under a site's own format: "ERROR 56542 [async_llm_engine.py:64] " (level, pid, location)
-    ("header", re.compile(rf"^(?P<level>{_LEVELS}) +\d+ \[[\w.<>-]+:\d+\] ?")),
+    ("header", rf"(?P<level>{_LEVELS}) +\d+ \[[\w.<>-]+:\d+\] ?"),
     # uvicorn: "INFO:     Application startup complete."
-    ("uvicorn", re.compile(rf"^(?P<level>{_LEVELS}):\s+")),
+    ("uvicorn", rf"(?P<level>{_LEVELS}):\s+"),
     # a traceback pasted with only the logger's location left: "[multiproc_executor.py:559] "
-    ("location", re.compile(r"^\[[\w.<>-]+\.py:\d+\] ?")),
+    ("location", r"\[[\w.<>-]+\.py:\d+\] ?"),
 )
 
 
-_PROCESS_PREFIX = next(p for kind, p in _PREFIXES if kind == "process")  # the first of the two
-# What pasting leaves at a line's end: a terminal UI's right border, a carriage return shown as "^M".
-_PASTE_TAIL = re.compile(r"\s*│\s*$|\^M$")
+def _prefix_regex() -> tuple[re.Pattern, tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """All prefixes as ONE anchored regex of optional groups, in order: one match per line
+    instead of one per prefix. Every group is optional, so the match never backtracks into an
+    earlier choice: each prefix is taken, greedily and at most once, exactly as a loop would."""
+    parts = []
+    for n, (_, body) in enumerate(_PREFIXES):
+        body = body.replace("(?P<level>", f"(?P<level{n}>").replace("(?P<process>", f"(?P<process{n}>")
+        parts.append(f"(?P<p{n}>{body})?")
+    rx = re.compile("^" + "".join(parts))
+    kinds = tuple(kind for kind, _ in _PREFIXES)
+    levels = tuple(rx.groupindex[g] for g in rx.groupindex if g.startswith("level"))
+    processes = tuple(rx.groupindex[g] for g in rx.groupindex if g.startswith("process"))
+    return rx, kinds, levels, processes
 
 
-@dataclass(frozen=True)
+_PREFIX, _PREFIX_KINDS, _LEVEL_GROUPS, _PROCESS_GROUPS = _prefix_regex()
+_PREFIX_GROUPS = tuple(_PREFIX.groupindex[f"p{n}"] for n in range(len(_PREFIXES)))
+_PROCESS_PREFIX = re.compile("^" + next(body for kind, body in _PREFIXES if kind == "process"))
+# indexes into Match.groups() of the level and process groups (a later one wins)
+_L0, _L1, _L2 = reversed([g - 1 for g in _LEVEL_GROUPS])
+_P0, _P1 = (g - 1 for g in _PROCESS_GROUPS)
+
+
 class LogLine:
-    number: int  # 1-based
-    text: str  # the line as shown to the user: colour codes gone, trailing newline gone
-    message: str  # the text with every known prefix stripped: what signatures match
-    level: str | None  # DEBUG / INFO / WARNING / ERROR / CRITICAL when the prefix said so
-    process: str | None  # "VllmWorker TP0", "EngineCore_DP0", "APIServer", ...
-    stripped: tuple[str, ...] = field(default=())  # kinds of prefix removed, outermost first
+    """One line of the log. A plain slotted class: one is made per line of a 500 MB journal."""
+
+    __slots__ = ("number", "text", "message", "level", "process", "_prefix")
+
+    def __init__(self, number: int, text: str, message: str, level: str | None = None,
+                 process: str | None = None, prefix: re.Match | None = None) -> None:
+        self.number = number  # 1-based
+        self.text = text  # the line as shown to the user: colour codes gone, trailing newline gone
+        self.message = message  # the text with every known prefix stripped: what signatures match
+        self.level = level  # DEBUG / INFO / WARNING / ERROR / CRITICAL when the prefix said so
+        self.process = process  # "VllmWorker TP0", "EngineCore_DP0", "APIServer", ...
+        self._prefix = prefix
+
+    @property
+    def stripped(self) -> tuple[str, ...]:
+        """Kinds of prefix removed, outermost first."""
+        if self._prefix is None:
+            return ()
+        groups = self._prefix.groups()
+        return tuple(kind for kind, g in zip(_PREFIX_KINDS, _PREFIX_GROUPS) if groups[g - 1] is not None)
+
+    def __repr__(self) -> str:
+        return f"LogLine({self.number}, {self.message!r}, level={self.level!r}, process={self.process!r})"
 
 
 def _unwrap_docker_json(raw: str) -> str:
@@ -287,7 +477,7 @@ def split_lines(text: str) -> list[str]:
 
     str.splitlines() and text-mode files also split on a lone "\\r", which progress bars write
     many times per line, so their line numbers drift from what the user sees. Read logs with
-    open(path, newline="") and split them here.
+    open(path, newline="") and split them here (or give scan() the binary file).
     """
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -295,39 +485,49 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
+_LEVEL_NAMES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
 def parse_line(number: int, raw: str) -> LogLine:
     """Strip colour codes, then each known prefix at most once, outermost first."""
-    text = _ANSI.sub("", _unwrap_docker_json(raw.rstrip("\r\n")).rstrip("\r\n"))
+    text = raw.rstrip("\r\n")
+    if len(text) > LINE_HEAD_CHARS + LINE_TAIL_CHARS:
+        text = _cap(text)
+    if text.startswith('{"log":'):
+        text = _unwrap_docker_json(text).rstrip("\r\n")
+    if "\x1b" in text:
+        text = _ANSI_ESC.sub("", text)
+    if "0m" in text:  # pasted without ESC: every coloured line also holds a reset, "[0m" or "[0;0m"
+        text = _ANSI_BARE.sub("", text)
     if "\r" in text:  # a progress bar redrawn in place: keep what the terminal showed last
         text = _last_redraw(text)
-    text = _PASTE_TAIL.sub("", text)
-    message = text
-    level = process = None
-    stripped: list[str] = []
-    for kind, pattern in _PREFIXES:
-        m = pattern.match(message)
-        if not m:
-            continue
-        groups = m.groupdict()
-        level = _normal_level(groups.get("level")) or level
-        process = groups.get("process") or process
-        stripped.append(kind)
-        message = message[m.end():]
-    return LogLine(number, text, message, level, process, tuple(stripped))
+    # what pasting leaves at a line's end: a terminal UI's right border, a carriage return shown as "^M"
+    if text.endswith("^M"):
+        text = text[:-2]
+    if "│" in text[-8:]:
+        trimmed = text.rstrip()
+        if trimmed.endswith("│"):
+            text = trimmed[:-1].rstrip()
+    m = _PREFIX.match(text)
+    end = m.end()
+    if not end:
+        return LogLine(number, text, text)
+    groups = m.groups()
+    level = groups[_L0] or groups[_L1] or groups[_L2]
+    process = groups[_P1] or groups[_P0]
+    return LogLine(number, text, text[end:], _LEVEL_NAMES.get(level, level), process, m)
 
 
 def _normal_level(level: str | None) -> str | None:
-    if level is None:
-        return None
-    return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+    return None if level is None else _LEVEL_NAMES.get(level, level)
 
 
 # --------------------------------------------------------------------------------------------
-# Tracebacks: find the exception a downstream message refers to
+# Tracebacks: the exception a downstream message refers to
 # --------------------------------------------------------------------------------------------
 
 _EXCEPTION_LINE = re.compile(
-    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Timeout))(?::\s*(?P<text>.*))?$"
+    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Failed|Timeout))(?::\s*(?P<text>.*))?$"
 )
 # Wrappers that re-raise something else: never a root cause by themselves.
 _WRAPPER_EXCEPTION = re.compile(
@@ -337,11 +537,17 @@ _WRAPPER_EXCEPTION = re.compile(
 )
 
 
+def _exception(message: str) -> re.Match | None:
+    """The match of an exception line ("KeyError: 'x'", "torch.OutOfMemoryError: ..."), cheaply refused."""
+    if not message or not message[0].isalpha() and message[0] != "_":
+        return None
+    return _EXCEPTION_LINE.match(message)
+
+
 def exception_before(lines: Sequence[LogLine], index: int) -> LogLine | None:
     """The nearest exception line above lines[index] that is not itself a wrapper."""
     for i in range(index - 1, max(-1, index - 1 - ROOT_CAUSE_LOOKBACK), -1):
-        m = _EXCEPTION_LINE.match(lines[i].message)
-        if m and not _WRAPPER_EXCEPTION.search(lines[i].message):
+        if _exception(lines[i].message) and not _WRAPPER_EXCEPTION.search(lines[i].message):
             return lines[i]
     return None
 
@@ -363,16 +569,39 @@ def redact(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Scan: collect matches, then judge them into findings
+# Scan: one pass, bounded state; then judge the hits into findings
 # --------------------------------------------------------------------------------------------
+
+MAX_LINE_NUMBERS = 20  # per finding: the first line numbers; count and last_line say the rest
+MAX_VALUES = 8  # distinct captured values kept per group
+MESSAGE_CACHE = 4096  # messages whose match is remembered: crash loops repeat the same lines
+
+
+@dataclass
+class _Shown:
+    number: int
+    text: str
+    match: bool
+
+
+def _shown_text(line: LogLine) -> str:
+    text = line.text
+    return text if len(text) <= MAX_LINE_CHARS else text[:MAX_LINE_CHARS] + " …"
 
 
 @dataclass
 class _Hit:
     signature: Signature
-    indexes: list[int] = field(default_factory=list)  # into the LogLine list
+    first: LogLine
+    count: int = 0
+    last_line: int = 0
+    line_numbers: list[int] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # name -> distinct values, in order
+    message: str = ""  # the exception line if one matched, else the first matched message
+    shown: dict[int, _Shown] = field(default_factory=dict)
+    after: int = 0  # lines of context still to show after the last shown match
     root_cause: LogLine | None = None
+    root_cause_before: LogLine | None = None
 
 
 # Request logging (--enable-log-requests) copies users' prompts into the log: their words are
@@ -380,67 +609,106 @@ class _Hit:
 _USER_TEXT = re.compile(r"^(?:Received request|Generated response|Added request) \S+: (?:prompt|output)")
 
 
+def _gate_body(pattern: re.Pattern) -> str:
+    body = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+    if body.startswith("(?i)"):  # a global flag must become a scoped one inside the union
+        body = "(?i:" + body[4:] + ")"
+    return "(?:" + body + ")"
+
+
 @lru_cache(maxsize=8)
 def _any_pattern(table: tuple[Signature, ...]) -> re.Pattern:
     """One regex for "could any signature match?": most lines of a log match none, and one search
     per line is several times cheaper than a search per pattern."""
-    parts = []
-    for sig in table:
-        for pattern in sig.patterns:
-            body = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
-            if body.startswith("(?i)"):  # a global flag must become a scoped one inside the union
-                body = "(?i:" + body[4:] + ")"
-            parts.append("(?:" + body + ")")
-    return re.compile("|".join(parts))
+    return re.compile("|".join(_gate_body(p) for sig in table for p in sig.patterns))
 
 
-def _matches(lines: Sequence[LogLine], table: Sequence[Signature]) -> dict[str, _Hit]:
-    hits: dict[str, _Hit] = {}
-    could_match = _any_pattern(tuple(table)).search
-    for i, line in enumerate(lines):
-        if not line.message.strip() or _USER_TEXT.match(line.message) or not could_match(line.message):
-            continue
-        for sig in table:
-            groups = sig.match(line.message)
-            if groups is None:
-                continue
-            hit = hits.setdefault(sig.id, _Hit(sig))
-            hit.indexes.append(i)
-            for name, value in groups.items():
-                values = hit.groups.setdefault(name, [])
-                if value not in values:
-                    values.append(value)
-            break  # the first signature in table order claims the line
-    for hit in hits.values():
-        if hit.signature.root_cause_before:
-            # From the last match back: "EngineCore failed to start." comes before its traceback,
-            # "Engine core initialization failed" after it.
-            hit.root_cause = next(filter(None, (exception_before(lines, i) for i in reversed(hit.indexes))), None)
-    return hits
+class _Scanner:
+    """Feed LogLines in order; state stays bounded whatever the number of lines."""
+
+    def __init__(self, table: Sequence[Signature], manager: str) -> None:
+        self.table = tuple(table)
+        self.manager = manager
+        self.could_match = _any_pattern(self.table).search
+        self.hits: dict[str, _Hit] = {}
+        self.recent: deque[LogLine] = deque(maxlen=CONTEXT_BEFORE)
+        self.awaiting: list[_Hit] = []  # hits still showing context after a match
+        self.cache: dict[str, tuple[Signature, dict[str, str]] | None] = {}
+        self.last_exception: LogLine | None = None  # the latest non-wrapper exception line
+        self.before_exception: LogLine | None = None  # the line above it
+        self.lines = 0
+
+    def _classify(self, message: str) -> tuple[Signature, dict[str, str]] | None:
+        cached = self.cache.get(message, False)
+        if cached is not False:
+            return cached
+        found = None
+        if message.strip() and not _USER_TEXT.match(message) and self.could_match(message):
+            for sig in self.table:
+                groups = sig.match(message)
+                if groups is not None:
+                    found = (sig, groups)  # the first signature in table order claims the line
+                    break
+        if len(self.cache) >= MESSAGE_CACHE:
+            self.cache.clear()
+        self.cache[message] = found
+        return found
+
+    def feed(self, line: LogLine) -> None:
+        self.lines = line.number
+        if self.awaiting:
+            for hit in self.awaiting:
+                hit.shown.setdefault(line.number, _Shown(line.number, _shown_text(line), False))
+                hit.after -= 1
+            self.awaiting = [h for h in self.awaiting if h.after > 0]
+        found = self._classify(line.message)
+        if found is not None:
+            self._record(line, *found)
+        exc = _exception(line.message)
+        if exc and not _WRAPPER_EXCEPTION.search(line.message):
+            self.before_exception = self.recent[-1] if self.recent else None
+            self.last_exception = line
+        self.recent.append(line)
+
+    def _record(self, line: LogLine, sig: Signature, groups: dict[str, str]) -> None:
+        hit = self.hits.get(sig.id)
+        if hit is None:
+            hit = self.hits[sig.id] = _Hit(sig, line, message=line.message.strip())
+        hit.count += 1
+        hit.last_line = line.number
+        if len(hit.line_numbers) < MAX_LINE_NUMBERS:
+            hit.line_numbers.append(line.number)
+        for name, value in groups.items():
+            values = hit.groups.setdefault(name, [])
+            if value not in values and len(values) < MAX_VALUES:
+                values.append(value)
+        if hit.count > 1 and not _exception(hit.message) and _exception(line.message.strip()):
+            hit.message = line.message.strip()  # the exception line, not the `raise ...` source above it
+        if hit.count <= MAX_SHOWN_MATCHES:
+            for before in self.recent:
+                hit.shown.setdefault(before.number, _Shown(before.number, _shown_text(before), False))
+            hit.shown[line.number] = _Shown(line.number, _shown_text(line), True)
+            if hit.after <= 0:
+                self.awaiting.append(hit)
+            hit.after = CONTEXT_AFTER
+        if sig.root_cause_before and self.last_exception is not None \
+                and line.number - self.last_exception.number <= ROOT_CAUSE_LOOKBACK:
+            # the latest match that has an exception above it: "EngineCore failed to start." comes
+            # before its traceback, "Engine core initialization failed" after it
+            hit.root_cause, hit.root_cause_before = self.last_exception, self.before_exception
+
+    # -- judging -------------------------------------------------------------------------------
+
+    def findings(self) -> list[Finding]:
+        return _judge(self.hits, self.table, self.manager)
 
 
-def _shown_lines(lines: Sequence[LogLine], hit: _Hit) -> list[dict]:
-    wanted: set[int] = set()
-    for i in hit.indexes[:MAX_SHOWN_MATCHES]:
-        wanted.update(range(max(0, i - CONTEXT_BEFORE), min(len(lines), i + CONTEXT_AFTER + 1)))
-    if hit.root_cause is not None:
-        r = hit.root_cause.number - 1
-        wanted.update(range(max(0, r - 1), min(len(lines), r + 1)))
-    matched = {lines[i].number for i in hit.indexes}
-    out = []
-    for i in sorted(wanted):
-        line = lines[i]
-        text = line.text if len(line.text) <= MAX_LINE_CHARS else line.text[:MAX_LINE_CHARS] + " …"
-        out.append({"line": line.number, "text": redact(text), "match": line.number in matched})
-    return out
-
-
-def _telling_message(lines: Sequence[LogLine], hit: _Hit) -> str:
-    """The exception line if one matched (not the `raise ...` source line above it), else the first."""
-    for i in hit.indexes:
-        if _EXCEPTION_LINE.match(lines[i].message):
-            return lines[i].message.strip()
-    return lines[hit.indexes[0]].message.strip()
+def _shown_lines(hit: _Hit) -> list[dict]:
+    shown = dict(hit.shown)
+    for line in (hit.root_cause_before, hit.root_cause):
+        if line is not None:
+            shown.setdefault(line.number, _Shown(line.number, _shown_text(line), False))
+    return [{"line": s.number, "text": redact(s.text), "match": s.match} for s in sorted(shown.values(), key=lambda s: s.number)]
 
 
 class _Blank(dict):
@@ -457,19 +725,19 @@ def _fill(template: str, groups: dict[str, list[str]]) -> str:
         return template
 
 
-def _finding(lines: Sequence[LogLine], hit: _Hit, manager: str) -> Finding:
+def _finding(hit: _Hit, manager: str) -> Finding:
     sig = hit.signature
-    first = lines[hit.indexes[0]]
     evidence: dict = {
-        "first_line": first.number,
-        "line_numbers": [lines[i].number for i in hit.indexes],
-        "count": len(hit.indexes),
-        "message": redact(_telling_message(lines, hit))[:MAX_LINE_CHARS],
+        "first_line": hit.first.number,
+        "last_line": hit.last_line,
+        "count": hit.count,
+        "line_numbers": list(hit.line_numbers),
+        "message": redact(hit.message)[:MAX_LINE_CHARS],
     }
     if hit.groups:
         evidence["captured"] = {k: [redact(x) for x in v] for k, v in hit.groups.items()}
-    if first.process:
-        evidence["process"] = first.process
+    if hit.first.process:
+        evidence["process"] = hit.first.process
     evidence["source"] = sig.source
     if hit.root_cause is not None:
         evidence["root_cause"] = {
@@ -483,11 +751,11 @@ def _finding(lines: Sequence[LogLine], hit: _Hit, manager: str) -> Finding:
         evidence=evidence,
         fix=Fix(text=_fill(sig.fix, hit.groups), commands=[_fill(c, hit.groups) for c in sig.commands_for(manager)]),
         links=list(sig.links),
-        lines=_shown_lines(lines, hit),
+        lines=_shown_lines(hit),
     )
 
 
-def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Signature], manager: str) -> list[Finding]:
+def _judge(hits: dict[str, _Hit], table: Sequence[Signature], manager: str) -> list[Finding]:
     order = {sig.id: n for n, sig in enumerate(table)}
     roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
     cause: dict[str, str] = {}  # id -> the id it folds into
@@ -496,7 +764,7 @@ def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Sign
         if found:
             cause[hit.signature.id] = found[0]
         elif hit.signature.downstream and roots:
-            cause[hit.signature.id] = min(roots, key=lambda h: h.indexes[0]).signature.id
+            cause[hit.signature.id] = min(roots, key=lambda h: h.first.number).signature.id
     folded: dict[str, list[_Hit]] = {}  # root id -> the hits it explains
     for hit_id in cause:
         root, seen = hit_id, {hit_id}
@@ -507,27 +775,32 @@ def _judge(lines: Sequence[LogLine], hits: dict[str, _Hit], table: Sequence[Sign
             folded.setdefault(root, []).append(hits[hit_id])
     gone = {h.signature.id for hs in folded.values() for h in hs}
     # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
-    findings = [_finding(lines, hit, manager) for hit in hits.values() if hit.signature.id not in gone]
+    findings = [_finding(hit, manager) for hit in hits.values() if hit.signature.id not in gone]
     for finding in findings:
         if finding.id in folded:
             finding.evidence["downstream"] = [
-                {"id": h.signature.id, "first_line": lines[h.indexes[0]].number, "count": len(h.indexes)}
-                for h in sorted(folded[finding.id], key=lambda h: h.indexes[0])
+                {"id": h.signature.id, "first_line": h.first.number, "count": h.count}
+                for h in sorted(folded[finding.id], key=lambda h: h.first.number)
             ]
     rank = {s: n for n, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: (rank[f.severity], f.evidence["first_line"], order[f.id]))
     return findings
 
 
-def parse_lines(lines: Iterable[str]) -> list[LogLine]:
-    return [parse_line(n, raw) for n, raw in enumerate(lines, start=1)]
+def parse_lines(lines: Iterable[str]) -> Iterator[LogLine]:
+    """LogLines of `lines`, numbered from 1, one at a time."""
+    for n, raw in enumerate(lines, start=1):
+        yield parse_line(n, raw)
 
 
-def scan(lines: Iterable[str], signatures: Sequence[Signature] | None = None, manager: str = "systemd") -> list[Finding]:
-    """Findings for a log: one per signature id, errors first, each with its line numbers. Fix
-    commands are those for `manager` ("systemd" or "supervisor": who runs the service here)."""
+def scan(source, signatures: Sequence[Signature] | None = None, manager: str = "systemd") -> list[Finding]:
+    """Findings for a log: one per signature id, errors first, each with its count and first and
+    last line numbers. `source`: a whole log as str or bytes, a binary or text file object, or
+    any iterable of lines; it is read once, line by line, in bounded memory. Fix commands are
+    those for `manager` ("systemd" or "supervisor": who runs the service here)."""
     table = load_signatures() if signatures is None else signatures
-    if isinstance(lines, str):  # a whole log as one string: its lines, not its characters
-        lines = split_lines(lines)
-    parsed = parse_lines(lines)
-    return _judge(parsed, _matches(parsed, table), table, manager)
+    scanner = _Scanner(table, manager)
+    feed = scanner.feed
+    for n, raw in enumerate(LogInput(source), start=1):
+        feed(parse_line(n, raw))
+    return scanner.findings()
