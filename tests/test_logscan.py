@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_fixture_ids(log):
     findings = _scan_file(log)
     assert sorted(f.id for f in findings) == sorted(_expect(log)["expect"])
     for f in findings:
+        if f.id == "not-a-vllm-log":  # about the whole input, no line of it
+            continue
         shown = {entry["line"] for entry in f.lines if entry["match"]}
         assert f.evidence["first_line"] in shown, f"{f.id}: first matched line not shown"
         assert f.evidence["line_numbers"] == sorted(f.evidence["line_numbers"])
@@ -65,6 +68,8 @@ def test_most_fixtures_are_real_excerpts():
 
 def test_every_signature_is_exercised_by_a_fixture():
     expected = {i for log in LOGS for i in _expect(log)["expect"]}
+    # a downstream row folds into the finding that explains it: seen there
+    expected |= {d["id"] for log in LOGS for f in _scan_file(log) for d in f.evidence.get("downstream", [])}
     missing = [s.id for s in load_signatures() if s.id not in expected]
     assert not missing, f"signatures without a fixture: {missing}"
 
@@ -81,7 +86,7 @@ def test_near_misses_exist_for_the_risky_signatures():
     near = [p for p in LOGS if p.stem.startswith("near-miss-")]
     assert len(near) >= 3
     for log in near:
-        assert all(f.severity == "info" for f in _scan_file(log)), log.name
+        assert all(f.severity == "info" or f.id == "not-a-vllm-log" for f in _scan_file(log)), log.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,9 +237,10 @@ def test_downstream_alone_points_at_the_preceding_exception():
         "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "engine-core-failed"
+    assert finding.id == "vllm-failed"  # no row knows a missing weight: the detector names it
     assert finding.evidence["root_cause"]["line"] == 4
     assert finding.evidence["root_cause"]["message"].startswith("KeyError: 'model.layers.19")
+    assert finding.evidence["downstream"] == [{"id": "engine-core-failed", "first_line": 1, "count": 2}]
     assert 4 in {entry["line"] for entry in finding.lines}
 
 
@@ -247,9 +253,13 @@ def test_inspect_failure_points_past_the_subprocess_wrapper():
         "(APIServer pid=9) ValueError: Model architectures ['GptOssForCausalLM'] failed to be inspected. Please check the logs for more details.",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "model-inspect-failed"
-    assert finding.evidence["captured"]["arch"] == ["GptOssForCausalLM", "'GptOssForCausalLM'"]
+    assert finding.id == "vllm-failed"
     assert finding.evidence["root_cause"]["line"] == 4
+    assert finding.evidence["downstream"] == [{"id": "model-inspect-failed", "first_line": 1, "count": 2}]
+    # the downstream row still captures its values where it stands alone
+    (alone,) = scan(lines, [s for s in load_signatures() if s.kind == "line"])
+    assert alone.id == "model-inspect-failed"
+    assert alone.evidence["captured"]["arch"] == ["GptOssForCausalLM", "'GptOssForCausalLM'"]
 
 
 def test_known_root_cause_in_the_subprocess_beats_the_inspect_failure():
@@ -313,9 +323,9 @@ def test_secrets_in_log_lines_are_redacted():
 
 
 def test_scan_takes_any_iterable_and_empty_input():
-    assert scan([]) == []
+    assert [f.id for f in scan([])] == ["not-a-vllm-log"]
     assert [f.id for f in scan("x\rINFO:     Application startup complete.\n")] == ["startup-complete"]
-    assert scan(iter(["", "   ", "\n"])) == []
+    assert [f.id for f in scan(iter(["", "   ", "\n"]))] == ["not-a-vllm-log"]
     assert [f.id for f in scan(line for line in ["INFO:     Application startup complete.\n"])] == ["startup-complete"]
 
 
@@ -407,7 +417,7 @@ def test_root_cause_is_searched_from_the_last_downstream_line():
         "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "engine-core-failed"
+    assert finding.id == "vllm-failed"
     assert finding.evidence["root_cause"]["line"] == 4
 
 
@@ -416,6 +426,8 @@ def test_placeholders_are_captured_by_every_pattern_of_their_row():
     import string
 
     for sig in load_signatures():
+        if sig.kind != "line":  # filled by the scanner itself: test_the_failure_finding_fills_every_placeholder
+            continue
         for text in (sig.title, sig.fix, *sig.commands):
             names = {name for _, name, _, _ in string.Formatter().parse(text) if name}
             for pattern in sig.patterns:
@@ -493,3 +505,141 @@ def test_many_matches_keep_a_count_and_bounded_evidence():
     assert (ev["count"], ev["first_line"], ev["last_line"]) == (10_000, 1, 10_000)
     assert ev["line_numbers"] == list(range(1, logscan.MAX_LINE_NUMBERS + 1))
     assert sum(entry["match"] for entry in finding.lines) == logscan.MAX_SHOWN_MATCHES
+
+
+# --------------------------------------------------------------------------------------------
+# Never silent: vLLM failed, whatever the table knows
+# --------------------------------------------------------------------------------------------
+
+E = "(EngineCore_DP0 pid=77) ERROR 10-25 13:08:43 [core.py:708] "
+J = "Oct 25 13:08:43 gpu-01 vllm[70]: "
+UNKNOWN_FAILURE = [
+    J + "(APIServer pid=70) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+    J + "(EngineCore_DP0 pid=77) INFO 10-25 13:08:20 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b...",
+    J + E + "EngineCore failed to start.",
+    J + E + "Traceback (most recent call last):",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/v1/engine/core.py", line 699, in run_engine_core',
+    J + E + "    engine_core = EngineCoreProc(*args, **kwargs)",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/model_executor/layers/fused_moe/layer.py", line 1203, in __init__',
+    J + E + "    raise FrobnicationError(f\"cannot frobnicate {n} experts\")",
+    J + E + "somepkg.FrobnicationError: cannot frobnicate 32 experts",
+    J + E + "",
+    J + E + "The above exception was the direct cause of the following exception:",
+    J + E + "",
+    J + E + "Traceback (most recent call last):",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/v1/executor/multiproc_executor.py", line 559, in worker_main',
+    J + E + "RuntimeError: Worker failed with error 'cannot frobnicate 32 experts', please check the stack trace above for the root cause",
+    J + "(APIServer pid=70) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+]
+
+
+def test_an_unknown_failure_is_named_with_its_root_cause_version_and_phase():
+    (finding,) = scan(UNKNOWN_FAILURE)
+    ev = finding.evidence
+    assert (finding.id, finding.severity) == ("vllm-failed", "error")
+    # the last of the chain that is not a wrapper ("Worker failed with error" re-raises it)
+    assert ev["root_cause"]["line"] == 9
+    assert ev["root_cause"]["message"] == "somepkg.FrobnicationError: cannot frobnicate 32 experts"
+    assert ev["root_cause"]["raised_at"] == "vllm/model_executor/layers/fused_moe/layer.py:1203"
+    assert ev["root_cause"]["process"] == "EngineCore_DP0"
+    assert (ev["vllm_version"], ev["phase"]) == ("0.11.0", "model load")
+    assert {d["id"] for d in ev["downstream"]} == {"engine-core-failed"}
+    assert "FrobnicationError" in finding.title and "0.11.0" in finding.title and "model load" in finding.title
+    assert "layer.py:1203" in finding.fix.text and not re.search(r"<[a-z_]+>", finding.title + finding.fix.text)
+    assert 9 in {entry["line"] for entry in finding.lines if entry["match"]}
+
+
+def test_the_failure_finding_fills_every_placeholder():
+    # no version, no phase, no vllm frame: still no "<group>" in what the user reads
+    (finding,) = scan(["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "ZeroDivisionError: division by zero"])
+    assert finding.id == "vllm-failed" and finding.evidence["vllm_version"] == "unknown"
+    for text in (finding.title, finding.fix.text, *finding.fix.commands):
+        assert not re.search(r"<[a-z_]+>", text), text
+
+
+@pytest.mark.parametrize("end, failed", [
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Main process exited, code=exited, status=1/FAILURE", True),
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Failed with result 'exit-code'.", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=1", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=-9", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: cannot start /opt/gptoss/current/bin/vllm: No such file or directory", True),
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Main process exited, code=killed, status=15/TERM", False),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=-15", False),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=0", False),
+])
+def test_an_exit_status_says_whether_vllm_failed(end, failed):
+    start = ["(APIServer pid=70) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+             "(APIServer pid=70) INFO 10-25 13:08:02 [api_server.py:1806] Starting vLLM API server 0 on http://0.0.0.0:8000"]
+    ids = [f.id for f in scan(start + [end])]
+    assert ids == (["vllm-failed"] if failed else [])
+
+
+def test_a_traceback_that_ends_the_log_is_a_failure_unless_the_server_is_up_after_it():
+    tb = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+          "(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9] Traceback (most recent call last):",
+          '(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9]   File "/v/vllm/entrypoints/openai/serving_chat.py", line 5, in x',
+          "(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9] LookupError: no such template"]
+    (finding,) = scan(tb)
+    assert finding.id == "vllm-failed" and finding.evidence["root_cause"]["raised_at"] == "vllm/entrypoints/openai/serving_chat.py:5"
+    assert [f.id for f in scan(tb + ["(APIServer pid=1) INFO:     Application startup complete."])] == ["startup-complete"]
+    # a handled traceback while serving, followed by more serving, is not the end
+    serving = ["(APIServer pid=1) INFO:     Application startup complete."] + tb[1:] + [
+        '(APIServer pid=1) INFO:     127.0.0.1:5000 - "POST /v1/chat/completions HTTP/1.1" 200 OK']
+    assert [f.id for f in scan(serving)] == ["startup-complete"]
+
+
+def test_known_rows_carry_the_version_and_phase():
+    (finding,) = _scan_file(FIXTURES / "vllm0260-kv-cache-too-small.log")
+    assert finding.id == "kv-cache-insufficient"
+    assert finding.evidence["vllm_version"] == "0.26.0"
+    assert finding.evidence["phase"] == "profiling and KV cache"
+
+
+def test_the_detail_lines_of_a_validation_error_are_quoted():
+    lines = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+             "(APIServer pid=1) Traceback (most recent call last):",
+             '(APIServer pid=1)   File "/v/lib/python3.12/site-packages/vllm/engine/arg_utils.py", line 1101, in create_engine_config',
+             "(APIServer pid=1) pydantic_core._pydantic_core.ValidationError: 1 validation error for FrobConfig",
+             "(APIServer pid=1)   Value error, frob_level must be <= 3, got 9 [type=value_error, input_value=ArgsKwargs((), {'frob_level': 9}), input_type=ArgsKwargs]"]
+    (finding,) = scan(lines, [s for s in load_signatures() if s.id in ("vllm-failed", "not-a-vllm-log")])
+    assert finding.evidence["root_cause"]["detail"][0].startswith("Value error, frob_level must be <= 3, got 9")
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"", "empty"),
+    (b"\n\n   \n", "empty"),
+    (b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64, "binary"),
+    (b"LPKSHHRH" + b"\0" * 70_000, "binary"),  # a systemd journal file
+    ("x".join(chr(0xE000 + n) for n in range(300)).encode("utf-16"), "binary"),
+    (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n", "looks like vLLM"),
+])
+def test_input_that_is_not_a_vllm_log_says_so(data, why):
+    (finding,) = scan(io.BytesIO(data))
+    assert finding.id == "not-a-vllm-log" and finding.severity == "warning"
+    assert why in finding.title
+
+
+def _cli(tmp_path, capsys, *argv):
+    from gptoss_doctor.cli import main
+    from gptoss_doctor.collect import Env
+
+    rc = main(["logs", *argv, "--json"], env=Env(root=tmp_path / "root", environ={"PATH": "/usr/bin:/bin"}))
+    out, err = capsys.readouterr()
+    return rc, json.loads(out) if out else None, err
+
+
+def test_cli_logs_exits_1_on_an_unknown_failure(tmp_path, capsys):
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(UNKNOWN_FAILURE) + "\n")
+    rc, report, _ = _cli(tmp_path, capsys, str(log))
+    assert rc == report["exit_code"] == 1
+    assert [f["id"] for f in report["findings"]] == ["vllm-failed"]
+    assert report["findings"][0]["evidence"]["file"] == str(log)
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "/dev/null"])
+def test_cli_logs_on_a_device_says_it_is_not_a_log(tmp_path, capsys, name):
+    rc, report, err = _cli(tmp_path, capsys, name)
+    assert err == "" and rc == report["exit_code"] == 0
+    (finding,) = report["findings"]
+    assert finding["id"] == "not-a-vllm-log" and ("binary" if name == "/dev/zero" else "empty") in finding["title"]

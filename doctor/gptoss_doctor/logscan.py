@@ -76,6 +76,13 @@ class Signature:
     explained_by: tuple[str, ...] = ()
     # The commands where gptoss-supervise runs the service (no systemd as PID 1).
     supervisor_commands: tuple[str, ...] = ()
+    # "line": patterns match log lines (most rows). "failure": the row the failure detector emits
+    # when vLLM failed and no line row names why; its patterns are the lines that say a process
+    # ended. "input": the row emitted when the input is not a vLLM log (no patterns).
+    kind: str = "line"
+    # Box check ids (gptoss-doctor's own checks) that explain this log failure when the box
+    # they judge is the one the log came from: `logs` on a deployed host reports them as the cause.
+    box_causes: tuple[str, ...] = ()
 
     def commands_for(self, manager: str) -> tuple[str, ...]:
         return self.supervisor_commands if manager == "supervisor" and self.supervisor_commands else self.commands
@@ -109,10 +116,13 @@ _FIELDS = {
     "root_cause_before": bool,
     "explained_by": list,
     "supervisor_commands": list,
+    "kind": str,
+    "box_causes": list,
 }
+KINDS = ("line", "failure", "input")
 # Commands only systemd answers: a row using them must say what to run without systemd.
 _SYSTEMD_ONLY = re.compile(r"\b(?:systemctl|journalctl)\b")
-_REQUIRED = ("id", "severity", "title", "patterns", "fix", "source")
+_REQUIRED = ("id", "severity", "title", "fix", "source")
 
 
 # A pattern that starts with an unbounded repeat ("[\w./-]*_C", ".*x", "\S+y") is tried from every
@@ -138,7 +148,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
     for key in row:
         if key not in _FIELDS:
             raise SignatureError(f"{where}: unknown field {key!r} (fields: {', '.join(_FIELDS)})")
-    for key in _REQUIRED:
+    for key in _REQUIRED + (("patterns",) if row.get("kind", "line") != "input" else ()):
         if key not in row or row[key] in ("", []):
             raise SignatureError(f"{where}: missing {key!r}")
     for key, value in row.items():
@@ -147,9 +157,11 @@ def _signature_from_row(row: object, where: str) -> Signature:
     where = f"{where} ({row['id']})"
     if not _KEBAB.match(row["id"]):
         raise SignatureError(f"{where}: id is not kebab-case")
+    if row.get("kind", "line") not in KINDS:
+        raise SignatureError(f"{where}: kind {row['kind']!r} not in {KINDS}")
     if row["severity"] not in SEVERITIES:
         raise SignatureError(f"{where}: severity {row['severity']!r} not in {SEVERITIES}")
-    for key in ("commands", "links", "explained_by", "supervisor_commands"):
+    for key in ("commands", "links", "explained_by", "supervisor_commands", "box_causes"):
         for item in row.get(key, []):
             if not isinstance(item, str) or not item:
                 raise SignatureError(f"{where}: {key} holds {item!r}, expected non-empty strings")
@@ -158,7 +170,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
     for c in row.get("supervisor_commands", []):
         if _SYSTEMD_ONLY.search(c):
             raise SignatureError(f"{where}: supervisor_commands holds {c!r}: no systemd runs where these are shown")
-    patterns = tuple(_compile(p, f"{where}: patterns") for p in row["patterns"])
+    patterns = tuple(_compile(p, f"{where}: patterns") for p in row.get("patterns", []))
     unless = tuple(_compile(p, f"{where}: unless") for p in row.get("unless", []))
     return Signature(
         id=row["id"],
@@ -174,6 +186,8 @@ def _signature_from_row(row: object, where: str) -> Signature:
         root_cause_before=row.get("root_cause_before", False),
         explained_by=tuple(row.get("explained_by", [])),
         supervisor_commands=tuple(row.get("supervisor_commands", [])),
+        kind=row.get("kind", "line"),
+        box_causes=tuple(row.get("box_causes", [])),
     )
 
 
@@ -194,6 +208,9 @@ def parse_signatures(text: str, where: str) -> tuple[Signature, ...]:
             raise SignatureError(f"{where}: signature #{n}: duplicate id {sig.id!r} (first at #{seen[sig.id]})")
         seen[sig.id] = n
         signatures.append(sig)
+    for kind in ("failure", "input"):
+        if sum(s.kind == kind for s in signatures) > 1:
+            raise SignatureError(f"{where}: more than one row of kind {kind!r}")
     for n, sig in enumerate(signatures, start=1):
         for other in sig.explained_by:
             if other not in seen or other == sig.id:
@@ -504,7 +521,7 @@ def parse_line(number: int, raw: str) -> LogLine:
     # what pasting leaves at a line's end: a terminal UI's right border, a carriage return shown as "^M"
     if text.endswith("^M"):
         text = text[:-2]
-    if "│" in text[-8:]:
+    if "│" in text:
         trimmed = text.rstrip()
         if trimmed.endswith("│"):
             text = trimmed[:-1].rstrip()
@@ -602,6 +619,8 @@ class _Hit:
     after: int = 0  # lines of context still to show after the last shown match
     root_cause: LogLine | None = None
     root_cause_before: LogLine | None = None
+    phase: str | None = None  # the phase of the start in which it was first seen
+    version: str | None = None  # the vLLM version the log showed by then
 
 
 # Request logging (--enable-log-requests) copies users' prompts into the log: their words are
@@ -618,9 +637,69 @@ def _gate_body(pattern: re.Pattern) -> str:
 
 @lru_cache(maxsize=8)
 def _any_pattern(table: tuple[Signature, ...]) -> re.Pattern:
-    """One regex for "could any signature match?": most lines of a log match none, and one search
+    """One regex for "could any line row match?": most lines of a log match none, and one search
     per line is several times cheaper than a search per pattern."""
-    return re.compile("|".join(_gate_body(p) for sig in table for p in sig.patterns))
+    return re.compile("|".join(_gate_body(p) for sig in table if sig.kind == "line" for p in sig.patterns) or "(?!)")
+
+
+# --------------------------------------------------------------------------------------------
+# The failure detector: independent of the table's line rows, it sees vLLM fail and where
+# --------------------------------------------------------------------------------------------
+
+# Phases of a vLLM start, named by the lines that begin them (every era's wording). The phase of
+# a failure is the last one begun before it; a new start (the version banner) begins "import".
+PHASES = ("import", "model load", "profiling and KV cache", "CUDA graph capture", "API server", "serving")
+UNKNOWN_PHASE = "a phase the log does not show"  # no start-up line before the failure
+_PHASE_MARKERS: tuple[tuple[str, str], ...] = (
+    ("import", r"vLLM API server version |Initializing a V\d LLM engine|█\s+version \d|non-default args:"),
+    ("model load", r"Starting to load model|Loading model from|Loading weights|Loading safetensors checkpoint shards"
+                   r"|Loading model weights|Using (?:[\w-]+ )?(?:attention )?backend\b|world_size=\d+ rank=\d+"),
+    ("profiling and KV cache", r"Model loading took|Loading weights took|Memory profiling takes|torch\.compile takes"
+                               r"|Compiling a graph for|Dynamo bytecode transform time|Available KV cache memory"
+                               r"|GPU KV cache size|Maximum concurrency for|profile_run|determine_available_memory"),
+    ("CUDA graph capture", r"Capturing CUDA graphs?|Capturing cudagraphs|CUDA graph capturing|capture_model"),
+    ("API server", r"Graph capturing finished|init engine \(profile, create kv cache, warmup model\) took"
+                   r"|Starting vLLM API server|Available routes are|Started server process|Waiting for application startup"),
+    ("serving", r"Application startup complete|Avg prompt throughput|\"(?:GET|POST) /\S* HTTP/1\.\d\" 200"),
+)
+_VERSION = re.compile(
+    r"vLLM API server version (?P<a>v?\d[\w.+-]*)|Initializing a V\d LLM engine \(v(?P<b>\d[\w.+-]*)\)"
+    r"|█\s+version (?P<c>\d[\w.+-]*)|\bvLLM version:? (?P<d>v?\d[\w.+-]*)"
+)
+# A failure line that means nothing failed: a stop somebody asked for.
+_STOPPED = re.compile(r"status=(?:0/SUCCESS|15/TERM|2/INT|0|-15|-2)\b")
+
+_TRACEBACK = "Traceback (most recent call last)"
+_QUIET_LEVELS = frozenset(("INFO", "DEBUG"))
+_CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+_FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
+_VLLM_PATH = re.compile(r"(?:^|/)(vllm/[^\"]+\.py)$")
+MAX_DETAIL_LINES = 3  # lines after an exception line that carry on its message
+
+
+@dataclass
+class _Exc:
+    """An exception line and what the traceback above it said."""
+    line: LogLine
+    before: LogLine | None
+    wrapper: bool
+    raised_at: str | None  # the deepest vllm/ frame of its traceback: "vllm/v1/engine/core.py:708"
+    phase: str
+    version: str | None
+    detail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Failure:
+    """The lines that say vLLM ended, and the exception behind the last of them."""
+    first: LogLine
+    last: LogLine
+    count: int = 0
+    line_numbers: list[int] = field(default_factory=list)
+    root: _Exc | None = None
+    phase: str = UNKNOWN_PHASE
+    version: str | None = None
+    shown: dict[int, _Shown] = field(default_factory=dict)
 
 
 class _Scanner:
@@ -629,26 +708,59 @@ class _Scanner:
     def __init__(self, table: Sequence[Signature], manager: str) -> None:
         self.table = tuple(table)
         self.manager = manager
+        self.lines_table = tuple(s for s in self.table if s.kind == "line")
+        self.failure_sig = next((s for s in self.table if s.kind == "failure"), None)
+        self.input_sig = next((s for s in self.table if s.kind == "input"), None)
         self.could_match = _any_pattern(self.table).search
+        failure_patterns = self.failure_sig.patterns if self.failure_sig else ()
+        self.events = re.compile("|".join(
+            [f"(?P<phase{n}>{body})" for n, (_, body) in enumerate(_PHASE_MARKERS)]
+            + [f"(?P<failed>{_gate_body(p)})" for p in failure_patterns[:1]]
+            + [f"(?P<failed{n}>{_gate_body(p)})" for n, p in enumerate(failure_patterns[1:], start=1)]
+        ))
         self.hits: dict[str, _Hit] = {}
         self.recent: deque[LogLine] = deque(maxlen=CONTEXT_BEFORE)
-        self.awaiting: list[_Hit] = []  # hits still showing context after a match
-        self.cache: dict[str, tuple[Signature, dict[str, str]] | None] = {}
+        self.awaiting: list = []  # hits and failures still showing context after a match
+        self.cache: dict[str, tuple] = {}
         self.last_exception: LogLine | None = None  # the latest non-wrapper exception line
         self.before_exception: LogLine | None = None  # the line above it
         self.lines = 0
+        # the detector
+        self.phase = UNKNOWN_PHASE
+        self.version: str | None = None
+        self.first_version: str | None = None
+        self.frames: dict[str, str | None] = {}  # process -> deepest vllm/ frame of its open traceback
+        self.exceptions: deque[_Exc] = deque(maxlen=64)
+        self.detail_of: _Exc | None = None
+        self.failure: _Failure | None = None
+        self.last_alive = 0  # the last line that shows the server up (startup complete, serving)
+        self.terminal: _Exc | None = None  # the last exception that ended a traceback
+        self.nonblank = False
+        self.looks_vllm = False
 
-    def _classify(self, message: str) -> tuple[Signature, dict[str, str]] | None:
-        cached = self.cache.get(message, False)
-        if cached is not False:
+    # -- one line ------------------------------------------------------------------------------
+
+    def _classify(self, message: str) -> tuple:
+        """(row, groups) of the line row that claims `message` or (None, None), and the event
+        ("phaseN" / "failedN" / None) it shows: remembered, as crash loops repeat their lines."""
+        cached = self.cache.get(message)
+        if cached is not None:
             return cached
-        found = None
-        if message.strip() and not _USER_TEXT.match(message) and self.could_match(message):
-            for sig in self.table:
-                groups = sig.match(message)
-                if groups is not None:
-                    found = (sig, groups)  # the first signature in table order claims the line
-                    break
+        sig = groups = None
+        if message.strip() and not _USER_TEXT.match(message):
+            if self.could_match(message):
+                for row in self.lines_table:
+                    groups = row.match(message)
+                    if groups is not None:
+                        sig = row  # the first row in table order claims the line
+                        break
+            m = self.events.search(message)
+            event = m.lastgroup if m else None
+            version = _VERSION.search(message)
+            version = next(v for v in version.groups() if v) if version else None
+        else:
+            event = version = None
+        found = (sig, groups, event, version)
         if len(self.cache) >= MESSAGE_CACHE:
             self.cache.clear()
         self.cache[message] = found
@@ -657,23 +769,113 @@ class _Scanner:
     def feed(self, line: LogLine) -> None:
         self.lines = line.number
         if self.awaiting:
-            for hit in self.awaiting:
-                hit.shown.setdefault(line.number, _Shown(line.number, _shown_text(line), False))
-                hit.after -= 1
+            for item in self.awaiting:
+                item.shown.setdefault(line.number, _Shown(line.number, _shown_text(line), False))
+                item.after -= 1
             self.awaiting = [h for h in self.awaiting if h.after > 0]
-        found = self._classify(line.message)
-        if found is not None:
-            self._record(line, *found)
-        exc = _exception(line.message)
-        if exc and not _WRAPPER_EXCEPTION.search(line.message):
-            self.before_exception = self.recent[-1] if self.recent else None
-            self.last_exception = line
+        message = line.message
+        sig, groups, event, version = self._classify(message)
+        if version:
+            self.version = version
+            self.first_version = self.first_version or version
+        if event is not None:
+            if event.startswith("phase"):
+                phase = PHASES[int(event[5:])]
+                if phase == PHASES[0] or self.phase == UNKNOWN_PHASE or PHASES.index(phase) > PHASES.index(self.phase):
+                    self.phase = phase  # phases only move on, until a new start
+                if phase == "serving":
+                    self.last_alive = line.number
+            elif not _STOPPED.search(message):
+                self._failed(line)
+        if sig is not None:
+            self._record(line, sig, groups)
+        self._track_traceback(line, message)
+        if not self.looks_vllm and (line.level or line.process or sig or event or version or "vllm" in message.lower()):
+            self.looks_vllm = True
+        if not self.nonblank and message.strip():
+            self.nonblank = True
         self.recent.append(line)
+
+    def _track_traceback(self, line: LogLine, message: str) -> None:
+        if line.level in _QUIET_LEVELS and self.detail_of is None:
+            return  # tracebacks come at ERROR level or with no header
+        proc = line.process or ""
+        head = message.lstrip()[:40]
+        if head.startswith(_TRACEBACK):
+            if len(self.frames) > 64:
+                self.frames.clear()
+            self.frames[proc] = None
+            self.detail_of = None
+            return
+        if head.startswith('File "'):
+            m = _FRAME.match(message)
+            if m and proc in self.frames:
+                vllm = _VLLM_PATH.search(m.group("path"))
+                if vllm:
+                    self.frames[proc] = f"{vllm.group(1)}:{m.group('line')}"
+            self.detail_of = None
+            return
+        if head.startswith(_CHAINED):
+            self.detail_of = None
+            return
+        exc = _exception(message)
+        if exc:
+            wrapper = bool(_WRAPPER_EXCEPTION.search(message))
+            in_traceback = proc in self.frames
+            record = _Exc(line, self.recent[-1] if self.recent else None, wrapper,
+                          self.frames.pop(proc, None), self.phase, self.version)
+            self.exceptions.append(record)
+            if in_traceback:
+                self.terminal = record
+            if not wrapper:
+                self.before_exception, self.last_exception = record.before, line
+            self.detail_of = record
+            return
+        detail = self.detail_of
+        if detail is not None:
+            # "pydantic ValidationError: 1 validation error for ModelConfig" says why on the next lines
+            if message.strip() and len(detail.detail) < MAX_DETAIL_LINES and (line.process or "") == (detail.line.process or ""):
+                detail.detail.append(message.strip()[:MAX_LINE_CHARS])
+            else:
+                self.detail_of = None
+
+    def _root(self, line: LogLine) -> _Exc | None:
+        """The exception behind a failure at `line`: the last of the chain that is not a wrapper,
+        across processes (the engine's traceback, then the API server's "see root cause above")."""
+        best = None
+        for exc in reversed(self.exceptions):
+            if line.number - exc.line.number > ROOT_CAUSE_LOOKBACK:
+                break
+            if not exc.wrapper:
+                return exc
+            best = best or exc
+        return best
+
+    def _failed(self, line: LogLine) -> None:
+        f = self.failure
+        if f is not None and f.last is line:
+            return  # one line that is both a failure marker and a downstream row's match
+        if f is None:
+            f = self.failure = _Failure(line, line)
+        f.last = line
+        f.count += 1
+        if len(f.line_numbers) < MAX_LINE_NUMBERS:
+            f.line_numbers.append(line.number)
+        root = self._root(line)
+        if root is not None:
+            f.root = root
+        f.phase = root.phase if root is not None else self.phase
+        f.version = self.version
+        if f.count <= MAX_SHOWN_MATCHES:
+            for before in self.recent:
+                f.shown.setdefault(before.number, _Shown(before.number, _shown_text(before), False))
+            f.shown[line.number] = _Shown(line.number, _shown_text(line), True)
 
     def _record(self, line: LogLine, sig: Signature, groups: dict[str, str]) -> None:
         hit = self.hits.get(sig.id)
         if hit is None:
             hit = self.hits[sig.id] = _Hit(sig, line, message=line.message.strip())
+            hit.phase, hit.version = self.phase, self.version
         hit.count += 1
         hit.last_line = line.number
         if len(hit.line_numbers) < MAX_LINE_NUMBERS:
@@ -696,11 +898,29 @@ class _Scanner:
             # the latest match that has an exception above it: "EngineCore failed to start." comes
             # before its traceback, "Engine core initialization failed" after it
             hit.root_cause, hit.root_cause_before = self.last_exception, self.before_exception
+        if sig.downstream:
+            self._failed(line)  # "engine core failed", "model failed to be inspected": vLLM ended
 
-    # -- judging -------------------------------------------------------------------------------
+    # -- the end -------------------------------------------------------------------------------
 
-    def findings(self) -> list[Finding]:
-        return _judge(self.hits, self.table, self.manager)
+    def _terminal_failure(self) -> None:
+        """A traceback that ends the log, with nothing after it showing the server up, ended it."""
+        t = self.terminal
+        if t is None or t.line.number < self.last_alive:
+            return
+        if self.failure is not None and self.failure.last.number >= t.line.number:
+            return
+        if self.failure is None or self.failure.last.number < t.line.number:
+            self._failed(t.line)
+
+    def findings(self, binary: str | None = None) -> list[Finding]:
+        if binary is not None or not self.nonblank or not (self.looks_vllm or self.hits or self.exceptions or self.frames):
+            why = (f"it is binary: {binary}" if binary is not None else
+                   "it is empty" if not self.nonblank else
+                   f"none of its {self.lines} lines looks like vLLM's (no vLLM log header, process prefix, traceback or known message)")
+            return [_not_a_log(self.input_sig, why, self.lines)] if self.input_sig else []
+        self._terminal_failure()
+        return _judge(self, self.table, self.manager)
 
 
 def _shown_lines(hit: _Hit) -> list[dict]:
@@ -755,7 +975,8 @@ def _finding(hit: _Hit, manager: str) -> Finding:
     )
 
 
-def _judge(hits: dict[str, _Hit], table: Sequence[Signature], manager: str) -> list[Finding]:
+def _judge(sc: "_Scanner", table: Sequence[Signature], manager: str) -> list[Finding]:
+    hits = sc.hits
     order = {sig.id: n for n, sig in enumerate(table)}
     roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
     cause: dict[str, str] = {}  # id -> the id it folds into
@@ -774,17 +995,111 @@ def _judge(hits: dict[str, _Hit], table: Sequence[Signature], manager: str) -> l
         if root != hit_id and root not in cause:
             folded.setdefault(root, []).append(hits[hit_id])
     gone = {h.signature.id for hs in folded.values() for h in hs}
+    standing = [hit for hit in hits.values() if hit.signature.id not in gone]
+    # vLLM ended and no row knows why (only the downstream "see above" rows matched, or none):
+    # the detector's finding names the exception, where vLLM raised it, the version and phase.
+    # A stop somebody asked for (server-stopped) is no failure.
+    failure = sc.failure
+    unexplained = [h for h in standing if h.signature.downstream]
+    known = any(h.signature.severity == "error" and not h.signature.downstream for h in standing)
+    extra: list[Finding] = []
+    if failure is not None and sc.failure_sig is not None and not known and "server-stopped" not in hits:
+        standing = [h for h in standing if not h.signature.downstream]
+        folded[sc.failure_sig.id] = unexplained
+        extra.append(_failure_finding(sc, failure, manager))
     # The root cause is what the user fixes; its downstream noise is evidence, not a finding.
-    findings = [_finding(hit, manager) for hit in hits.values() if hit.signature.id not in gone]
+    findings = [_finding(hit, manager) for hit in standing] + extra
     for finding in findings:
-        if finding.id in folded:
+        if finding.id in folded and folded[finding.id]:
             finding.evidence["downstream"] = [
                 {"id": h.signature.id, "first_line": h.first.number, "count": h.count}
                 for h in sorted(folded[finding.id], key=lambda h: h.first.number)
             ]
+    for hit, finding in zip(standing, findings):
+        if finding.severity != "info":
+            finding.evidence["vllm_version"] = hit.version or sc.first_version or "unknown"
+            finding.evidence["phase"] = hit.phase
+    order[sc.failure_sig.id if sc.failure_sig else ""] = len(order)
     rank = {s: n for n, s in enumerate(SEVERITIES)}
-    findings.sort(key=lambda f: (rank[f.severity], f.evidence["first_line"], order[f.id]))
+    findings.sort(key=lambda f: (rank[f.severity], f.evidence["first_line"], order.get(f.id, len(order))))
     return findings
+
+
+# What to do next when vLLM failed in a phase and no row knows why. Keyed by PHASES.
+NEXT_STEP = {
+    "import": "It failed before loading the model: an import, a package or an argument/config error. "
+              "Run `gptoss-doctor` on the box (packages, torch/CUDA pairing) and check the serve flags in the "
+              "deploy's host data (gptoss_vllm_args) and /etc/gptoss/gptoss.env.",
+    "model load": "It failed while loading the model or choosing its kernels: check the model path and its "
+                  "permissions for the service user, the attention/MoE backend flags, and the GPUs (`nvidia-smi`).",
+    "profiling and KV cache": "It failed while measuring memory or compiling: check what else holds GPU memory "
+                              "(`nvidia-smi`), lower --gpu-memory-utilization or --max-model-len, or try --enforce-eager "
+                              "to skip torch.compile.",
+    "CUDA graph capture": "It failed while capturing CUDA graphs: confirm with --enforce-eager (no graphs), then "
+                          "lower --max-cudagraph-capture-size or upgrade vLLM.",
+    "API server": "The engine started and the API server failed: check --host/--port, the tool-server and "
+                  "chat-template flags in the deploy's host data.",
+    UNKNOWN_PHASE: "The log starts too late to tell when it failed: read the lines above the exception, or give "
+                   "the whole log of this start (`gptoss-doctor logs` reads the service's own).",
+    "serving": "It failed while serving requests: a request or a kernel crashed the engine. Upgrade vLLM, and "
+               "report the traceback upstream with the request that preceded it.",
+}
+
+
+def _failure_finding(sc: "_Scanner", f: _Failure, manager: str) -> Finding:
+    sig = sc.failure_sig
+    root = f.root
+    version = f.version or sc.first_version or "unknown"
+    evidence: dict = {
+        "first_line": f.first.number,
+        "last_line": f.last.number,
+        "count": f.count,
+        "line_numbers": list(f.line_numbers),
+        "message": redact(f.last.message.strip())[:MAX_LINE_CHARS],
+        "vllm_version": version,
+        "phase": f.phase,
+    }
+    shown = dict(f.shown)
+    if root is not None:
+        exc = root.line.message.strip()
+        evidence["message"] = redact(exc)[:MAX_LINE_CHARS]
+        evidence["root_cause"] = {
+            "line": root.line.number,
+            "message": redact(exc)[:MAX_LINE_CHARS],
+            **({"detail": [redact(d) for d in root.detail]} if root.detail else {}),
+            **({"raised_at": root.raised_at} if root.raised_at else {}),
+            **({"process": root.line.process} if root.line.process else {}),
+        }
+        for line in (root.before, root.line):
+            if line is not None:
+                shown.setdefault(line.number, _Shown(line.number, _shown_text(line), line is root.line))
+        what = exc if len(exc) <= 160 else exc[:160] + " …"
+    else:
+        what = f.last.message.strip()[:160]
+    evidence["source"] = sig.source
+    groups = {"phase": [f.phase], "exception": [redact(what)], "version": [version],
+              "raised_at": [root.raised_at if root is not None and root.raised_at else "a frame the log does not show"]}
+    return Finding(
+        id=sig.id,
+        severity=sig.severity,
+        title=_fill(sig.title, groups),
+        evidence=evidence,
+        fix=Fix(text=_fill(sig.fix, groups) + " " + NEXT_STEP[f.phase],
+                commands=[_fill(c, groups) for c in sig.commands_for(manager)]),
+        links=list(sig.links),
+        lines=[{"line": s.number, "text": redact(s.text), "match": s.match} for s in sorted(shown.values(), key=lambda s: s.number)],
+    )
+
+
+def _not_a_log(sig: Signature, why: str, lines: int) -> Finding:
+    return Finding(
+        id=sig.id,
+        severity=sig.severity,
+        title=_fill(sig.title, {"why": [why]}),
+        evidence={"first_line": 0, "lines": lines, "why": why, "source": sig.source},
+        fix=Fix(text=sig.fix, commands=list(sig.commands)),
+        links=list(sig.links),
+    )
 
 
 def parse_lines(lines: Iterable[str]) -> Iterator[LogLine]:
@@ -801,6 +1116,7 @@ def scan(source, signatures: Sequence[Signature] | None = None, manager: str = "
     table = load_signatures() if signatures is None else signatures
     scanner = _Scanner(table, manager)
     feed = scanner.feed
-    for n, raw in enumerate(LogInput(source), start=1):
+    src = LogInput(source)
+    for n, raw in enumerate(src, start=1):
         feed(parse_line(n, raw))
-    return scanner.findings()
+    return scanner.findings(binary=src.binary)
