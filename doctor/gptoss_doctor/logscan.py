@@ -80,6 +80,9 @@ class Signature:
     # when vLLM failed and no line row names why; its patterns are the lines that say a process
     # ended. "input": the row emitted when the input is not a vLLM log (no patterns).
     kind: str = "line"
+    # A cause of last resort ("a worker died"): it folds into any other root cause found, and
+    # stands, as the cause, only where there is none.
+    weak: bool = False
     # Box check ids (gptoss-doctor's own checks) that explain this log failure when the box
     # they judge is the one the log came from: `logs` on a deployed host reports them as the cause.
     box_causes: tuple[str, ...] = ()
@@ -118,6 +121,7 @@ _FIELDS = {
     "supervisor_commands": list,
     "kind": str,
     "box_causes": list,
+    "weak": bool,
 }
 KINDS = ("line", "failure", "input")
 # Commands only systemd answers: a row using them must say what to run without systemd.
@@ -188,6 +192,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         supervisor_commands=tuple(row.get("supervisor_commands", [])),
         kind=row.get("kind", "line"),
         box_causes=tuple(row.get("box_causes", [])),
+        weak=row.get("weak", False),
     )
 
 
@@ -671,6 +676,7 @@ _STOPPED = re.compile(r"status=(?:0/SUCCESS|15/TERM|2/INT|0|-15|-2)\b")
 
 _TRACEBACK = "Traceback (most recent call last)"
 _QUIET_LEVELS = frozenset(("INFO", "DEBUG"))
+_LOOKS_LIKE_A_LOG = re.compile(r"(?i)vllm|error|fail|exception|warning|traceback|killed|denied|not found")
 _CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 _FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
 _VLLM_PATH = re.compile(r"(?:^|/)(vllm/[^\"]+\.py)$")
@@ -687,6 +693,7 @@ class _Exc:
     phase: str
     version: str | None
     detail: list[str] = field(default_factory=list)
+    claimed: bool = False  # a line row matched the exception line
 
 
 @dataclass
@@ -789,14 +796,14 @@ class _Scanner:
                 self._failed(line)
         if sig is not None:
             self._record(line, sig, groups)
-        self._track_traceback(line, message)
-        if not self.looks_vllm and (line.level or line.process or sig or event or version or "vllm" in message.lower()):
-            self.looks_vllm = True
+        self._track_traceback(line, message, sig is not None)
+        if not self.looks_vllm and (line.level or line.process or sig or event or version or _LOOKS_LIKE_A_LOG.search(message)):
+            self.looks_vllm = True  # a vLLM line, or one of a failure another tool logged (pip, a build, Ray)
         if not self.nonblank and message.strip():
             self.nonblank = True
         self.recent.append(line)
 
-    def _track_traceback(self, line: LogLine, message: str) -> None:
+    def _track_traceback(self, line: LogLine, message: str, claimed: bool) -> None:
         if line.level in _QUIET_LEVELS and self.detail_of is None:
             return  # tracebacks come at ERROR level or with no header
         proc = line.process or ""
@@ -823,10 +830,11 @@ class _Scanner:
             wrapper = bool(_WRAPPER_EXCEPTION.search(message))
             in_traceback = proc in self.frames
             record = _Exc(line, self.recent[-1] if self.recent else None, wrapper,
-                          self.frames.pop(proc, None), self.phase, self.version)
+                          self.frames.pop(proc, None), self.phase, self.version, claimed=claimed)
             self.exceptions.append(record)
-            if in_traceback:
-                self.terminal = record
+            # the last exception of the log, in a traceback or quoted alone: if nothing after it
+            # shows the server up, it ended the process
+            self.terminal = record
             if not wrapper:
                 self.before_exception, self.last_exception = record.before, line
             self.detail_of = record
@@ -904,9 +912,10 @@ class _Scanner:
     # -- the end -------------------------------------------------------------------------------
 
     def _terminal_failure(self) -> None:
-        """A traceback that ends the log, with nothing after it showing the server up, ended it."""
+        """An exception that ends the log, with nothing after it showing the server up, ended it;
+        unless a row claimed it (a request error a warning row knows) or it came while serving."""
         t = self.terminal
-        if t is None or t.line.number < self.last_alive:
+        if t is None or t.line.number < self.last_alive or t.claimed or t.phase == "serving":
             return
         if self.failure is not None and self.failure.last.number >= t.line.number:
             return
@@ -914,11 +923,14 @@ class _Scanner:
             self._failed(t.line)
 
     def findings(self, binary: str | None = None) -> list[Finding]:
-        if binary is not None or not self.nonblank or not (self.looks_vllm or self.hits or self.exceptions or self.frames):
+        if binary is not None or not self.nonblank or not (self.looks_vllm or self.hits or self.exceptions or self.frames
+                                                           or self.failure):
             why = (f"it is binary: {binary}" if binary is not None else
                    "it is empty" if not self.nonblank else
                    f"none of its {self.lines} lines looks like vLLM's (no vLLM log header, process prefix, traceback or known message)")
-            return [_not_a_log(self.input_sig, why, self.lines)] if self.input_sig else []
+            # empty or binary: warn, nothing was judged; text without one vLLM line: say so, as info
+            severity = None if binary is not None or not self.nonblank else "info"
+            return [_not_a_log(self.input_sig, why, self.lines, severity)] if self.input_sig else []
         self._terminal_failure()
         return _judge(self, self.table, self.manager)
 
@@ -936,8 +948,17 @@ class _Blank(dict):
         return "<" + key + ">"  # not captured in this log: reads as a placeholder
 
 
+# "[[ ... {group} ... ]]" in a title or fix: a part shown only when every group in it was
+# captured (a row whose patterns capture different values, one message shape each).
+_OPTIONAL = re.compile(r"\[\[(.*?)\]\]", re.S)
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
 def _fill(template: str, groups: dict[str, list[str]]) -> str:
     """Fill {group} placeholders with the captured values; uncaptured ones become <group>."""
+    if "[[" in template:
+        template = _OPTIONAL.sub(
+            lambda m: m.group(1) if all(g in groups for g in _PLACEHOLDER.findall(m.group(1))) else "", template)
     values = _Blank({k: ", ".join(v) for k, v in groups.items()})
     try:
         return template.format_map(values)
@@ -978,14 +999,18 @@ def _finding(hit: _Hit, manager: str) -> Finding:
 def _judge(sc: "_Scanner", table: Sequence[Signature], manager: str) -> list[Finding]:
     hits = sc.hits
     order = {sig.id: n for n, sig in enumerate(table)}
-    roots = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
+    errors = [h for h in hits.values() if not h.signature.downstream and h.signature.severity == "error"]
+    roots = [h for h in errors if not h.signature.weak]
+    weak_roots = [h for h in errors if h.signature.weak]
     cause: dict[str, str] = {}  # id -> the id it folds into
     for hit in hits.values():
         found = [i for i in hit.signature.explained_by if i in hits]
         if found:
             cause[hit.signature.id] = found[0]
-        elif hit.signature.downstream and roots:
+        elif (hit.signature.downstream or hit.signature.weak) and roots:
             cause[hit.signature.id] = min(roots, key=lambda h: h.first.number).signature.id
+        elif hit.signature.downstream and weak_roots:  # a weak cause is still a cause
+            cause[hit.signature.id] = min(weak_roots, key=lambda h: h.first.number).signature.id
     folded: dict[str, list[_Hit]] = {}  # root id -> the hits it explains
     for hit_id in cause:
         root, seen = hit_id, {hit_id}
@@ -1091,10 +1116,10 @@ def _failure_finding(sc: "_Scanner", f: _Failure, manager: str) -> Finding:
     )
 
 
-def _not_a_log(sig: Signature, why: str, lines: int) -> Finding:
+def _not_a_log(sig: Signature, why: str, lines: int, severity: str | None = None) -> Finding:
     return Finding(
         id=sig.id,
-        severity=sig.severity,
+        severity=severity or sig.severity,
         title=_fill(sig.title, {"why": [why]}),
         evidence={"first_line": 0, "lines": lines, "why": why, "source": sig.source},
         fix=Fix(text=sig.fix, commands=list(sig.commands)),
