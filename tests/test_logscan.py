@@ -751,3 +751,71 @@ def test_every_family_has_a_row_with_a_public_source():
         assert "https://" in table[family].source, family
     for sig in table.values():  # never a path of the machine the table was written on
         assert not re.search(r"/work/|shared/(?:notes|reference)", sig.source), sig.id
+
+
+# --------------------------------------------------------------------------------------------
+# Logs and box together: on a deployed host, the box finding that explains a log failure is the cause
+# --------------------------------------------------------------------------------------------
+
+NVCC_LOG = [
+    "(APIServer pid=4100) INFO 11-28 00:40:01 [api_server.py:1805] vLLM API server version 0.26.0",
+    "(EngineCore_DP0 pid=4242) INFO 11-28 00:40:20 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b...",
+    "(EngineCore_DP0 pid=4242) ERROR 11-28 00:40:40 [core.py:1016] FileNotFoundError: [Errno 2] No such file or directory: 'nvcc'",
+    "(EngineCore_DP0 pid=4242) ERROR 11-28 00:40:40 [core.py:1016] RuntimeError: Error building extension 'sampling'",
+    "(APIServer pid=4100) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+]
+
+
+def _deployed_box(tmp_path, cuda_home: str):
+    """A fake root as the deploy leaves it (tests/fakeroot.py): the manifest, the stack's venv with
+    a stand-in torch built for CUDA 12.8, and the service environment's CUDA_HOME."""
+    from fakeroot import Box
+
+    box = Box(tmp_path / "root")
+    box.write("/opt/gptoss/current/pyvenv.cfg", "home = /usr/bin\nversion = 3.12.3\n")
+    box.write("/opt/gptoss/current/lib/python3.12/site-packages/torch/version.py",
+              "# stand-in written by tests/test_logscan.py\n__version__ = '2.8.0+cu128'\ncuda = '12.8'\nhip = None\n")
+    box.write("/etc/gptoss/manifest.json", json.dumps({"venv": "/opt/gptoss/current", "env": {"CUDA_HOME": cuda_home}}))
+    return box
+
+
+def test_logs_on_a_deployed_host_name_the_box_finding_as_the_cause(tmp_path, capsys):
+    from gptoss_doctor.cli import main
+
+    box = _deployed_box(tmp_path, "/usr/local/cuda-12.8")  # the folder is not there
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(NVCC_LOG) + "\n")
+    rc = main(["logs", str(log), "--json"], env=box.env())
+    report = json.loads(capsys.readouterr().out)
+    ids = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert rc == 1 and "bad-cuda-home" in ids and "nvcc-missing" not in ids
+    cause = next(f for f in report["findings"] if f["id"] == "bad-cuda-home")
+    (explained,) = cause["evidence"]["explains"]
+    assert (explained["id"], explained["file"], explained["first_line"]) == ("nvcc-missing", str(log), 3)
+    assert "/usr/local/cuda-12.8" in cause["title"]
+
+
+def test_without_a_box_cause_the_log_finding_stands(tmp_path, capsys):
+    from gptoss_doctor.cli import main
+
+    box = _deployed_box(tmp_path, "/usr/local/cuda-12.8")
+    box.write("/usr/local/cuda-12.8/bin/nvcc", "#!/bin/sh\necho 'Cuda compilation tools, release 12.8, V12.8.93'\n", 0o755)
+    box.write("/usr/local/cuda-12.8/version.json", json.dumps({"cuda": {"name": "CUDA SDK", "version": "12.8.1"}}))
+    box.write("/usr/local/cuda-12.8/include/cuda.h", "/* stand-in */\n")
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(NVCC_LOG) + "\n")
+    main(["logs", str(log), "--json"], env=box.env())
+    report = json.loads(capsys.readouterr().out)
+    ids = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert "nvcc-missing" in ids and "bad-cuda-home" not in ids
+
+
+def test_the_tie_table_names_real_box_checks():
+    from gptoss_doctor import checks  # noqa: F401 - registers every check
+    from gptoss_doctor.findings import REGISTRY
+
+    ties = {s.id: s.box_causes for s in load_signatures() if s.box_causes}
+    assert ties["nvcc-missing"][0] == "bad-cuda-home" and len(ties) >= 20
+    for log_id, box_ids in ties.items():
+        for box_id in box_ids:
+            assert box_id in REGISTRY, f"{log_id}: box_causes names {box_id!r}, not a check"

@@ -211,9 +211,37 @@ def cmd_logs(args, started: float) -> int:
         for _, source in sources:
             if hasattr(source, "close") and source is not getattr(sys.stdin, "buffer", None) and source is not sys.stdin:
                 source.close()
-    report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
+    facts, statuses, host = {}, {}, None
+    judged = _judge_deployed_box(env, args)
+    if judged is not None:
+        # a deployed host: its box findings too, and each log failure the box explains folded into
+        # the box finding that names the cause (the tie table is the signatures' box_causes)
+        from .logscan import tie_to_box  # noqa: PLC0415
+
+        snap, box_findings, statuses = judged
+        findings = tie_to_box(findings, box_findings)
+        facts, host = snap.facts, snap.data.get("host")
+    report = build_report(findings, facts, statuses, host, round(time.perf_counter() - started, 3))
     # reading the service's own log: say which, since no FILE named it
     return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({sources[0][0]})"))
+
+
+def _judge_deployed_box(env, args):
+    """(snapshot, findings, check statuses) of this box where the deploy left a manifest, else None.
+    A box that cannot be judged (no venv, a broken manifest) leaves the logs' findings alone."""
+    from .collect.service import MANIFEST  # noqa: PLC0415
+
+    if not env.exists(MANIFEST):
+        return None
+    from .collect import VenvError, collect  # noqa: PLC0415
+    from .report import diagnose  # noqa: PLC0415
+
+    try:
+        snap = collect(env, venv_path=args.venv)
+    except VenvError:
+        return None
+    findings, statuses = diagnose(snap)
+    return snap, findings, statuses
 
 
 def _open_log(path: str):

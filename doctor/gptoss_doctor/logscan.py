@@ -1145,3 +1145,37 @@ def scan(source, signatures: Sequence[Signature] | None = None, manager: str = "
     for n, raw in enumerate(src, start=1):
         feed(parse_line(n, raw))
     return scanner.findings(binary=src.binary)
+
+
+# --------------------------------------------------------------------------------------------
+# Logs and box together: a log failure explained by what the box shows
+# --------------------------------------------------------------------------------------------
+
+_SEVERITY_RANK = {s: n for n, s in enumerate(SEVERITIES)}
+
+
+def tie_to_box(log_findings: Sequence[Finding], box_findings: Sequence[Finding],
+               signatures: Sequence[Signature] | None = None) -> list[Finding]:
+    """Log and box findings of one host, with each log failure that a box finding explains folded
+    into it: the box finding is the cause the user fixes, the log lines its evidence
+    (`evidence.explains`). Which box check explains which log id is data: each row's
+    `box_causes`, in order of preference. A box finding that explains an error becomes one."""
+    table = load_signatures() if signatures is None else signatures
+    causes = {s.id: s.box_causes for s in table}
+    box = [f for f in box_findings if f.severity in ("error", "warning")]
+    out = list(box_findings)
+    for lf in log_findings:
+        cause = next((bf for want in causes.get(lf.id, ()) for bf in box if bf.id == want), None)
+        if cause is None or lf.severity == "info":
+            out.append(lf)
+            continue
+        explained = {"id": lf.id, "title": lf.title}
+        for key in ("file", "first_line", "count", "message"):
+            if key in lf.evidence:
+                explained[key] = lf.evidence[key]
+        cause.evidence.setdefault("explains", []).append(explained)
+        if _SEVERITY_RANK[lf.severity] < _SEVERITY_RANK[cause.severity]:
+            cause.evidence["severity_raised"] = f"{cause.severity} -> {lf.severity}: it explains the log's {lf.id}"
+            cause.severity = lf.severity
+        cause.lines = cause.lines or lf.lines
+    return out
