@@ -793,6 +793,24 @@ def test_logs_on_a_deployed_host_name_the_box_finding_as_the_cause(tmp_path, cap
     (explained,) = cause["evidence"]["explains"]
     assert (explained["id"], explained["file"], explained["first_line"]) == ("nvcc-missing", str(log), 3)
     assert "/usr/local/cuda-12.8" in cause["title"]
+    assert report["facts"] == {}  # the box's facts and its other findings stay with `gptoss-doctor`
+    assert "box-judged" not in {f["id"] for f in report["findings"]}  # nothing else wrong on the box
+
+
+def test_box_errors_the_log_does_not_show_are_counted_in_one_info_finding():
+    from gptoss_doctor.findings import Finding, Fix
+
+    def box(id_, severity):
+        return Finding(id=id_, severity=severity, title=id_, evidence={}, fix=Fix(text="f"))
+
+    cuda, secrets, persistence = box("bad-cuda-home", "warning"), box("world-readable-secrets", "error"), box("persistence-mode-off", "warning")
+    (nvcc,) = scan(NVCC_LOG)[:1]
+    shown = logscan.tie_to_box([nvcc], [cuda, secrets, persistence], keep_unrelated=False)
+    assert shown == [cuda] and cuda.severity == "error" and "severity_raised" in cuda.evidence
+    summary = logscan.box_summary([cuda, secrets, persistence], shown)
+    assert summary.severity == "info" and summary.evidence["box_errors"] == ["world-readable-secrets"]
+    assert summary.evidence["box_warnings"] == ["persistence-mode-off"] and summary.evidence["tied"] == ["bad-cuda-home"]
+    assert logscan.box_summary([cuda, persistence], shown) is None
 
 
 def test_without_a_box_cause_the_log_finding_stands(tmp_path, capsys):

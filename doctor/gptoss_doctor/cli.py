@@ -211,24 +211,25 @@ def cmd_logs(args, started: float) -> int:
         for _, source in sources:
             if hasattr(source, "close") and source is not getattr(sys.stdin, "buffer", None) and source is not sys.stdin:
                 source.close()
-    facts, statuses, host = {}, {}, None
     judged = _judge_deployed_box(env, args)
     if judged is not None:
-        # a deployed host: its box findings too, and each log failure the box explains folded into
-        # the box finding that names the cause (the tie table is the signatures' box_causes)
-        from .logscan import tie_to_box  # noqa: PLC0415
+        # a deployed host: each log failure the box explains is folded into the box finding that
+        # names the cause (the tie table is the signatures' box_causes); the box's other findings
+        # are counted in one info finding: `gptoss-doctor` shows them
+        from .logscan import box_summary, tie_to_box  # noqa: PLC0415
 
-        snap, box_findings, statuses = judged
-        findings = tie_to_box(findings, box_findings)
-        facts, host = snap.facts, snap.data.get("host")
-    report = build_report(findings, facts, statuses, host, round(time.perf_counter() - started, 3))
+        findings = tie_to_box(findings, judged, keep_unrelated=False)
+        summary = box_summary(judged, findings)
+        if summary is not None:
+            findings.append(summary)
+    report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
     # reading the service's own log: say which, since no FILE named it
     return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({sources[0][0]})"))
 
 
 def _judge_deployed_box(env, args):
-    """(snapshot, findings, check statuses) of this box where the deploy left a manifest, else None.
-    A box that cannot be judged (no venv, a broken manifest) leaves the logs' findings alone."""
+    """The box findings of this host where the deploy left a manifest, else None. A box that
+    cannot be judged (no venv) leaves the logs' findings alone."""
     from .collect.service import MANIFEST  # noqa: PLC0415
 
     if not env.exists(MANIFEST):
@@ -240,8 +241,8 @@ def _judge_deployed_box(env, args):
         snap = collect(env, venv_path=args.venv)
     except VenvError:
         return None
-    findings, statuses = diagnose(snap)
-    return snap, findings, statuses
+    findings, _statuses = diagnose(snap)
+    return findings
 
 
 def _open_log(path: str):

@@ -1155,15 +1155,16 @@ _SEVERITY_RANK = {s: n for n, s in enumerate(SEVERITIES)}
 
 
 def tie_to_box(log_findings: Sequence[Finding], box_findings: Sequence[Finding],
-               signatures: Sequence[Signature] | None = None) -> list[Finding]:
+               signatures: Sequence[Signature] | None = None, keep_unrelated: bool = True) -> list[Finding]:
     """Log and box findings of one host, with each log failure that a box finding explains folded
     into it: the box finding is the cause the user fixes, the log lines its evidence
     (`evidence.explains`). Which box check explains which log id is data: each row's
-    `box_causes`, in order of preference. A box finding that explains an error becomes one."""
+    `box_causes`, in order of preference. A box finding that explains an error becomes one.
+    keep_unrelated=False: only the box findings that explain a log finding are returned."""
     table = load_signatures() if signatures is None else signatures
     causes = {s.id: s.box_causes for s in table}
     box = [f for f in box_findings if f.severity in ("error", "warning")]
-    out = list(box_findings)
+    out: list[Finding] = list(box_findings) if keep_unrelated else []
     for lf in log_findings:
         cause = next((bf for want in causes.get(lf.id, ()) for bf in box if bf.id == want), None)
         if cause is None or lf.severity == "info":
@@ -1173,9 +1174,30 @@ def tie_to_box(log_findings: Sequence[Finding], box_findings: Sequence[Finding],
         for key in ("file", "first_line", "count", "message"):
             if key in lf.evidence:
                 explained[key] = lf.evidence[key]
+        if not keep_unrelated and "explains" not in cause.evidence:
+            out.append(cause)
         cause.evidence.setdefault("explains", []).append(explained)
         if _SEVERITY_RANK[lf.severity] < _SEVERITY_RANK[cause.severity]:
             cause.evidence["severity_raised"] = f"{cause.severity} -> {lf.severity}: it explains the log's {lf.id}"
             cause.severity = lf.severity
         cause.lines = cause.lines or lf.lines
     return out
+
+
+def box_summary(box_findings: Sequence[Finding], shown: Sequence[Finding]) -> Finding | None:
+    """One info finding when the box has errors this log does not show (None otherwise)."""
+    shown_ids = {id(f) for f in shown}
+    rest = [f for f in box_findings if id(f) not in shown_ids and f.severity in ("error", "warning")]
+    if not any(f.severity == "error" for f in rest):
+        return None
+    by = {s: sorted({f.id for f in rest if f.severity == s}) for s in ("error", "warning")}
+    told = "; ".join(f"{s}s: {', '.join(ids)}" for s, ids in by.items() if ids) or "nothing else"
+    return Finding(
+        id="box-judged",
+        severity="info",
+        title=f"This host's box was judged too: {told}",
+        evidence={"first_line": 0, "box_errors": by["error"], "box_warnings": by["warning"],
+                  "tied": sorted({f.id for f in shown if "explains" in f.evidence})},
+        fix=Fix(text="Box findings that explain a failure in the log are shown as its cause above; "
+                     "`gptoss-doctor` shows the box's own findings in full.", commands=["gptoss-doctor"]),
+    )
