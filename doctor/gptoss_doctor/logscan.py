@@ -990,7 +990,7 @@ def _finding(hit: _Hit, manager: str) -> Finding:
         severity=sig.severity,
         title=_fill(sig.title, hit.groups),
         evidence=evidence,
-        fix=Fix(text=_fill(sig.fix, hit.groups), commands=[_fill(c, hit.groups) for c in sig.commands_for(manager)]),
+        fix=Fix(text=_fill(sig.fix, hit.groups), commands=[c for c in (_fill(c, hit.groups) for c in sig.commands_for(manager)) if c]),
         links=list(sig.links),
         lines=_shown_lines(hit),
     )
