@@ -428,7 +428,7 @@ def test_placeholders_are_captured_by_every_pattern_of_their_row():
     for sig in load_signatures():
         if sig.kind != "line":  # filled by the scanner itself: test_the_failure_finding_fills_every_placeholder
             continue
-        for text in (sig.title, sig.fix, *sig.commands):
+        for text in (sig.title, sig.fix, *sig.commands, *sig.supervisor_commands):
             text = re.sub(r"\[\[.*?\]\]", "", text, flags=re.S)  # optional parts: shown when captured
             names = {name for _, name, _, _ in string.Formatter().parse(text) if name}
             for pattern in sig.patterns:
