@@ -841,3 +841,12 @@ def test_the_tie_table_names_real_box_checks():
     for log_id, box_ids in ties.items():
         for box_id in box_ids:
             assert box_id in REGISTRY, f"{log_id}: box_causes names {box_id!r}, not a check"
+
+
+def test_an_error_line_that_ends_the_log_is_a_failure_without_an_exception():
+    start = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0"]
+    docker = ['docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].']
+    (finding,) = scan(start + docker)
+    assert finding.id == "vllm-failed" and finding.evidence["first_line"] == 2
+    # the same line followed by the server coming up is history, not the end
+    assert [f.id for f in scan(start + docker + ["(APIServer pid=1) INFO:     Application startup complete."])] == ["startup-complete"]

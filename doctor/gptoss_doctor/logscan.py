@@ -676,6 +676,9 @@ _STOPPED = re.compile(r"status=(?:0/SUCCESS|15/TERM|2/INT|0|-15|-2)\b")
 
 _TRACEBACK = "Traceback (most recent call last)"
 _QUIET_LEVELS = frozenset(("INFO", "DEBUG"))
+_ERROR_LEVELS = frozenset(("ERROR", "CRITICAL"))
+# another tool's error line: "docker: Error response from daemon: ...", "error: ...", "FATAL: ..."
+_ERROR_TEXT = re.compile(r"(?:[\w.-]+: )?(?:[Ee]rror|ERROR|FATAL|[Ff]atal)\b:?")
 _LOOKS_LIKE_A_LOG = re.compile(r"(?i)vllm|error|fail|exception|warning|traceback|killed|denied|not found")
 _CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 _FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
@@ -741,7 +744,9 @@ class _Scanner:
         self.detail_of: _Exc | None = None
         self.failure: _Failure | None = None
         self.last_alive = 0  # the last line that shows the server up (startup complete, serving)
-        self.terminal: _Exc | None = None  # the last exception that ended a traceback
+        self.terminal: _Exc | None = None  # the last exception line
+        # the last ERROR line, or "Error: ..." of another tool (docker, a shell), with the phase then
+        self.terminal_error: tuple[LogLine, str, bool] | None = None
         self.nonblank = False
         self.looks_vllm = False
 
@@ -797,6 +802,8 @@ class _Scanner:
         if sig is not None:
             self._record(line, sig, groups)
         self._track_traceback(line, message, sig is not None)
+        if (line.level in _ERROR_LEVELS or _ERROR_TEXT.match(message)) and message.strip():
+            self.terminal_error = (line, self.phase, sig is not None)
         if not self.looks_vllm and (line.level or line.process or sig or event or version or _LOOKS_LIKE_A_LOG.search(message)):
             self.looks_vllm = True  # a vLLM line, or one of a failure another tool logged (pip, a build, Ray)
         if not self.nonblank and message.strip():
@@ -916,11 +923,17 @@ class _Scanner:
         unless a row claimed it (a request error a warning row knows) or it came while serving."""
         t = self.terminal
         if t is None or t.line.number < self.last_alive or t.claimed or t.phase == "serving":
-            return
-        if self.failure is not None and self.failure.last.number >= t.line.number:
-            return
-        if self.failure is None or self.failure.last.number < t.line.number:
-            self._failed(t.line)
+            # no exception ends the log: an ERROR line that does, the same way
+            e = self.terminal_error
+            if e is None or (t is not None and t.line.number >= e[0].number):
+                return
+            line, phase, claimed = e
+            if line.number < self.last_alive or claimed or phase == "serving":
+                return
+        else:
+            line = t.line
+        if self.failure is None or self.failure.last.number < line.number:
+            self._failed(line)
 
     def findings(self, binary: str | None = None) -> list[Finding]:
         if binary is not None or not self.nonblank or not (self.looks_vllm or self.hits or self.exceptions or self.frames
