@@ -566,6 +566,23 @@ def _exception(message: str) -> re.Match | None:
     return _EXCEPTION_LINE.match(message)
 
 
+def _traceback_part(message: str) -> tuple:
+    """What a line is to a traceback: ("start",), ("frame", "vllm/x.py:12" or None), ("chain",),
+    ("exception", is_wrapper) or (None,). Pure: remembered per message with the rest."""
+    head = message.lstrip()[:40]
+    if head.startswith(_TRACEBACK):
+        return ("start",)
+    if head.startswith('File "'):
+        m = _FRAME.match(message)
+        vllm = _VLLM_PATH.search(m.group("path")) if m else None
+        return ("frame", f"{vllm.group(1)}:{m.group('line')}" if vllm else None)
+    if head.startswith(_CHAINED):
+        return ("chain",)
+    if _exception(message):
+        return ("exception", bool(_WRAPPER_EXCEPTION.search(message)))
+    return (None,)
+
+
 def exception_before(lines: Sequence[LogLine], index: int) -> LogLine | None:
     """The nearest exception line above lines[index] that is not itself a wrapper."""
     for i in range(index - 1, max(-1, index - 1 - ROOT_CAUSE_LOOKBACK), -1):
@@ -656,7 +673,7 @@ def _any_pattern(table: tuple[Signature, ...]) -> re.Pattern:
 PHASES = ("import", "model load", "profiling and KV cache", "CUDA graph capture", "API server", "serving")
 UNKNOWN_PHASE = "a phase the log does not show"  # no start-up line before the failure
 _PHASE_MARKERS: tuple[tuple[str, str], ...] = (
-    ("import", r"vLLM API server version |Initializing a V\d LLM engine|█\s+version \d|non-default args:"),
+    ("import", r"vLLM API server version |Initializing a V\d LLM engine|█\s+version \d|non-default args:|\bvLLM version:? v?\d"),
     ("model load", r"Starting to load model|Loading model from|Loading weights|Loading safetensors checkpoint shards"
                    r"|Loading model weights|Using (?:[\w-]+ )?(?:attention )?backend\b|world_size=\d+ rank=\d+"),
     ("profiling and KV cache", r"Model loading took|Loading weights took|Memory profiling takes|torch\.compile takes"
@@ -753,13 +770,15 @@ class _Scanner:
     # -- one line ------------------------------------------------------------------------------
 
     def _classify(self, message: str) -> tuple:
-        """(row, groups) of the line row that claims `message` or (None, None), and the event
-        ("phaseN" / "failedN" / None) it shows: remembered, as crash loops repeat their lines."""
-        cached = self.cache.get(message)
-        if cached is not None:
-            return cached
+        """(row, groups) of the line row that claims `message` or (None, None), the event
+        ("phaseN" / "failedN" / None) it shows, and what the line is to a traceback: computed once
+        per distinct message and remembered (crash loops repeat their lines)."""
         sig = groups = None
-        if message.strip() and not _USER_TEXT.match(message):
+        blank = not message.strip()
+        # an error line of vLLM's or another tool's ("docker: Error response ...", "FATAL: ...")
+        error_text = not blank and bool(_ERROR_TEXT.match(message))
+        looks = bool(_LOOKS_LIKE_A_LOG.search(message))
+        if not blank and not _USER_TEXT.match(message):
             if self.could_match(message):
                 for row in self.lines_table:
                     groups = row.match(message)
@@ -768,11 +787,13 @@ class _Scanner:
                         break
             m = self.events.search(message)
             event = m.lastgroup if m else None
-            version = _VERSION.search(message)
-            version = next(v for v in version.groups() if v) if version else None
+            version = None
+            if event == "phase0":  # the start of a run is where the version is printed
+                found_version = _VERSION.search(message)
+                version = next(v for v in found_version.groups() if v) if found_version else None
         else:
             event = version = None
-        found = (sig, groups, event, version)
+        found = (sig, groups, event, version, blank, error_text, looks, _traceback_part(message))
         if len(self.cache) >= MESSAGE_CACHE:
             self.cache.clear()
         self.cache[message] = found
@@ -786,7 +807,7 @@ class _Scanner:
                 item.after -= 1
             self.awaiting = [h for h in self.awaiting if h.after > 0]
         message = line.message
-        sig, groups, event, version = self._classify(message)
+        sig, groups, event, version, blank, error_text, looks, part = self.cache.get(message) or self._classify(message)
         if version:
             self.version = version
             self.first_version = self.first_version or version
@@ -801,41 +822,37 @@ class _Scanner:
                 self._failed(line)
         if sig is not None:
             self._record(line, sig, groups)
-        self._track_traceback(line, message, sig is not None)
-        if (line.level in _ERROR_LEVELS or _ERROR_TEXT.match(message)) and message.strip():
+        level = line.level
+        # tracebacks come at ERROR level or with no header; a quoted exception's detail on any line
+        if (part[0] is not None and level not in _QUIET_LEVELS) or self.detail_of is not None:
+            self._track_traceback(line, message, sig is not None, part)
+        if (error_text or level in _ERROR_LEVELS) and not blank:
             self.terminal_error = (line, self.phase, sig is not None)
-        if not self.looks_vllm and (line.level or line.process or sig or event or version or _LOOKS_LIKE_A_LOG.search(message)):
+        if not self.looks_vllm and (level or line.process or sig or event or version or looks):
             self.looks_vllm = True  # a vLLM line, or one of a failure another tool logged (pip, a build, Ray)
-        if not self.nonblank and message.strip():
+        if not blank:
             self.nonblank = True
         self.recent.append(line)
 
-    def _track_traceback(self, line: LogLine, message: str, claimed: bool) -> None:
-        if line.level in _QUIET_LEVELS and self.detail_of is None:
-            return  # tracebacks come at ERROR level or with no header
+    def _track_traceback(self, line: LogLine, message: str, claimed: bool, part: tuple) -> None:
         proc = line.process or ""
-        head = message.lstrip()[:40]
-        if head.startswith(_TRACEBACK):
+        kind = part[0]
+        if kind == "start":
             if len(self.frames) > 64:
                 self.frames.clear()
             self.frames[proc] = None
             self.detail_of = None
             return
-        if head.startswith('File "'):
-            m = _FRAME.match(message)
-            if m and proc in self.frames:
-                vllm = _VLLM_PATH.search(m.group("path"))
-                if vllm:
-                    self.frames[proc] = f"{vllm.group(1)}:{m.group('line')}"
+        if kind == "frame":
+            if part[1] and proc in self.frames:
+                self.frames[proc] = part[1]
             self.detail_of = None
             return
-        if head.startswith(_CHAINED):
+        if kind == "chain":
             self.detail_of = None
             return
-        exc = _exception(message)
-        if exc:
-            wrapper = bool(_WRAPPER_EXCEPTION.search(message))
-            in_traceback = proc in self.frames
+        if kind == "exception":
+            wrapper = part[1]
             record = _Exc(line, self.recent[-1] if self.recent else None, wrapper,
                           self.frames.pop(proc, None), self.phase, self.version, claimed=claimed)
             self.exceptions.append(record)
