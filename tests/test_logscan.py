@@ -468,7 +468,7 @@ def test_an_endless_stream_of_nul_bytes_stops_at_the_sample():
     zero = EndlessBytes(b"\0")
     source = logscan.LogInput(zero)
     assert list(source) == [] and "NUL" in source.binary
-    assert zero.reads * logscan.READ_BLOCK <= 2 * logscan.SAMPLE_BYTES
+    assert zero.reads * logscan.READ_BLOCK <= 2 * max(logscan.SAMPLE_BYTES, logscan.READ_BLOCK)
 
 
 def test_a_line_longer_than_the_cap_keeps_its_head_and_tail():
@@ -850,3 +850,14 @@ def test_an_error_line_that_ends_the_log_is_a_failure_without_an_exception():
     assert finding.id == "vllm-failed" and finding.evidence["first_line"] == 2
     # the same line followed by the server coming up is history, not the end
     assert [f.id for f in scan(start + docker + ["(APIServer pid=1) INFO:     Application startup complete."])] == ["startup-complete"]
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096, 1 << 18])
+def test_block_boundaries_do_not_change_the_lines(monkeypatch, block):
+    monkeypatch.setattr(logscan, "READ_BLOCK", block)
+    long_line = "(EngineCore pid=7) " + "ab\r" * 5000 + "KeyboardInterrupt"
+    text = "first\n\n" + long_line + "\nlast without newline"
+    want = [logscan._cap(line) for line in split_lines(text)]
+    assert list(logscan.LogInput(io.BytesIO(text.encode()))) == want
+    for log in LOGS[:10]:
+        assert list(logscan.LogInput(io.BytesIO(log.read_bytes()))) == list(logscan.LogInput(_read(log))), log.name

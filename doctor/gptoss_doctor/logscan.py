@@ -244,7 +244,7 @@ def load_signatures(path: Path | str = SIGNATURES_PATH) -> tuple[Signature, ...]
 LINE_HEAD_CHARS = 4096
 LINE_TAIL_CHARS = 4096
 ELIDED = " … "
-READ_BLOCK = 1 << 16
+READ_BLOCK = 1 << 18
 # The start of the input decides "binary": NUL bytes or undecodable bytes in this many.
 SAMPLE_BYTES = 1 << 16
 BINARY_SHARE = 0.10
@@ -323,55 +323,62 @@ class LogInput:
         self.finish_sample()
 
     def _blocks(self, stream) -> Iterator[str]:
-        """Lines of a binary stream through readline(limit): one C call per ordinary line, and a
-        line longer than the limit is read on in pieces of which only its head and tail stay."""
-        if isinstance(stream, io.RawIOBase) or not hasattr(stream, "readline"):
-            stream = io.BufferedReader(stream, READ_BLOCK)  # IOBase.readline would read byte by byte
-        readline = stream.readline
-        head_max, tail_max, limit = LINE_HEAD_CHARS, LINE_TAIL_CHARS, READ_BLOCK
+        """Lines of a binary stream, read in blocks split in C: a line that runs past a block is
+        carried over, and past LINE_HEAD_CHARS + LINE_TAIL_CHARS only its head and tail are."""
+        head_max, tail_max = LINE_HEAD_CHARS, LINE_TAIL_CHARS
+        cap = head_max + tail_max
+        elided_mark = ELIDED.encode()
+        head = b""  # the carried line's start (all of it while it is short)
+        tail = b""  # its end, once it is long
+        long = False
         seen = nul = 0
+        read = stream.read
         while True:
-            chunk = readline(limit)
-            if not chunk:
+            block = read(READ_BLOCK)
+            if not block:
                 break
             if seen < SAMPLE_BYTES:
-                # NULs are counted per piece: /dev/zero never ends a line to count them in
-                seen += len(chunk)
-                nul += chunk.count(b"\0")
+                # NULs are counted per block: /dev/zero never ends a line to count them in
+                seen += len(block)
+                nul += block.count(b"\0")
                 if seen >= 512 and nul / seen > BINARY_SHARE:
                     self.binary = f"{round(100 * nul / seen)}% of its first {seen} bytes are NUL"
                     return
-            if chunk[-1:] != b"\n" and len(chunk) == limit:
-                # a long line: keep its head and a rolling tail while the rest is read
-                head, tail = chunk[:head_max], chunk[head_max:][-tail_max:]
-                elided = len(chunk) > head_max + tail_max
-                while True:
-                    piece = readline(limit)
-                    if seen < SAMPLE_BYTES and piece:
-                        seen += len(piece)
-                        nul += piece.count(b"\0")
-                        if seen >= 512 and nul / seen > BINARY_SHARE:
-                            self.binary = f"{round(100 * nul / seen)}% of its first {seen} bytes are NUL"
-                            return
-                    if not piece:
-                        break
-                    done = piece[-1:] == b"\n"
-                    if done:
-                        piece = piece[:-1]
-                    if len(tail) + len(piece) > tail_max:
-                        elided = True
-                    tail = (tail + piece)[-tail_max:]
-                    if done:
-                        break
-                chunk = head + (ELIDED.encode() if elided else b"") + tail
-            elif chunk[-1:] == b"\n":
-                chunk = chunk[:-1]
-            text = chunk.decode("utf-8", "replace")
-            if len(text) > head_max + tail_max + 3:  # multi-byte characters: cap in characters too
-                text = _cap(text)
-            if self.chars < SAMPLE_BYTES and self._sample(text):
-                return
-            yield text
+            parts = block.split(b"\n")
+            last = parts.pop()  # the start of a line this block does not end
+            for i, piece in enumerate(parts):
+                if i == 0 and (head or long):
+                    if long:
+                        raw = head + elided_mark + (tail + piece)[-tail_max:]
+                    else:
+                        raw = head + piece
+                    head, tail, long = b"", b"", False
+                else:
+                    raw = piece
+                if len(raw) > cap:
+                    raw = raw[:head_max] + elided_mark + raw[-tail_max:]
+                text = raw.decode("utf-8", "replace")
+                if self.chars < SAMPLE_BYTES and self._sample(text):
+                    return
+                yield text
+            if last:
+                if not parts and (head or long):  # the carried line goes on through this block
+                    if long:
+                        tail = (tail + last)[-tail_max:]
+                    elif len(head) + len(last) > cap:
+                        joined = head + last
+                        head, tail, long = joined[:head_max], joined[-tail_max:], True
+                    else:
+                        head += last
+                elif len(last) > cap:
+                    head, tail, long = last[:head_max], last[-tail_max:], True
+                else:
+                    head = last
+        if head or long:
+            raw = head + elided_mark + tail if long else head
+            text = raw.decode("utf-8", "replace")
+            if not (self.chars < SAMPLE_BYTES and self._sample(text)):
+                yield text
         self.finish_sample()
 
 
