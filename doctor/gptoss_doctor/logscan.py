@@ -10,6 +10,13 @@ LINE_HEAD_CHARS + LINE_TAIL_CHARS is kept as its head and tail while it is read,
 ever sees more than that of one line, and the table refuses patterns that would backtrack over a
 long run (an unbounded repeat at their start).
 
+Never silent: beside the table's line rows, the scanner follows tracebacks (per process, across
+chained exceptions), the start-up phase and the vLLM version, and the lines that say a process
+ended (the `vllm-failed` row's patterns, systemd and gptoss-supervise exit statuses, an exception
+or ERROR line that ends the log with the server never up after it). A failure no row explains is
+reported as `vllm-failed` with its root-cause exception; an empty or binary input as
+`not-a-vllm-log`.
+
 The table is data: knowledge/signatures.toml, validated by `load_signatures()`. Order matters:
 a line belongs to the first signature in the file whose pattern matches it, so the specific
 signature sits above the generic one (Flutter's gradle_errors model). A signature marked
