@@ -226,20 +226,69 @@ def cmd_logs(args, started: float) -> int:
     env = _box(args)
     manager = _manager_fact(env)
     if args.files:
-        # all read first: a missing file fails before output
-        texts = [("stdin" if f == "-" else f, _read_input(f, "log file")) for f in args.files]
+        # all opened first: a missing file fails before output; each is then read as a stream
+        sources = [("stdin" if f == "-" else f, _open_log(f)) for f in args.files]
     else:
-        texts = [service_log(env, manager)]
+        sources = [service_log(env, manager)]
     # the fixes name this box's way to restart and read the service
     manager_name = (manager.get("value") or {}).get("manager") or "systemd"
     findings = []
-    for name, text in texts:
-        for finding in _scan(scan, text, manager_name):
-            finding.evidence = {"file": name, **finding.evidence}
-            findings.append(finding)
+    try:
+        for name, source in sources:
+            for finding in _scan(scan, source, manager_name):
+                finding.evidence = {"file": name, **finding.evidence}
+                findings.append(finding)
+    finally:
+        for _, source in sources:
+            if hasattr(source, "close") and source is not getattr(sys.stdin, "buffer", None) and source is not sys.stdin:
+                source.close()
+    judged = _judge_deployed_box(env, args)
+    if judged is not None:
+        # a deployed host: each log failure the box explains is folded into the box finding that
+        # names the cause (the tie table is the signatures' box_causes); the box's other findings
+        # are counted in one info finding: `gptoss-doctor` shows them
+        from .logscan import box_summary, tie_to_box  # noqa: PLC0415
+
+        findings = tie_to_box(findings, judged, keep_unrelated=False)
+        summary = box_summary(judged, findings)
+        if summary is not None:
+            findings.append(summary)
     report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
     # reading the service's own log: say which, since no FILE named it
-    return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({texts[0][0]})"))
+    return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({sources[0][0]})"))
+
+
+def _judge_deployed_box(env, args):
+    """The box findings of this host where the deploy left a manifest, else None. A box that
+    cannot be judged (no venv) leaves the logs' findings alone."""
+    from .collect.service import MANIFEST  # noqa: PLC0415
+
+    if not env.exists(MANIFEST):
+        return None
+    from .collect import VenvError, collect  # noqa: PLC0415
+    from .report import diagnose  # noqa: PLC0415
+
+    try:
+        snap = collect(env, venv_path=args.venv)
+    except VenvError:
+        return None
+    findings, _statuses = diagnose(snap)
+    return findings
+
+
+def _open_log(path: str):
+    """A log as a binary stream: the scanner reads it in blocks, splitting on b"\n" only."""
+    if path == "-":
+        return getattr(sys.stdin, "buffer", None) or sys.stdin  # a text stream when stdin is replaced
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by cmd_logs once scanned
+    except FileNotFoundError:
+        raise DoctorError(f"log file {path}: no such file") from None
+    except IsADirectoryError:
+        raise DoctorError(f"log file {path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DoctorError(f"log file {path}: cannot read ({e.strerror or e})") from None
+    return f
 
 
 def _box(args):
@@ -258,8 +307,8 @@ def _manager_fact(env) -> dict:
         return {"failed": f"{type(e).__name__}: {e}"}
 
 
-def service_log(env, manager: dict) -> tuple[str, str]:
-    """(where it came from, text) of the deployed service's log: gptoss-supervise's log file, or
+def service_log(env, manager: dict) -> tuple[str, object]:
+    """(where it came from, the log: an open binary file or the text) of the deployed service: gptoss-supervise's log file, or
     this boot's journal of the unit where systemd runs it. One line naming the problem otherwise."""
     from .collect.env import CommandError  # noqa: PLC0415
     from .service_manager import commands_for  # noqa: PLC0415
@@ -272,8 +321,7 @@ def service_log(env, manager: dict) -> tuple[str, str]:
     argv = sc.log_argv()
     if argv is None:
         try:
-            with open(env.path(sc.log_file), encoding="utf-8", errors="replace", newline="") as f:
-                return sc.log_file, f.read()
+            return sc.log_file, open(env.path(sc.log_file), "rb")  # noqa: SIM115 - closed by cmd_logs
         except FileNotFoundError:
             raise DoctorError(f"logs: the service's log {sc.log_file} does not exist: has {sc.supervise} ever "
                               f"started it? (`{sc.status()}`); or give a log file") from None
@@ -293,9 +341,11 @@ def service_log(env, manager: dict) -> tuple[str, str]:
     return shown, done.stdout
 
 
-def _scan(scan, text: str, manager: str = "systemd"):
+def _scan(scan, source, manager: str = "systemd"):
     try:
-        return scan(text, manager=manager)  # the scanner splits as grep -n does
+        return scan(source, manager=manager)  # the scanner splits as grep -n does
+    except OSError as e:  # a read error mid-file (EIO, a directory passed as /dev/fd)
+        raise DoctorError(f"logs: cannot read the log ({e.strerror or e})") from None
     except ValueError as e:  # the signature table failed validation: the doctor's own data is broken
         raise DoctorError(f"the doctor's log signatures are invalid: {e}") from None
 
