@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# The knowledge's parse cache goes to a folder of this run (removed at exit), not to the home of
+# whoever runs the tests; subprocesses (the doctor's CLI) inherit it.
+_KNOWLEDGE_CACHE = tempfile.TemporaryDirectory(prefix="gptoss-knowledge-cache-")
+os.environ["GPTOSS_DOCTOR_CACHE"] = _KNOWLEDGE_CACHE.name
 
 
 @pytest.fixture(scope="session")

@@ -343,7 +343,8 @@ _LB_FIX = "set a shell command run on the controller, e.g. 'lbctl drain {host}',
 
 TABLE: tuple[Key, ...] = (
     Key("gptoss_stack",
-        "REQUIRED. A stack name from the knowledge (doctor/gptoss_doctor/knowledge/stacks.toml, e.g. \"vllm-0.20.2\"): "
+        "REQUIRED. A stack name from the knowledge: every vLLM release (doctor/gptoss_doctor/knowledge/releases.toml, "
+        "e.g. \"vllm-0.34.0\"), or a build of stacks.toml (\"vllm-0.34.0-cu129\", \"vllm-0.34.0-rocm\"): "
         "fixes vLLM, torch, Triton, CUDA, the package indexes, the uv index strategy / prerelease / torch backend. "
         "The stack venv runs on the host's python3 where it is in the stack's Python range, else on uv's "
         "managed CPython (gptoss_python_mirror).",
