@@ -279,6 +279,8 @@ def _judge_deployed_box(env, args):
 def _open_log(path: str):
     """A log as a binary stream: the scanner reads it in blocks, splitting on b"\n" only."""
     if path == "-":
+        if sys.stdin is None or sys.stdin.closed:  # `<&-`, or a service started without stdin
+            raise DoctorError("log file -: stdin is closed or unreadable; pipe the input in, or give a file path")
         return getattr(sys.stdin, "buffer", None) or sys.stdin  # a text stream when stdin is replaced
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by cmd_logs once scanned
