@@ -65,6 +65,7 @@ def collect(
     started = time.perf_counter()
     jobs = [(fn.__name__, fn, keys) for fn, keys in COLLECTORS]
     jobs.append(("venv", partial(venv_facts, explicit=venv_path), VENV_KEYS))
+    jobs.append(("http_surface_fact", partial(exposure.http_surface_fact, explicit=venv_path), exposure.HTTP_SURFACE_KEYS))
     if deep:
         from ..deep import deep_fact  # noqa: PLC0415 - only with --deep
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
 import re
 import sys
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from ..cache import cache_dir, write_atomic
 from .queries import Knowledge
 from .rows import (
     PYPI_INDEX_URL,
@@ -744,16 +744,6 @@ CACHE_VERSION = 2
 _CODE = (Path(__file__), Path(__file__).with_name("rows.py"))
 
 
-def cache_dir() -> Path | None:
-    """$GPTOSS_DOCTOR_CACHE, else $XDG_CACHE_HOME/gptoss-doctor, else ~/.cache/gptoss-doctor;
-    None when GPTOSS_DOCTOR_CACHE is empty (no cache)."""
-    env = os.environ.get("GPTOSS_DOCTOR_CACHE")
-    if env is not None:
-        return Path(env) if env else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gptoss-doctor"
-
-
 def _validated_rows(data_dir: Path) -> dict[str, Any]:
     """The validated rows of the data files in `data_dir`, from the cache when its key matches."""
     raw = {}
@@ -779,17 +769,13 @@ def _validated_rows(data_dir: Path) -> dict[str, Any]:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise KnowledgeError(f"{fname}: not valid TOML ({e})") from None
     valid = _validate(data_dir, docs)
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(marshal.dumps(valid))
-            os.replace(tmp, cached)
-            for old in cached.parent.glob("knowledge-*.marshal"):  # older data's rows: never read again
-                if old != cached:
+    if cached is not None and write_atomic(cached, marshal.dumps(valid)):  # a read-only home: load without it
+        for old in cached.parent.glob("knowledge-*.marshal"):  # older data's rows: never read again
+            if old != cached:
+                try:
                     old.unlink(missing_ok=True)
-        except (OSError, ValueError):  # a read-only home: load without the cache
-            pass
+                except OSError:
+                    pass
     return valid
 
 
