@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import serveargs
 from ..snapshot import absent, failed, value
 from .env import Env
+from .live import listen_table
 from .service import MANIFEST, read_manifest, read_unit
 from .venv import find_venv, site_packages_dirs
 
@@ -61,10 +62,9 @@ def listening_sockets(env: Env) -> tuple[list[dict], list[str]]:
     """Listening TCP sockets: [{"address", "port", "inode"}] and the tables that could not be read."""
     sockets, unread = [], []
     for table in PROC_NET:
-        try:
-            text = env.read_text(table, limit=8 << 20)
-        except OSError as e:
-            unread.append(f"{table}: {e.strerror or e}")
+        text = listen_table(env, table)
+        if text is None:
+            unread.append(f"{table}: cannot read it")
             continue
         for line in text.splitlines()[1:]:
             cols = line.split()
@@ -78,22 +78,26 @@ def listening_sockets(env: Env) -> tuple[list[dict], list[str]]:
 def vllm_processes(env: Env) -> dict[int, set[int]]:
     """{pid: socket inodes it holds} for every vLLM server process (`serve` / api_server argv)."""
     out: dict[int, set[int]] = {}
-    proc = env.path("/proc")
+    proc = str(env.path("/proc"))
     try:
-        pids = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
+        pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
     except OSError:
         return out
     for pid in pids:
         try:
-            argv = env.path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            with open(f"{proc}/{pid}/cmdline", "rb") as f:
+                raw = f.read()
         except OSError:
             continue
-        if not any("vllm" in w for w in argv) or serveargs.serve_words([w for w in argv if w]) is None:
+        if b"vllm" not in raw:  # most processes: not decoded, not parsed
+            continue
+        argv = raw.decode(errors="replace").split("\0")
+        if serveargs.serve_words([w for w in argv if w]) is None:
             continue
         inodes: set[int] = set()
         try:
-            for fd in env.path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
+            for fd in os.listdir(f"{proc}/{pid}/fd"):
+                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(int(target[8:-1]))
         except OSError:
