@@ -31,10 +31,21 @@ from .rows import (
     Stack,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 hosts only
-    import tomli as tomllib
+
+def _toml():
+    """tomllib (tomli on 3.10), imported on a cache miss only: with it come datetime and its
+    regexes, about 5 ms of every doctor run that reads the rows from the cache."""
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: PLC0415
+    else:  # pragma: no cover - exercised on 3.10 hosts only
+        import tomli as tomllib  # noqa: PLC0415
+    return tomllib
+
+
+def __getattr__(name: str) -> Any:
+    if name == "tomllib":  # `loading.tomllib`, as before the import became lazy
+        return _toml()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # packaging.requirements (with its marker parser) is imported where a requirement is validated:
 # a load from the cache validates nothing and skips that import (about 25 ms).
@@ -416,6 +427,7 @@ def _parse_rows(fname: str, table: str, rows: Any, spec: _Spec) -> list[dict[str
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -426,6 +438,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_toml_text(text: str, display: str) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -763,6 +776,7 @@ def _validated_rows(data_dir: Path) -> dict[str, Any]:
         except (OSError, ValueError, EOFError, TypeError):
             pass
     docs = {}
+    tomllib = _toml()
     for fname in DATA_FILES:
         try:
             docs[fname] = tomllib.loads(raw[fname].decode("utf-8"))
