@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -23,6 +22,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from . import serveargs
+from .records import frozen_record
 
 ADVISORIES_FILE = Path(__file__).parent / "knowledge" / "advisories.toml"
 ADVISORIES_CACHE_VERSION = 1
@@ -42,7 +42,7 @@ class AdvisoryError(ValueError):
     """A bad advisories file: `<file>: advisory <n> (<id>): <field>: <problem>`."""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Advisory:
     id: str
     aliases: tuple[str, ...]
@@ -74,7 +74,7 @@ class Advisory:
                 "kv-connector": "a KV-transfer connector (--kv-transfer-config)"}[self.kind]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Applicable:
     advisory: Advisory
     holds: bool | None  # None: could not be ruled out from what is known (no installed source yet)
