@@ -15,7 +15,6 @@ output is plain ANSI (no rich import), coloured on a terminal unless NO_COLOR, o
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import json
 import io
@@ -147,26 +146,10 @@ def _emit(report: dict, as_json: bool, title: str = PROG) -> int:
     return report["exit_code"]
 
 
-def _prepare_checks() -> None:
-    """Import the checks and load the shipped knowledge, diagnose()'s first steps, in a thread
-    while the collectors wait on their commands (nvidia-smi, nvcc, systemctl): under the GIL only
-    that waiting overlaps, but it is 10-20 ms of a run. A failure here is left for diagnose()
-    to meet again and report."""
-    try:
-        from . import checks  # noqa: F401,PLC0415
-        from .knowledge import load  # noqa: PLC0415
-
-        load()
-    except BaseException:  # noqa: BLE001, S110 - diagnose() raises it again, as one line
-        pass
-
-
 def cmd_diagnose(args, started: float) -> int:
     from .report import build_report, diagnose  # noqa: PLC0415
 
     only = _only(args.only)
-    from . import collect  # noqa: F401,PLC0415 - imported here first: the thread below imports no collector
-    _thread.start_new_thread(_prepare_checks, ())
     snap = _collect(args)
     findings, statuses = diagnose(snap, only)
     report = build_report(findings, snap.facts, statuses, snap.data.get("host"), round(time.perf_counter() - started, 3))
