@@ -848,7 +848,7 @@ def test_the_tie_table_names_real_box_checks():
 
 def test_an_error_line_that_ends_the_log_is_a_failure_without_an_exception():
     start = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0"]
-    docker = ['docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].']
+    docker = ['docker: Error response from daemon: Conflict. The container name "/vllm" is already in use by container "1f2e".']
     (finding,) = scan(start + docker)
     assert finding.id == "vllm-failed" and finding.evidence["first_line"] == 2
     # the same line followed by the server coming up is history, not the end

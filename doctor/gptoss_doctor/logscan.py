@@ -563,7 +563,9 @@ def _normal_level(level: str | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 _EXCEPTION_LINE = re.compile(
-    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Failed|Timeout))(?::\s*(?P<text>.*))?$"
+    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Failed|Timeout|Group))"
+    # Ray names the remote exception in brackets: "ray.exceptions.RayTaskError(ValueError): ..."
+    r"(?:\((?P<inner>[\w.]+)\))?(?::\s*(?P<text>.*))?$"
 )
 # Wrappers that re-raise something else: never a root cause by themselves.
 _WRAPPER_EXCEPTION = re.compile(
@@ -837,11 +839,12 @@ class _Scanner:
         if sig is not None:
             self._record(line, sig, groups)
         level = line.level
+        claimed = sig is not None  # a row that knows the line explains it
         # tracebacks come at ERROR level or with no header; a quoted exception's detail on any line
         if (part[0] is not None and level not in _QUIET_LEVELS) or self.detail_of is not None:
-            self._track_traceback(line, message, sig is not None, part)
+            self._track_traceback(line, message, claimed, part)
         if (error_text or level in _ERROR_LEVELS) and not blank:
-            self.terminal_error = (line, self.phase, sig is not None)
+            self.terminal_error = (line, self.phase, claimed)
         if not self.looks_vllm and (level or line.process or sig or event or version or looks):
             self.looks_vllm = True  # a vLLM line, or one of a failure another tool logged (pip, a build, Ray)
         if not blank:
