@@ -1013,6 +1013,17 @@ def _fill(template: str, groups: dict[str, list[str]]) -> str:
         return template
 
 
+# A source the user may follow: a public URL or a file of this project. Anything else (a path of
+# the machine the table was written on, a note's name) stays out of what the doctor prints.
+_PUBLIC_SOURCE = re.compile(r"https://|\b(?:doctor|tests|docs|bench|deploys|scripts|testbed)/[\w./-]+")
+_PRIVATE_SOURCE = re.compile(r"(?:^|[\s(;'\"])/(?:work|home|root|tmp)/|\bshared/(?:notes|reference|data)\b")
+
+
+def public_source(source: str) -> str | None:
+    """`source` when it cites a public URL or a project file and no local path; else None."""
+    return source if _PUBLIC_SOURCE.search(source) and not _PRIVATE_SOURCE.search(source) else None
+
+
 def _finding(hit: _Hit, manager: str) -> Finding:
     sig = hit.signature
     evidence: dict = {
@@ -1026,7 +1037,8 @@ def _finding(hit: _Hit, manager: str) -> Finding:
         evidence["captured"] = {k: [redact(x) for x in v] for k, v in hit.groups.items()}
     if hit.first.process:
         evidence["process"] = hit.first.process
-    evidence["source"] = sig.source
+    if public_source(sig.source):
+        evidence["source"] = sig.source
     if hit.root_cause is not None:
         evidence["root_cause"] = {
             "line": hit.root_cause.number,
@@ -1148,7 +1160,8 @@ def _failure_finding(sc: "_Scanner", f: _Failure, manager: str) -> Finding:
         what = exc if len(exc) <= 160 else exc[:160] + " …"
     else:
         what = f.last.message.strip()[:160]
-    evidence["source"] = sig.source
+    if public_source(sig.source):
+        evidence["source"] = sig.source
     groups = {"phase": [f.phase], "exception": [redact(what)], "version": [version],
               "raised_at": [root.raised_at if root is not None and root.raised_at else "a frame the log does not show"]}
     return Finding(
@@ -1168,7 +1181,8 @@ def _not_a_log(sig: Signature, why: str, lines: int, severity: str | None = None
         id=sig.id,
         severity=severity or sig.severity,
         title=_fill(sig.title, {"why": [why]}),
-        evidence={"first_line": 0, "lines": lines, "why": why, "source": sig.source},
+        evidence={"first_line": 0, "lines": lines, "why": why,
+                  **({"source": sig.source} if public_source(sig.source) else {})},
         fix=Fix(text=sig.fix, commands=list(sig.commands)),
         links=list(sig.links),
     )
