@@ -575,8 +575,13 @@ _WRAPPER_EXCEPTION = re.compile(
 )
 
 
+_PASTE_INDENT = " \t>|"
+
+
 def _exception(message: str) -> re.Match | None:
     """The match of an exception line ("KeyError: 'x'", "torch.OutOfMemoryError: ..."), cheaply refused."""
+    if message[:1] in _PASTE_INDENT:  # pasted indented, quoted ("> ") or from an exception group ("  | ")
+        message = message.lstrip(_PASTE_INDENT)
     if not message or not message[0].isalpha() and message[0] != "_":
         return None
     return _EXCEPTION_LINE.match(message)
@@ -629,7 +634,11 @@ def redact(text: str) -> str:
 
 MAX_LINE_NUMBERS = 20  # per finding: the first line numbers; count and last_line say the rest
 MAX_VALUES = 8  # distinct captured values kept per group
-MESSAGE_CACHE = 4096  # messages whose match is remembered: crash loops repeat the same lines
+# Messages whose match is remembered: crash loops repeat the same lines (a day of restarts of one
+# service holds a few thousand distinct ones, its config dumps among them). Bounded in entries and
+# in characters: it is emptied when either is reached.
+MESSAGE_CACHE = 16384
+MESSAGE_CACHE_CHARS = 16 << 20
 
 
 @dataclass
@@ -765,6 +774,7 @@ class _Scanner:
         self.recent: deque[LogLine] = deque(maxlen=CONTEXT_BEFORE)
         self.awaiting: list = []  # hits and failures still showing context after a match
         self.cache: dict[str, tuple] = {}
+        self.cache_chars = 0
         self.last_exception: LogLine | None = None  # the latest non-wrapper exception line
         self.before_exception: LogLine | None = None  # the line above it
         self.lines = 0
@@ -810,8 +820,10 @@ class _Scanner:
         else:
             event = version = None
         found = (sig, groups, event, version, blank, error_text, looks, _traceback_part(message))
-        if len(self.cache) >= MESSAGE_CACHE:
+        self.cache_chars += len(message)
+        if len(self.cache) >= MESSAGE_CACHE or self.cache_chars > MESSAGE_CACHE_CHARS:
             self.cache.clear()
+            self.cache_chars = len(message)
         self.cache[message] = found
         return found
 
