@@ -712,8 +712,10 @@ _STOPPED = re.compile(r"status=(?:0/SUCCESS|15/TERM|2/INT|0|-15|-2)\b")
 _TRACEBACK = "Traceback (most recent call last)"
 _QUIET_LEVELS = frozenset(("INFO", "DEBUG"))
 _ERROR_LEVELS = frozenset(("ERROR", "CRITICAL"))
-# another tool's error line: "docker: Error response from daemon: ...", "error: ...", "FATAL: ..."
-_ERROR_TEXT = re.compile(r"(?:[\w.-]+: )?(?:[Ee]rror|ERROR|FATAL|[Ff]atal)\b:?")
+# another tool's error line: "docker: Error response from daemon: ...", "error: ...", "FATAL: ...",
+# "[ERROR] ...", and C++'s glog/c10 levels: "E1203 12:00:00.123 ...", "[E ProcessGroupNCCL.cpp:475] ..."
+_ERROR_TEXT = re.compile(r"(?:[\w.-]+: )?(?:[Ee]rror|ERROR|FATAL|[Ff]atal)\b:?|\[(?:ERROR|FATAL|CRITICAL)\]"
+                         r"|[EF]\d{4} \d\d:\d\d:\d\d|\[[EF] [\w.]+:\d+\]")
 _LOOKS_LIKE_A_LOG = re.compile(r"(?i)vllm|error|fail|exception|warning|traceback|killed|denied|not found")
 _CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 _FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
@@ -863,6 +865,9 @@ class _Scanner:
             if len(self.frames) > 64:
                 self.frames.clear()
             self.frames[proc] = None
+            # a traceback the log ends inside (cut before its exception line) ended the process too
+            if self.terminal_error is None or self.terminal_error[0].number < line.number:
+                self.terminal_error = (line, self.phase, False)
             self.detail_of = None
             return
         if kind == "frame":
