@@ -825,7 +825,8 @@ def test_a_failure_without_a_traceback_is_not_silent(end):
              "(EngineCore_DP0 pid=9) INFO 10-25 13:08:09 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b..."]
     errors = [f for f in scan(start + end.split("\n")) if f.severity == "error"]
     assert errors, end
-    if not logscan._Scanner(load_signatures(), "systemd").events.search(end.split("\n")[-1]):
+    (ended,) = [s for s in load_signatures() if s.kind == "failure"]
+    if ended.match(end.split("\n")[-1]) is None:
         # an error line (not a line saying a process ended) followed by the server coming up is
         # history, not the end
         up = ["(APIServer pid=1) INFO:     Application startup complete."]
@@ -988,3 +989,32 @@ def test_block_boundaries_do_not_change_the_lines(monkeypatch, block):
     assert list(logscan.LogInput(io.BytesIO(text.encode()))) == want
     for log in LOGS[:10]:
         assert list(logscan.LogInput(io.BytesIO(log.read_bytes()))) == list(logscan.LogInput(_read(log))), log.name
+
+
+@pytest.mark.parametrize("pattern, needles", [
+    (r"Engine core initialization failed", ("Engine core initialization failed",)),
+    (r"\bEADDRINUSE\b", ("EADDRINUSE",)),
+    (r"No such file or directory: '(?P<p>[^']*/bin/nvcc)'", ("No such file or directory: '",)),
+    (r"(?:Unknown|Invalid) attention backend", (" attention backend",)),
+    (r"oom-kill\b|OOM killer\b", ("oom-kill", "OOM killer")),
+    (r"(?i)mxfp4 not supported", None),  # no case-sensitive text every match holds
+    (r"(?:ab)?x", None),
+])
+def test_pattern_needles_are_texts_every_match_holds(pattern, needles):
+    assert logscan.pattern_needles(re.compile(pattern)) == needles
+
+
+def test_needles_never_hide_a_match():
+    """The prefilter only skips patterns that cannot match: on every fixture line, a pattern that
+    matches holds one of its needles, and the scan with and without the prefilter agree."""
+    table = load_signatures()
+    plain = [replace(s, needles=()) for s in table]
+    for log in LOGS:
+        for line in _read(log):
+            message = parse_line(1, line).message
+            for sig in table:
+                for pattern, need in zip(sig.patterns, sig.needles):
+                    if need is not None and pattern.search(message):
+                        assert any(n in message for n in need), (sig.id, pattern.pattern, message)
+        assert [(f.id, f.evidence.get("line_numbers")) for f in _scan_file(log)] == \
+            [(f.id, f.evidence.get("line_numbers")) for f in scan(_read(log), signatures=plain)], log.name

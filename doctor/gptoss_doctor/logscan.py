@@ -93,6 +93,8 @@ class Signature:
     # Box check ids (gptoss-doctor's own checks) that explain this log failure when the box
     # they judge is the one the log came from: `logs` on a deployed host reports them as the cause.
     box_causes: tuple[str, ...] = ()
+    # per pattern: texts one of which a line must hold for it to match (None: no such text)
+    needles: tuple = ()
 
     def commands_for(self, manager: str) -> tuple[str, ...]:
         return self.supervisor_commands if manager == "supervisor" and self.supervisor_commands else self.commands
@@ -100,7 +102,10 @@ class Signature:
     def match(self, message: str) -> dict[str, str] | None:
         """None when no pattern matches; else the named groups of every pattern that matches."""
         groups: dict[str, str] | None = None
-        for pattern in self.patterns:
+        needles = self.needles if len(self.needles) == len(self.patterns) else (None,) * len(self.patterns)
+        for pattern, need in zip(self.patterns, needles):
+            if need is not None and (need[0] not in message if len(need) == 1 else not any(n in message for n in need)):
+                continue
             m = pattern.search(message)
             if m:
                 groups = groups or {}
@@ -153,6 +158,55 @@ def _compile(pattern: object, where: str) -> re.Pattern:
         raise SignatureError(f"{where}: bad regex {pattern!r}: {e}") from None
 
 
+try:  # the regex parser, to find the text a pattern cannot match without
+    from re import _constants as _sre_c, _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover - 3.10 hosts
+    import sre_constants as _sre_c
+    import sre_parse as _sre_parse
+
+MIN_NEEDLE = 3
+
+
+def _needles_of(items, ignorecase: bool) -> tuple[str, ...] | None:
+    """Texts one of which every match of this parsed sequence contains, or None when none is sure."""
+    best: tuple[str, ...] | None = None
+
+    def consider(candidate):
+        nonlocal best
+        if candidate and min(map(len, candidate)) >= MIN_NEEDLE and (
+                best is None or min(map(len, candidate)) > min(map(len, best))):
+            best = candidate
+
+    run: list[str] = []
+    for op, av in list(items) + [(None, None)]:
+        if op is _sre_c.LITERAL and not ignorecase:
+            run.append(chr(av))
+            continue
+        consider(("".join(run),) if run else None)
+        run = []
+        if op is _sre_c.SUBPATTERN:
+            _, add_flags, _, sub = av
+            if not add_flags & _sre_c.SRE_FLAG_IGNORECASE:
+                consider(_needles_of(sub.data, ignorecase))
+        elif op is _sre_c.BRANCH:
+            alternatives = [_needles_of(alt.data, ignorecase) for alt in av[1]]
+            if all(alternatives):
+                consider(tuple(n for alt in alternatives for n in alt))
+        elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT) and av[0] >= 1:
+            consider(_needles_of(av[2].data, ignorecase))
+    return best
+
+
+def pattern_needles(pattern: re.Pattern) -> tuple[str, ...] | None:
+    """Texts one of which any line the pattern matches contains: a cheap `in` test skips the
+    regex on most lines (a crash loop's thousands of distinct restart lines match no row)."""
+    try:
+        parsed = _sre_parse.parse(pattern.pattern, pattern.flags)
+    except Exception:  # pragma: no cover - compiled already; never worse than no prefilter
+        return None
+    return _needles_of(parsed.data, bool(parsed.state.flags & _sre_c.SRE_FLAG_IGNORECASE))
+
+
 def _signature_from_row(row: object, where: str) -> Signature:
     if not isinstance(row, dict):
         raise SignatureError(f"{where}: expected a table, got {type(row).__name__}")
@@ -200,6 +254,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         kind=row.get("kind", "line"),
         box_causes=tuple(row.get("box_causes", [])),
         weak=row.get("weak", False),
+        needles=tuple(pattern_needles(p) for p in patterns),
     )
 
 
@@ -675,13 +730,6 @@ class _Hit:
 _USER_TEXT = re.compile(r"^(?:Received request|Generated response|Added request) \S+: (?:prompt|output)")
 
 
-def _gate_body(pattern: re.Pattern) -> str:
-    body = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
-    if body.startswith("(?i)"):  # a global flag must become a scoped one inside the union
-        body = "(?i:" + body[4:] + ")"
-    return "(?:" + body + ")"
-
-
 # --------------------------------------------------------------------------------------------
 # The failure detector: independent of the table's line rows, it sees vLLM fail and where
 # --------------------------------------------------------------------------------------------
@@ -749,6 +797,30 @@ class _Failure:
     shown: dict[int, _Shown] = field(default_factory=dict)
 
 
+def _row_index(rows: Sequence[Signature]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """The rows to try on every line (a pattern without needles), and for each first three
+    characters of a needle the rows that needle belongs to."""
+    always: list[int] = []
+    index: dict[str, set[int]] = {}
+    texts: list[tuple[int, str]] = []
+    for n, row in enumerate(rows):
+        needles = row.needles if len(row.needles) == len(row.patterns) else (None,)
+        if any(need is None for need in needles):
+            always.append(n)
+        else:
+            texts += [(n, text) for need in needles for text in need]
+    # each needle is filed under its rarest three characters among all needles' (" is" and "Err"
+    # begin many; "EAD" of "EADDRINUSE" few)
+    seen: dict[str, int] = {}
+    for _, text in texts:
+        for gram in {text[i:i + 3] for i in range(len(text) - 2)}:
+            seen[gram] = seen.get(gram, 0) + 1
+    for n, text in texts:
+        gram = min((text[i:i + 3] for i in range(len(text) - 2)), key=lambda g: seen[g])
+        index.setdefault(gram, set()).add(n)
+    return tuple(always), {k: tuple(v) for k, v in index.items()}
+
+
 class _Scanner:
     """Feed LogLines in order; state stays bounded whatever the number of lines."""
 
@@ -756,14 +828,12 @@ class _Scanner:
         self.table = tuple(table)
         self.manager = manager
         self.lines_table = tuple(s for s in self.table if s.kind == "line")
+        self.always, self.by_trigram = _row_index(self.lines_table)
         self.failure_sig = next((s for s in self.table if s.kind == "failure"), None)
         self.input_sig = next((s for s in self.table if s.kind == "input"), None)
-        failure_patterns = self.failure_sig.patterns if self.failure_sig else ()
-        self.events = re.compile("|".join(
-            [f"(?P<phase{n}>{body})" for n, (_, body) in enumerate(_PHASE_MARKERS)]
-            + [f"(?P<failed>{_gate_body(p)})" for p in failure_patterns[:1]]
-            + [f"(?P<failed{n}>{_gate_body(p)})" for n, p in enumerate(failure_patterns[1:], start=1)]
-        ))
+        # the phases: one union of a few alternatives; the lines that say a process ended: the
+        # failure row's patterns, each on its own as the line rows'
+        self.phases = re.compile("|".join(f"(?P<phase{n}>{body})" for n, (_, body) in enumerate(_PHASE_MARKERS)))
         self.hits: dict[str, _Hit] = {}
         self.recent: deque[LogLine] = deque(maxlen=CONTEXT_BEFORE)
         self.awaiting: list = []  # hits and failures still showing context after a match
@@ -799,15 +869,24 @@ class _Scanner:
         error_text = not blank and bool(_ERROR_TEXT.match(message))
         looks = bool(_LOOKS_LIKE_A_LOG.search(message))
         if not blank and not _USER_TEXT.match(message):
-            # each pattern on its own: sre skips ahead in C to a pattern's literal start, which one
-            # union of all the patterns cannot do (measured: bench/logscan_stream.py)
-            for row in self.lines_table:
+            # only the rows that can match: those with a needle whose first three characters the
+            # message holds, and those without needles (measured: bench/logscan_stream.py)
+            by_trigram = self.by_trigram
+            rows = set(self.always)
+            for i in range(len(message) - 2):
+                found = by_trigram.get(message[i:i + 3])
+                if found:
+                    rows.update(found)
+            lines_table = self.lines_table
+            for n in sorted(rows):
+                row = lines_table[n]
                 groups = row.match(message)
                 if groups is not None:
                     sig = row  # the first row in table order claims the line
                     break
-            m = self.events.search(message)
-            event = m.lastgroup if m else None
+            m = self.phases.search(message)
+            event = m.lastgroup if m else (
+                "failed" if self.failure_sig is not None and self.failure_sig.match(message) is not None else None)
             version = None
             if event == "phase0":  # the start of a run is where the version is printed
                 found_version = _VERSION.search(message)
