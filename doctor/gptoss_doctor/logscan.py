@@ -8,7 +8,9 @@
 One pass, line by line, in memory bounded whatever the input: a line longer than
 LINE_HEAD_CHARS + LINE_TAIL_CHARS is kept as its head and tail while it is read, so no pattern
 ever sees more than that of one line, and the table refuses patterns that would backtrack over a
-long run (an unbounded repeat at their start).
+long run (an unbounded repeat at their start). Each pattern knows texts one of which every match
+holds (its needles, read off the parsed regex): a line runs only the rows whose needles' rarest
+three characters it holds, and each distinct message is classified once (crash loops repeat).
 
 Never silent: beside the table's line rows, the scanner follows tracebacks (per process, across
 chained exceptions), the start-up phase and the vLLM version, and the lines that say a process
