@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from gptoss_doctor import logscan
 from gptoss_doctor.logscan import SignatureError, load_signatures, parse_line, parse_signatures, scan, split_lines
 
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 LOGS = sorted(FIXTURES.glob("*.log"))
 
@@ -721,6 +723,129 @@ FAMILY_VARIANTS = {
 }
 
 
+# Wordings each family row was widened to, from the code that prints them (the row's `source`
+# names the file): one line each, the way it reaches a log.
+WIDENED_VARIANTS = {
+    "attention-backend-unknown": [
+        # vllm/v1/attention/backends/registry.py, inside the pydantic validator of AttentionConfig
+        "Value error, Unknown attention backend: 'FLASH_ATTN_VLLM_V1'. Valid options are: FLASH_ATTN, TRITON_ATTN",
+        "ValueError: Invalid value 'XFORMERS' for env variable VLLM_ATTENTION_BACKEND. Valid options: ['FLASH_ATTN']",
+        "ValueError: Selected backend AttentionBackendEnum.FLASH_ATTN is not valid for this configuration. Reason: ['compute capability not supported']",
+    ],
+    "bad-cuda-home": [
+        "RuntimeError: CUDA_HOME is not set",
+        "/opt/cu/include/crt/host_config.h:1:10: fatal error: cuda_runtime.h: No such file or directory",
+    ],
+    "dist-port-in-use": [
+        "zmq.error.ZMQError: Address already in use (addr='tcp://10.0.0.2:29550')",
+        "[W socket.cpp:464] [c10d] The server socket has failed to bind to [::]:29500 (errno: 98 - Address already in use).",
+        "NCCL WARN Net : Call to bind failed : Address already in use",
+    ],
+    "host-oom-killed": [
+        "[ 9123.4] Memory cgroup out of memory: Killed process 4242 (python3) total-vm:190123456kB",
+        "gptoss-vllm.service: Main process exited, code=killed, status=9/KILL",
+        "torch.multiprocessing.spawn.ProcessExitedException: process 0 terminated with signal SIGKILL",
+        "vllm-1 exited with code 137",
+        "/opt/run.sh: line 3:  4242 Killed                  vllm serve openai/gpt-oss-20b",
+        "RuntimeError: DataLoader worker (pid 4242) is killed by signal: Killed.",
+    ],
+    "jit-build-failed": [
+        "collect2: error: ld returned 1 exit status",
+        "error: command '/usr/local/cuda/bin/nvcc' failed with exit code 1",
+        "subprocess.CalledProcessError: Command '['ninja', '-v']' returned non-zero exit status 1.",
+        "RuntimeError: Ninja build failed. Ninja output:",
+        "/x/csrc/moe.cu(41): error: identifier \"__nv_fp8_e4m3\" is undefined",
+        "FAILED: fused_moe_sm100.cuda.o",
+        "triton.compiler.errors.CompilationError: at 12:4:",
+    ],
+    "model-files-permission-denied": [
+        "mkdir: cannot create directory ‘/var/lib/gptoss/hf/hub’: Permission denied",
+        "PermissionError: [Errno 1] Operation not permitted: '/models/gpt-oss-20b/.cache'",
+        "OSError: [Errno 13] Permission denied",
+    ],
+    "model-path-missing": [
+        "OSError: gpt-oss-20b is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'",
+        "OSError: Incorrect path_or_model_id: '/srv/models/gpt-oss'. Please provide either the path to a local folder or the repo_id of a model on the Hub.",
+        "OSError: Can't load tokenizer for '/models/gpt-oss-20b'. If you were trying to load it from 'https://huggingface.co/models', make sure",
+        "RuntimeError: Cannot find any model weights with `/models/gpt-oss-20b`",
+        "huggingface_hub.errors.RevisionNotFoundError: 404 Client Error. Revision Not Found for url: https://huggingface.co/api/models/openai/gpt-oss-20b/revision/v9",
+    ],
+    "moe-backend-unsupported": [
+        "ValueError: moe_backend='deepgemm' is not supported for MXFP4 MoE. Expected one of ['triton', 'marlin'].",
+        "ValueError: Unknown MXFP4 MoE backend: CK",
+        "ValueError: VLLM_USE_FLASHINFER_MOE_MXFP4_BF16=1 is set but the current device capability is not supported. Only SM90 (CUTLASS) and SM100+ (TRTLLM) are supported.",
+        "ValueError: Mxfp4 MoE backend 'MARLIN' does not support the deployment configuration since the activation is not supported.",
+    ],
+    "no-cuda-gpus-available": [
+        "UserWarning: CUDA initialization: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver",
+        "RuntimeError: CUDA error: no CUDA-capable device is detected",
+        "RuntimeError: Device string must not be empty",
+        "RuntimeError: No HIP GPUs are available",
+        'docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].',
+    ],
+    "package-version-conflict": [
+        "ImportError: tokenizers>=0.11.1,!=0.11.3,<0.14 is required for a normal functioning of this module, but found tokenizers==0.14.0.",
+        "pkg_resources.ContextualVersionConflict: (transformers 4.30.0 (/x), Requirement.parse('transformers>=4.40'), {'vllm'})",
+        "ERROR: Package 'vllm' requires a different Python: 3.8.10 not in '>=3.9'",
+        "ERROR: Could not find a version that satisfies the requirement torch==2.9.0+cu130 (from versions: 2.8.0)",
+        "  ╰─▶ Because vllm==0.10.1 depends on torch==2.7.1 and you require torch==2.8.0, we can conclude that your requirements are unsatisfiable.",
+    ],
+    "python-module-missing": [
+        "ImportError: AutoTokenizer requires the protobuf library but it was not found in your environment.",
+        "ImportError: Please install vllm[audio] for audio support",
+        "/bin/sh: 1: vllm: not found",
+    ],
+    "vllm-config-invalid": [
+        "ValueError: max_num_seqs must be greater than 0, got -1",
+        "vllm serve: error: ambiguous option: --max-num could match --max-num-seqs, --max-num-batched-tokens",
+        "ValueError: invalid literal for int() with base 10: 'auto'",
+    ],
+}
+
+
+@pytest.mark.parametrize("family, line", [(f, line) for f, lines in WIDENED_VARIANTS.items() for line in lines])
+def test_a_widened_family_row_names_each_wording_of_its_class(family, line):
+    errors = [f.id for f in scan(["(EngineCore_DP0 pid=1) ERROR 11-28 00:40:40 [core.py:1] " + line]) if f.severity == "error"]
+    assert errors == [family]
+
+
+@pytest.mark.parametrize("end", [
+    "vllm-1 exited with code 1",
+    "terminate called after throwing an instance of 'c10::Error'",
+    "/opt/run.sh: line 3:  4242 Segmentation fault      vllm serve openai/gpt-oss-20b",
+    "Aborted (core dumped)",
+    "E1128 00:40:40.123456 4242 core_worker.cc:837] :info_message: Attempting to recover 1 lost objects",
+    "[ERROR] engine exited",
+    "Warning  BackOff  12s (x5 over 2m)  kubelet  Back-off restarting failed container vllm in pod vllm-0",
+    # a traceback the log was cut inside, before its exception line
+    'Traceback (most recent call last):\n  File "/opt/gptoss/current/lib/python3.12/site-packages/vllm/v1/engine/core.py", line 708, in run_engine_core',
+])
+def test_a_failure_without_a_traceback_is_not_silent(end):
+    start = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+             "(EngineCore_DP0 pid=9) INFO 10-25 13:08:09 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b..."]
+    errors = [f for f in scan(start + end.split("\n")) if f.severity == "error"]
+    assert errors, end
+    (ended,) = [s for s in load_signatures() if s.kind == "failure"]
+    if ended.match(end.split("\n")[-1]) is None:
+        # an error line (not a line saying a process ended) followed by the server coming up is
+        # history, not the end
+        up = ["(APIServer pid=1) INFO:     Application startup complete."]
+        assert not [f for f in scan(start + end.split("\n") + up) if f.severity == "error"], end
+
+
+def test_every_source_is_public_and_evidence_never_shows_a_local_path():
+    for sig in load_signatures():
+        assert logscan.public_source(sig.source), f"{sig.id}: source cites neither a public URL nor a project file"
+        for path in re.findall(r"\b(?:doctor|tests|docs|bench)/[\w./-]*\w", sig.source):
+            assert (ROOT / path).exists(), f"{sig.id}: source names {path}, not a file of this project"
+    assert logscan.public_source("seen in /work/shared/notes/gpu-vllm-facts.md") is None
+    assert logscan.public_source("quoted in shared/reference/x.md, https://example.org") is None
+    (finding,) = scan(["OSError: [Errno 13] Permission denied: '/models/x'"], signatures=[
+        replace(s, source="/work/shared/notes/x.md") if s.id == "model-files-permission-denied" else s for s in load_signatures()])
+    assert "source" not in finding.evidence
+    for fixture in sorted(FIXTURES.glob("*.json")) + sorted((ROOT / "tests/fixtures/gpu").rglob("*.json")):
+        assert not re.search(r"/work/|shared/(?:notes|reference|data)", fixture.read_text()), fixture
+
 @pytest.mark.parametrize("family, line", [(f, line) for f, lines in FAMILY_VARIANTS.items() for line in lines])
 def test_a_family_row_names_each_wording_of_its_class(family, line):
     errors = [f.id for f in scan(["(EngineCore_DP0 pid=1) ERROR 11-28 00:40:40 [core.py:1] " + line]) if f.severity == "error"]
@@ -848,7 +973,7 @@ def test_the_tie_table_names_real_box_checks():
 
 def test_an_error_line_that_ends_the_log_is_a_failure_without_an_exception():
     start = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0"]
-    docker = ['docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].']
+    docker = ['docker: Error response from daemon: Conflict. The container name "/vllm" is already in use by container "1f2e".']
     (finding,) = scan(start + docker)
     assert finding.id == "vllm-failed" and finding.evidence["first_line"] == 2
     # the same line followed by the server coming up is history, not the end
@@ -864,3 +989,32 @@ def test_block_boundaries_do_not_change_the_lines(monkeypatch, block):
     assert list(logscan.LogInput(io.BytesIO(text.encode()))) == want
     for log in LOGS[:10]:
         assert list(logscan.LogInput(io.BytesIO(log.read_bytes()))) == list(logscan.LogInput(_read(log))), log.name
+
+
+@pytest.mark.parametrize("pattern, needles", [
+    (r"Engine core initialization failed", ("Engine core initialization failed",)),
+    (r"\bEADDRINUSE\b", ("EADDRINUSE",)),
+    (r"No such file or directory: '(?P<p>[^']*/bin/nvcc)'", ("No such file or directory: '",)),
+    (r"(?:Unknown|Invalid) attention backend", (" attention backend",)),
+    (r"oom-kill\b|OOM killer\b", ("oom-kill", "OOM killer")),
+    (r"(?i)mxfp4 not supported", None),  # no case-sensitive text every match holds
+    (r"(?:ab)?x", None),
+])
+def test_pattern_needles_are_texts_every_match_holds(pattern, needles):
+    assert logscan.pattern_needles(re.compile(pattern)) == needles
+
+
+def test_needles_never_hide_a_match():
+    """The prefilter only skips patterns that cannot match: on every fixture line, a pattern that
+    matches holds one of its needles, and the scan with and without the prefilter agree."""
+    table = load_signatures()
+    plain = [replace(s, needles=()) for s in table]
+    for log in LOGS:
+        for line in _read(log):
+            message = parse_line(1, line).message
+            for sig in table:
+                for pattern, need in zip(sig.patterns, sig.needles):
+                    if need is not None and pattern.search(message):
+                        assert any(n in message for n in need), (sig.id, pattern.pattern, message)
+        assert [(f.id, f.evidence.get("line_numbers")) for f in _scan_file(log)] == \
+            [(f.id, f.evidence.get("line_numbers")) for f in scan(_read(log), signatures=plain)], log.name

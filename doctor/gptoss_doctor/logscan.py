@@ -8,7 +8,9 @@
 One pass, line by line, in memory bounded whatever the input: a line longer than
 LINE_HEAD_CHARS + LINE_TAIL_CHARS is kept as its head and tail while it is read, so no pattern
 ever sees more than that of one line, and the table refuses patterns that would backtrack over a
-long run (an unbounded repeat at their start).
+long run (an unbounded repeat at their start). Each pattern knows texts one of which every match
+holds (its needles, read off the parsed regex): a line runs only the rows whose needles' rarest
+three characters it holds, and each distinct message is classified once (crash loops repeat).
 
 Never silent: beside the table's line rows, the scanner follows tracebacks (per process, across
 chained exceptions), the start-up phase and the vLLM version, and the lines that say a process
@@ -93,6 +95,8 @@ class Signature:
     # Box check ids (gptoss-doctor's own checks) that explain this log failure when the box
     # they judge is the one the log came from: `logs` on a deployed host reports them as the cause.
     box_causes: tuple[str, ...] = ()
+    # per pattern: texts one of which a line must hold for it to match (None: no such text)
+    needles: tuple = ()
 
     def commands_for(self, manager: str) -> tuple[str, ...]:
         return self.supervisor_commands if manager == "supervisor" and self.supervisor_commands else self.commands
@@ -100,7 +104,10 @@ class Signature:
     def match(self, message: str) -> dict[str, str] | None:
         """None when no pattern matches; else the named groups of every pattern that matches."""
         groups: dict[str, str] | None = None
-        for pattern in self.patterns:
+        needles = self.needles if len(self.needles) == len(self.patterns) else (None,) * len(self.patterns)
+        for pattern, need in zip(self.patterns, needles):
+            if need is not None and (need[0] not in message if len(need) == 1 else not any(n in message for n in need)):
+                continue
             m = pattern.search(message)
             if m:
                 groups = groups or {}
@@ -153,6 +160,55 @@ def _compile(pattern: object, where: str) -> re.Pattern:
         raise SignatureError(f"{where}: bad regex {pattern!r}: {e}") from None
 
 
+try:  # the regex parser, to find the text a pattern cannot match without
+    from re import _constants as _sre_c, _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover - 3.10 hosts
+    import sre_constants as _sre_c
+    import sre_parse as _sre_parse
+
+MIN_NEEDLE = 3
+
+
+def _needles_of(items, ignorecase: bool) -> tuple[str, ...] | None:
+    """Texts one of which every match of this parsed sequence contains, or None when none is sure."""
+    best: tuple[str, ...] | None = None
+
+    def consider(candidate):
+        nonlocal best
+        if candidate and min(map(len, candidate)) >= MIN_NEEDLE and (
+                best is None or min(map(len, candidate)) > min(map(len, best))):
+            best = candidate
+
+    run: list[str] = []
+    for op, av in list(items) + [(None, None)]:
+        if op is _sre_c.LITERAL and not ignorecase:
+            run.append(chr(av))
+            continue
+        consider(("".join(run),) if run else None)
+        run = []
+        if op is _sre_c.SUBPATTERN:
+            _, add_flags, _, sub = av
+            if not add_flags & _sre_c.SRE_FLAG_IGNORECASE:
+                consider(_needles_of(sub.data, ignorecase))
+        elif op is _sre_c.BRANCH:
+            alternatives = [_needles_of(alt.data, ignorecase) for alt in av[1]]
+            if all(alternatives):
+                consider(tuple(n for alt in alternatives for n in alt))
+        elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT) and av[0] >= 1:
+            consider(_needles_of(av[2].data, ignorecase))
+    return best
+
+
+def pattern_needles(pattern: re.Pattern) -> tuple[str, ...] | None:
+    """Texts one of which any line the pattern matches contains: a cheap `in` test skips the
+    regex on most lines (a crash loop's thousands of distinct restart lines match no row)."""
+    try:
+        parsed = _sre_parse.parse(pattern.pattern, pattern.flags)
+    except Exception:  # pragma: no cover - compiled already; never worse than no prefilter
+        return None
+    return _needles_of(parsed.data, bool(parsed.state.flags & _sre_c.SRE_FLAG_IGNORECASE))
+
+
 def _signature_from_row(row: object, where: str) -> Signature:
     if not isinstance(row, dict):
         raise SignatureError(f"{where}: expected a table, got {type(row).__name__}")
@@ -200,6 +256,7 @@ def _signature_from_row(row: object, where: str) -> Signature:
         kind=row.get("kind", "line"),
         box_causes=tuple(row.get("box_causes", [])),
         weak=row.get("weak", False),
+        needles=tuple(pattern_needles(p) for p in patterns),
     )
 
 
@@ -563,7 +620,9 @@ def _normal_level(level: str | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 _EXCEPTION_LINE = re.compile(
-    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Failed|Timeout))(?::\s*(?P<text>.*))?$"
+    r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Failed|Timeout|Group))"
+    # Ray names the remote exception in brackets: "ray.exceptions.RayTaskError(ValueError): ..."
+    r"(?:\((?P<inner>[\w.]+)\))?(?::\s*(?P<text>.*))?$"
 )
 # Wrappers that re-raise something else: never a root cause by themselves.
 _WRAPPER_EXCEPTION = re.compile(
@@ -573,8 +632,13 @@ _WRAPPER_EXCEPTION = re.compile(
 )
 
 
+_PASTE_INDENT = " \t>|"
+
+
 def _exception(message: str) -> re.Match | None:
     """The match of an exception line ("KeyError: 'x'", "torch.OutOfMemoryError: ..."), cheaply refused."""
+    if message[:1] in _PASTE_INDENT:  # pasted indented, quoted ("> ") or from an exception group ("  | ")
+        message = message.lstrip(_PASTE_INDENT)
     if not message or not message[0].isalpha() and message[0] != "_":
         return None
     return _EXCEPTION_LINE.match(message)
@@ -627,7 +691,11 @@ def redact(text: str) -> str:
 
 MAX_LINE_NUMBERS = 20  # per finding: the first line numbers; count and last_line say the rest
 MAX_VALUES = 8  # distinct captured values kept per group
-MESSAGE_CACHE = 4096  # messages whose match is remembered: crash loops repeat the same lines
+# Messages whose match is remembered: crash loops repeat the same lines (a day of restarts of one
+# service holds a few thousand distinct ones, its config dumps among them). Bounded in entries and
+# in characters: it is emptied when either is reached.
+MESSAGE_CACHE = 16384
+MESSAGE_CACHE_CHARS = 16 << 20
 
 
 @dataclass
@@ -664,20 +732,6 @@ class _Hit:
 _USER_TEXT = re.compile(r"^(?:Received request|Generated response|Added request) \S+: (?:prompt|output)")
 
 
-def _gate_body(pattern: re.Pattern) -> str:
-    body = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
-    if body.startswith("(?i)"):  # a global flag must become a scoped one inside the union
-        body = "(?i:" + body[4:] + ")"
-    return "(?:" + body + ")"
-
-
-@lru_cache(maxsize=8)
-def _any_pattern(table: tuple[Signature, ...]) -> re.Pattern:
-    """One regex for "could any line row match?": most lines of a log match none, and one search
-    per line is several times cheaper than a search per pattern."""
-    return re.compile("|".join(_gate_body(p) for sig in table if sig.kind == "line" for p in sig.patterns) or "(?!)")
-
-
 # --------------------------------------------------------------------------------------------
 # The failure detector: independent of the table's line rows, it sees vLLM fail and where
 # --------------------------------------------------------------------------------------------
@@ -708,8 +762,10 @@ _STOPPED = re.compile(r"status=(?:0/SUCCESS|15/TERM|2/INT|0|-15|-2)\b")
 _TRACEBACK = "Traceback (most recent call last)"
 _QUIET_LEVELS = frozenset(("INFO", "DEBUG"))
 _ERROR_LEVELS = frozenset(("ERROR", "CRITICAL"))
-# another tool's error line: "docker: Error response from daemon: ...", "error: ...", "FATAL: ..."
-_ERROR_TEXT = re.compile(r"(?:[\w.-]+: )?(?:[Ee]rror|ERROR|FATAL|[Ff]atal)\b:?")
+# another tool's error line: "docker: Error response from daemon: ...", "error: ...", "FATAL: ...",
+# "[ERROR] ...", and C++'s glog/c10 levels: "E1203 12:00:00.123 ...", "[E ProcessGroupNCCL.cpp:475] ..."
+_ERROR_TEXT = re.compile(r"(?:[\w.-]+: )?(?:[Ee]rror|ERROR|FATAL|[Ff]atal)\b:?|\[(?:ERROR|FATAL|CRITICAL)\]"
+                         r"|[EF]\d{4} \d\d:\d\d:\d\d|\[[EF] [\w.]+:\d+\]")
 _LOOKS_LIKE_A_LOG = re.compile(r"(?i)vllm|error|fail|exception|warning|traceback|killed|denied|not found")
 _CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 _FRAME = re.compile(r'\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
@@ -743,6 +799,30 @@ class _Failure:
     shown: dict[int, _Shown] = field(default_factory=dict)
 
 
+def _row_index(rows: Sequence[Signature]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """The rows to try on every line (a pattern without needles), and for each first three
+    characters of a needle the rows that needle belongs to."""
+    always: list[int] = []
+    index: dict[str, set[int]] = {}
+    texts: list[tuple[int, str]] = []
+    for n, row in enumerate(rows):
+        needles = row.needles if len(row.needles) == len(row.patterns) else (None,)
+        if any(need is None for need in needles):
+            always.append(n)
+        else:
+            texts += [(n, text) for need in needles for text in need]
+    # each needle is filed under its rarest three characters among all needles' (" is" and "Err"
+    # begin many; "EAD" of "EADDRINUSE" few)
+    seen: dict[str, int] = {}
+    for _, text in texts:
+        for gram in {text[i:i + 3] for i in range(len(text) - 2)}:
+            seen[gram] = seen.get(gram, 0) + 1
+    for n, text in texts:
+        gram = min((text[i:i + 3] for i in range(len(text) - 2)), key=lambda g: seen[g])
+        index.setdefault(gram, set()).add(n)
+    return tuple(always), {k: tuple(v) for k, v in index.items()}
+
+
 class _Scanner:
     """Feed LogLines in order; state stays bounded whatever the number of lines."""
 
@@ -750,19 +830,17 @@ class _Scanner:
         self.table = tuple(table)
         self.manager = manager
         self.lines_table = tuple(s for s in self.table if s.kind == "line")
+        self.always, self.by_trigram = _row_index(self.lines_table)
         self.failure_sig = next((s for s in self.table if s.kind == "failure"), None)
         self.input_sig = next((s for s in self.table if s.kind == "input"), None)
-        self.could_match = _any_pattern(self.table).search
-        failure_patterns = self.failure_sig.patterns if self.failure_sig else ()
-        self.events = re.compile("|".join(
-            [f"(?P<phase{n}>{body})" for n, (_, body) in enumerate(_PHASE_MARKERS)]
-            + [f"(?P<failed>{_gate_body(p)})" for p in failure_patterns[:1]]
-            + [f"(?P<failed{n}>{_gate_body(p)})" for n, p in enumerate(failure_patterns[1:], start=1)]
-        ))
+        # the phases: one union of a few alternatives; the lines that say a process ended: the
+        # failure row's patterns, each on its own as the line rows'
+        self.phases = re.compile("|".join(f"(?P<phase{n}>{body})" for n, (_, body) in enumerate(_PHASE_MARKERS)))
         self.hits: dict[str, _Hit] = {}
         self.recent: deque[LogLine] = deque(maxlen=CONTEXT_BEFORE)
         self.awaiting: list = []  # hits and failures still showing context after a match
         self.cache: dict[str, tuple] = {}
+        self.cache_chars = 0
         self.last_exception: LogLine | None = None  # the latest non-wrapper exception line
         self.before_exception: LogLine | None = None  # the line above it
         self.lines = 0
@@ -793,14 +871,24 @@ class _Scanner:
         error_text = not blank and bool(_ERROR_TEXT.match(message))
         looks = bool(_LOOKS_LIKE_A_LOG.search(message))
         if not blank and not _USER_TEXT.match(message):
-            if self.could_match(message):
-                for row in self.lines_table:
-                    groups = row.match(message)
-                    if groups is not None:
-                        sig = row  # the first row in table order claims the line
-                        break
-            m = self.events.search(message)
-            event = m.lastgroup if m else None
+            # only the rows that can match: those with a needle whose first three characters the
+            # message holds, and those without needles (measured: bench/logscan_stream.py)
+            by_trigram = self.by_trigram
+            rows = set(self.always)
+            for i in range(len(message) - 2):
+                found = by_trigram.get(message[i:i + 3])
+                if found:
+                    rows.update(found)
+            lines_table = self.lines_table
+            for n in sorted(rows):
+                row = lines_table[n]
+                groups = row.match(message)
+                if groups is not None:
+                    sig = row  # the first row in table order claims the line
+                    break
+            m = self.phases.search(message)
+            event = m.lastgroup if m else (
+                "failed" if self.failure_sig is not None and self.failure_sig.match(message) is not None else None)
             version = None
             if event == "phase0":  # the start of a run is where the version is printed
                 found_version = _VERSION.search(message)
@@ -808,8 +896,10 @@ class _Scanner:
         else:
             event = version = None
         found = (sig, groups, event, version, blank, error_text, looks, _traceback_part(message))
-        if len(self.cache) >= MESSAGE_CACHE:
+        self.cache_chars += len(message)
+        if len(self.cache) >= MESSAGE_CACHE or self.cache_chars > MESSAGE_CACHE_CHARS:
             self.cache.clear()
+            self.cache_chars = len(message)
         self.cache[message] = found
         return found
 
@@ -837,11 +927,12 @@ class _Scanner:
         if sig is not None:
             self._record(line, sig, groups)
         level = line.level
+        claimed = sig is not None  # a row that knows the line explains it
         # tracebacks come at ERROR level or with no header; a quoted exception's detail on any line
         if (part[0] is not None and level not in _QUIET_LEVELS) or self.detail_of is not None:
-            self._track_traceback(line, message, sig is not None, part)
+            self._track_traceback(line, message, claimed, part)
         if (error_text or level in _ERROR_LEVELS) and not blank:
-            self.terminal_error = (line, self.phase, sig is not None)
+            self.terminal_error = (line, self.phase, claimed)
         if not self.looks_vllm and (level or line.process or sig or event or version or looks):
             self.looks_vllm = True  # a vLLM line, or one of a failure another tool logged (pip, a build, Ray)
         if not blank:
@@ -855,6 +946,9 @@ class _Scanner:
             if len(self.frames) > 64:
                 self.frames.clear()
             self.frames[proc] = None
+            # a traceback the log ends inside (cut before its exception line) ended the process too
+            if self.terminal_error is None or self.terminal_error[0].number < line.number:
+                self.terminal_error = (line, self.phase, False)
             self.detail_of = None
             return
         if kind == "frame":
@@ -1010,6 +1104,17 @@ def _fill(template: str, groups: dict[str, list[str]]) -> str:
         return template
 
 
+# A source the user may follow: a public URL or a file of this project. Anything else (a path of
+# the machine the table was written on, a note's name) stays out of what the doctor prints.
+_PUBLIC_SOURCE = re.compile(r"https://|\b(?:doctor|tests|docs|bench|deploys|scripts|testbed)/[\w./-]+")
+_PRIVATE_SOURCE = re.compile(r"(?:^|[\s(;'\"])/(?:work|home|root|tmp)/|\bshared/(?:notes|reference|data)\b")
+
+
+def public_source(source: str) -> str | None:
+    """`source` when it cites a public URL or a project file and no local path; else None."""
+    return source if _PUBLIC_SOURCE.search(source) and not _PRIVATE_SOURCE.search(source) else None
+
+
 def _finding(hit: _Hit, manager: str) -> Finding:
     sig = hit.signature
     evidence: dict = {
@@ -1023,7 +1128,8 @@ def _finding(hit: _Hit, manager: str) -> Finding:
         evidence["captured"] = {k: [redact(x) for x in v] for k, v in hit.groups.items()}
     if hit.first.process:
         evidence["process"] = hit.first.process
-    evidence["source"] = sig.source
+    if public_source(sig.source):
+        evidence["source"] = sig.source
     if hit.root_cause is not None:
         evidence["root_cause"] = {
             "line": hit.root_cause.number,
@@ -1145,7 +1251,8 @@ def _failure_finding(sc: "_Scanner", f: _Failure, manager: str) -> Finding:
         what = exc if len(exc) <= 160 else exc[:160] + " …"
     else:
         what = f.last.message.strip()[:160]
-    evidence["source"] = sig.source
+    if public_source(sig.source):
+        evidence["source"] = sig.source
     groups = {"phase": [f.phase], "exception": [redact(what)], "version": [version],
               "raised_at": [root.raised_at if root is not None and root.raised_at else "a frame the log does not show"]}
     return Finding(
@@ -1165,7 +1272,8 @@ def _not_a_log(sig: Signature, why: str, lines: int, severity: str | None = None
         id=sig.id,
         severity=severity or sig.severity,
         title=_fill(sig.title, {"why": [why]}),
-        evidence={"first_line": 0, "lines": lines, "why": why, "source": sig.source},
+        evidence={"first_line": 0, "lines": lines, "why": why,
+                  **({"source": sig.source} if public_source(sig.source) else {})},
         fix=Fix(text=sig.fix, commands=list(sig.commands)),
         links=list(sig.links),
     )
