@@ -64,6 +64,14 @@ FACT_KEYS: dict[str, str] = {
     '"pid": int | None, "main_pid": int | None, "pid_file": str, "state_file": str (supervisor)}  '
     "(systemd: `systemctl is-active`; supervisor: its pid file checked against /proc, its state file); "
     "absent when nothing is deployed",
+    "service.listen": '{"host": str | None, "port": int | None, "from": str | None (the unit or manifest the '
+    'bind address came from), "sockets": [{"address": "0.0.0.0", "port": 8000, "inode": int, "pid": int | None, '
+    '"vllm": bool | None (a vLLM server process owns it; None: unknown)}], "sockets_unread": [str], '
+    '"vllm_pids": [int]}  (/proc/net/tcp{,6}, /proc/PID/fd)',
+    "vllm.http_surface": '{"vllm_dir": str, "files_read": int, "unparsed": [str], "guard": {"file": str, "name": str, '
+    '"line": int, "prefixes": ["/v1", ...]} | None, "routes": [{"path": str, "methods": [str], "file": str, "line": int, '
+    '"when": [[str]] (registered when any alternative\'s source conditions all hold; [[]]: always)}]}  '
+    "(the served vLLM's entrypoints source, parsed with ast)",
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
     "stacks.extra": '[{"path": "/etc/gptoss/stacks.d/site.toml", "text": str (the TOML) | "error": str}]  '
     "(the site's stack files the manifest lists in extra_stack_files, with their text: the checks judge with "

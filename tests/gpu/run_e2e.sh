@@ -273,6 +273,76 @@ doctor_log carried $FIX/vllm-carried.log
 "$SUP" stop
 fi
 
+# -- 7. serving speed of what the deploy left (PHASES=...,serve then compare) -------------------
+# Run after a `cold` phase made with production SERVE_ARGS (no --enforce-eager): `serve` times the
+# doctor on the live box, probes which routes answer without the key, and benchmarks the service
+# as deployed ("ours"); `compare` stops it and benchmarks, on the same box, vLLM with only the
+# model's flags ("bare") and with the official recipe's flags for this GPU ("recipe"), then
+# restarts ours for a warm time to ready. bench/serve_gpu.py prints the verdict.
+BENCH=$WORK/serve.jsonl
+STACK_PY=/opt/gptoss/current/bin/python
+if has_phase serve; then
+: > "$BENCH"
+python3 tests/gpu/time_doctor.py "$FIX/doctor-timing.json"
+result "{\"step\": \"doctor-timing\", \"median_s\": $(python3 -c "import json; print(json.load(open('$FIX/doctor-timing.json'))['median_s'])")}"
+# Which routes answer without the key (vLLM's key check is a path-prefix test).
+: > $FIX/routes-without-key.jsonl
+for r in "GET /health" "GET /version" "GET /v1/models" "POST /v1/completions" "POST /invocations" "GET /metrics" \
+         "GET /load" "GET /ping" "GET /openapi.json" "GET /docs" "GET /redoc" "POST /tokenize" "POST /detokenize" \
+         "POST /generative_scoring" "POST /is_scaling_elastic_ep"; do
+  set -- $r
+  code=$(curl -s -o /dev/null -m 30 -w '%{http_code}' -X "$1" -H 'Content-Type: application/json' \
+         -d '{"model": "openai/gpt-oss-20b", "prompt": [1, 2, 3], "max_tokens": 4, "tokens": [1, 2, 3]}' "http://127.0.0.1:$PORT$2")
+  echo "{\"method\": \"$1\", \"path\": \"$2\", \"status_without_key\": $code}" >> $FIX/routes-without-key.jsonl
+done
+say "routes without the key: $(tr '\n' ' ' < $FIX/routes-without-key.jsonl)"
+python3 bench/serve_gpu.py run --url "http://127.0.0.1:$PORT" --key-file "$KEY_FILE" --label ours --out "$BENCH"
+say "bench ours: exit $?"
+fi
+
+if has_phase compare; then
+"$SUP" stop
+ENVF=$WORK/bench.env
+grep -E '^(CUDA_HOME|PATH|HF_HUB_OFFLINE|VLLM_NO_USAGE_STATS)=' /etc/gptoss/gptoss.env > "$ENVF"
+RECIPE_FLAGS=$(/opt/gptoss/doctor/bin/python tests/gpu/recipe_flags.py /etc/gptoss/manifest.json)
+say "official recipe flags for this GPU: ${RECIPE_FLAGS:-<none>}"
+bench_server() {  # bench_server LABEL FLAGS...: start vLLM as a user would, benchmark, stop
+  local label=$1; shift
+  local log=$FIX/vllm-bench-$label.log t0=$(date +%s) pid
+  # The service's JIT caches seed this run's home: they change the start time, not the serving speed.
+  mkdir -p $WORK/home-$label && (cd /var/lib/gptoss && cp -a .triton .cache cache .nv $WORK/home-$label/ 2>/dev/null)
+  ( set -a; . "$ENVF"; set +a; export HOME=$WORK/home-$label XDG_CACHE_HOME=$WORK/home-$label/cache
+    exec setsid "$STACK_PY" -m vllm.entrypoints.cli.main serve "$MODEL" --served-model-name openai/gpt-oss-20b \
+      --load-format dummy --skip-tokenizer-init --host 127.0.0.1 --port "$PORT" "$@" ) > "$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:$PORT/health 2>/dev/null)" = 200 ] && break
+    kill -0 $pid 2>/dev/null || break; sleep 1
+  done
+  say "$label ready after $(( $(date +%s) - t0 )) s"
+  result "{\"step\": \"ready-$label\", \"seconds\": $(( $(date +%s) - t0 ))}"
+  python3 bench/serve_gpu.py run --url "http://127.0.0.1:$PORT" --label "$label" --out "$BENCH"
+  say "bench $label: exit $?"
+  kill -INT -- -$pid 2>/dev/null
+  for _ in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; sleep 1; done
+  kill -KILL -- -$pid 2>/dev/null; sleep 3
+}
+bench_server bare
+# shellcheck disable=SC2086  # the recipe's flags are words
+bench_server recipe $RECIPE_FLAGS
+python3 bench/serve_gpu.py compare "$BENCH" --ours ours | tee $FIX/serve-verdict.txt
+cp "$BENCH" $FIX/serve.jsonl
+if [ "$(el)" -lt "$BUDGET_S" ]; then
+  M=$(log_mark); ready_poller; "$SUP" start
+  for _ in $(seq 1 300); do [ -f $WORK/ready_at ] && break; sleep 1; done
+  if ready_seen; then
+    WARM=$(seconds_to_ready "$M" tail); say "READY warm (production): ${WARM}s"
+    result "{\"step\": \"ready-warm-production\", \"seconds\": $WARM}"
+  fi
+  log_since "$M" > $FIX/vllm-warm-production.log
+fi
+fi
+
 # -- pack: the key never leaves the box ------------------------------------------------------
 cp /etc/gptoss/manifest.json /etc/systemd/system/gptoss-vllm.service $FIX/ 2>/dev/null
 grep -rl "$KEY" $FIX 2>/dev/null | while read -r f; do sed -i "s/$KEY/<redacted>/g" "$f"; say "redacted the key in $f"; done

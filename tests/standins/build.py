@@ -137,6 +137,70 @@ def _registry_py(spec: VllmSpec) -> tuple[str, str]:
             f"from enum import Enum\n\n\nclass AttentionBackendEnum(Enum):\n{members}")
 
 
+# Where vLLM kept its API-key check, and which path prefixes it guarded, by release (read from the
+# released wheels; vllm-project/vllm PRs #42064/#42594 added /v2 and /inference in 0.22.0):
+# (first release of the era, module file, prefixes). The stand-in's check is written in that shape
+# at that place, so the doctor, which reads the installed source, reads it as it reads the real one.
+AUTH_ERAS = (
+    ((0, 0), "vllm/entrypoints/openai/api_server.py", ("/v1",)),
+    ((0, 16), "vllm/entrypoints/openai/server_utils.py", ("/v1",)),
+    ((0, 22), "vllm/entrypoints/openai/server_utils.py", ("/v1", "/v2", "/inference")),
+    ((0, 23), "vllm/entrypoints/serve/utils/server_utils.py", ("/v1", "/v2", "/inference")),
+    ((0, 27), "vllm/entrypoints/serve/utils/server_utils.py", ("/v1", "/v2", "/inference", "/cohere")),
+    ((0, 29), "vllm/entrypoints/serve/middleware/authenticate.py", ("/v1", "/v2", "/inference", "/cohere")),
+)
+
+
+def auth_era(version: str) -> tuple[str, tuple[str, ...]]:
+    """(module file, guarded prefixes) of the API-key check of this vLLM version."""
+    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", version).groups())
+    path, prefixes = AUTH_ERAS[0][1:]
+    for first, era_path, era_prefixes in AUTH_ERAS:
+        if (major, minor) >= first:
+            path, prefixes = era_path, era_prefixes
+    return path, prefixes
+
+
+def _auth_py(version: str) -> tuple[str, str]:
+    """The API-key middleware file of this version's era: a path-prefix test, as vLLM writes it
+    (a module-level GUARDED_PREFIX tuple from 0.22.0, a "/v1" literal before)."""
+    path, prefixes = auth_era(version)
+    if len(prefixes) > 1:
+        constant, test = f"\n\nGUARDED_PREFIX = {prefixes!r}\n", "url_path.startswith(GUARDED_PREFIX)"
+    else:
+        constant, test = "", f"url_path.startswith({prefixes[0]!r})"
+    text = (
+        f'"""STAND-IN for vLLM\'s API-key middleware ({path} in this era): a path-prefix test, as in\n'
+        'vLLM: requests under the guarded prefixes need the key, every other path passes without it."""\n\n'
+        "import hashlib\nimport secrets\n"
+        f"{constant}\n\n"
+        "class AuthenticationMiddleware:\n"
+        '    """Checks the Authorization Bearer token; skipped for OPTIONS and for paths outside the guard."""\n\n'
+        "    def __init__(self, app, tokens: list[str]) -> None:\n"
+        "        self.app = app\n"
+        '        self.api_tokens = [hashlib.sha256(t.encode("utf-8")).digest() for t in tokens]\n\n'
+        "    def verify_token(self, headers) -> bool:\n"
+        '        scheme, _, param = (headers.get("Authorization") or "").partition(" ")\n'
+        '        if scheme.lower() != "bearer":\n'
+        "            return False\n"
+        '        param_hash = hashlib.sha256(param.encode("utf-8")).digest()\n'
+        "        match = False\n"
+        "        for token_hash in self.api_tokens:\n"
+        "            match |= secrets.compare_digest(param_hash, token_hash)\n"
+        "        return match\n\n"
+        "    def __call__(self, scope: dict):\n"
+        '        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":\n'
+        "            return self.app(scope)\n"
+        '        root_path = scope.get("root_path", "")\n'
+        '        url_path = scope["path"].removeprefix(root_path)\n'
+        f'        if {test} and not self.verify_token(scope["headers"]):\n'
+        "            from vllm._standin_http import Response\n\n"
+        '            return Response(401, {"error": "Unauthorized"})\n'
+        "        return self.app(scope)\n"
+    )
+    return path, text
+
+
 def _version_tuple(version: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+]", version))
 
@@ -153,7 +217,15 @@ def vllm_files(spec: VllmSpec) -> dict[str, bytes]:
         if str(parent) not in (".", "vllm"):
             files.setdefault(f"{parent.as_posix()}/__init__.py", b"")
     files[path] = text.encode()
+    auth_path, auth_text = _auth_py(spec.version)
+    if auth_path in files:  # the era kept it in the module that also runs the server (api_server.py)
+        auth_text += "\n\n" + files[auth_path].decode().split("\n", 1)[1]
+    files[auth_path] = auth_text.encode()
+    for parent in Path(auth_path).parents:
+        if str(parent) not in (".", "vllm"):
+            files.setdefault(f"{parent.as_posix()}/__init__.py", b"")
     data = {k: v for k, v in spec.__dict__.items() if k not in ("requires", "requires_python")}
+    data["auth_module"] = auth_path[: -len(".py")].replace("/", ".")
     files["vllm/_standin.json"] = json.dumps(data, indent=1, sort_keys=True).encode()
     return files
 

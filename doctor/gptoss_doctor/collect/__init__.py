@@ -17,13 +17,13 @@ from functools import partial
 from .. import __version__
 from ..redact import redact_tree
 from ..snapshot import SCHEMA, Snapshot, failed
-from . import cuda, files, gpu, host, service
+from . import cuda, exposure, files, gpu, host, service
 from .env import Env
 from .venv import VENV_KEYS, VenvError, venv_facts
 
 __all__ = ["Env", "VenvError", "collect", "COLLECTORS"]
 
-COLLECTORS = [*host.COLLECTORS, *gpu.COLLECTORS, *cuda.COLLECTORS, *service.COLLECTORS, *files.COLLECTORS]
+COLLECTORS = [*host.COLLECTORS, *gpu.COLLECTORS, *cuda.COLLECTORS, *service.COLLECTORS, *files.COLLECTORS, *exposure.COLLECTORS]
 # Slack on top of the per-command timeout for a collector that runs a command or two.
 _COLLECTOR_SLACK_S = 3.0
 

@@ -1,7 +1,8 @@
 """STAND-IN for vLLM's OpenAI-compatible server (the real one needs a GPU). Standard library only.
 
-What it answers is what the project relies on: `vllm serve MODEL [flags]`, `/health`, `/version`,
-`/v1/models` and `/v1/completions` behind the API key, vLLM-shaped log lines, and rejection of
+What it answers is what the project relies on: `vllm serve MODEL [flags]`, the routes real vLLM
+0.26.0 serves for gpt-oss, guarded as real vLLM guards them (entrypoints/openai/routes.py: only
+the era's path prefixes need the key; `/invocations` answers without it), vLLM-shaped log lines, and rejection of
 flags, env vars and attention backends as THIS version of vLLM would. Which names are valid in
 this version was baked into `_standin.json` at build time from the project's knowledge data.
 """
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -203,109 +205,39 @@ def check_torch() -> None:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    model_names: list[str]
-    model_root: str
-    api_key: str | None
-    healthy: bool
-    max_model_len: int
-    completions: int = 0
+    app: object  # the app wrapped in its middlewares: scope -> Response
 
 
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, fmt: str, *a) -> None:  # uvicorn's access-log shape
+    def log_message(self, fmt: str, *a) -> None:  # uvicorn's access-log shape, below
         pass
 
-    def _send(self, code: int, body: dict | str) -> None:
-        data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+    def _send(self, code: int, data: bytes, content_type: str) -> None:
         self.send_response(code)
-        self.send_header("content-type", "application/json" if isinstance(body, dict) else "text/plain")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        phrase = {200: "OK", 401: "Unauthorized", 404: "Not Found", 400: "Bad Request", 503: "Service Unavailable"}
         uvicorn(f'{self.client_address[0]}:{self.client_address[1]} - "{self.command} {self.path} HTTP/1.1" '
-                f"{code} {phrase.get(code, '')}")
+                f"{code} {HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else ''}")
 
-    def _authorized(self) -> bool:
-        key = self.server.api_key
-        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/version":
-            return self._send(200, {"version": DATA["version"]})
-        if not self.server.healthy:
-            return self._send(503, {"error": "EngineDeadError: EngineCore encountered an issue."})
-        if path in ("/health", "/ping"):
-            return self._send(200, "")
-        if path == "/load":
-            return self._send(200, {"server_load": 0})
-        if path == "/metrics":  # a few of vLLM's Prometheus series, so scrapers find the names
-            name = self.server.model_names[0]
-            return self._send(200, "".join(
-                f'{series}{{model_name="{name}"}} {val}\n' for series, val in (
-                    ("vllm:num_requests_running", 0), ("vllm:num_requests_waiting", 0),
-                    ("vllm:request_success_total", self.server.completions))))
-        if path.startswith("/v1/"):
-            if not self._authorized():
-                return self._send(401, {"error": "Unauthorized"})
-            if path == "/v1/models":
-                created = int(time.time())
-                return self._send(200, {"object": "list", "data": [
-                    {"id": name, "object": "model", "created": created, "owned_by": "vllm",
-                     "root": self.server.model_root, "parent": None, "max_model_len": self.server.max_model_len}
-                    for name in self.server.model_names]})
-        return self._send(404, {"detail": "Not Found"})
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
+    def _dispatch(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if not self.server.healthy:
-            return self._send(503, {"error": "EngineDeadError: EngineCore encountered an issue."})
-        if not path.startswith("/v1/"):
-            return self._send(404, {"detail": "Not Found"})
-        if not self._authorized():
-            return self._send(401, {"error": "Unauthorized"})
-        try:
-            req = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
-            return self._send(400, {"error": {"message": "request body is not JSON", "type": "BadRequestError", "code": 400}})
-        model = req.get("model")
-        if model not in self.server.model_names:
-            return self._send(404, {"error": {"message": f"The model `{model}` does not exist.",
-                                              "type": "NotFoundError", "param": "model", "code": 404}})
-        words = "the quick stand-in model answers every prompt with the same few words".split()
-        n = max(1, min(int(req.get("max_tokens") or 16), len(words)))
-        text = " " + " ".join(words[:n])
-        usage = {"prompt_tokens": len(str(req.get("prompt", req.get("messages", ""))).split()),
-                 "completion_tokens": n}
-        usage["total_tokens"] = usage["prompt_tokens"] + n
-        self.server.completions += 1
-        if path == "/v1/completions":
-            return self._send(200, {"id": f"cmpl-{os.getpid()}-{int(time.time() * 1000)}", "object": "text_completion",
-                                    "created": int(time.time()), "model": model,
-                                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
-                                    "usage": usage})
-        if path == "/v1/chat/completions":
-            return self._send(200, {"id": f"chatcmpl-{os.getpid()}", "object": "chat.completion",
-                                    "created": int(time.time()), "model": model,
-                                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text.strip()},
-                                                 "finish_reason": "length"}],
-                                    "usage": usage})
-        return self._send(404, {"detail": "Not Found"})
+        scope = {"type": "http", "method": self.command, "path": self.path.split("?", 1)[0], "root_path": "",
+                 "headers": self.headers, "body": self.rfile.read(length) if length else b""}
+        response = self.server.app(scope)
+        data, content_type = response.encoded()
+        self._send(response.status, data, content_type)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
 
 # ---------------------------------------------------------------------------------------------
 # Serve
 # ---------------------------------------------------------------------------------------------
-
-ROUTES = ["/openapi.json", "/docs", "/health", "/load", "/ping", "/version", "/v1/models",
-          "/v1/completions", "/v1/chat/completions", "/metrics"]
-
 
 def serve(argv: list[str], prog: str, positional_model: bool) -> int:
     args = parse_args(argv, prog, positional_model)
@@ -331,9 +263,14 @@ def serve(argv: list[str], prog: str, positional_model: bool) -> int:
     except OSError as e:
         print(f"OSError: [Errno {e.errno}] {e.strerror}: ('{host}', {port})", file=sys.stderr, flush=True)
         return 1
-    server.model_names, server.model_root, server.api_key = names, model, api_key
-    server.max_model_len = int(args.max_model_len or 131072)
-    server.healthy = False
+    from vllm.entrypoints.openai.routes import build_app
+
+    app = build_app(args, api_key, DATA["auth_module"])
+    state = app.state
+    state.version, state.model_names, state.model_root = DATA["version"], names, model
+    state.max_model_len = int(args.max_model_len or 131072)
+    state.healthy, state.completions = False, 0
+    server.app = app.asgi()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -348,15 +285,15 @@ def serve(argv: list[str], prog: str, positional_model: bool) -> int:
         log("ERROR", "core_client.py:564", "Engine core initialization failed. See root cause above. "
             "Failed core proc(s): {'EngineCore_DP0': 1}")
     else:
-        server.healthy = True
+        state.healthy = True
         log("INFO", "gpu_model_runner.py:2059", "Model loading took 12.9 GiB and 3.1 seconds")
         if DATA["log_style"] == "new":
             log("INFO", "api_server.py:1912", f"Starting vLLM server on http://{host}:{port}")
         else:
             log("INFO", "api_server.py:1857", f"Starting vLLM API server 0 on http://{host}:{port}")
         log("INFO", "launcher.py:29", "Available routes are:")
-        for route in ROUTES:
-            log("INFO", "launcher.py:37", f"Route: {route}, Methods: GET")
+        for route in app.routes:
+            log("INFO", "launcher.py:37", f"Route: {route.path}, Methods: {', '.join(route.methods)}")
         uvicorn(f"Started server process [{os.getpid()}]")
         uvicorn("Waiting for application startup.")
         uvicorn("Application startup complete.")

@@ -1,7 +1,5 @@
 """STAND-IN for vLLM's `python -m vllm.entrypoints.openai.api_server --model M ...`."""
 
-from __future__ import annotations
-
 import sys
 
 if __name__ == "__main__":
