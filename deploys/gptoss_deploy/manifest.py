@@ -47,8 +47,9 @@ def manifest(cfg: C.HostConfig) -> dict:
         "unit": C.UNIT,
         "unit_path": UNIT_PATH,
         "user": C.SERVICE_USER,
-        "host": cfg.bind_address,
-        "port": cfg.port,
+        "host": cfg.vllm_address,  # vLLM's own socket; the front's below
+        "port": cfg.vllm_port,
+        "front": {"address": cfg.front.bind_address, "port": cfg.front.port} if cfg.front else None,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "tool_servers": list(cfg.tool_servers),

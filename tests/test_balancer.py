@@ -1,0 +1,99 @@
+"""The balancer's and the front's config from inventory data (deploys/gptoss_deploy/balancer.py and the
+front keys of the key table): where vLLM listens, which hosts are servers, one line on a bad value."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from pyinfra.api import Inventory
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploys"))
+
+from gptoss_deploy import balancer as B  # noqa: E402
+from gptoss_deploy import config as C  # noqa: E402
+from gptoss_deploy import haproxy as H  # noqa: E402
+from gptoss_deploy.manifest import manifest_text  # noqa: E402
+
+from test_deploy_config import DEBIAN, good, one_line_error  # noqa: E402,F401
+
+
+def test_loopback_service_has_no_front_and_vllm_keeps_the_port(kb, good):
+    cfg = C.validate("h", good, DEBIAN, kb)
+    assert cfg.front is None
+    argv = cfg.serve_argv()
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8000"
+
+
+@pytest.mark.parametrize("bind", ["10.0.0.5", "0.0.0.0"])
+def test_serving_beyond_loopback_puts_vllm_behind_the_front(kb, good, bind):
+    cfg = C.validate("h", {**good, "gptoss_bind_address": bind, "gptoss_metrics_allow": ["10.9.0.0/16", "10.1.2.3"]},
+                     DEBIAN, kb)
+    assert cfg.front == H.Front(bind, 8000, "127.0.0.1", 8001, ("10.9.0.0/16", "10.1.2.3/32"))
+    argv = cfg.serve_argv()
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8001"
+    manifest = __import__("json").loads(manifest_text(cfg))
+    assert (manifest["host"], manifest["port"]) == ("127.0.0.1", 8001)
+    assert manifest["front"] == {"address": bind, "port": 8000}
+
+
+def test_front_can_be_turned_off(kb, good):
+    cfg = C.validate("h", {**good, "gptoss_bind_address": "10.0.0.5", "gptoss_front": False}, DEBIAN, kb)
+    assert cfg.front is None and cfg.serve_argv()[cfg.serve_argv().index("--host") + 1] == "10.0.0.5"
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"gptoss_vllm_address": "0.0.0.0"}, "gptoss_vllm_address"),
+    ({"gptoss_vllm_address": "10.0.0.5", "gptoss_vllm_port": 8000}, "gptoss_vllm_port"),
+    ({"gptoss_metrics_allow": ["10.0.0.0/33"]}, "gptoss_metrics_allow"),
+    ({"gptoss_front": "sometimes"}, "gptoss_front"),
+])
+def test_bad_front_values_are_one_line(kb, good, override, key):
+    msg = one_line_error(kb, {**good, "gptoss_bind_address": "10.0.0.5", **override})
+    assert f"{key}=" in msg
+
+
+def _inventory(lb_data=None, hosts=(("gpu-1", {"gptoss_bind_address": "10.0.0.11"}),
+                                    ("gpu-2", {"gptoss_bind_address": "0.0.0.0", "ssh_hostname": "10.0.0.12",
+                                               "gptoss_port": 9000}))):
+    names = [*hosts, ("lb-1", lb_data or {})]
+    return Inventory((names, {}), gptoss_lb=(["lb-1"], {}))
+
+
+def test_every_serving_host_is_a_server_at_the_address_its_clients_use():
+    inv = _inventory()
+    lb = inv.get_host("lb-1")
+    assert B.is_balancer(lb) and not B.is_balancer(inv.get_host("gpu-1"))
+    b, cert = B.balancer_config(lb, inv)
+    assert cert is None
+    assert b.servers == (H.Server("gpu-1", "10.0.0.11", 8000), H.Server("gpu-2", "10.0.0.12", 9000))
+    assert (b.bind_address, b.port, b.check_interval_ms, b.tls) == ("0.0.0.0", 8000, 1000, False)
+
+
+def test_a_loopback_only_host_cannot_be_a_server():
+    inv = _inventory(hosts=(("gpu-1", {}),))
+    with pytest.raises(C.ConfigError, match=r"host gpu-1: gptoss_bind_address='127.0.0.1': .*fix: "):
+        B.balancer_config(inv.get_host("lb-1"), inv)
+
+
+def test_tls_certificate_must_hold_cert_and_key_and_stay_private(tmp_path):
+    pem = tmp_path / "site.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    pem.chmod(0o600)
+    inv = _inventory({"gptoss_lb_tls_cert": str(pem)})
+    with pytest.raises(C.ConfigError, match="certificate and its private key"):
+        B.balancer_config(inv.get_host("lb-1"), inv)
+    pem.write_text(pem.read_text() + "-----BEGIN PRIVATE KEY-----\ny\n-----END PRIVATE KEY-----\n")
+    b, cert = B.balancer_config(inv.get_host("lb-1"), inv)
+    assert b.tls and cert == str(pem)
+    pem.chmod(0o644)
+    with pytest.raises(C.ConfigError, match="world-readable"):
+        B.balancer_config(inv.get_host("lb-1"), inv)
+
+
+def test_a_mistyped_balancer_key_names_the_real_one():
+    inv = _inventory({"gptoss_lb_prot": 80})
+    with pytest.raises(C.ConfigError, match="did you mean gptoss_lb_port"):
+        B.balancer_config(inv.get_host("lb-1"), inv)
