@@ -12,7 +12,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from gptoss_doctor.layout import TIKTOKEN_DIR
+from gptoss_doctor.layout import HF_TOKEN_FILE, TIKTOKEN_DIR
 
 from . import config as C
 from .ops import PathsState
@@ -172,7 +172,7 @@ def apply(cfg: C.HostConfig, kb=None):
         # Where huggingface_hub (the pre-download and vLLM) reads a token: never argv, env or logs.
         changed.append(files.put(
             name="Hugging Face token (HF_HOME/token, 0600)", src=cfg.hf_token_file,
-            dest=f"{cfg.hf_home}/{C.HF_TOKEN_FILE}", user=C.SERVICE_USER, group=C.SERVICE_USER, mode="0600",
+            dest=f"{cfg.hf_home}/{HF_TOKEN_FILE}", user=C.SERVICE_USER, group=C.SERVICE_USER, mode="0600",
         ))
     if cfg.predownload:
         changed.append(predownload(name=f"pre-download {cfg.model}", cfg=cfg, need_gib=weights_gib(cfg, kb)))

@@ -28,6 +28,7 @@ STATE_DIR = "/var/lib/gptoss"  # the service user's home and its only writable p
 CACHE_DIR = f"{STATE_DIR}/cache"  # XDG_CACHE_HOME of the service
 TIKTOKEN_DIR = f"{STATE_DIR}/tiktoken"  # TIKTOKEN_ENCODINGS_BASE: harmony's vocabulary, offline
 DEFAULT_HF_HOME = f"{STATE_DIR}/hf"
+HF_TOKEN_FILE = "token"  # in HF_HOME: where huggingface_hub (and so vLLM) reads a token by default
 UV_CACHE = "/var/cache/gptoss/uv"
 
 SERVICE_USER = "gptoss"  # user and group of the service
