@@ -217,3 +217,193 @@ def test_front_serves_metrics_only_to_the_scrapers(front):
     conn.request("GET", "/metrics")
     r = conn.getresponse()
     assert r.status == 200 and b"vllm:" in r.read()
+
+
+# -- the balancer before two stand-ins ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def standin(site: Path):
+    """One stand-in vLLM on a free loopback port: (process, port) once /health answers."""
+    port = _free_port()
+    # 50 ms a token: a 12-token stream is in flight for 0.6 s
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "VLLM_API_KEY": KEY, "GPTOSS_STANDIN_STARTUP_S": "0.1",
+           "GPTOSS_STANDIN_TOKEN_S": "0.05"}
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", MODEL, "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if request(port, "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the stand-in never became healthy"
+            time.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def served_count(port: int) -> int:
+    _code, body = request(port, "GET", "/metrics")
+    line = next(l for l in body.decode().splitlines() if l.startswith("vllm:request_success_total"))
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
+def runtime(tmp: Path, action: str, server: str, timeout_s: float | None = None) -> dict:
+    r = subprocess.run(["sh", "-c", H.runtime_command(action, server, timeout_s, socket=str(tmp / "admin.sock"))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return H.parse_runtime_output(r.stdout)
+
+
+def stream(port: int, path: str = "/v1/completions", max_tokens: int = 12) -> tuple[list[float], list[bytes]]:
+    """A streamed completion: (arrival time of each event, the events)."""
+    body = {**COMPLETION, "max_tokens": max_tokens, "stream": True}
+    if path.endswith("chat/completions"):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", path, body=json.dumps(body), headers={"content-type": "application/json",
+                                                               "Authorization": f"Bearer {KEY}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("content-type", "").startswith("text/event-stream")
+    t0, times, events = time.monotonic(), [], []
+    for line in r:
+        if line.startswith(b"data: "):
+            times.append(time.monotonic() - t0)
+            events.append(line[6:].strip())
+    conn.close()
+    return times, events
+
+
+@pytest.fixture()
+def lb(standin_site, tmp_path):
+    """Two stand-ins behind the balancer (checks every 200 ms): (haproxy, balancer port, {server: (proc, port)})."""
+    with standin(standin_site) as a, standin(standin_site) as b:
+        port = _free_port()
+        servers = {"gptoss-1": a, "gptoss-2": b}
+        cfg = H.Balancer("127.0.0.1", port, tuple(H.Server(n, "127.0.0.1", p) for n, (_proc, p) in servers.items()),
+                         check_interval_ms=200, stats_port=_free_port())
+        with running_haproxy(tmp_path, H.haproxy_cfg(cfg, _paths(tmp_path)), port) as proc:
+            deadline = time.monotonic() + 5
+            while any(s["status"] != "UP" for s in _stat(tmp_path).values()):
+                assert time.monotonic() < deadline, _stat(tmp_path)
+                time.sleep(0.05)
+            yield proc, port, servers, cfg
+
+
+def _stat(tmp: Path) -> dict:
+    import socket as sk
+
+    s = sk.socket(sk.AF_UNIX)
+    s.connect(str(tmp / "admin.sock"))
+    s.sendall(b"show stat\n")
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    return H.parse_stat(out.decode())
+
+
+@needs_haproxy
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_streams_pass_through_the_balancer_unbuffered(lb, path):
+    _proc, port, _servers, _cfg = lb
+    times, events = stream(port, path, max_tokens=12)
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["object"] == ("chat.completion.chunk" if "chat" in path else "text_completion") for c in chunks)
+    # the first token arrives long before the last: nothing waits for the whole response
+    assert times[0] < times[-2] / 2, times
+
+
+@needs_haproxy
+def test_the_key_passes_through_to_the_backend(lb):
+    _proc, port, _servers, _cfg = lb
+    assert request(port, "POST", "/v1/completions", body=COMPLETION)[0] == 401
+    assert request(port, "POST", "/v1/completions", key=KEY, body=COMPLETION)[0] == 200
+
+
+@needs_haproxy
+def test_a_drained_server_gets_no_new_request_and_its_sessions_are_waited_for(lb, tmp_path):
+    _proc, port, servers, _cfg = lb
+    said = runtime(tmp_path, "drain", "gptoss-1", 0)
+    assert said["status"] == "DRAIN"
+    before = {n: served_count(p) for n, (_pr, p) in servers.items()}
+    for _ in range(10):
+        assert request(port, "POST", "/v1/completions", key=KEY, body=COMPLETION)[0] == 200
+    after = {n: served_count(p) for n, (_pr, p) in servers.items()}
+    assert after["gptoss-1"] == before["gptoss-1"] and after["gptoss-2"] == before["gptoss-2"] + 10
+    assert runtime(tmp_path, "ready", "gptoss-1")["status"] == "UP"
+
+    # a long stream in flight on gptoss-2: draining it waits until the stream has ended
+    runtime(tmp_path, "drain", "gptoss-1", 0)
+    done = []
+    t = threading.Thread(target=lambda: done.append(stream(port, max_tokens=16)))
+    t.start()
+    deadline = time.monotonic() + 5
+    while _stat(tmp_path)["gptoss-2"]["scur"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    runtime(tmp_path, "ready", "gptoss-1")
+    said = runtime(tmp_path, "drain", "gptoss-2", 20)
+    t.join(timeout=30)
+    assert said["scur"] == 0 and said["waited"] > 0 and done and done[0][1][-1] == b"[DONE]"
+
+
+@needs_haproxy
+def test_a_killed_server_costs_no_new_request_and_leaves_within_its_check_interval(lb, tmp_path):
+    _proc, port, servers, cfg = lb
+    proc, _p = servers["gptoss-1"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t_kill = time.monotonic()
+    out_after: list[float] = []
+
+    def watch() -> None:
+        while _stat(tmp_path)["gptoss-1"]["status"] != "DOWN":
+            time.sleep(0.01)
+        out_after.append(time.monotonic() - t_kill)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    codes = [request(port, "POST", "/v1/completions", key=KEY, body=COMPLETION)[0] for _ in range(20)]
+    assert codes == [200] * 20  # refused connections are retried on the other server
+    watcher.join(timeout=10)
+    # one failed check takes it out (fall 1): within one interval (+ the check itself)
+    assert out_after and out_after[0] < cfg.check_interval_ms / 1000 + 0.2, out_after
+
+
+@needs_haproxy
+def test_a_reload_with_a_server_removed_drops_no_connection(lb, tmp_path):
+    proc, port, servers, cfg = lb
+    results: list = []
+
+    def client(n: int) -> None:
+        for _ in range(n):
+            try:
+                times, events = stream(port, max_tokens=8)
+                results.append(events[-1] == b"[DONE]")
+            except Exception as e:  # noqa: BLE001 - a dropped connection is the failure counted
+                results.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(6,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    smaller = H.Balancer(cfg.bind_address, cfg.port, cfg.servers[1:], cfg.check_interval_ms,
+                         stats_port=cfg.stats_port)
+    (tmp_path / "haproxy.cfg").write_text(H.haproxy_cfg(smaller, _paths(tmp_path)))
+    proc.send_signal(signal.SIGUSR2)  # master-worker reload, as `systemctl reload haproxy` does
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [True] * 24, results
+    deadline = time.monotonic() + 5
+    while set(_stat(tmp_path)) != {"gptoss-2"}:
+        assert time.monotonic() < deadline, _stat(tmp_path)
+        time.sleep(0.05)

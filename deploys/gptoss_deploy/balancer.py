@@ -181,3 +181,28 @@ def apply_front(front: H.Front, api_key_file: str):
     placed = files_in_place(name="haproxy.cfg (the front), key and scrapers files", files=files)
     haproxy_running(name="haproxy running (reloaded when its config changed)", reload_if=placed.did_change)
     front_gate(name="front gate: allow-list and key", front=front)
+
+
+# -- the runtime API, for the rolling upgrade ----------------------------------------------------------
+
+
+def balancers(inventory: Iterable[Any]) -> list[Any]:
+    return [h for h in inventory if is_balancer(h)]
+
+
+def runtime(lbs: list[Any], action: str, server: str, timeout_s: float | None = None) -> tuple[bool, str]:
+    """`set server gptoss/<server> state drain|ready` on every balancer, through the pyinfra
+    connection to each balancer host (its admin socket is local to it); drain waits for the
+    server's sessions to reach 0 or `timeout_s`. (ok, what each balancer said, in one line)."""
+    said = []
+    for lb in lbs:
+        cmd = StringCommand(H.runtime_command(action, server, timeout_s))
+        try:
+            ok, out = lb.run_shell_command(cmd, print_output=False, print_input=False)
+        except Exception as e:  # not connected in this run (--limit), or the connection broke
+            return False, f"balancer {lb.name}: {type(e).__name__}: {e}"[:400]
+        if not ok:
+            last = (out.stderr_lines or out.stdout_lines or ["no output"])[-1]
+            return False, f"balancer {lb.name}: {action} {server}: {last}"[:400]
+        said.append(f"{lb.name} {(out.stdout_lines or [''])[-1]}")
+    return True, "; ".join(said)
