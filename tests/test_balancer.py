@@ -97,3 +97,80 @@ def test_a_mistyped_balancer_key_names_the_real_one():
     inv = _inventory({"gptoss_lb_prot": 80})
     with pytest.raises(C.ConfigError, match="did you mean gptoss_lb_port"):
         B.balancer_config(inv.get_host("lb-1"), inv)
+
+
+# -- the rollout drains through the balancers ------------------------------------------------------------
+
+
+class FakeLb:
+    """A gptoss_lb host whose connection records the runtime commands it is given."""
+
+    groups = ["gptoss_lb"]
+
+    def __init__(self, name, events, fail=None):
+        self.name, self.events, self.fail = name, events, fail
+
+    def run_shell_command(self, cmd, **_kw):
+        from types import SimpleNamespace
+
+        text = str(cmd)
+        action, server = next((a, text.split()[-2] if a == "drain" else text.split()[-1])
+                              for a in ("drain", "ready", "stat") if f" {a} " in text)
+        self.events.append(f"{self.name} {action} {server.strip(chr(39))}")
+        ok = self.fail != action
+        line = "scur=0 status=DRAIN waited=0.4" if ok else "gptoss lb: runtime socket: refused"
+        return ok, SimpleNamespace(stdout_lines=[line] if ok else [], stderr_lines=[] if ok else [line])
+
+
+@pytest.fixture()
+def roll(monkeypatch, kb, good):
+    """rollout._roll_host with the host's steps recorded instead of run: (run, events)."""
+    from types import SimpleNamespace
+
+    from gptoss_deploy import rollout as R
+
+    events: list[str] = []
+    new = C.validate("gpu-1", {**good, "gptoss_bind_address": "10.0.0.11"}, DEBIAN, kb)
+    old = __import__("dataclasses").replace(new, stack="vllm-old")  # only its name is read here
+    gates: list = []
+    monkeypatch.setattr(R, "switched_to", lambda cfg: False)
+    monkeypatch.setattr(R, "_run", lambda cmd: (events.append("switch" if "ln -sfn" in cmd else "run") or True, "__t=1", ""))
+    monkeypatch.setattr(R, "gate", lambda cfg: (events.append(f"gate {cfg.stack}") or gates.pop(0)))
+    monkeypatch.setattr(R, "doctor_reading", lambda cfg, since: {})
+
+    def run(gate_results, lbs_fail=None):
+        gates[:] = gate_results
+        lbs = [FakeLb("lb-1", events, lbs_fail), FakeLb("lb-2", events)]
+        monkeypatch.setattr(R, "host", SimpleNamespace(state=SimpleNamespace(inventory=lbs + [SimpleNamespace(groups=[])])))
+        st = R.Settings("1", 2, None, None, True, 30)
+        r = R.HostResult("gpu-1", 0)
+        R._roll_host(None, r, new, old, st, "10.0.0.11")
+        return r
+
+    return run, events, new, old
+
+
+def test_the_roll_drains_before_the_restart_and_readies_after_the_gate(roll):
+    run, events, new, _old = roll
+    r = run([(None, "healthy")])
+    assert r.status == "upgraded" and "scur=0" in r.lb_drain
+    assert events == ["lb-1 drain gpu-1", "lb-2 drain gpu-1", "switch", f"gate {new.stack}",
+                      "lb-1 ready gpu-1", "lb-2 ready gpu-1"]
+
+
+def test_a_host_whose_gate_fails_is_ready_again_only_once_healthy_on_the_old_stack(roll):
+    run, events, new, old = roll
+    r = run([("health-gate", "no /health"), (None, "healthy")])
+    assert r.status == "failed" and "back in rotation" in r.rollback
+    assert events[-2:] == ["lb-1 ready gpu-1", "lb-2 ready gpu-1"]
+    events.clear()
+    r = run([("health-gate", "no /health"), ("health-gate", "still nothing")])
+    assert r.status == "failed" and "out of service" in r.rollback
+    assert not any("ready" in e for e in events)  # stays out of rotation
+
+
+def test_a_balancer_that_cannot_drain_stops_the_host_before_any_restart(roll):
+    run, events, _new, _old = roll
+    r = run([(None, "healthy")], lbs_fail="drain")
+    assert (r.status, r.step) == ("failed", "lb-drain") and "lb-1" in r.error
+    assert "switch" not in events
