@@ -77,8 +77,12 @@ def balancer_config(lb: Any, inventory: Iterable[Any]) -> tuple[H.Balancer, str 
         raise ConfigError(f"host {lb.name}: group {LB_GROUP}: no serving host in the inventory to balance; "
                           f"fix: add the serving hosts to the same inventory")
     cert = ctx.parsed["gptoss_lb_tls_cert"]
-    b = H.Balancer(ctx.parsed["gptoss_lb_bind_address"], ctx.parsed["gptoss_lb_port"], servers,
-                   ctx.parsed["gptoss_lb_check_interval_ms"], tls=cert is not None)
+    bind = ctx.parsed["gptoss_lb_bind_address"]
+    # the stats page stays on loopback: the balancer's own loopback address where it has one
+    # (the local fleet's hosts share one network, and one 127.0.0.1)
+    stats = bind if keys._is_loopback(bind) else "127.0.0.1"
+    b = H.Balancer(bind, ctx.parsed["gptoss_lb_port"], servers, ctx.parsed["gptoss_lb_check_interval_ms"],
+                   tls=cert is not None, stats_address=stats)
     return b, cert
 
 
