@@ -407,3 +407,9 @@ def test_a_reload_with_a_server_removed_drops_no_connection(lb, tmp_path):
     while set(_stat(tmp_path)) != {"gptoss-2"}:
         assert time.monotonic() < deadline, _stat(tmp_path)
         time.sleep(0.05)
+
+
+@needs_haproxy
+def test_show_stat_command_reads_the_runtime_socket(lb, tmp_path):
+    r = subprocess.run(["sh", "-c", H.show_stat_command(str(tmp_path / "admin.sock"))], capture_output=True, text=True)
+    assert r.returncode == 0 and set(H.parse_stat(r.stdout)) == {"gptoss-1", "gptoss-2"}

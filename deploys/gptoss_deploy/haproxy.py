@@ -264,6 +264,25 @@ def runtime_command(action: str, server: str, timeout_s: float | None = None, ba
     return " ".join(["python3", "-c", shlex.quote(RUNTIME_PY), *(shlex.quote(a) for a in args)])
 
 
+_SHOW_STAT_PY = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(10); s.connect(sys.argv[1])
+s.sendall(b'show stat\n'); out = b''
+while True:
+    d = s.recv(65536)
+    if not d: break
+    out += d
+sys.stdout.write(out.decode())
+"""
+
+
+def show_stat_command(socket: str = ADMIN_SOCKET) -> str:
+    """The shell command (for a host running haproxy) printing `show stat` CSV; read it with parse_stat."""
+    import shlex
+
+    return f"python3 -c {shlex.quote(_SHOW_STAT_PY)} {shlex.quote(socket)}"
+
+
 def parse_runtime_output(text: str) -> dict:
     """`scur=N status=S waited=T` -> {"scur": N, "status": S, "waited": T}."""
     out: dict = {}
