@@ -174,3 +174,48 @@ def test_a_balancer_that_cannot_drain_stops_the_host_before_any_restart(roll):
     r = run([(None, "healthy")], lbs_fail="drain")
     assert (r.status, r.step) == ("failed", "lb-drain") and "lb-1" in r.error
     assert "switch" not in events
+
+
+# -- the fleet doctor shows the balancers' view ------------------------------------------------------------
+
+
+def _fleet_doctor():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fleet_doctor_lb", REPO / "deploys" / "doctor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STAT = ("# pxname,svname,qcur,qmax,scur,smax,slim,status,check_status\n"
+        "gptoss,FRONTEND,,,3,5,,OPEN,\n"
+        "gptoss,gpu-1,0,0,2,4,,UP,L7OK\n"
+        "gptoss,gpu-2,0,0,0,1,,DRAIN,L7OK\n"
+        "gptoss,gpu-3,0,0,0,1,,DOWN,L7STS\n"
+        "gptoss,BACKEND,0,0,2,5,,UP,\n")
+
+
+def test_fleet_doctor_shows_each_backend_as_the_balancer_sees_it():
+    import io
+
+    FD = _fleet_doctor()
+    rows = [FD.unreadable(n, "x") | {"exit_code": 0, "error": None} for n in ("gpu-1", "gpu-2", "gpu-3", "gpu-4")]
+    lbs = [FD.balancer_view("lb-1", True, STAT, "")]
+    report = FD.fleet_report(rows, lbs)
+    seen = {r["host"]: r["balancer"] for r in report["hosts"]}
+    assert seen == {"gpu-1": "UP", "gpu-2": "DRAIN (L7OK)", "gpu-3": "DOWN (L7STS)", "gpu-4": "absent"}
+    assert report["exit_code"] == 0 and report["balancers"][0]["servers"]["gpu-1"]["scur"] == 2
+    buf = io.StringIO()
+    FD.render_table(report, file=buf)
+    text = buf.getvalue()
+    assert "balancer lb-1: gpu-1 UP (2 in flight), gpu-2 DRAIN (0 in flight)" in text and "DOWN (L7STS)" in text
+
+
+def test_an_unreadable_balancer_is_exit_2_with_the_fix():
+    FD = _fleet_doctor()
+    b = FD.balancer_view("lb-1", False, "", "ConnectionRefusedError: [Errno 111]")
+    assert "cannot read haproxy's runtime socket" in b["error"] and "deploys/gptoss.py" in b["error"]
+    rows = [FD.unreadable("gpu-1", "x") | {"exit_code": 0, "error": None}]
+    report = FD.fleet_report(rows, [b])
+    assert report["exit_code"] == 2 and report["hosts"][0]["balancer"] == "unknown"
