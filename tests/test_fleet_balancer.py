@@ -29,6 +29,7 @@ import pytest
 
 from gptoss_deploy import haproxy as H
 from gptoss_testbed import exclusive
+from gptoss_testbed.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "testbed.py"
@@ -83,63 +84,6 @@ def lb_stat(fleet: dict) -> dict:
     rc, out = ssh(fleet, fleet["lb"]["address"], H.show_stat_command())
     assert rc == 0, out
     return H.parse_stat(out)
-
-
-class Client(threading.Thread):
-    """`workers` connections sending completions through the balancer back to back, every other
-    one streamed; counts served and failed (any non-200, a stream without [DONE], a reset)."""
-
-    def __init__(self, address: str, key: str, workers: int = 4):
-        super().__init__(daemon=True)
-        self.address, self.key, self.workers = address, key, workers
-        self.served = 0
-        self.failed: list[tuple[float, str]] = []
-        self.in_flight = 0
-        self.latencies: list[float] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-
-    def one(self, stream: bool) -> None:
-        body = {"model": MODEL, "prompt": "hello", "max_tokens": 8, "stream": stream}
-        t0 = time.monotonic()
-        with self._lock:
-            self.in_flight += 1
-        try:
-            conn = http.client.HTTPConnection(self.address, 8000, timeout=60)
-            conn.request("POST", "/v1/completions", body=json.dumps(body),
-                         headers={"content-type": "application/json", "Authorization": f"Bearer {self.key}"})
-            r = conn.getresponse()
-            data = r.read()
-            conn.close()
-            ok = r.status == 200 and (b"data: [DONE]" in data if stream else b'"choices"' in data)
-            why = None if ok else f"{r.status} {data[:120]!r}"
-        except Exception as e:  # noqa: BLE001 - a reset or a timeout is a failed request
-            why = f"{type(e).__name__}: {e}"
-        with self._lock:
-            self.in_flight -= 1
-            if why:
-                self.failed.append((time.monotonic(), why))
-            else:
-                self.served += 1
-                self.latencies.append(time.monotonic() - t0)
-
-    def _loop(self, i: int) -> None:
-        n = i
-        while not self._stop.is_set():
-            self.one(stream=n % 2 == 0)
-            n += 1
-
-    def run(self) -> None:
-        threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(self.workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    def stop(self) -> "Client":
-        self._stop.set()
-        self.join(90)
-        return self
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +141,7 @@ def test_a_second_deploy_changes_nothing(fleet):
 
 def test_a_reload_of_the_balancer_drops_nothing(fleet):
     wait_all_up(fleet)
-    client = Client(fleet["lb"]["address"], fleet["api_key"])
+    client = Client([f"{fleet['lb']['address']}:8000"], fleet["api_key"])
     client.start()
     time.sleep(2)
     # a serving host removed, then added again: each a config change applied with a reload
@@ -211,7 +155,7 @@ def test_a_reload_of_the_balancer_drops_nothing(fleet):
 
 def test_upgrade_of_three_hosts_fails_no_request(fleet, tmp_path):
     wait_all_up(fleet)
-    client = Client(fleet["lb"]["address"], fleet["api_key"])
+    client = Client([f"{fleet['lb']['address']}:8000"], fleet["api_key"])
     client.start()
     run = pyinfra("deploys/upgrade.py", "--data", f"gptoss_stack={fleet['new']}",
                   GPTOSS_UPGRADE_REPORT=str(tmp_path / "report.json"))
@@ -226,7 +170,7 @@ def test_upgrade_of_three_hosts_fails_no_request(fleet, tmp_path):
 
 def test_upgrade_to_the_broken_stack_rolled_back_fails_no_request(fleet, tmp_path):
     wait_all_up(fleet)
-    client = Client(fleet["lb"]["address"], fleet["api_key"])
+    client = Client([f"{fleet['lb']['address']}:8000"], fleet["api_key"])
     client.start()
     run = pyinfra("deploys/upgrade.py", "--data", f"gptoss_stack={fleet['broken_stack']}",
                   "--data", "gptoss_health_timeout_s=15", GPTOSS_UPGRADE_REPORT=str(tmp_path / "report.json"))
@@ -241,7 +185,7 @@ def test_upgrade_to_the_broken_stack_rolled_back_fails_no_request(fleet, tmp_pat
 def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
     wait_all_up(fleet)
     victim, address = list(fleet["addr"].items())[-1]
-    client = Client(fleet["lb"]["address"], fleet["api_key"])
+    client = Client([f"{fleet['lb']['address']}:8000"], fleet["api_key"])
     client.start()
     time.sleep(2)
     in_flight = client.in_flight  # every request in flight, on any host: a bound on the victim's
@@ -259,6 +203,6 @@ def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
     # one check interval (500 ms in the testbed inventory) plus the ssh round trip of lb_stat
     assert seen_down < 0.5 + 1.5, seen_down
     assert len(client.failed) <= in_flight, (in_flight, client.failed)
-    late = [f for f in client.failed if f[0] - t_kill > 0.5 + 1.5]
+    late = [f for f in client.failed if f[0] - t_kill > 0.5 + 1.5]  # (time, target, why)
     assert not late, late  # nothing sent after it left the rotation failed
     wait_all_up(fleet, timeout=90)  # systemd restarts it (Restart=on-failure), the check brings it back
