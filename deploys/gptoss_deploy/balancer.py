@@ -120,10 +120,12 @@ def haproxy_running(reload_if):
         host.noop("haproxy enabled and active")
 
 
-def _package() -> None:
-    if "haproxy" not in (host.get_fact(DebPackages) or {}):
-        # Only touch the apt cache when it is missing: a re-run stays a no-op.
-        apt.packages(name="haproxy (the distribution's package)", packages=["haproxy"], update=True)
+def _packages() -> None:
+    """haproxy, and python3 for the runtime-socket programs the upgrade and the doctor run here."""
+    missing = [p for p in ("haproxy", "python3") if p not in (host.get_fact(DebPackages) or {})]
+    if missing:
+        # Only touch the apt cache when something is missing: a re-run stays a no-op.
+        apt.packages(name="haproxy (the distribution's package)", packages=missing, update=True)
 
 
 _FRONT_PROBE = r"""
@@ -163,7 +165,7 @@ def front_gate(front: H.Front):
 
 @deploy("gptoss balancer")
 def apply(b: H.Balancer, tls_cert: str | None):
-    _package()
+    _packages()
     files = [ManagedFile(H.CFG_PATH, H.haproxy_cfg(b))]
     if tls_cert:
         with open(tls_cert, encoding="utf-8") as f:
@@ -176,7 +178,7 @@ def apply(b: H.Balancer, tls_cert: str | None):
 @deploy("gptoss front")
 def apply_front(front: H.Front, api_key_file: str):
     """After the service: vLLM has moved behind the front before HAProxy takes its address."""
-    _package()
+    _packages()
     files = (
         ManagedFile(H.CFG_PATH, H.haproxy_cfg(front)),
         ManagedFile(H.AUTH_FILE, H.auth_file_text(read_api_key(api_key_file)), "root", "haproxy", "0640", secret=True),
