@@ -219,3 +219,8 @@ def test_an_unreadable_balancer_is_exit_2_with_the_fix():
     rows = [FD.unreadable("gpu-1", "x") | {"exit_code": 0, "error": None}]
     report = FD.fleet_report(rows, [b])
     assert report["exit_code"] == 2 and report["hosts"][0]["balancer"] == "unknown"
+
+
+def test_the_front_needs_systemd(kb, good):
+    msg = one_line_error(kb, {**good, "gptoss_bind_address": "10.0.0.5", "gptoss_service_manager": "supervisor"})
+    assert "gptoss_front='auto'" in msg and "systemd" in msg

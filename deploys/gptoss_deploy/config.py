@@ -160,6 +160,10 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         indexes += (Index(f"pytorch-{torch_backend}", backend_mirror),)
         torch_backend, index_strategy = None, index_strategy or "unsafe-best-match"
 
+    if v["gptoss_front"] and v["gptoss_service_manager"] != SYSTEMD:
+        # the front is Debian's haproxy unit, reloaded (hitless) through systemctl
+        raise bad(name, "gptoss_front", data.get("gptoss_front", "auto"), "the front runs under systemd, which this "
+                  "host does not run", "serve on 127.0.0.1 behind a balancer or proxy elsewhere, or set gptoss_front=false")
     cuda_home, cuda_src = v["gptoss_cuda_home"]
     air = v["gptoss_wheelhouse"]
     python = air.base_python or facts.get("python_path") or "/usr/bin/python3"
