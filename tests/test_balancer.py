@@ -224,3 +224,23 @@ def test_an_unreadable_balancer_is_exit_2_with_the_fix():
 def test_the_front_needs_systemd(kb, good):
     msg = one_line_error(kb, {**good, "gptoss_bind_address": "10.0.0.5", "gptoss_service_manager": "supervisor"})
     assert "gptoss_front='auto'" in msg and "systemd" in msg
+
+
+# -- the local fleet's balancer host (gptoss-testbed up --lb) -------------------------------------------------
+
+
+def test_testbed_lb_host_takes_the_next_address_and_status_names_it(tmp_path):
+    from gptoss_testbed import fleet, hosts
+    from gptoss_testbed.errors import TestbedError
+
+    wanted = hosts.plan_hosts(3, "127.0.0.81")
+    assert fleet.lb_host(wanted) == hosts.Host("gptoss-lb", "127.0.0.84")
+    with pytest.raises(TestbedError, match="--lb: no address left"):
+        fleet.lb_host(hosts.plan_hosts(2, "127.0.0.253"))
+    key = tmp_path / "api-key"
+    key.write_text("k\n")
+    state = {"hosts": [{"name": h.name, "address": h.address} for h in wanted], "ssh_key": "/k", "api_key_file": str(key),
+             "stacks": [], "broken_stack": "b", "lb": {"name": "gptoss-lb", "address": "127.0.0.84", "port": 8000}}
+    assert fleet.status_json(state)["lb"] == {"name": "gptoss-lb", "address": "127.0.0.84", "port": 8000}
+    assert [h.name for h in fleet._hosts_of(state)] == ["gptoss-1", "gptoss-2", "gptoss-3", "gptoss-lb"]
+    assert fleet.status_json({**state, "lb": None})["lb"] is None
