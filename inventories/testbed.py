@@ -59,8 +59,11 @@ testbed = (
             "ssh_hostname": h["address"],
             # Clients reach each host on port 8000 of its own loopback address (its front there).
             "gptoss_bind_address": h["address"],
-            # vLLM itself behind the front: the hosts share the controller's network, so every
-            # host's 127.0.0.1 is one and the same; each host's own address, another port.
+            # Each host's address stands for its network address (the hosts share the controller's
+            # network): serving there is serving beyond loopback, so vLLM goes behind the front
+            # ("auto" counts 127.0.0.0/8 as loopback). Every host's 127.0.0.1 is one and the same
+            # here: vLLM listens on the host's own address, on another port.
+            "gptoss_front": True,
             "gptoss_vllm_address": h["address"],
         })
         for h in _S["hosts"]
