@@ -34,7 +34,7 @@ class Client(threading.Thread):
         self.in_flight = 0
         self.latencies: list[float] = []
         self._next = itertools.cycle(targets)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
 
     def one(self, stream: bool) -> None:
@@ -67,7 +67,7 @@ class Client(threading.Thread):
     def _loop(self, i: int) -> None:
         deadline = time.monotonic() + self.limit_s
         n = i
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self._halt.is_set() and time.monotonic() < deadline:
             self.one(stream=n % 2 == 0)
             n += 1
 
@@ -79,7 +79,7 @@ class Client(threading.Thread):
             t.join()
 
     def stop(self) -> "Client":
-        self._stop.set()
+        self._halt.set()
         self.join(120)
         return self
 
