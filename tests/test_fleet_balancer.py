@@ -182,6 +182,21 @@ def test_upgrade_to_the_broken_stack_rolled_back_fails_no_request(fleet, tmp_pat
     assert wait_all_up(fleet)[canary["host"]]["status"] == "UP"
 
 
+def test_the_fleet_doctor_shows_each_host_as_the_balancer_sees_it(fleet):
+    wait_all_up(fleet)
+    victim = list(fleet["addr"])[0]
+    assert ssh(fleet, fleet["lb"]["address"], H.runtime_command("drain", victim, 0))[0] == 0
+    try:
+        run = subprocess.run([sys.executable, "deploys/doctor.py", str(INVENTORY), "--json"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600, env=_env())
+    finally:
+        ssh(fleet, fleet["lb"]["address"], H.runtime_command("ready", victim))
+    report = json.loads(run.stdout)
+    assert [b["host"] for b in report["balancers"]] == ["gptoss-lb"] and not report["balancers"][0]["error"]
+    seen = {r["host"]: r["balancer"] for r in report["hosts"]}
+    assert seen == {n: ("DRAIN" if n == victim else "UP") for n in fleet["addr"]}, seen
+
+
 def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
     wait_all_up(fleet)
     victim, address = list(fleet["addr"].items())[-1]
