@@ -194,7 +194,7 @@ def test_the_fleet_doctor_shows_each_host_as_the_balancer_sees_it(fleet):
     report = json.loads(run.stdout)
     assert [b["host"] for b in report["balancers"]] == ["gptoss-lb"] and not report["balancers"][0]["error"]
     seen = {r["host"]: r["balancer"] for r in report["hosts"]}
-    assert seen == {n: ("DRAIN" if n == victim else "UP") for n in fleet["addr"]}, seen
+    assert seen == {n: ("DRAIN (L7OK)" if n == victim else "UP") for n in fleet["addr"]}, seen  # drained, healthy
 
 
 def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
