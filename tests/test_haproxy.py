@@ -96,7 +96,7 @@ def _check(tmp: Path, text: str) -> subprocess.CompletedProcess:
 
 def _self_signed(tmp: Path) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gptoss-lb",
-                    "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "crt.pem")], check=True, capture_output=True)
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "crt.pem")], check=True, capture_output=True)
     (tmp / "cert.pem").write_bytes((tmp / "crt.pem").read_bytes() + (tmp / "key.pem").read_bytes())
 
 
@@ -413,3 +413,26 @@ def test_a_reload_with_a_server_removed_drops_no_connection(lb, tmp_path):
 def test_show_stat_command_reads_the_runtime_socket(lb, tmp_path):
     r = subprocess.run(["sh", "-c", H.show_stat_command(str(tmp_path / "admin.sock"))], capture_output=True, text=True)
     assert r.returncode == 0 and set(H.parse_stat(r.stdout)) == {"gptoss-1", "gptoss-2"}
+
+
+@needs_haproxy
+def test_tls_endpoint_serves_with_the_sites_certificate(standin_site, tmp_path):
+    import ssl
+
+    _self_signed(tmp_path)
+    with standin(standin_site) as (_proc, vllm_port):
+        port = _free_port()
+        cfg = H.Balancer("127.0.0.1", port, (H.Server("gptoss-1", "127.0.0.1", vllm_port),), tls=True,
+                         stats_port=_free_port())
+        with running_haproxy(tmp_path, H.haproxy_cfg(cfg, _paths(tmp_path)), port):
+            time.sleep(0.5)  # the first check marks the server up
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "crt.pem"))
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=20, context=ctx)
+            conn.request("POST", "/v1/completions", body=json.dumps(COMPLETION),
+                         headers={"content-type": "application/json", "Authorization": f"Bearer {KEY}"})
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["choices"]
+            plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            with pytest.raises((http.client.HTTPException, ConnectionError)):
+                plain.request("GET", "/health")
+                plain.getresponse()
