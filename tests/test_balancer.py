@@ -169,6 +169,14 @@ def test_a_host_whose_gate_fails_is_ready_again_only_once_healthy_on_the_old_sta
     assert not any("ready" in e for e in events)  # stays out of rotation
 
 
+def test_a_balancer_left_out_of_the_run_stops_the_host_before_any_restart():
+    from types import SimpleNamespace
+
+    lb = SimpleNamespace(name="lb-1", connected=False, groups=["gptoss_lb"])
+    ok, said = B.runtime([lb], "drain", "gpu-1", 30)
+    assert not ok and "not connected" in said and "--limit" in said
+
+
 def test_a_balancer_that_cannot_drain_stops_the_host_before_any_restart(roll):
     run, events, _new, _old = roll
     r = run([(None, "healthy")], lbs_fail="drain")

@@ -202,6 +202,9 @@ def runtime(lbs: list[Any], action: str, server: str, timeout_s: float | None = 
     server's sessions to reach 0 or `timeout_s`. (ok, what each balancer said, in one line)."""
     said = []
     for lb in lbs:
+        if getattr(lb, "connected", True) is False:
+            return False, (f"balancer {lb.name} is not connected in this run (left out by --limit?): {server} cannot "
+                           f"be drained through it; run without --limit, or include {lb.name}")
         cmd = StringCommand(H.runtime_command(action, server, timeout_s))
         try:
             ok, out = lb.run_shell_command(cmd, print_output=False, print_input=False)
