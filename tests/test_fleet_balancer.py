@@ -86,6 +86,16 @@ def lb_stat(fleet: dict) -> dict:
     return H.parse_stat(out)
 
 
+def stats_page(fleet: dict) -> dict:
+    """The balancer's stats page as CSV: on the balancer's own loopback address, which the local
+    fleet shares with the controller (a real balancer's is reached over ssh, as lb_stat does)."""
+    conn = http.client.HTTPConnection(fleet["lb"]["address"], 8404, timeout=5)
+    conn.request("GET", "/;csv")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return H.parse_stat(text)
+
+
 @pytest.fixture(scope="module")
 def fleet():
     lock = exclusive.hold(STATE_DIR)
@@ -157,6 +167,7 @@ def test_removing_and_adding_a_serving_host_reloads_and_drops_nothing(fleet, tmp
         time.sleep(2)
     client.stop()
     rc, after = ssh(fleet, fleet["lb"]["address"], "systemctl show -p MainPID --value haproxy")
+    print(f"a host removed and added again (two reloads): {client.summary()}")
     assert before == after, "haproxy was restarted, not reloaded"
     assert client.served > 20 and client.failed == [], (client.served, client.failed[:5])
     wait_all_up(fleet)
@@ -173,6 +184,7 @@ def test_upgrade_of_three_hosts_fails_no_request(fleet, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert [h["status"] for h in report["hosts"]] == ["upgraded"] * 3
     assert all("scur=0" in h["lb_drain"] for h in report["hosts"])
+    print(f"upgrade of 3 hosts behind the balancer: {client.summary()}")
     assert client.served > 50 and client.failed == [], (client.served, client.failed[:5])
     assert set(wait_all_up(fleet)) == set(fleet["addr"])
 
@@ -187,6 +199,7 @@ def test_upgrade_to_the_broken_stack_rolled_back_fails_no_request(fleet, tmp_pat
     assert run.returncode != 0 and "failed step: health-gate" in run.stdout + run.stderr
     canary = json.loads((tmp_path / "report.json").read_text())["hosts"][0]
     assert canary["status"] == "failed" and "back in rotation" in canary["rollback"]
+    print(f"broken upgrade rolled back behind the balancer: {client.summary()}")
     assert client.served > 20 and client.failed == [], (client.served, client.failed[:5])
     assert wait_all_up(fleet)[canary["host"]]["status"] == "UP"
 
@@ -213,20 +226,24 @@ def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
     client.start()
     time.sleep(2)
     in_flight = client.in_flight  # every request in flight, on any host: a bound on the victim's
-    t_kill = time.monotonic()
-    rc, out = ssh(fleet, address, "kill -9 $(systemctl show -p MainPID --value gptoss-vllm)")
+    rc, out = ssh(fleet, address, "pid=$(systemctl show -p MainPID --value gptoss-vllm); date +%s.%N; kill -9 $pid")
     assert rc == 0, out
+    # the hosts share the controller's clock: the kill's own time, without the ssh round trip
+    killed_at = float(out.split()[-1])
+    t_kill = time.monotonic() - (time.time() - killed_at)
     seen_down = None
     while time.monotonic() - t_kill < 10:
-        if lb_stat(fleet)[victim]["status"].startswith("DOWN"):
+        if stats_page(fleet)[victim]["status"].startswith("DOWN"):
             seen_down = time.monotonic() - t_kill
             break
     time.sleep(3)
     client.stop()
+    print(f"SIGKILL on {victim}: out of rotation after {seen_down} s; {len(client.failed)} failed of "
+          f"{client.served + len(client.failed)} ({in_flight} in flight at the kill)")
     assert seen_down is not None, "the balancer never took the killed host out"
-    # one check interval (500 ms in the testbed inventory) plus the ssh round trip of lb_stat
-    assert seen_down < 0.5 + 1.5, seen_down
+    # within one check interval (500 ms in the testbed inventory), plus the check itself on a busy machine
+    assert seen_down < 0.5 + 0.3, seen_down
     assert len(client.failed) <= in_flight, (in_flight, client.failed)
-    late = [f for f in client.failed if f[0] - t_kill > 0.5 + 1.5]  # (time, target, why)
+    late = [f for f in client.failed if f[0] - t_kill > 0.5 + 0.3]  # (time, target, why)
     assert not late, late  # nothing sent after it left the rotation failed
     wait_all_up(fleet, timeout=90)  # systemd restarts it (Restart=on-failure), the check brings it back
