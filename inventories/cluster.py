@@ -123,6 +123,13 @@ list is generated from the deploy's key table, deploys/gptoss_deploy/keys.py):
                                  (default 1000 ms); one failed check takes it out of rotation.
 
 Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
+
+One endpoint for the fleet: serve on each host's own address (gptoss_bind_address; its front then
+answers there and vLLM moves behind it) and add a group named gptoss_lb; its hosts get HAProxy
+with every other host of this inventory as a server, and deploys/upgrade.py drains through it:
+
+    gptoss_lb = (["lb-01.example.net"], {"ssh_user": "ubuntu", "_sudo": True, "gptoss_lb_port": 443,
+                                         "gptoss_lb_tls_cert": "~/.config/gptoss/site.pem"})
 """
 
 _SHARED = {
