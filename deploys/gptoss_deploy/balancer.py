@@ -46,13 +46,13 @@ def server_of(h: Any) -> H.Server:
     parsed by the same rows of the key table as the host's own deploy."""
     data = _data(h)
     ctx = keys.Context(h.name, data)
-    for name in ("gptoss_port", "gptoss_bind_address", "gptoss_front"):
+    for name in ("gptoss_port", "gptoss_bind_address"):
         k = keys.KEYS[name]
         ctx.parsed[name] = k.parse(ctx, k, data.get(name))
     address = ctx.parsed["gptoss_bind_address"]
     if address in ("0.0.0.0", "::"):
         address = str(h.data.get("ssh_hostname") or h.name)
-    elif keys._is_loopback(address) and not _shares_loopback(address):
+    elif keys.is_loopback(address) and not _shares_loopback(address):
         raise bad(h.name, "gptoss_bind_address", address, "the service answers on loopback only, so the balancer "
                   "cannot reach it", "set gptoss_bind_address to the host's address (its front answers there)")
     return H.Server(h.name, address, ctx.parsed["gptoss_port"])
@@ -80,7 +80,7 @@ def balancer_config(lb: Any, inventory: Iterable[Any]) -> tuple[H.Balancer, str 
     bind = ctx.parsed["gptoss_lb_bind_address"]
     # the stats page stays on loopback: the balancer's own loopback address where it has one
     # (the local fleet's hosts share one network, and one 127.0.0.1)
-    stats = bind if keys._is_loopback(bind) else "127.0.0.1"
+    stats = bind if keys.is_loopback(bind) else "127.0.0.1"
     b = H.Balancer(bind, ctx.parsed["gptoss_lb_port"], servers, ctx.parsed["gptoss_lb_check_interval_ms"],
                    tls=cert is not None, stats_address=stats)
     return b, cert

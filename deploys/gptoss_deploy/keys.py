@@ -309,14 +309,14 @@ def _command(ctx: Context, k: Key, v: Any) -> str | None:
     return v.strip() if v else None
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     return ipaddress.ip_address(address).is_loopback
 
 
 def _front(ctx: Context, k: Key, v: Any) -> bool:
     """"auto": a front exactly where the service answers beyond loopback."""
     if v is None or v == "auto":
-        return not _is_loopback(ctx.parsed["gptoss_bind_address"])
+        return not is_loopback(ctx.parsed["gptoss_bind_address"])
     return check_bool(ctx.host, k.name, v, False)
 
 
