@@ -29,7 +29,7 @@ UNIT = "haproxy"
 
 
 def is_balancer(h: Any = None) -> bool:
-    return LB_GROUP in ((h or host).groups or ())
+    return LB_GROUP in ((host if h is None else h).groups or ())  # `host` is a proxy: no truth test
 
 
 def serving_hosts(inventory: Iterable[Any]) -> list[Any]:
