@@ -216,6 +216,10 @@ def test_the_fleet_doctor_shows_each_host_as_the_balancer_sees_it(fleet):
     assert [b["host"] for b in report["balancers"]] == ["gptoss-lb"] and not report["balancers"][0]["error"]
     seen = {r["host"]: r["balancer"] for r in report["hosts"]}
     assert seen == {n: ("DRAIN (L7OK)" if n == victim else "UP") for n in fleet["addr"]}, seen  # drained, healthy
+    # the same under the pyinfra CLI: a column in the table, a line per balancer
+    cli = pyinfra("deploys/doctor.py", timeout=600)
+    assert cli.returncode == 0, cli.stdout[-3000:]
+    assert "balancer gptoss-lb: " + ", ".join(f"{n} UP (0 in flight)" for n in fleet["addr"]) in cli.stdout, cli.stdout
 
 
 def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
