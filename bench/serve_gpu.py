@@ -88,7 +88,8 @@ def stream_completion(url: str, key: str | None, model: str, tokens: list[int], 
         event = json.loads(data)
         if event.get("usage"):
             usage_tokens = event["usage"].get("completion_tokens")
-        if any(c.get("text") for c in event.get("choices") or ()):
+        # Under --skip-tokenizer-init the text is empty: an event with a choice is a step's tokens.
+        if event.get("choices"):
             now = time.perf_counter()
             first = first if first is not None else now
             last = now

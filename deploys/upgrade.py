@@ -35,10 +35,12 @@ if not balancer.is_balancer():
     new, old, settings, state = built.cfg, built.rollback, built.settings, built.state
 
     python_env.uv_binary(name="uv binary", cfg=new)
+    python_env.install_managed_python(new)
     # An air-gapped site (the deploy's own wheelhouse) never reaches upstream: the deploy's install.
     if settings.download_once and not new.airgap:
-        hf = host.get_fact(HostFacts)  # the venv's Python is the host's python3
-        wh = wheelhouse.build(new, hf.get("python_version") or "3", hf.get("arch") or "x86_64")
+        hf = host.get_fact(HostFacts)  # the venv's Python: the host's python3, or uv's managed CPython
+        py = new.managed_python.minor if new.managed_python else hf.get("python_version") or "3"
+        wh = wheelhouse.build(new, py, hf.get("arch") or "x86_64")
         wheelhouse.push(name=f"stage: wheels of {new.stack} from the controller", cfg=new, wh=wh)
         wheelhouse.staged_venv(name=f"stage: venv {new.stack} (from the wheelhouse)", cfg=new, wh=wh)
     else:

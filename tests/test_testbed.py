@@ -176,7 +176,7 @@ def test_plan_serves_every_knowledge_stack_with_the_real_pins():
     kb = knowledge.load()
     p = catalog.plan(kb)
     served = {(w.index, w.kind, w.args.get("dist", w.kind), w.args["version"]) for w in p.standins}
-    for stack in kb.stacks.values():
+    for stack in (s for s in kb.stacks.values() if s.cuda):  # the fleet stands in for NVIDIA hosts only
         assert any(k == "vllm" and v == stack.vllm for _i, k, _d, v in served), stack.name
         # the torch the stack needs (with its local build) is on a PyTorch index, never on pypi
         torch_full = stack.torch + stack.torch_local

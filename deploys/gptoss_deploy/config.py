@@ -90,6 +90,7 @@ class HostConfig:
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
     jit_cache: Any = None  # jit_cache.JitCache: an archive of a warmed host's JIT caches, or None
     front: haproxy.Front | None = None  # HAProxy on bind_address:port before vLLM (gptoss_front), or None
+    managed_python: Any = None  # managed_python.ManagedPython: the stack venv's uv-managed CPython, or None
 
     @property
     def vllm_address(self) -> str:
@@ -246,6 +247,7 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         jit_cache=v["gptoss_jit_cache"],
         front=haproxy.Front(v["gptoss_bind_address"], v["gptoss_port"], v["gptoss_vllm_address"], v["gptoss_vllm_port"],
                             v["gptoss_metrics_allow"]) if v["gptoss_front"] else None,
+        managed_python=v["gptoss_python_mirror"],
     )
 
 

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from gptoss_doctor import service_manager
 from gptoss_doctor.layout import DEFAULT_BIND, DEFAULT_HF_HOME, DEFAULT_PORT, STACKS_DIR
 
-from . import airgap, host_checks, jit_cache
+from . import airgap, host_checks, jit_cache, managed_python
 from .fields import (bad, check_abs_path, check_bool, check_int, check_secret_file, check_str_list,
                      check_url, field, read_api_key)
 
@@ -82,13 +82,27 @@ def _str_list(ctx: Context, k: Key, v: Any) -> tuple[str, ...]:
 
 
 def _stack(ctx: Context, k: Key, v: Any) -> str:
-    """A stack of the knowledge whose Python range holds the host's python3."""
+    """A stack of the knowledge (its Python range is judged by the next row)."""
     stacks = getattr(ctx.kb, "stacks", {}) or {}
     if not v or v not in stacks:
         raise bad(ctx.host, k.name, v, "not a stack in the knowledge",
                   f"use one of {', '.join(stacks) or '(none loaded)'}, or add one with gptoss_extra_stack_files")
-    host_checks.check_python(ctx.host, ctx.facts, str(field(stacks[v], "python") or ""), v)
     return v
+
+
+def _python_mirror(ctx: Context, k: Key, v: Any) -> managed_python.ManagedPython | None:
+    """The stack venv's Python, both managed-Python keys judged together (managed_python.check):
+    None where the host's python3 is in the stack's range, else uv's managed CPython. The venv's
+    Python must then be in the range."""
+    spec = str(field(ctx.stack, "python") or "")
+    managed = managed_python.check(ctx.host, ctx.data, ctx.facts, spec)
+    host_checks.check_python(ctx.host, managed_python.venv_facts(ctx.facts, managed), spec, ctx.parsed["gptoss_stack"])
+    return managed
+
+
+def _python_downloads_json(ctx: Context, k: Key, v: Any) -> str | None:
+    managed = ctx.parsed["gptoss_python_mirror"]  # judged by managed_python.check with the mirror
+    return managed.downloads_json if managed else None
 
 
 def _extra_stack_files(ctx: Context, k: Key, v: Any) -> tuple[str, ...]:
@@ -213,7 +227,8 @@ def _cuda_home(ctx: Context, k: Key, v: Any) -> tuple[str | None, str]:
     """(CUDA_HOME, how): see host_checks.choose_cuda_home."""
     vendor = field(ctx.parsed["gptoss_gpu_family"], "vendor") or "nvidia"
     name = ctx.parsed["gptoss_stack"]
-    return host_checks.choose_cuda_home(ctx.host, v, vendor, ctx.stack, f"{STACKS_DIR}/{name}", ctx.facts)
+    facts = managed_python.venv_facts(ctx.facts, ctx.parsed["gptoss_python_mirror"])  # the venv's Python
+    return host_checks.choose_cuda_home(ctx.host, v, vendor, ctx.stack, f"{STACKS_DIR}/{name}", facts)
 
 
 def _hf_endpoint(ctx: Context, k: Key, v: Any) -> str:
@@ -385,10 +400,22 @@ _LB_FIX = "set a shell command run on the controller, e.g. 'lbctl drain {host}',
 
 TABLE: tuple[Key, ...] = (
     Key("gptoss_stack",
-        "REQUIRED. A stack name from the knowledge (doctor/gptoss_doctor/knowledge/stacks.toml, e.g. \"vllm-0.20.2\"): "
+        "REQUIRED. A stack name from the knowledge: every vLLM release (doctor/gptoss_doctor/knowledge/releases.toml, "
+        "e.g. \"vllm-0.34.0\"), or a build of stacks.toml (\"vllm-0.34.0-cu129\", \"vllm-0.34.0-rocm\"): "
         "fixes vLLM, torch, Triton, CUDA, the package indexes, the uv index strategy / prerelease / torch backend. "
-        "The host's python3 must be in the stack's Python range.",
+        "The stack venv runs on the host's python3 where it is in the stack's Python range, else on uv's "
+        "managed CPython (gptoss_python_mirror).",
         _stack),
+    Key("gptoss_python_mirror",
+        "Where the host's python3 misses the stack's Python range (the launch stack needs 3.12; Debian 12 has "
+        "3.11), the stack venv is built on uv's managed CPython in /opt/gptoss/python, downloaded from "
+        "python-build-standalone's GitHub releases, or from this mirror of them (UV_PYTHON_INSTALL_MIRROR; "
+        "http(s) or file://). Needed when air-gapped (gptoss_wheelhouse).",
+        _python_mirror),
+    Key("gptoss_python_downloads_json",
+        "A downloads list in uv's format (UV_PYTHON_DOWNLOADS_JSON_URL) for a site's own CPython archives and "
+        "their sha256.",
+        _python_downloads_json),
     Key("gptoss_extra_stack_files",
         "Paths (on the controller) of extra stack TOML files: your own pinned stacks, same fields as stacks.toml.",
         _extra_stack_files, fix="list paths of stack TOML files"),

@@ -21,6 +21,7 @@ from gptoss_doctor.layout import DOCTOR_LINK, UV_CACHE
 
 from . import airgap
 from . import config as C
+from . import managed_python
 from .facts import DeployState
 
 UV = f"{C.BIN_DIR}/uv"
@@ -71,6 +72,8 @@ def spec_hash(cfg: C.HostConfig) -> str:
     spec = install_spec(cfg)
     if cfg.airgap:  # added only when set, so an indexed host's hash stays what it was
         spec.update(airgap.spec_fields(cfg.airgap))
+    if cfg.managed_python:  # likewise: only hosts on uv's managed CPython hash it
+        spec.update(managed_python.spec_fields(cfg.managed_python))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -172,6 +175,8 @@ def begin_rebuild(cfg: C.HostConfig, instead: str):
 
 
 def new_venv(cfg: C.HostConfig) -> StringCommand:
+    if cfg.managed_python:
+        return StringCommand(managed_python.venv_command(UV_ENV, UV, cfg.venv, cfg.managed_python))
     return StringCommand(f"{UV_ENV} {UV} venv --quiet --python {shlex.quote(cfg.python)} {cfg.venv}")
 
 
@@ -246,9 +251,17 @@ def switch_current(cfg: C.HostConfig):
     yield StringCommand(f"ln -sfn {cfg.venv} {tmp} && mv -T {tmp} {C.CURRENT}")
 
 
+def install_managed_python(cfg: C.HostConfig) -> None:
+    """uv's CPython for the stack venv, where the host's python3 misses the stack's range."""
+    if cfg.managed_python:
+        managed_python.python_installed(name=f"uv-managed CPython {cfg.managed_python.minor} in {managed_python.INSTALL_DIR}",
+                                        managed=cfg.managed_python, uv_env=UV_ENV, uv=UV)
+
+
 @deploy("gptoss python")
 def apply(cfg: C.HostConfig):
     uv_binary(name="uv binary", cfg=cfg)
+    install_managed_python(cfg)
     installed = stack_venv(name=f"stack venv {cfg.stack}", cfg=cfg)
     switched = switch_current(name="switch current", cfg=cfg)
     return installed, switched

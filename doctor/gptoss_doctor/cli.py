@@ -9,7 +9,8 @@
     gptoss-doctor list-checks [--json]
 
 Exit 0: no error finding; 1: an error finding; 2: bad invocation (one line on stderr).
-Heavy modules (rich, the checks, the knowledge) are imported only by the commands that use them.
+Heavy modules (the checks, the knowledge) are imported only by the commands that use them; text
+output is plain ANSI (no rich import), coloured on a terminal unless NO_COLOR, or with FORCE_COLOR.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import io
+import math
 import os
 import sys
 import time
 from typing import Sequence
 
 from . import __version__
-from .report import DoctorError, ExitStatus
+from .report import DoctorError, ExitStatus, public_links
 
 PROG = "gptoss-doctor"
 
@@ -56,10 +58,21 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
     p.add_argument("--venv", metavar="PATH", default=d(None), help="the venv to inspect (default: VIRTUAL_ENV, else the service's)")
 
 
+def seconds(text: str) -> float:
+    """--deep-timeout: a finite number of seconds above 0 (argparse turns the error into one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0, e.g. 180")
+    return value
+
+
 def _diagnose_opts(p: argparse.ArgumentParser, sub: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
     p.add_argument("--deep", action="store_true", default=d(False), help="also import torch, init CUDA, run a matmul and a Triton kernel (child process)")
-    p.add_argument("--deep-timeout", metavar="SECONDS", type=float, default=d(180.0), help="time limit of --deep (default 180)")
+    p.add_argument("--deep-timeout", metavar="SECONDS", type=seconds, default=d(180.0), help="time limit of --deep (default 180)")
     p.add_argument("--only", metavar="IDS", default=d(None), help="comma-separated check ids or categories")
 
 
@@ -78,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs.add_parser("collect", help="print the box snapshot as JSON")
     _common(p, sub=True)
     p.add_argument("--deep", action="store_true", default=argparse.SUPPRESS)
-    p.add_argument("--deep-timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--deep-timeout", metavar="SECONDS", type=seconds, default=argparse.SUPPRESS)
 
     p = subs.add_parser("check", help="judge a snapshot file (from `collect`)")
     _common(p, sub=True)
@@ -149,14 +162,27 @@ def cmd_collect(args, started: float) -> int:
     return 0
 
 
-def _read_input(path: str, what: str) -> str:
-    # newline="": keep a lone \r inside its line (progress bars redraw with it), so the
-    # scanner numbers lines the way `grep -n` does.
-    if path == "-":
-        raw = getattr(sys.stdin, "buffer", None)  # absent when stdin is replaced by a text stream
+def read_stdin(what: str) -> str:
+    """All of stdin as text, or one line naming the problem when there is no stdin to read
+    (`<&-`, a service without one). `what` names the argument: "--from -", "log file -"."""
+    stream = sys.stdin
+    try:
+        if stream is None or stream.closed:
+            raise OSError("closed")
+        raw = getattr(stream, "buffer", None)  # absent when stdin is replaced by a text stream
         if raw is None:
-            return sys.stdin.read()
+            return stream.read()
+        # newline="": keep a lone \r inside its line (progress bars redraw with it), so the
+        # scanner numbers lines the way `grep -n` does.
         return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="").read()
+    except (OSError, ValueError) as e:  # ValueError: I/O operation on a closed file
+        raise DoctorError(f"{what}: stdin is closed or unreadable ({getattr(e, 'strerror', None) or e}); "
+                          "pipe the input in, or give a file path") from None
+
+
+def _read_input(path: str, what: str) -> str:
+    if path == "-":
+        return read_stdin(f"{what} -")
     try:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             return f.read()
@@ -180,7 +206,12 @@ def cmd_check(args, started: float) -> int:
         raise DoctorError(f"--from {e}") from None
     findings, statuses = diagnose(snap, only)
     report = build_report(findings, snap.facts, statuses, snap.data.get("host"), round(time.perf_counter() - started, 3))
-    return _emit(report, args.json)
+    taken = snap.data.get("collected_at")
+    report["snapshot"] = {"from": where, "collected_at": taken, "host": snap.data.get("host"),
+                          "doctor_version": snap.data.get("doctor_version")}
+    title = f"{PROG} check {where} (taken {taken or 'at an unknown time'}" + (
+        f" by gptoss-doctor {snap.data['doctor_version']})" if snap.data.get("doctor_version") else ")")
+    return _emit(report, args.json, title=title)
 
 
 def cmd_logs(args, started: float) -> int:
@@ -195,20 +226,71 @@ def cmd_logs(args, started: float) -> int:
     env = _box(args)
     manager = _manager_fact(env)
     if args.files:
-        # all read first: a missing file fails before output
-        texts = [("stdin" if f == "-" else f, _read_input(f, "log file")) for f in args.files]
+        # all opened first: a missing file fails before output; each is then read as a stream
+        sources = [("stdin" if f == "-" else f, _open_log(f)) for f in args.files]
     else:
-        texts = [service_log(env, manager)]
+        sources = [service_log(env, manager)]
     # the fixes name this box's way to restart and read the service
     manager_name = (manager.get("value") or {}).get("manager") or "systemd"
     findings = []
-    for name, text in texts:
-        for finding in _scan(scan, text, manager_name):
-            finding.evidence = {"file": name, **finding.evidence}
-            findings.append(finding)
+    try:
+        for name, source in sources:
+            for finding in _scan(scan, source, manager_name):
+                finding.evidence = {"file": name, **finding.evidence}
+                findings.append(finding)
+    finally:
+        for _, source in sources:
+            if hasattr(source, "close") and source is not getattr(sys.stdin, "buffer", None) and source is not sys.stdin:
+                source.close()
+    judged = _judge_deployed_box(env, args)
+    if judged is not None:
+        # a deployed host: each log failure the box explains is folded into the box finding that
+        # names the cause (the tie table is the signatures' box_causes); the box's other findings
+        # are counted in one info finding: `gptoss-doctor` shows them
+        from .logscan import box_summary, tie_to_box  # noqa: PLC0415
+
+        findings = tie_to_box(findings, judged, keep_unrelated=False)
+        summary = box_summary(judged, findings)
+        if summary is not None:
+            findings.append(summary)
     report = build_report(findings, {}, {}, None, round(time.perf_counter() - started, 3))
     # reading the service's own log: say which, since no FILE named it
-    return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({texts[0][0]})"))
+    return _emit(report, args.json, title=f"{PROG} logs" + ("" if args.files else f" ({sources[0][0]})"))
+
+
+def _judge_deployed_box(env, args):
+    """The box findings of this host where the deploy left a manifest, else None. A box that
+    cannot be judged (no venv) leaves the logs' findings alone."""
+    from .collect.service import MANIFEST  # noqa: PLC0415
+
+    if not env.exists(MANIFEST):
+        return None
+    from .collect import VenvError, collect  # noqa: PLC0415
+    from .report import diagnose  # noqa: PLC0415
+
+    try:
+        snap = collect(env, venv_path=args.venv)
+    except VenvError:
+        return None
+    findings, _statuses = diagnose(snap)
+    return findings
+
+
+def _open_log(path: str):
+    """A log as a binary stream: the scanner reads it in blocks, splitting on b"\n" only."""
+    if path == "-":
+        if sys.stdin is None or sys.stdin.closed:  # `<&-`, or a service started without stdin
+            raise DoctorError("log file -: stdin is closed or unreadable; pipe the input in, or give a file path")
+        return getattr(sys.stdin, "buffer", None) or sys.stdin  # a text stream when stdin is replaced
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by cmd_logs once scanned
+    except FileNotFoundError:
+        raise DoctorError(f"log file {path}: no such file") from None
+    except IsADirectoryError:
+        raise DoctorError(f"log file {path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DoctorError(f"log file {path}: cannot read ({e.strerror or e})") from None
+    return f
 
 
 def _box(args):
@@ -227,8 +309,8 @@ def _manager_fact(env) -> dict:
         return {"failed": f"{type(e).__name__}: {e}"}
 
 
-def service_log(env, manager: dict) -> tuple[str, str]:
-    """(where it came from, text) of the deployed service's log: gptoss-supervise's log file, or
+def service_log(env, manager: dict) -> tuple[str, object]:
+    """(where it came from, the log: an open binary file or the text) of the deployed service: gptoss-supervise's log file, or
     this boot's journal of the unit where systemd runs it. One line naming the problem otherwise."""
     from .collect.env import CommandError  # noqa: PLC0415
     from .service_manager import commands_for  # noqa: PLC0415
@@ -241,8 +323,7 @@ def service_log(env, manager: dict) -> tuple[str, str]:
     argv = sc.log_argv()
     if argv is None:
         try:
-            with open(env.path(sc.log_file), encoding="utf-8", errors="replace", newline="") as f:
-                return sc.log_file, f.read()
+            return sc.log_file, open(env.path(sc.log_file), "rb")  # noqa: SIM115 - closed by cmd_logs
         except FileNotFoundError:
             raise DoctorError(f"logs: the service's log {sc.log_file} does not exist: has {sc.supervise} ever "
                               f"started it? (`{sc.status()}`); or give a log file") from None
@@ -262,9 +343,11 @@ def service_log(env, manager: dict) -> tuple[str, str]:
     return shown, done.stdout
 
 
-def _scan(scan, text: str, manager: str = "systemd"):
+def _scan(scan, source, manager: str = "systemd"):
     try:
-        return scan(text, manager=manager)  # the scanner splits as grep -n does
+        return scan(source, manager=manager)  # the scanner splits as grep -n does
+    except OSError as e:  # a read error mid-file (EIO, a directory passed as /dev/fd)
+        raise DoctorError(f"logs: cannot read the log ({e.strerror or e})") from None
     except ValueError as e:  # the signature table failed validation: the doctor's own data is broken
         raise DoctorError(f"the doctor's log signatures are invalid: {e}") from None
 
@@ -280,19 +363,13 @@ def explain_entry(ident: str) -> dict:
     if spec:
         return {
             "id": spec.id, "kind": "check", "severity": spec.severity, "title": spec.title,
-            "category": spec.category, "text": spec.explain, "needs": list(spec.needs), "links": spec.links,
+            "category": spec.category, "text": spec.explain, "needs": list(spec.needs), "links": public_links(spec.links),
         }
-    try:
-        from .logscan import load_signatures  # noqa: PLC0415
-
-        signatures = load_signatures()
-    except (ImportError, ValueError):
-        signatures = ()
-    for sig in signatures:
+    for sig in _signatures():
         if sig.id == ident:
             return {
                 "id": sig.id, "kind": "log signature", "severity": sig.severity, "title": sig.title,
-                "text": sig.fix, "commands": list(sig.commands), "links": list(sig.links),
+                "text": sig.fix, "commands": list(sig.commands), "links": public_links(sig.links),
                 **({"supervisor_commands": list(sig.supervisor_commands)} if sig.supervisor_commands else {}),
                 "patterns": [p.pattern for p in sig.patterns],
             }
@@ -316,14 +393,26 @@ def cmd_list_checks(args, started: float) -> int:
     except ImportError as e:
         raise DoctorError(f"the doctor's checks could not be loaded ({e}); reinstall gptoss-doctor") from None
     specs = select(None)
+    signatures = _signatures()
     if args.json:
         rows = [{"id": s.id, "severity": s.severity, "category": s.category, "title": s.title, "needs": list(s.needs)} for s in specs]
-        sys.stdout.write(json.dumps({"checks": rows}, indent=2) + "\n")
+        sigs = [{"id": s.id, "severity": s.severity, "title": s.title} for s in signatures]
+        sys.stdout.write(json.dumps({"checks": rows, "log_signatures": sigs}, indent=2) + "\n")
     else:
         from .render import render_check_list  # noqa: PLC0415
 
-        render_check_list(specs)
+        render_check_list(specs, signatures=signatures)
     return 0
+
+
+def _signatures() -> tuple:
+    """The log-signature table (`gptoss-doctor logs` matches it); one line when it is broken."""
+    try:
+        from .logscan import load_signatures  # noqa: PLC0415
+
+        return load_signatures()
+    except (ImportError, ValueError) as e:
+        raise DoctorError(f"the doctor's log signatures could not be loaded ({e}); reinstall gptoss-doctor") from None
 
 
 COMMANDS = {

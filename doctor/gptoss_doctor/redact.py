@@ -2,7 +2,7 @@
 
 A value is secret when its *name* says so (KEY, TOKEN, SECRET, PASSWORD as a word of the
 name: `HF_TOKEN`, `VLLM_API_KEY`, `--api-key`; not `TIKTOKEN_ENCODINGS_BASE` nor
-`max_tokens`) or when the *value* looks like a credential (`hf_...`, `sk-...`, `Bearer ...`,
+`max_tokens`) or when the *value* looks like a credential (`hf_...`, `sk-...`, GitHub's `ghp_...`/`github_pat_...`, `Bearer ...`,
 a URL with a password). Only strings are replaced; `api_key_set: true` stays a bool.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -22,6 +21,10 @@ _SECRET_NAME = re.compile(
 _SECRET_VALUE = [
     (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_" + MASK),
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-" + MASK),
+    # GitHub tokens: classic (ghp_ personal, gho_ OAuth, ghu_ user-to-server, ghs_ server, ghr_ refresh)
+    # and fine-grained (github_pat_); a mirror URL or a pip.conf line may carry one
+    (re.compile(r"\b(gh[pousr])_[A-Za-z0-9]{20,}"), r"\1_" + MASK),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), "github_pat_" + MASK),
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"), r"\1 " + MASK),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]+):[^@\s/]+@"), r"\1:" + MASK + "@"),
     # `--api-key VALUE`, `--api-key=VALUE` and `X_TOKEN=VALUE` inside free text (log lines, ExecStart)
@@ -39,7 +42,7 @@ def is_secret_name(name: str) -> bool:
 
 # Every pattern above needs one of these; most strings (paths, versions, names) have none, and a
 # snapshot holds thousands of them: one search instead of six substitutions each.
-_MAYBE_SECRET = re.compile(r"hf_|sk-|@|--|=|(?i:bearer)")
+_MAYBE_SECRET = re.compile(r"hf_|sk-|gh[pousr]_|github_pat_|@|--|=|(?i:bearer)")
 
 
 def redact_text(text: str) -> str:
@@ -53,6 +56,8 @@ def redact_text(text: str) -> str:
 def redact_url(url: str) -> str:
     """A URL without its userinfo (`https://user:pw@host:port/p` -> `https://***@host:port/p`):
     a mirror's user name may itself be a token, so all of it goes, unlike `redact_text`."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415 - only the deploys' mirror URLs need it
+
     parts = urlsplit(url)
     if not (parts.username or parts.password):
         return url

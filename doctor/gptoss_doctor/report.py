@@ -1,7 +1,11 @@
 """The report: findings + facts + check statuses, its exit code, and the JSON contract.
 
     {"schema": "gptoss-doctor/report@1", "exit_code": 0 | 1, "findings": [...], "facts": {...},
-     "checks": {id: status}, "host": str, "duration_s": float, "doctor_version": str}
+     "checks": {id: status}, "not_checked": [{"what", "why", "do", "checks": [id]}],
+     "host": str, "duration_s": float, "doctor_version": str}
+
+`not_checked` says which parts of the box could not be judged (no vLLM venv, no GPU, no service)
+and what to do, so an exit 0 with those gaps never reads as a clean bill.
 
 Exit codes are the machine contract: 0 no error finding, 1 an error finding, 2 bad invocation.
 """
@@ -9,6 +13,7 @@ Exit codes are the machine contract: 0 no error finding, 1 an error finding, 2 b
 from __future__ import annotations
 
 import json
+import re
 from enum import IntEnum
 from typing import Iterable
 
@@ -40,6 +45,90 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: rank[f.severity])
 
 
+def _why(facts: dict, key: str) -> str:
+    f = facts.get(key) or {}
+    return str(f.get("failed") and f"could not be collected: {f['failed']}" or f.get("absent") or "not collected")
+
+
+def _valued(facts: dict, key: str):
+    f = facts.get(key) or {}
+    return f.get("value") if isinstance(f, dict) else None
+
+
+# What a box must show for the checks that matter to run: (what, fact keys whose skip it
+# explains, words of a check's own "does not apply" reason that point at it). Pure data.
+GAPS = (
+    ("the vLLM venv", ("venv", "venv.distributions", "venv.leftovers", "torch.build", "vllm.install",
+                       "vllm.env_vars", "vllm.attention_backends"),
+     ("vLLM is not installed", "no vLLM installed", "no manifest and no vLLM")),
+    ("the GPUs", ("nvidia.gpus", "nvidia.driver", "nvidia.cuda_driver_max", "nvidia.compute_apps", "rocm.gpus"),
+     ("no GPU", "no NVIDIA GPU")),
+    ("the deployed service", ("service", "service.serve", "service.manager", "service.port", "service.access",
+                              "model.disk", "manifest"),
+     ("no deployed service", "no manifest")),
+)
+
+
+def _gap_advice(what: str, facts: dict) -> tuple[str, str] | None:
+    """(why it could not be judged, what to do) for one part of the box, or None when it was seen."""
+    if what == "the vLLM venv":
+        venv = _valued(facts, "venv")
+        if not isinstance(venv, dict):
+            return f"no vLLM venv found ({_why(facts, 'venv')})", "pass --venv PATH (the venv vLLM runs from)"
+        if not isinstance(_valued(facts, "vllm.install"), dict):
+            return (f"vLLM is not installed in {venv.get('path')} ({_why(facts, 'vllm.install')})",
+                    "pass --venv PATH with the venv vLLM serves from")
+        if not isinstance(_valued(facts, "torch.build"), dict):
+            return f"torch is not readable in {venv.get('path')} ({_why(facts, 'torch.build')})", "install the stack into it"
+        return None
+    if what == "the GPUs":
+        if _valued(facts, "nvidia.gpus") or _valued(facts, "rocm.gpus"):
+            return None
+        return (f"no GPU seen ({_why(facts, 'nvidia.gpus')})",
+                "run the doctor on the GPU box (nvidia-smi or amd-smi must list the GPUs there)")
+    if what == "the deployed service":
+        if isinstance(_valued(facts, "service"), dict):
+            return None
+        return (f"no deployed service ({_why(facts, 'service')})",
+                "run the doctor on the serving host, or deploy with deploys/gptoss.py")
+    return None
+
+
+def not_checked(facts: dict, checks: dict[str, str]) -> list[dict]:
+    """The parts of the box that could not be judged, each with the checks that were skipped for
+    it and what to do. Empty when every part was seen (a `check --from` of a partial snapshot,
+    a box with no GPU or no venv: each says so)."""
+    if not facts:
+        return []
+    out = []
+    for what, keys, words in GAPS:
+        advice = _gap_advice(what, facts)
+        if advice is None:
+            continue
+        skipped = [cid for cid, status in checks.items() if status.startswith("skipped:") and (
+            status[len("skipped: "):].split(" ", 1)[0] in keys or any(w in status for w in words))]
+        out.append({"what": what, "why": advice[0], "do": advice[1], "checks": skipped})
+    return out
+
+
+_URL = re.compile(r"https?://[^\s;,)\]]+")
+_PROJECT_FILE = re.compile(r"^(?:docs|deploys|doctor|inventories|testbed|tests|bench)/[\w./#-]+$")
+
+
+def public_links(links) -> list[str]:
+    """The links a user is shown: public URLs and this project's own files. A knowledge row's
+    source may be prose that also names a file of the machine it was written on: only its URLs
+    are kept, never a path of that machine."""
+    out: list[str] = []
+    for link in links or []:
+        text = str(link).strip()
+        if _PROJECT_FILE.match(text):
+            out.append(text)
+        else:
+            out += [u.rstrip(".") for u in _URL.findall(text)]
+    return list(dict.fromkeys(out))
+
+
 def build_report(
     findings: Iterable[Finding],
     facts: dict,
@@ -53,9 +142,10 @@ def build_report(
         "exit_code": exit_code(ordered),
         # findings quote facts and log lines: redact them; check ids are not secrets
         # (`api-key-in-argv` names a key, it holds none), so `checks` is left as it is
-        "findings": [redact_tree(f.to_dict()) for f in ordered],
+        "findings": [redact_tree({**f.to_dict(), "links": public_links(f.links)}) for f in ordered],
         "facts": redact_tree(facts),
         "checks": dict(checks),
+        "not_checked": redact_tree(not_checked(facts, checks)),
         "host": host,
         "duration_s": duration_s,
         "doctor_version": __version__,

@@ -14,6 +14,7 @@ The snapshot is {"schema": SCHEMA, "doctor_version", "collected_at", "host", "du
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,10 @@ FACT_KEYS: dict[str, str] = {
     "nvidia.driver": '{"version": "580.159.04"}  (source: /proc/driver/nvidia/version or nvidia-smi)',
     "nvidia.cuda_driver_max": '"13.0": the newest CUDA this driver runs (nvidia-smi / NVML)',
     "nvidia.gpus": '[{"index": 0, "name": "NVIDIA H200", "compute_cap": "9.0", "memory_mib": 143771, '
-    '"persistence_mode": "Enabled", "uuid": str}]',
+    '"memory_used_mib": int | None, "persistence_mode": "Enabled", "uuid": str}]',
+    "nvidia.compute_apps": '[{"pid": int, "process_name": str, "used_mib": int | None, "gpu_uuid": str, '
+    '"command": str, "is_service": bool, "why": str | None}]  (nvidia-smi --query-compute-apps, asked only when '
+    'some GPU has 1 GiB or more in use; [] otherwise)',
     "nvidia.nvswitch": '{"count": int}  (source: /proc/driver/nvidia-nvswitch/devices, /dev/nvidia-nvswitch*)',
     "nvidia.fabric_manager": '{"installed": bool, "active": bool | None, "version": str | None}',
     "rocm.version": '"6.4.1"  (source: /opt/rocm/.info/version)',
@@ -37,9 +41,12 @@ FACT_KEYS: dict[str, str] = {
     '"exists": bool, "nvcc": str | None, "version": "13.0" | None, "version_from": "nvcc" | "version.json" | None, '
     '"has_cuda_h": bool (include/cuda.h under path), "nvcc_error": str (only when nvcc --version failed)}',
     "venv": '{"path": str, "rule": "--venv" | "VIRTUAL_ENV" | "service" | "manifest", "python": "3.12.3" | None, '
-    '"site_packages": [str], "executable": str (bin/python)}',
+    '"site_packages": [str], "executable": str (bin/python), "executable_link": str | None (its link target), '
+    '"executable_ok": bool (False: a link whose target is gone), "home": str | None (pyvenv.cfg), '
+    '"deployed": bool (the service\'s or the manifest\'s venv)}',
     "venv.distributions": '[{"name": canonical str, "version": str, "installer": str | None, '
-    '"location": str, "dist_info": str, "top_level": [str]}]  (top_level: first path parts owned per RECORD)',
+    '"location": str, "dist_info": str, "top_level": [str], "metadata": false (only for a dist-info without '
+    'METADATA: name and version then come from its directory name)}]  (top_level: first path parts owned per RECORD)',
     "venv.leftovers": '[{"name": "~riton", "path": str, "kind": "dir" | "dist-info" | "file"}]  '
     "(what an interrupted pip uninstall leaves in site-packages)",
     "torch.build": '{"version": "2.11.0+cu130", "cuda": "13.0" | None, "hip": str | None, "path": str}  '
@@ -48,7 +55,8 @@ FACT_KEYS: dict[str, str] = {
     "vllm.env_vars": "[str]: the VLLM_* names this vLLM's envs.py knows (read as text)",
     "vllm.attention_backends": "[str]: backend names this vLLM's registry knows (read as text)",
     "env.shell": "{name: value}: relevant env vars of the doctor's own shell, secrets redacted",
-    "service": '{"unit": str, "unit_path": str, "user": str | None, "environment_files": [str], '
+    "service": '{"unit": str, "unit_path": str, "user": str | None, "group": str | None, "supplementary_groups": [str], '
+    '"environment_files": [str], '
     '"environment": {name: value} (redacted; EnvironmentFile= over Environment=), '
     '"environment_file_errors": {path: error}, "argv": [str] (redacted, $VARs expanded), "venv": str | None}',
     "service.cuda_home": '{...}: the shape of cuda_home, resolved from the deployed service\'s environment '
@@ -72,6 +80,15 @@ FACT_KEYS: dict[str, str] = {
     '"line": int, "prefixes": ["/v1", ...]} | None, "routes": [{"path": str, "methods": [str], "file": str, "line": int, '
     '"when": [[str]] (registered when any alternative\'s source conditions all hold; [[]]: always)}]}  '
     "(the served vLLM's entrypoints source, parsed with ast)",
+    "service.port": '{"port": int, "host": str | None, "listeners": [{"pid": int | None, "uid": int | None, '
+    '"command": str | None, "is_service": bool | None, "why": str | None}]}  (LISTEN sockets on the service\'s port from '
+    "/proc/net/tcp{,6}, their processes from /proc/*/fd; is_service: it or an ancestor is in the unit's cgroup or is "
+    "gptoss-supervise); absent when nothing is deployed",
+    "service.access": '{"user": str, "uid": int, "gids": [int], "paths": [{"path": str, "what": str, "need": "r" | "rw", '
+    '"problem": str | None}]}  (the model and the HF cache as the service\'s user may use them: mode bits of every '
+    "directory down to each path, from /etc/passwd and /etc/group; no ACLs)",
+    "model.disk": '{"model": str, "local": bool, "path": str, "filesystem_of": str, "free_bytes": int, '
+    '"present_bytes": int, "complete": bool (a local path, or the deploy\'s pre-download marker)}',
     "manifest": "the deployed manifest (JSON written by the deploy), /etc/gptoss/manifest.json",
     "stacks.extra": '[{"path": "/etc/gptoss/stacks.d/site.toml", "text": str (the TOML) | "error": str}]  '
     "(the site's stack files the manifest lists in extra_stack_files, with their text: the checks judge with "
@@ -86,6 +103,16 @@ FACT_KEYS: dict[str, str] = {
     '"detail": ...}; also "python": str, "seconds": float  (only with --deep). cuda_init detail: {"device_count", '
     '"devices": [{"index", "name", "capability": "9.0", "memory_mib"}], "arch_list": [str], "arch_ok": bool}',
 }
+
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def canonical_name(name: str) -> str:
+    """A distribution's name as `venv.distributions` records it: PEP 503's normalized form
+    (packaging.utils.canonicalize_name's rule, without importing packaging.utils, which pulls in
+    packaging.tags, platform and logging at start-up)."""
+    return _SEPARATORS.sub("-", name).lower()
 
 
 def value(v: Any, source: str | None = None) -> dict:
@@ -146,4 +173,14 @@ def load_snapshot(text: str, where: str) -> Snapshot:
         )
     if not isinstance(data.get("facts"), dict):
         raise SnapshotError(f"{where}: no 'facts' object")
+    for field_name in ("host", "collected_at", "doctor_version"):
+        if data.get(field_name) is not None and not isinstance(data[field_name], str):
+            raise SnapshotError(f"{where}: {field_name!r} is {json.dumps(data[field_name])[:60]}, expected a string; "
+                                "make the snapshot again with `gptoss-doctor collect`")
+    for key, fact in data["facts"].items():
+        states = set(fact) & {"value", "absent", "failed"} if isinstance(fact, dict) else set()
+        if len(states) != 1:
+            raise SnapshotError(
+                f"{where}: fact {key!r} is {json.dumps(fact, default=str)[:80]}, expected exactly one of "
+                '{"value": ...}, {"absent": "why"}, {"failed": "error"}; make the snapshot again with `gptoss-doctor collect`')
     return Snapshot(data)

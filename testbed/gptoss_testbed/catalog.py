@@ -291,7 +291,8 @@ def plan(kb) -> Plan:
 
     stacks_out = []
     today = kb.latest_stack
-    all_stacks = list(kb.stacks.values())
+    # The local fleet's hosts stand in for NVIDIA boxes: ROCm stacks (no CUDA) have no stand-in torch here.
+    all_stacks = [s for s in kb.stacks.values() if s.cuda]
     for stack in all_stacks + [None]:  # None: the broken stack, built on today's torch
         broken = stack is None
         s = today if broken else stack

@@ -1,6 +1,6 @@
 """Put what tests/gpu/run_e2e.sh brought back from the GPU machine under tests/fixtures/gpu/.
 
-    python3 tests/gpu/import_fixtures.py /work/.device/.../fixtures.tar.gz [results.json]
+    python3 tests/gpu/import_fixtures.py [--dest DIR] FIXTURES.tar.gz [results.json]
 
 Only logs, JSON and text members are taken, flat; a member holding something shaped like an
 API key (`VLLM_API_KEY=` with a value, `Bearer <token>`) is refused, so nothing secret is committed.
@@ -15,15 +15,18 @@ import tarfile
 from pathlib import Path
 
 DEST = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
-KEEP = (".log", ".json", ".txt", ".service")
+KEEP = (".log", ".json", ".jsonl", ".txt", ".service")
 SECRET = re.compile(r"VLLM_API_KEY=(?!<redacted>)\S|Bearer (?!<redacted>)[A-Za-z0-9]")
 
 
 def main(argv: list[str]) -> int:
+    dest = DEST
+    if argv[:1] == ["--dest"] and len(argv) > 1:
+        dest, argv = Path(argv[1]), argv[2:]
     if not argv or not Path(argv[0]).is_file():
         print("usage: import_fixtures.py FIXTURES.tar.gz [results.json]  (the files run_e2e.sh left in $OUT)", file=sys.stderr)
         return 2
-    DEST.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     taken = []
     with tarfile.open(argv[0]) as tar:
         for m in tar.getmembers():
@@ -34,12 +37,12 @@ def main(argv: list[str]) -> int:
             if SECRET.search(text):
                 print(f"import_fixtures: {m.name} holds something like an API key; not imported (redact it first)", file=sys.stderr)
                 return 1
-            (DEST / name).write_text(text)
+            (dest / name).write_text(text)
             taken.append(name)
     if len(argv) > 1:
-        shutil.copy(argv[1], DEST / "results.json")
+        shutil.copy(argv[1], dest / "results.json")
         taken.append("results.json")
-    print(f"imported {len(taken)} files into {DEST}: {', '.join(sorted(taken))}")
+    print(f"imported {len(taken)} files into {dest}: {', '.join(sorted(taken))}")
     return 0
 
 

@@ -18,7 +18,7 @@ from ..findings import REGISTRY, SEVERITIES, CheckSpec, Finding
 from ..snapshot import FACT_KEYS, Snapshot
 
 # Imported for their @check side effect; the order here is the order checks run and list.
-from . import advisories, cuda, deep, env, exposure, gpu, offline, packages, security, serve, service  # noqa: F401,E402
+from . import advisories, cuda, deep, env, exposure, gpu, live, offline, packages, security, serve, service  # noqa: F401,E402
 from ._util import NotApplicable
 
 __all__ = ["run_checks", "select", "UnknownCheckError", "NotApplicable"]

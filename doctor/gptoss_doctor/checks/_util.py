@@ -7,11 +7,10 @@ import shlex
 from typing import Any, Iterable
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ..layout import CURRENT, ENV_FILE, STACKS_DIR, UNIT
-from ..snapshot import Snapshot
+from ..snapshot import Snapshot, canonical_name
 
 GUIDE = "https://github.com/vllm-project/recipes/blob/main/OpenAI/GPT-OSS.md"
 DEFAULT_VENV = CURRENT
@@ -166,12 +165,12 @@ def distributions(snap: Snapshot) -> list[dict]:
 def dists_by_name(snap: Snapshot) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for d in distributions(snap):
-        out.setdefault(canonicalize_name(str(d.get("name", ""))), []).append(d)
+        out.setdefault(canonical_name(str(d.get("name", ""))), []).append(d)
     return out
 
 
 def installed_version(snap: Snapshot, name: str) -> str | None:
-    found = dists_by_name(snap).get(canonicalize_name(name))
+    found = dists_by_name(snap).get(canonical_name(name))
     return found[0].get("version") if found else None
 
 
@@ -393,11 +392,20 @@ def knowledge_for(snap: Snapshot, load) -> tuple[Any, list[dict]]:
     """(knowledge with every usable site stack file of the snapshot, [{"path", "error"}] for the
     files left out: unreadable on the host, or rejected by the loader). `load` is
     `gptoss_doctor.knowledge.load` (passed in, so this module stays free of the loader)."""
+    texts = site_stack_texts(snap)
+    memo = snap.__dict__.setdefault("_knowledge_for", {})  # diagnose and site-stack-file-invalid both ask
+    key = (id(load), tuple(sorted(texts.items())))
+    if key not in memo:
+        memo[key] = _knowledge_for(snap, load, texts)
+    kb, problems = memo[key]
+    return kb, list(problems)
+
+
+def _knowledge_for(snap: Snapshot, load, texts: dict[str, str]) -> tuple[Any, list[dict]]:
     from ..knowledge import KnowledgeError  # noqa: PLC0415
 
     problems = [{"path": str(f.get("path")), "error": f"unreadable on the host: {f['error']}"}
                 for f in fact_list(snap, "stacks.extra") if isinstance(f, dict) and f.get("error")]
-    texts = site_stack_texts(snap)
     if not texts:
         return load(), problems
     try:

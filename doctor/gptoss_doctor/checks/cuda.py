@@ -26,6 +26,7 @@ from ._util import (
     rocm_gpus,
     restart_command,
     uv_pip,
+    venv_python,
     version,
 )
 
@@ -146,10 +147,18 @@ def bad_cuda_home(snap, kb):
     want = f"a CUDA {fmt_mm(torch_mm)} toolkit (torch's build)"
     if home is None:
         if needed:
+            # from vLLM 0.32 `vllm download-kernels` fetches FlashInfer's cubins: no compiler needed
+            release = kb.release(fact_obj(snap, "vllm.install").get("version") or "0") if version(
+                fact_obj(snap, "vllm.install").get("version")) else None
+            text = f"Install {want} and set CUDA_HOME for the service, because {needed}."
+            if release is not None and release.download_kernels and "flashinfer" in needed:
+                fix_cmds[:] = [f"{posixpath.dirname(venv_python(snap))}/vllm download-kernels"]
+                text = (f"Fetch FlashInfer's prebuilt kernels with `vllm download-kernels` (vLLM {release.vllm} has it), "
+                        f"so nothing JIT-compiles; or install {want} and set CUDA_HOME for the service, because {needed}.")
             yield finding(
                 "warning",
                 "No CUDA toolkit found (CUDA_HOME/CUDA_PATH unset, no nvcc on PATH, no /usr/local/cuda)",
-                f"Install {want} and set CUDA_HOME for the service, because {needed}.",
+                text,
             )
         return
     path, rule = home.get("path"), home.get("rule")
@@ -244,6 +253,8 @@ def _newest_stack_for_driver(kb, driver: str, driver_max) -> object | None:
     d = version(driver)
     fits = []
     for s in kb.shipped_stacks.values():  # a recommendation: never a site's own stack
+        if s.cuda is None:  # a ROCm stack
+            continue
         if d is not None and version(s.min_driver) and version(s.min_driver) > d:
             continue
         max_mm = major_minor(driver_max)

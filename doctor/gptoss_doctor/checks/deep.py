@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ._util import NotApplicable, current_stack, evidence, fact_obj, host_daemon_command, stack_install_commands, uv_pip
 
 STEPS = ("torch_import", "cuda_init", "matmul", "triton_kernel")
@@ -52,21 +52,45 @@ def deep_probe_failed(snap, kb):
     if not failed:
         return
     step, row = failed[0]
+    text, commands = step_fix(snap, kb, step, str(row.get("error") or ""))
+    yield found(
+        title=f"--deep: {step} failed: {str(row.get('error') or 'no error text').strip().splitlines()[-1][:200]}",
+        evidence=evidence(snap, ["deep"], step=step, error=row.get("error"), seconds=row.get("seconds"),
+                          detail=row.get("detail"), python=deep.get("python")),
+        fix=Fix(text=text, commands=commands),
+    )
+
+
+CPU_TORCH = ("Torch not compiled with CUDA enabled", "torch.cuda is not available in this build", "no CUDA build")
+
+
+def _reinstall_torch(snap, kb) -> list[str]:
+    try:
+        stack, _ = current_stack(snap, kb)
+        return stack_install_commands(snap, stack, "--reinstall-package", "torch")
+    except NotApplicable:
+        return [uv_pip(snap, "install", "--reinstall-package", "torch", "--torch-backend", "auto", "torch")]
+
+
+def step_fix(snap, kb, step: str, error: str) -> tuple[str, list[str]]:
+    """(fix text, commands) for the step that failed and how: a time limit is not a broken torch,
+    a CPU-only torch is not a driver fault."""
+    if error.startswith("timed out"):
+        limit = error.split("after", 1)[-1].split()[0] if "after" in error else "the limit"
+        return (f"The probe did not finish in {limit} s, during {step}: nothing is known broken. A first CUDA init or "
+                "Triton compile can take minutes on a cold cache; give it longer, and if it hangs again at the same "
+                "step, look at that layer (driver and GPU for cuda_init/matmul, the compiler for triton_kernel).",
+                ["gptoss-doctor --deep --deep-timeout 600"])
+    torch = fact_obj(snap, "torch.build")
+    if step in ("cuda_init", "torch_import") and (any(m in error for m in CPU_TORCH) or (
+            step == "cuda_init" and snap.has("torch.build") and not torch.get("cuda") and not torch.get("hip"))):
+        return ("torch is a CPU-only build: install the CUDA build of the stack's torch into the same venv.",
+                _reinstall_torch(snap, kb))
     commands = list(STEP_COMMANDS.get(step, []))
     if step == "cuda_init":
         commands.append(host_daemon_command(snap, "nvidia-fabricmanager", "status"))
     if step == "torch_import":
-        try:
-            stack, _ = current_stack(snap, kb)
-            commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
-        except NotApplicable:
-            commands = [uv_pip(snap, "install", "--reinstall-package", "torch", "--torch-backend", "auto", "torch")]
-    yield Finding(
-        id="deep-probe-failed",
-        severity="error",
-        title=f"--deep: {step} failed: {str(row.get('error') or 'no error text').strip().splitlines()[-1][:200]}",
-        evidence=evidence(snap, ["deep"], step=step, error=row.get("error"), seconds=row.get("seconds"),
-                          detail=row.get("detail"), python=deep.get("python")),
-        fix=Fix(text=STEP_FIX[step], commands=commands),
-        links=["https://docs.pytorch.org/docs/stable/notes/cuda.html"],
-    )
+        commands = _reinstall_torch(snap, kb)
+    if error.startswith("the probe died"):
+        return (f"The probe's Python died during {step} (a crash, not an exception): " + STEP_FIX[step], commands)
+    return STEP_FIX[step], commands

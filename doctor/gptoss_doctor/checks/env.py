@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ._util import (
     NotApplicable,
     effective_env,
@@ -73,7 +73,7 @@ def _describe(s: dict, vllm: str) -> str:
     return f"{s['name']} ({what}" + (f"; use {s['replacement']}" if s["replacement"] else "") + ")"
 
 
-def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
+def _stale_finding(snap, kb, label: str, key: str, env: dict):
     vllm = vllm_version(snap)
     stale = _stale_vars(snap, kb, env, vllm)
     if not stale:
@@ -90,8 +90,7 @@ def _stale_finding(snap, kb, label: str, key: str, env: dict, check_id: str):
     replacements = [f"{s['name']} -> {s['replacement']}" for s in stale if s["replacement"]]
     words = {"removed": "removed", "not-yet": "not yet there", "deprecated": "deprecated", "unknown": "unknown",
              "fork-only": "fork-only"}
-    yield Finding(
-        id=check_id,
+    yield found(
         severity=worst,
         title=f"vLLM {vllm} ignores or deprecates {len(stale)} variable(s) in {where}: "
         + ", ".join(f"{s['name']} ({words[s['status']]})" for s in stale),
@@ -128,7 +127,7 @@ def stale_vllm_env(snap, kb):
     Source: vllm-project/vllm#32812 (remove deprecated env vars), #50292 (VLLM_ATTENTION_BACKEND
     ignored on 0.26); lifecycle rows in the knowledge.
     """
-    yield from _stale_finding(snap, kb, "shell", "env.shell", fact_obj(snap, "env.shell"), "stale-vllm-env")
+    yield from _stale_finding(snap, kb, "shell", "env.shell", fact_obj(snap, "env.shell"))
 
 
 @check(
@@ -151,7 +150,7 @@ def stale_vllm_env_service(snap, kb):
     Source: vllm-project/vllm#32812, #50292; lifecycle rows in the knowledge.
     """
     env = obj(fact_obj(snap, "service").get("environment"))
-    yield from _stale_finding(snap, kb, "service", "service", env, "stale-vllm-env-service")
+    yield from _stale_finding(snap, kb, "service", "service", env)
 
 
 def _backend_status(snap, kb, name: str, vllm: str) -> tuple[str, object | None]:
@@ -210,9 +209,7 @@ def attention_backend_unknown(snap, kb):
             continue
         replacement = getattr(lc, "replacement", None)
         valid = snap.get("vllm.attention_backends")
-        yield Finding(
-            id="attention-backend-unknown",
-            severity="error",
+        yield found(
             title=f"Attention backend {name!r} ({where}) is {status} on vLLM {vllm}"
             + (f"; use {replacement}" if replacement else ""),
             evidence=evidence(snap, [key, "vllm.attention_backends"], backend=name, set_in=where, status=status,
@@ -257,13 +254,10 @@ def v0_engine_forced(snap, kb):
         [env_file_delete(env_file_hint(snap), ["VLLM_USE_V1"]), restart_command(snap)]
         if label == "service" else ["unset VLLM_USE_V1"]
     )
-    yield Finding(
-        id="v0-engine-forced",
-        severity="error",
+    yield found(
         title=f"VLLM_USE_V1={value} in the {label} environment: gpt-oss will fail with \"unexpected keyword argument 'sinks'\"",
         evidence=evidence(snap, [key, "vllm.install"], environment=label, VLLM_USE_V1=value, vllm=vllm),
         fix=Fix(text="Remove VLLM_USE_V1 so vLLM uses its V1 engine.", commands=commands),
-        links=["https://github.com/vllm-project/vllm/issues/22383"],
     )
 
 
@@ -292,9 +286,7 @@ def service_env_file_missing(snap, kb):
     if not missing:
         return
     unit = unit_name(snap)
-    yield Finding(
-        id="service-env-file-missing",
-        severity="error",
+    yield found(
         # gptoss-supervise refuses a missing EnvironmentFile= as systemd does
         title=f"{unit} reads {', '.join(missing)}, which does not exist: "
         f"{'gptoss-supervise' if service_commands(snap).supervised else 'systemd'} will not start it",
@@ -304,7 +296,6 @@ def service_env_file_missing(snap, kb):
             commands=[*(f"install -m 0640 -o root -g gptoss /dev/null {p}" for p in missing),
                       restart_command(snap)],
         ),
-        links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
     )
 
 
@@ -354,9 +345,7 @@ def attention_backend_wrong_gpu(snap, kb):
             wrong.append({"set_in": where, "backend": name, "backend_vendor": lc.vendor, "source": lc.source})
     if not wrong:
         return
-    yield Finding(
-        id="attention-backend-wrong-gpu",
-        severity="error",
+    yield found(
         title=", ".join(f"{w['backend']} ({w['set_in']}) is an {w['backend_vendor'].upper()} backend" for w in wrong)
         + f"; this box has {vendor.upper()} GPUs",
         evidence=evidence(snap, ["service.serve", "service", "nvidia.gpus", "rocm.gpus"], vendor=vendor, forced=wrong),
@@ -364,7 +353,6 @@ def attention_backend_wrong_gpu(snap, kb):
             text="Remove the override and let vLLM choose:",
             commands=[_backend_fix(snap, w["set_in"], w["backend"], None)[0] for w in wrong] + [restart_command(snap)],
         ),
-        links=["https://github.com/vllm-project/vllm/issues/30919"],
     )
 
 
@@ -443,9 +431,7 @@ def attention_backend_no_sinks(snap, kb):
         return
     alternatives = [b for b in ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN")
                     if all(kb.serves_sinks(b, vllm, a) for a in archs)]
-    yield Finding(
-        id="attention-backend-no-sinks",
-        severity="error",
+    yield found(
         title="; ".join(f"{x['backend']} ({x['set_in']}) has no attention sinks on {'/'.join(x['archs_without_sinks'])} "
                         f"in vLLM {vllm}" for x in lacking) + ": gpt-oss will not start",
         evidence=evidence(snap, ["service.serve", "service", "env.shell", "nvidia.gpus", "rocm.gpus", "vllm.install"],

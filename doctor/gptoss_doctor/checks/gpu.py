@@ -80,7 +80,8 @@ def sinks_float32(snap, kb):
     ("Attention sink dtype error on Blackwell"); vllm-project/vllm#23016.
     """
     vllm = target_vllm(snap, kb)
-    blackwell = [f for f in _present_families(snap, kb) if f.vendor == "nvidia" and f.arch.lower() == "blackwell"]
+    # the SM10x family (B200/GB200, B300/GB300): where TRT-LLM attention is what serves sinks
+    blackwell = [f for f in _present_families(snap, kb) if f.vendor == "nvidia" and f.arch.lower() in ("blackwell", "blackwell-ultra")]
     if not blackwell:
         raise NotApplicable("no Blackwell GPU")
     label, key, env = effective_env(snap)
@@ -88,7 +89,9 @@ def sinks_float32(snap, kb):
         recipe = kb.recipe(fam.name, vllm)
         if recipe is None:
             continue
-        wanted = {n: v for n, v in recipe.env.items() if "ATTENTION" in n}
+        # the TRT-LLM attention switches only: a recipe that forces another backend
+        # (VLLM_ATTENTION_BACKEND) does not hit the float32 assertion when it is missing
+        wanted = {n: v for n, v in recipe.env.items() if n.startswith("VLLM_USE_TRTLLM")}
         missing = {n: v for n, v in wanted.items() if str(env.get(n, "")).strip() != str(v)}
         if not missing:
             continue
@@ -107,7 +110,7 @@ def sinks_float32(snap, kb):
                 "(or upgrade: later stacks choose TRT-LLM attention themselves).",
                 commands=_env_fix(snap, label, set_vars=missing),
             ),
-            links=[GUIDE + "#b200", recipe.source],
+            links=[GUIDE + "#b200", *recipe.links],
         )
 
 
@@ -269,7 +272,7 @@ def tp_heads_divisor(snap, kb):
             text=f"Serve with --tensor-parallel-size {good} (run the remaining GPUs as another replica).",
             commands=edit_unit_commands(snap, f"set --tensor-parallel-size {good}"),
         ),
-        links=["https://github.com/vllm-project/vllm/issues/52435", model.source],
+        links=["https://github.com/vllm-project/vllm/issues/52435", *model.links],
     )
 
 
@@ -396,7 +399,7 @@ def model_memory_fit(snap, kb):
             f"{util:g} x {mem_gib:.0f} GiB allows {budget:.1f} GiB",
             evidence=evidence(snap, keys, **seen),
             fix=Fix(text="Use more GPUs (a larger --tensor-parallel-size) or a GPU with more memory.", commands=[]),
-            links=[GUIDE + "#known-limitations", model.source],
+            links=[GUIDE + "#known-limitations", *model.links],
         )
     elif weights + kv_gib > budget:
         yield Finding(
@@ -406,7 +409,7 @@ def model_memory_fit(snap, kb):
             f"one {max_len}-token sequence needs {kv_gib:.1f} GiB of KV cache",
             evidence=evidence(snap, keys, **seen),
             fix=Fix(text="Lower --max-model-len, raise --gpu-memory-utilization or the TP size.", commands=[]),
-            links=[GUIDE + "#known-limitations", model.source],
+            links=[GUIDE + "#known-limitations", *model.links],
         )
 
 
@@ -467,7 +470,7 @@ def memory_fit_known_oom(snap, kb):
                 + (f": {' '.join(fit.serve_flags)}" if fit.serve_flags else "."),
                 commands=edit_unit_commands(snap, f"add: {' '.join(fit.serve_flags)}") if fit.serve_flags else [],
             ),
-            links=[fit.source],
+            links=fit.links or [GUIDE + "#known-limitations"],
         )
 
 

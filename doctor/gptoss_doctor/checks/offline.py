@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ..layout import TIKTOKEN_DIR
 from ._util import GUIDE, NotApplicable, as_str, effective_env, env_file_hint, evidence, fact_obj, has_flag, restart_command, serve, truthy
 
@@ -64,9 +64,7 @@ def offline_tokenizer_files(snap, kb):
         if HARMONY_NEEDS in (files.get("files") if isinstance(files.get("files"), list) else []):
             return
         state = "does not exist" if files.get("tiktoken_dir_exists") is False else f"has no {HARMONY_NEEDS}"
-        yield Finding(
-            id="offline-tokenizer-files",
-            severity="error",
+        yield found(
             title=f"TIKTOKEN_ENCODINGS_BASE={base} {state}: harmony cannot load its vocabulary",
             evidence=evidence(snap, ["hf.offline_files", key], **seen),
             fix=Fix(text=f"Stage the encodings in {base} (from a machine with network, then copy):", commands=_stage_commands(base)),
@@ -76,8 +74,7 @@ def offline_tokenizer_files(snap, kb):
     if not offline:
         return
     target = TIKTOKEN_DIR  # where the deploy stages them (gptoss_tiktoken_url)
-    yield Finding(
-        id="offline-tokenizer-files",
+    yield found(
         severity="warning",
         title=f"{', '.join(offline)} is set but TIKTOKEN_ENCODINGS_BASE is not: harmony will try to download its vocabulary",
         evidence=evidence(snap, ["hf.offline_files", key], **seen),
@@ -125,9 +122,7 @@ def hf_offline_model_missing(snap, kb):
         return
     hub = files.get("hub_cache") or "~/.cache/huggingface/hub"
     hf_home = files.get("hf_home") or "~/.cache/huggingface"
-    yield Finding(
-        id="hf-offline-model-missing",
-        severity="error",
+    yield found(
         title=f"HF_HUB_OFFLINE=1 ({label}) but {model} is not in {hub}",
         evidence=evidence(snap, ["hf.offline_files", key, "service.serve"], model=model, hub_cache=hub,
                           cached_models=files.get("hub_models")),
@@ -135,5 +130,4 @@ def hf_offline_model_missing(snap, kb):
             text="Download the model into the service's cache while online (skip the extra weight formats):",
             commands=[f"HF_HOME={hf_home} HF_HUB_OFFLINE=0 hf download {model} --exclude 'original/*' 'metal/*'"],
         ),
-        links=["https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline"],
     )

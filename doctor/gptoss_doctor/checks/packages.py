@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from packaging.utils import canonicalize_name
@@ -51,7 +52,8 @@ def _triton_to_keep(snap, kb) -> tuple[str, str | None, str]:
     """(distribution, version or None, why) of the Triton this venv should keep."""
     try:
         stack, how = current_stack(snap, kb)
-        return stack.triton_dist, stack.triton, how
+        # a stack whose pins were not read from its build's files names the distribution only
+        return stack.triton_dist, stack.triton if stack.verified else None, how
     except NotApplicable:
         pass
     torch = fact_obj(snap, "torch.build")
@@ -149,18 +151,32 @@ def torch_cuda_suffix(snap, kb):
     """
     torch = fact_obj(snap, "torch.build")
     installed = str(torch.get("version") or "")
-    if torch.get("hip") and rocm_gpus(snap):
-        raise NotApplicable("a ROCm torch on an AMD box: the knowledge's stacks are CUDA builds")
     try:
         stack, how = current_stack(snap, kb)
     except NotApplicable:
         stack, how = None, None
+    if torch.get("hip") and rocm_gpus(snap):
+        # a ROCm torch on an AMD box: judged against a ROCm stack's ROCm (+rocm7.0 = +rocm7.0.x)
+        if stack is None or not stack.rocm:
+            raise NotApplicable("a ROCm torch on an AMD box, and no ROCm stack for this vLLM")
+        have = re.match(r"\+rocm(\d+\.\d+)", _local(installed))
+        if have is None or have.group(1) != stack.rocm:
+            yield _suffix_finding(snap, installed, f"a ROCm {stack.rocm} build ({stack.torch}{stack.torch_local})", how, stack)
+        return
     if stack is None:
-        # Without a stack only a build without CUDA on an NVIDIA box is certainly wrong.
+        # Without a stack: a build without CUDA on an NVIDIA box is certainly wrong, and so is a
+        # torch of another CUDA major than the libcudart vLLM's compiled library links.
         if nvidia_gpus(snap) and not torch.get("cuda") and not torch.get("hip"):
             yield _suffix_finding(snap, installed, "a CUDA build", "this box has NVIDIA GPUs", None)
             return
-        raise NotApplicable("the stack is unknown (no manifest, vLLM matches no knowledge stack)")
+        cudart = fact_obj(snap, "vllm.install").get("cudart")
+        vllm = fact_obj(snap, "vllm.install").get("version")
+        if cudart and torch.get("cuda"):
+            if str(torch.get("cuda")).split(".")[0] != str(cudart):
+                yield _suffix_finding(snap, installed, f"a CUDA {cudart}.x build",
+                                      f"vLLM {vllm}'s compiled library links libcudart.so.{cudart}", None)
+            return
+        raise NotApplicable("the stack is unknown (no manifest, vLLM matches no knowledge stack) and vLLM's CUDA was not read")
     want_local = stack.torch_local
     have_local = _local(installed)
     if want_local:
@@ -174,7 +190,8 @@ def torch_cuda_suffix(snap, kb):
 
 def _suffix_finding(snap, installed, wanted, how, stack):
     torch = fact_obj(snap, "torch.build")
-    kind = "a CPU build" if not torch.get("cuda") and not torch.get("hip") else f"built for CUDA {torch.get('cuda')}"
+    kind = ("a CPU build" if not torch.get("cuda") and not torch.get("hip")
+            else f"built for ROCm {torch.get('hip')}" if torch.get("hip") else f"built for CUDA {torch.get('cuda')}")
     if stack is not None:
         commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
     else:
@@ -185,7 +202,7 @@ def _suffix_finding(snap, installed, wanted, how, stack):
         title=f"torch {installed or '(unknown)'} is {kind}; the stack needs {wanted}",
         evidence=evidence(snap, ["torch.build"], torch=installed, torch_cuda=torch.get("cuda"), needed=wanted, stack_from=how),
         fix=Fix(text=f"Reinstall torch as {wanted} in {venv_python(snap)}'s venv.", commands=commands),
-        links=[GUIDE + "#known-issues", *( [stack.source] if stack is not None else [])],
+        links=[GUIDE + "#known-issues", *(stack.links if stack is not None else [])],
     )
 
 
@@ -313,22 +330,96 @@ def vllm_torch_pair(snap, kb):
     each stack row's source (vLLM METADATA `Requires-Dist: torch==...`).
     """
     vllm = vllm_version(snap)
-    if fact_obj(snap, "torch.build").get("hip"):
-        raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
     stack = kb.stack_for_vllm(vllm)
-    if stack is None:
-        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack")
+    pin = vllm_pin(snap, "torch")
+    # The installed build's own METADATA first (a ROCm or cu129 build, a release newer than the
+    # knowledge), else the knowledge's stack of that vLLM.
+    if pin is not None:
+        want, whence = pin, f"vLLM {vllm}'s METADATA (Requires-Dist: torch=={pin})"
+    elif stack is not None and stack.verified:
+        want, whence = stack.torch, f"stack {stack.name}"
+    elif stack is not None:
+        raise NotApplicable(f"stack {stack.name}'s torch pin was not read from the build's files, and no torch== pin was read from vLLM {vllm}'s METADATA")
+    else:
+        raise NotApplicable(f"vLLM {vllm} matches no knowledge stack and no torch== pin was read from its METADATA")
     torch = str(fact_obj(snap, "torch.build").get("version") or "")
-    have, want = version(torch), version(stack.torch)
-    if have is not None and want is not None and public(have) == public(want):
+    have, wanted = version(torch), version(want)
+    if have is not None and wanted is not None and public(have) == public(wanted):
         return
+    newer = newer_than_knowledge(kb, vllm)
+    if stack is not None:
+        commands = stack_install_commands(snap, stack, "--reinstall-package", "torch")
+    else:
+        commands = [uv_pip(snap, "install", "--reinstall-package", "torch", f"vllm=={vllm}", f"torch=={want}", "--torch-backend", "auto")]
     yield Finding(
         id="vllm-torch-pair",
         severity="error",
-        title=f"vLLM {vllm} pins torch {stack.torch}, but torch {torch or '(unknown)'} is installed",
-        evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, stack=stack.name, stack_torch=stack.torch),
-        fix=Fix(text=f"Reinstall stack {stack.name} so torch matches vLLM.", commands=stack_install_commands(snap, stack, "--reinstall-package", "torch")),
-        links=["https://github.com/vllm-project/vllm/issues/20361", stack.source],
+        title=f"vLLM {vllm} pins torch {want}, but torch {torch or '(unknown)'} is installed"
+        + (f" (vLLM {vllm} is newer than the knowledge: judged from its own METADATA)" if newer else ""),
+        evidence=evidence(snap, ["vllm.install", "torch.build"], vllm=vllm, torch=torch, needed=want, needed_from=whence,
+                          stack=stack.name if stack else None, newer_than_knowledge=newer or None),
+        fix=Fix(text=f"Reinstall torch {want} so it matches vLLM {vllm}" + (f" (stack {stack.name})." if stack else "."), commands=commands),
+        links=["https://github.com/vllm-project/vllm/issues/20361", *(stack.links if stack else [f"https://pypi.org/project/vllm/{public(version(vllm))}/"])],
+    )
+
+
+def vllm_pin(snap, name: str) -> str | None:
+    """The version the installed vLLM's METADATA pins `name` to (`Requires-Dist: torch==2.14.0`)."""
+    for req in fact_obj(snap, "vllm.install").get("requires") or ():
+        head, sep, ver = str(req).partition("==")
+        if sep and canonicalize_name(head.split("[")[0].strip()) == name:
+            return ver.split(";")[0].strip() or None
+    return None
+
+
+def newer_than_knowledge(kb, vllm: str) -> str | None:
+    """"the knowledge ends at <newest>" when this vLLM is a release after every one it has."""
+    v = version(vllm)
+    newest = kb.newest_release.vllm
+    if v is None or kb.stack_for_vllm(vllm) is not None or public(v) <= version(newest):
+        return None
+    return f"the knowledge ends at vLLM {newest}"
+
+
+@check(
+    "vllm-newer-than-knowledge",
+    severity="info",
+    title="vLLM is newer than the knowledge: judged from its own files",
+    category="packages",
+    needs=("vllm.install",),
+    links=["https://pypi.org/project/vllm/#history"],
+)
+def vllm_newer_than_knowledge(snap, kb):
+    """The installed vLLM is a release after the newest one the knowledge has a row for.
+
+    Why: every other check still runs, judged from what is installed instead of the knowledge:
+    the torch== pin of vLLM's METADATA (vllm-torch-pair) and its Requires-Python
+    (python-outside-stack), the CUDA major its compiled library
+    links against torch's build (torch-cuda-suffix), the env var names of its envs.py and the
+    backend names of its registry (the env checks). Only the knowledge's recipes and eras stop
+    at the newest release it has.
+
+    Fix: upgrade gptoss-doctor to one whose knowledge has the release (maintainers regenerate it
+    with scripts/gen_stacks.py).
+
+    Source: each release's own files on PyPI (https://pypi.org/project/vllm/#history).
+    """
+    vllm = vllm_version(snap)
+    newer = newer_than_knowledge(kb, vllm)
+    if newer is None:
+        return
+    install = fact_obj(snap, "vllm.install")
+    env_vars, backends = snap.get("vllm.env_vars"), snap.get("vllm.attention_backends")
+    yield Finding(
+        id="vllm-newer-than-knowledge",
+        severity="info",
+        title=f"vLLM {vllm} is newer than the knowledge ({newer}): judged from its own METADATA, compiled library, envs.py and backend registry",
+        evidence=evidence(snap, ["vllm.install"], vllm=vllm, knowledge_newest=kb.newest_release.vllm,
+                          torch_pin=vllm_pin(snap, "torch"), links_libcudart=install.get("cudart"),
+                          env_vars_read=len(env_vars) if isinstance(env_vars, list) else None,
+                          backends_read=len(backends) if isinstance(backends, list) else None),
+        fix=Fix(text="Upgrade gptoss-doctor to a release whose knowledge has this vLLM (maintainers: scripts/gen_stacks.py).", commands=[]),
+        links=[f"https://pypi.org/project/vllm/{public(version(vllm))}/"],
     )
 
 
@@ -354,23 +445,35 @@ def python_outside_stack(snap, kb):
     py = fact_obj(snap, "venv").get("python")
     if not py:
         raise NotApplicable("the venv's Python version was not collected")
-    stack, how = current_stack(snap, kb)
-    ok = in_specifier(py, stack.python)
+    try:
+        stack, how = current_stack(snap, kb)
+        wanted, name, commands = stack.python, stack.name, None
+    except NotApplicable:
+        # no stack (a release newer than the knowledge): the installed vLLM's own Requires-Python
+        install = fact_obj(snap, "vllm.install")
+        wanted = install.get("requires_python")
+        if not wanted:
+            raise
+        stack, name = None, f"vLLM {install.get('version')}"
+        how = f"vLLM {install.get('version')}'s METADATA (Requires-Python: {wanted})"
+        commands = [uv_pip(snap, "install", f"vllm=={install.get('version')}", "--torch-backend", "auto")]
+    ok = in_specifier(py, wanted)
     if ok is None or ok:
         return
     path = fact_obj(snap, "venv").get("path") or "/opt/gptoss/current"
-    pick = python_in(stack.python)
+    pick = python_in(wanted)
     yield Finding(
         id="python-outside-stack",
         severity="error",
-        title=f"Python {py} is outside {stack.name}'s range {stack.python}",
-        evidence=evidence(snap, ["venv"], python=py, needed=stack.python, stack_from=how),
+        title=f"Python {py} is outside {name}'s range {wanted}",
+        evidence=evidence(snap, ["venv"], python=py, needed=wanted, stack_from=how),
         fix=Fix(
             text=f"Recreate {path} with Python {pick} and reinstall the stack"
             + (" (on a deployed host: set its python in the host config and re-run the deploy)." if snap.has("manifest") else "."),
-            commands=[f"uv venv --clear --python {pick} {path}", *stack_install_commands(snap, stack)],
+            commands=[f"uv venv --clear --python {pick} {path}", *(stack_install_commands(snap, stack) if stack else commands)],
         ),
-        links=[stack.source],
+        links=[*(stack.links if stack else [f"https://pypi.org/project/vllm/{fact_obj(snap, 'vllm.install').get('version')}/"]),
+               "https://pypi.org/project/vllm/#files"],
     )
 
 
@@ -445,7 +548,7 @@ def manifest_drift(snap, kb):
             text="Re-run the deploy for this host, or reinstall the manifest's stack:",
             commands=commands,
         ),
-        links=[DESIGN, *([stack.source] if stack else [])],
+        links=[DESIGN, *(stack.links if stack else [])],
     )
 
 
@@ -626,7 +729,7 @@ def recipe_extras_missing(snap, kb):
             dist = EXTRA_DISTS.get(extra, extra)
             if canonicalize_name(dist) not in have:
                 missing.setdefault(extra, []).append(fam.name)
-                sources.append(recipe.source)
+                sources.extend(recipe.links)
     if not missing:
         return
     extras = ",".join(sorted(missing))
@@ -670,6 +773,8 @@ def triton_version_mismatch(snap, kb):
     if fact_obj(snap, "torch.build").get("hip"):
         raise NotApplicable("a ROCm build: the knowledge's stacks pin CUDA builds")
     stack, how = current_stack(snap, kb)
+    if not stack.verified:
+        raise NotApplicable(f"stack {stack.name}'s Triton pin was not read from the build's files")
     have = installed_version(snap, stack.triton_dist)
     want = version(stack.triton)
     if have is not None and version(have) is not None and want is not None and public(version(have)) == public(want):
@@ -688,7 +793,7 @@ def triton_version_mismatch(snap, kb):
             text=f"Install {pin}" + (" (and see duplicate-triton for the other Triton)" if others else "") + ".",
             commands=[uv_pip(snap, "install", "--reinstall", pin, *stack_args(stack))],
         ),
-        links=["https://github.com/vllm-project/vllm/issues/39664", stack.source],
+        links=["https://github.com/vllm-project/vllm/issues/39664", *stack.links],
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ..layout import KEY_FILE
 from ._util import edit_unit_commands, env_file_hint, evidence, fact_list, has_flag, restart_command, serve, unit_name
 
@@ -48,9 +48,7 @@ def api_without_key(snap, kb):
     if _is_loopback(host) or s.get("api_key_set"):
         return
     env_file = env_file_hint(snap)
-    yield Finding(
-        id="api-without-key",
-        severity="error",
+    yield found(
         title=f"vLLM listens on {host or 'every interface'}:{s.get('port')} with no API key",
         evidence=evidence(snap, ["service.serve", "service"], host=host, port=s.get("port"), api_key_set=False),
         fix=Fix(
@@ -64,7 +62,6 @@ def api_without_key(snap, kb):
                 restart_command(snap),
             ],
         ),
-        links=[VLLM_SECURITY],
     )
 
 
@@ -91,16 +88,13 @@ def world_readable_secrets(snap, kb):
     files = [f for f in fact_list(snap, "files.world_readable_secrets") if isinstance(f, dict) and f.get("path")]
     if not files:
         return
-    yield Finding(
-        id="world-readable-secrets",
-        severity="error",
+    yield found(
         title=f"{len(files)} file(s) with secrets are world-readable: " + ", ".join(f"{f['path']} ({f.get('mode')})" for f in files),
         evidence=evidence(snap, ["files.world_readable_secrets"], files=files),
         fix=Fix(
             text="Remove read access for others (the service reads them as root or through its group).",
             commands=[f"chmod o-rwx {f['path']}" for f in files],
         ),
-        links=["https://www.freedesktop.org/software/systemd/man/latest/systemd.exec.html#EnvironmentFile="],
     )
 
 
@@ -126,14 +120,11 @@ def api_key_in_argv(snap, kb):
     if not has_flag(snap, "--api-key"):
         return
     unit = unit_name(snap)
-    yield Finding(
-        id="api-key-in-argv",
-        severity="warning",
+    yield found(
         title="`--api-key` is on the vLLM command line, visible to every local user",
         evidence=evidence(snap, ["service.serve", "service"], flag="--api-key", unit=unit),
         fix=Fix(
             text=f"Put the key in {env_file_hint(snap)} as VLLM_API_KEY=... (mode 0640) and remove --api-key from the unit.",
             commands=edit_unit_commands(snap, "delete '--api-key ...' from ExecStart"),
         ),
-        links=[VLLM_SECURITY],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ._util import (
     GUIDE,
     NotApplicable,
@@ -95,8 +95,7 @@ def stale_serve_flag(snap, kb):
         return
     worst = "error" if any(b["status"] in ("removed", "not-yet") for b in bad) else "warning"
     words = {"removed": "removed in", "not-yet": "not yet in", "deprecated": "deprecated in"}
-    yield Finding(
-        id="stale-serve-flag",
+    yield found(
         severity=worst,
         title=", ".join(
             f"{b['flag']} is {words[b['status']]} vLLM {vllm}" + (f" (use {b['replacement']})" if b["replacement"] else "")
@@ -143,9 +142,7 @@ def tool_call_parser_openai(snap, kb):
     if status in ("valid", "deprecated"):
         return
     newer = [s for s in kb.shipped_stacks.values() if kb.lifecycle_status(lc, s.vllm) == "valid"]
-    yield Finding(
-        id="tool-call-parser-openai",
-        severity="error",
+    yield found(
         title=f"`--tool-call-parser openai` needs vLLM >= {lc.introduced}; this is {vllm}",
         evidence=evidence(snap, ["service.serve", "vllm.install"], vllm=vllm, tool_call_parser=parser, introduced=lc.introduced),
         fix=Fix(
@@ -183,13 +180,11 @@ def auto_tool_choice_missing(snap, kb):
     if bool(parser) == bool(auto):
         return
     missing = "--enable-auto-tool-choice" if parser else "--tool-call-parser openai"
-    yield Finding(
-        id="auto-tool-choice-missing",
+    yield found(
         severity="error" if auto else "warning",
         title=f"{'--tool-call-parser ' + str(parser) if parser else '--enable-auto-tool-choice'} is set without {missing}",
         evidence=evidence(snap, ["service.serve"], tool_call_parser=parser, enable_auto_tool_choice=auto),
         fix=Fix(text=f"Add {missing} to the serve flags.", commands=_edit_unit(snap, f"add {missing}")),
-        links=[GUIDE + "#function-calling"],
     )
 
 
@@ -231,9 +226,7 @@ def async_structured_output(snap, kb):
     on_by_default = bool(since) and version(vllm) is not None and public(version(vllm)) >= version(since)
     if has_flag(snap, "--no-async-scheduling") or not (explicit or on_by_default):
         return
-    yield Finding(
-        id="async-structured-output",
-        severity="warning",
+    yield found(
         title=f"Async scheduling is {'set' if explicit else 'on by default'} on vLLM {vllm}: structured-output requests will fail",
         evidence=evidence(snap, ["service.serve", "vllm.install"], vllm=vllm, async_scheduling="flag" if explicit else "default",
                           compatible_from=compat.introduced, pipeline_parallel_size=flag_value(snap, "--pipeline-parallel-size")),
@@ -279,8 +272,7 @@ def max_model_len_too_long(snap, kb):
         return
     label, key, env = effective_env(snap)
     allowed = truthy(env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", ""))
-    yield Finding(
-        id="max-model-len-too-long",
+    yield found(
         severity="warning" if allowed else "error",
         title=f"--max-model-len {raw} is above {model.name}'s {model.max_model_len} tokens"
         + (" (VLLM_ALLOW_LONG_MAX_MODEL_LEN lets it start; long prompts will crash it)" if allowed else ""),

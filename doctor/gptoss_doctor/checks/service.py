@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..findings import Finding, Fix, check
+from ..findings import Fix, check, found
 from ..layout import SUPERVISE
 from ._util import NotApplicable, evidence, fact_obj
 
@@ -63,13 +63,10 @@ def service_manager_mismatch(snap, kb):
     if problem is None:
         return
     title, text, commands = problem
-    yield Finding(
-        id="service-manager-mismatch",
-        severity="error",
+    yield found(
         title=title,
         evidence=evidence(snap, ["service.manager", "manifest"], manifest_manager=m.get("manifest_manager"),
                           pid1_systemd=m.get("pid1_systemd"), supervise=m.get("supervise"),
                           supervise_installed=m.get("supervise_installed")),
         fix=Fix(text=text, commands=commands),
-        links=[DESIGN, SUPERVISOR_DOC],
     )

@@ -53,7 +53,9 @@ def cuda_home(env: Env) -> dict:
 def service_cuda_home_fact(env: Env, environment: dict[str, str], source: str) -> dict:
     """The CUDA_HOME the service resolves: its own environment (unredacted), systemd's PATH if it
     sets none, the box's files; `source` says where that environment was read."""
-    service_env = Env(root=env.root, environ={"PATH": SYSTEMD_DEFAULT_PATH, **environment}, timeout_s=env.timeout_s)
+    # the same box: what one collection already ran (nvcc --version) is shared, not run again
+    service_env = Env(root=env.root, environ={"PATH": SYSTEMD_DEFAULT_PATH, **environment}, timeout_s=env.timeout_s,
+                      _memo=env._memo, _memo_lock=env._memo_lock)
     fact = cuda_home_fact(service_env)
     fact["source"] = f"{source}: {fact['source']}" if fact.get("source") else source
     return fact
@@ -74,7 +76,7 @@ def cuda_home_fact(env: Env) -> dict:
         version_from = "version.json" if version else None
     if version is None and has_nvcc:
         try:
-            done = env.run([nvcc, "--version"])
+            done = env.once(f"nvcc --version: {nvcc}", lambda: env.run([nvcc, "--version"]))
             m = _NVCC_RELEASE.search(done.stdout)
             if m:
                 version, version_from = m.group(1), "nvcc"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -40,6 +41,27 @@ class Env:
     root: Path = Path("/")
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # what several collectors read (the unit, the manifest): read once per collection, shared
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time `key` is asked for; its result (or its exception) after."""
+        with self._memo_lock:
+            if key not in self._memo:
+                try:
+                    self._memo[key] = (True, compute())
+                except Exception as e:  # noqa: BLE001 - each caller sees the same failure
+                    self._memo[key] = (False, e)
+            ok, got = self._memo[key]
+        if not ok:
+            raise got
+        return got
+
+    def forget(self) -> None:
+        """Drop what `once` remembered: a new collection reads the box afresh."""
+        with self._memo_lock:
+            self._memo.clear()
 
     def path(self, box_path: str | os.PathLike) -> Path:
         """The host path of a box path: `/etc/x` is `<root>/etc/x`."""
@@ -65,6 +87,11 @@ class Env:
             if host.is_file() and os.access(host, os.X_OK):
                 return candidate
         return None
+
+    def venv_of_binary(self, binary: str) -> str | None:
+        """`/opt/x/bin/vllm` -> `/opt/x` when `/opt/x/pyvenv.cfg` exists (box paths)."""
+        home = os.path.dirname(os.path.dirname(binary))
+        return home if self.exists(f"{home}/pyvenv.cfg") else None
 
     def run(self, argv: list[str], timeout_s: float | None = None) -> Completed:
         """Run a box command (argv[0] a box path or a name on the box's PATH), bounded in time."""

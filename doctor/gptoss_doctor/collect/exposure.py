@@ -24,6 +24,7 @@ from .. import serveargs
 from ..snapshot import absent, failed, value
 from .env import Env
 from .service import MANIFEST, read_manifest, read_unit
+from .venv import find_venv, site_packages_dirs
 
 PROC_NET = ("/proc/net/tcp", "/proc/net/tcp6")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
@@ -417,11 +418,9 @@ def served_venv(env: Env, explicit: str | None = None) -> tuple[str, bool] | Non
     """(path, is a box path) of the vLLM that serves here: the unit's binary's venv, the manifest's,
     else --venv, else the doctor's usual target (VIRTUAL_ENV). What listens is the deployed
     service, whatever --venv says."""
-    from .venv import _venv_of_binary, find_venv  # noqa: PLC0415 (venv imports service)
-
     unit = read_unit(env)
     if unit and unit.get("argv"):
-        home = _venv_of_binary(env, unit["argv"][0])
+        home = env.venv_of_binary(unit["argv"][0])
         if home:
             return home, True
     try:
@@ -436,8 +435,6 @@ def served_venv(env: Env, explicit: str | None = None) -> tuple[str, bool] | Non
 
 def http_surface_fact(env: Env, explicit: str | None = None) -> dict:
     """`explicit`: the doctor's --venv (collect() passes it, as to venv_facts)."""
-    from .venv import site_packages_dirs  # noqa: PLC0415
-
     found = served_venv(env, explicit)
     if found is None:
         return {"vllm.http_surface": absent("no vLLM venv (no service, manifest, --venv or VIRTUAL_ENV)")}

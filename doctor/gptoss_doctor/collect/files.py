@@ -10,18 +10,9 @@ from ..layout import ETC as SECRET_DIR
 from ..redact import is_secret_name, redact_text
 from ..snapshot import value
 from .env import Env
+from .live import home_of
 from .service import parse_env_file, read_unit
 
-
-
-def _home_of(env: Env, user: str | None) -> str:
-    user = user or "root"
-    if env.exists("/etc/passwd"):
-        for line in env.read_text("/etc/passwd").splitlines():
-            parts = line.split(":")
-            if len(parts) >= 6 and parts[0] == user:
-                return parts[5]
-    return "/root" if user == "root" else f"/home/{user}"
 
 
 def _others_can_reach(env: Env, box_path: str) -> bool:
@@ -55,7 +46,7 @@ def candidate_secret_files(env: Env, unit: dict | None, environ: dict) -> list[s
         if source.get("HF_HOME"):
             paths.append(f"{source['HF_HOME']}/token")
     for user in {"root", (unit or {}).get("user") or "root"}:
-        paths.append(f"{_home_of(env, user)}/.cache/huggingface/token")
+        paths.append(f"{home_of(env, user)}/.cache/huggingface/token")
     return list(dict.fromkeys(paths))
 
 
@@ -102,7 +93,7 @@ def offline_files(env: Env) -> dict:
         cache_files = sorted(p.name for p in env.path(cache_dir).iterdir() if p.is_file())
     hf_home, hf_from = setting("HF_HOME")
     if not hf_home:
-        hf_home = f"{_home_of(env, (unit or {}).get('user'))}/.cache/huggingface"
+        hf_home = f"{home_of(env, (unit or {}).get('user'))}/.cache/huggingface"
     hub, _ = setting("HF_HUB_CACHE")
     hub = hub or f"{hf_home}/hub"
     models = []

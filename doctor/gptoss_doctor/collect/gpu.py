@@ -11,11 +11,19 @@ import re
 from ..snapshot import absent, failed, value
 from .env import CommandError, Env
 
-GPU_QUERY = "index,name,uuid,compute_cap,memory.total,persistence_mode,driver_version"
+GPU_QUERY = "index,name,uuid,compute_cap,memory.total,memory.used,persistence_mode,driver_version"
 NVIDIA_SMI_QUERY = ["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"]
+APPS_QUERY = ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory,gpu_uuid", "--format=csv,noheader,nounits"]
+# Asked only when some GPU has this much in use: an idle GPU's driver holds well under it, so a
+# box with nothing running pays for one nvidia-smi, not two.
+APPS_ABOVE_MIB = 1024
 PROC_DRIVER = "/proc/driver/nvidia/version"
 _DRIVER_IN_PROC = re.compile(r"NVRM version:.*?\s(\d{3,}\.\d+(?:\.\d+)?)\s")
 _CUDA_IN_HEADER = re.compile(r"CUDA Version:\s*(\d+\.\d+)")
+
+
+def _mib(cell: str) -> int | None:
+    return int(float(cell)) if re.match(r"^\d+(\.\d+)?$", cell) else None
 
 
 def parse_gpu_csv(text: str) -> list[dict]:
@@ -25,23 +33,58 @@ def parse_gpu_csv(text: str) -> list[dict]:
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) < 7:
-            raise ValueError(f"nvidia-smi row has {len(cells)} fields, expected 7: {line!r}")
-        # a name with a comma would shift the cells: the last five are fixed
-        index, name, rest = cells[0], ", ".join(cells[1:-5]), cells[-5:]
-        uuid, cc, mem, persistence, driver = rest
+        if len(cells) < 8:
+            raise ValueError(f"nvidia-smi row has {len(cells)} fields, expected 8: {line!r}")
+        # a name with a comma would shift the cells: the last six are fixed
+        index, name, rest = cells[0], ", ".join(cells[1:-6]), cells[-6:]
+        uuid, cc, mem, used, persistence, driver = rest
         gpus.append(
             {
                 "index": int(index),
                 "name": name,
                 "uuid": uuid,
                 "compute_cap": cc if cc not in ("[N/A]", "N/A") else None,
-                "memory_mib": int(float(mem)) if re.match(r"^\d+(\.\d+)?$", mem) else None,
+                "memory_mib": _mib(mem),
+                "memory_used_mib": _mib(used),
                 "persistence_mode": persistence,
                 "driver_version": driver,
             }
         )
     return gpus
+
+
+def parse_apps_csv(text: str) -> list[dict]:
+    """Rows of `--query-compute-apps=pid,process_name,used_memory,gpu_uuid` (noheader, nounits)."""
+    apps = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < 4 or not cells[0].isdigit():
+            continue
+        apps.append({"pid": int(cells[0]), "process_name": ", ".join(cells[1:-2]), "used_mib": _mib(cells[-2]),
+                     "gpu_uuid": cells[-1]})
+    return apps
+
+
+def compute_apps(env: Env, gpus: list[dict]) -> dict:
+    """Who holds GPU memory: nvidia-smi's compute apps, each marked as the service's or not."""
+    if not any((g.get("memory_used_mib") or 0) >= APPS_ABOVE_MIB for g in gpus):
+        return value([], f"{' '.join(NVIDIA_SMI_QUERY)}: under {APPS_ABOVE_MIB} MiB in use on every GPU")
+    source = " ".join(APPS_QUERY)
+    try:
+        done = env.run(APPS_QUERY)
+    except CommandError as e:
+        return failed(str(e), source)
+    if done.returncode != 0:
+        return failed(f"nvidia-smi exited {done.returncode}: {done.tail()}", source)
+    from .live import ServiceProcesses, describe  # noqa: PLC0415 - only when memory is in use
+
+    service = ServiceProcesses(env)
+    apps = []
+    for app in parse_apps_csv(done.stdout):
+        who = describe(env, app["pid"], service)
+        apps.append({**app, "command": who["command"] or app["process_name"], "is_service": who["is_service"],
+                     "why": who["why"]})
+    return value(apps, source)
 
 
 def driver_from_proc(text: str) -> str | None:
@@ -59,22 +102,23 @@ def nvidia_gpus(env: Env) -> dict:
     source = " ".join(NVIDIA_SMI_QUERY)
     if env.which("nvidia-smi") is None:
         why = "no nvidia-smi on PATH" + ("" if proc_version else f" and no {PROC_DRIVER}: no NVIDIA driver")
-        facts["nvidia.gpus"] = absent(why)
+        facts["nvidia.gpus"] = facts["nvidia.compute_apps"] = absent(why)
         facts.setdefault("nvidia.driver", absent(why))
         return facts
     try:
         done = env.run(NVIDIA_SMI_QUERY)
     except CommandError as e:
-        facts["nvidia.gpus"] = failed(str(e), source)
+        facts["nvidia.gpus"] = facts["nvidia.compute_apps"] = failed(str(e), source)
         facts.setdefault("nvidia.driver", failed(str(e), source))
         return facts
     if done.returncode != 0:
         error = f"nvidia-smi exited {done.returncode}: {done.tail()}"
-        facts["nvidia.gpus"] = failed(error, source)
+        facts["nvidia.gpus"] = facts["nvidia.compute_apps"] = failed(error, source)
         facts.setdefault("nvidia.driver", failed(error, source))
         return facts
     gpus = parse_gpu_csv(done.stdout)
     facts["nvidia.gpus"] = value([{k: v for k, v in g.items() if k != "driver_version"} for g in gpus], source)
+    facts["nvidia.compute_apps"] = compute_apps(env, gpus)
     if "nvidia.driver" not in facts:
         if gpus:
             facts["nvidia.driver"] = value({"version": gpus[0]["driver_version"]}, source)
@@ -224,7 +268,7 @@ def rocm_gpus(env: Env) -> dict:
 
 
 COLLECTORS = [
-    (nvidia_gpus, ("nvidia.gpus", "nvidia.driver")),
+    (nvidia_gpus, ("nvidia.gpus", "nvidia.driver", "nvidia.compute_apps")),
     (nvidia_cuda_max, ("nvidia.cuda_driver_max",)),
     (nvswitch, ("nvidia.nvswitch",)),
     (fabric_manager, ("nvidia.fabric_manager",)),

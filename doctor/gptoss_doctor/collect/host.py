@@ -7,6 +7,7 @@ import shlex
 
 from ..snapshot import absent, value
 from .env import Env
+from .service import pid1_is_systemd  # one rule for "systemd runs here"
 
 
 def os_release(env: Env) -> dict:
@@ -39,8 +40,6 @@ def hostname(env: Env) -> dict:
 
 
 def systemd(env: Env) -> dict:
-    from .service import pid1_is_systemd  # noqa: PLC0415 (one rule for "systemd runs here")
-
     return {"host.systemd": value(pid1_is_systemd(env), "/run/systemd/system, /proc/1/comm")}
 
 

@@ -12,6 +12,7 @@ import shlex
 from .. import serveargs
 from ..layout import MANIFEST, UNIT
 from ..snapshot import absent, failed, value
+from .cuda import service_cuda_home_fact
 from .env import CommandError, Env
 
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
@@ -92,7 +93,12 @@ def find_unit(env: Env) -> str | None:
 
 
 def read_unit(env: Env) -> dict | None:
-    """The service as systemd would run it (unredacted: callers redact), or None without a unit file."""
+    """The service as systemd would run it (unredacted: callers redact; read-only: shared by every
+    collector of one collection), or None without a unit file."""
+    return env.once("unit", lambda: _read_unit(env))
+
+
+def _read_unit(env: Env) -> dict | None:
     unit_path = find_unit(env)
     if unit_path is None:
         return None
@@ -102,7 +108,8 @@ def read_unit(env: Env) -> dict | None:
         texts += [p.read_text(errors="replace") for p in sorted(dropin_dir.glob("*.conf"))]
     inline: dict[str, str] = {}
     env_files: list[str] = []
-    user, exec_start = None, None
+    user, group, exec_start = None, None, None
+    supplementary: list[str] = []
     for text in texts:
         for section, key, val in unit_lines(text):
             if section != "Service":
@@ -118,6 +125,10 @@ def read_unit(env: Env) -> dict | None:
                 env_files = [] if not val else env_files + [val]
             elif key == "User":
                 user = val or None
+            elif key == "Group":
+                group = val or None
+            elif key == "SupplementaryGroups":  # a list; an empty assignment resets it
+                supplementary = supplementary + val.split() if val else []
             elif key == "ExecStart":
                 exec_start = val or None
     environment = dict(inline)
@@ -138,6 +149,8 @@ def read_unit(env: Env) -> dict | None:
         "unit": UNIT,
         "unit_path": unit_path,
         "user": user,
+        "group": group,
+        "supplementary_groups": supplementary,
         "environment_files": [s.lstrip("-") for s in env_files],
         "environment_file_errors": file_errors,
         "environment": environment,
@@ -146,7 +159,12 @@ def read_unit(env: Env) -> dict | None:
 
 
 def read_manifest(env: Env):
-    """The deploy's manifest as JSON, None when there is none; raises ValueError when it is not JSON."""
+    """The deploy's manifest as JSON, None when there is none; raises ValueError when it is not JSON.
+    Read once per collection (read-only for callers)."""
+    return env.once("manifest", lambda: _read_manifest(env))
+
+
+def _read_manifest(env: Env):
     if not env.exists(MANIFEST):
         return None
     try:
@@ -158,8 +176,6 @@ def read_manifest(env: Env):
 def service_cuda_home(env: Env, unit: dict | None) -> dict:
     """The CUDA_HOME of the deployed service: from its unit's environment, else (no unit) from the
     manifest's env, the environment the deploy gave it; absent when neither is there."""
-    from .cuda import service_cuda_home_fact  # noqa: PLC0415
-
     if unit is not None:
         return service_cuda_home_fact(env, unit["environment"], f"{unit['unit_path']} Environment=/EnvironmentFile=")
     try:
@@ -177,9 +193,7 @@ def service_facts(env: Env) -> dict:
     if unit is None:
         why = absent(f"no {UNIT} in {', '.join(UNIT_DIRS)}")
         return {"service": why, "service.serve": why, "service.cuda_home": service_cuda_home(env, None)}
-    from .venv import _venv_of_binary  # noqa: PLC0415 (venv imports this module)
-
-    venv = _venv_of_binary(env, unit["argv"][0]) if unit["argv"] else None
+    venv = env.venv_of_binary(unit["argv"][0]) if unit["argv"] else None
     facts = {"service": value({**unit, "venv": venv}, unit["unit_path"]),
              "service.cuda_home": service_cuda_home(env, unit)}
     if not unit["argv"]:
@@ -230,6 +244,11 @@ SYSTEMCTL_TIMEOUT_S = 2.0  # `systemctl is-active` answers in milliseconds; a hu
 
 
 def pid1_is_systemd(env: Env) -> bool:
+    """Whether systemd is PID 1 (asked by host.systemd and service.manager: looked up once)."""
+    return env.once("pid1_is_systemd", lambda: _pid1_is_systemd(env))
+
+
+def _pid1_is_systemd(env: Env) -> bool:
     # /run/systemd/system exists exactly when systemd is the running init (sd_booted()).
     comm = ""
     if env.exists("/proc/1/comm"):

@@ -11,11 +11,11 @@ import re
 import sys
 from pathlib import Path
 
-from ..snapshot import absent, failed, value
+from ..snapshot import absent, canonical_name, failed, value
+from .elf import needed_libraries
 from .env import Env
 from .service import read_manifest, read_unit
 
-_CANON = re.compile(r"[-_.]+")
 VLLM_ENVS = "vllm/envs.py"
 # Where vLLM kept its attention-backend enum, newest first, and the enum's class names.
 BACKEND_REGISTRIES = (
@@ -24,10 +24,8 @@ BACKEND_REGISTRIES = (
     "vllm/platforms/interface.py",
 )
 BACKEND_CLASSES = ("AttentionBackendEnum", "_Backend")
-
-
-def canonical_name(name: str) -> str:
-    return _CANON.sub("-", name).lower()
+# vLLM's main compiled library, newest name last; it links the libcudart of its CUDA major.
+VLLM_COMPILED = ("vllm/_C.abi3.so", "vllm/_C_stable_libtorch.abi3.so")
 
 
 class VenvError(Exception):
@@ -44,23 +42,52 @@ def _is_own_venv(path: str) -> bool:
         return False
 
 
-def _venv_of_binary(env: Env, binary: str) -> str | None:
-    """`/opt/x/bin/vllm` -> `/opt/x` when `/opt/x/pyvenv.cfg` exists."""
-    home = os.path.dirname(os.path.dirname(binary))
-    return home if env.exists(f"{home}/pyvenv.cfg") else None
+def _parent_virtual_env(env: Env) -> str | None:
+    """VIRTUAL_ENV of the process that started this one (`uv run` replaces it with the project's
+    venv for its child, but keeps the shell's in its own environment)."""
+    if env.root != Path("/"):
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"VIRTUAL_ENV="):
+                    return item.split(b"=", 1)[1].decode(errors="replace") or None
+    except OSError:
+        return None
+    return None
+
+
+def _vllm_on_path(env: Env) -> str | None:
+    """The venv of the first `vllm` on PATH: an activated venv `uv run` hid (it keeps PATH's tail)."""
+    for d in env.environ.get("PATH", "").split(os.pathsep):
+        exe = f"{d}/vllm" if d else None
+        if exe and env.path(exe).is_file():
+            home = env.venv_of_binary(exe)
+            if home and not (env.root == Path("/") and _is_own_venv(home)):
+                return home
+    return None
 
 
 def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
-    """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV, the service, the manifest."""
+    """(path, rule, is_box_path) of the target venv, first of --venv, VIRTUAL_ENV (when it is the
+    doctor's own, as under `uv run`: the parent's VIRTUAL_ENV, then the vllm on PATH), the
+    service, the manifest."""
     if explicit:
         return os.path.abspath(explicit), "--venv", False
     active = env.environ.get("VIRTUAL_ENV")
     # the doctor's own venv (activated, or set by `uv run`) holds no serving stack: look further
     if active and not (env.root == Path("/") and _is_own_venv(active)):
         return active, "VIRTUAL_ENV", True
+    if active:  # the doctor's own: what the user had activated before `uv run` hid it
+        parent = _parent_virtual_env(env)
+        if parent and not _is_own_venv(parent) and env.exists(f"{parent}/pyvenv.cfg"):
+            return parent, "VIRTUAL_ENV of the parent process", True
+        on_path = _vllm_on_path(env)
+        if on_path:
+            return on_path, "vllm on PATH", True
     unit = read_unit(env)
     if unit and unit.get("argv"):
-        home = _venv_of_binary(env, unit["argv"][0])
+        home = env.venv_of_binary(unit["argv"][0])
         if home:
             return home, "service", True
         if unit["environment"].get("VIRTUAL_ENV"):
@@ -72,6 +99,34 @@ def find_venv(env: Env, explicit: str | None) -> tuple[str, str, bool] | None:
     if isinstance(manifest, dict) and isinstance(manifest.get("venv"), str):
         return manifest["venv"], "manifest", True
     return None
+
+
+def deployed_venvs(env: Env) -> list[str]:
+    """The box paths of the deployed venv: the service's and the manifest's (venv, current)."""
+    out = []
+    unit = read_unit(env)
+    if unit and unit.get("argv"):
+        out.append(env.venv_of_binary(unit["argv"][0]))
+    try:
+        manifest = read_manifest(env)
+    except ValueError:
+        manifest = None
+    if isinstance(manifest, dict):
+        out += [manifest.get(k) for k in ("venv", "current")]
+    return [p for p in out if isinstance(p, str) and p]
+
+
+def is_deployed(env: Env, host_path: Path) -> bool:
+    """Whether the venv at host_path is the deployed one (same directory, links resolved)."""
+    for p in deployed_venvs(env):
+        # under a fake root (tests) a manifest may name a venv outside it: that path as written too
+        for candidate in dict.fromkeys((env.path(p), Path(p))):
+            try:
+                if os.path.samefile(candidate, host_path):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def read_pyvenv_cfg(text: str) -> dict[str, str]:
@@ -124,13 +179,14 @@ def base_site_dirs(env: Env, cfg: dict[str, str], own: list[Path]) -> list[Path]
 
 def unshadowed(dists: list[dict]) -> list[dict]:
     """The first distribution of each name in import order: the one Python and
-    importlib.metadata see; a same-name one further down the path is shadowed."""
+    importlib.metadata see; a same-name one further down the path is shadowed. A dist-info
+    without METADATA shadows nothing and is kept (after the others): it is a fault to report."""
     seen, out = set(), []
     for d in dists:
-        if d["name"] not in seen:
+        if d.get("metadata") is not False and d["name"] not in seen:
             seen.add(d["name"])
             out.append(d)
-    return out
+    return out + [d for d in dists if d.get("metadata") is False]
 
 
 # -- distributions ------------------------------------------------------------------------------
@@ -149,24 +205,78 @@ def read_metadata_header(path: Path) -> dict[str, str]:
     return fields
 
 
+def record_heads(text: str) -> set[str]:
+    """The first part of each RECORD row with its separator ("torch/", "six.py,"). A package's
+    rows come together, so after a row in a directory the scan jumps (one regex search in C) to
+    the first row outside it: torch's ~20k rows are a handful of steps, not 20k splits."""
+    heads, pos, n = set(), 0, len(text)
+    while pos < n:
+        end = text.find("\n", pos)
+        end = n if end < 0 else end
+        line = text[pos:end]
+        cut = min((i for i in (line.find("/"), line.find(",")) if i >= 0), default=-1)
+        if cut < 0:
+            pos = end + 1
+            continue
+        head = line[: cut + 1]
+        heads.add(head)
+        if head.endswith("/"):
+            outside = re.compile(r"\n(?!" + re.escape(head) + ")").search(text, end)
+            pos = n if outside is None else outside.start() + 1
+        else:
+            pos = end + 1
+    return heads
+
+
 def top_level_from_record(text: str) -> list[str]:
     """First path parts a distribution owns per RECORD: packages and modules, not its dist-info or scripts."""
     names = set()
-    # dedupe the first path parts first: torch's RECORD has ~20k rows but three top-level names
-    for head in {line.partition("/")[0] for line in text.split("\n")}:
-        if "," in head:  # no "/" before the first ",": a top-level file (six.py, foo.cpython-312-x86_64-linux-gnu.so)
-            file = head.partition(",")[0]
-            if file and not file.endswith(".pth") and not file.startswith(".."):
-                names.add(file.split(".", 1)[0])
-        elif head and not head.startswith("..") and not head.endswith((".dist-info", ".data")) and head != "__pycache__":
-            names.add(head.strip())
+    for head in record_heads(text):
+        name = head[:-1].strip()
+        if head.endswith(","):  # a top-level file (six.py, foo.cpython-312-x86_64-linux-gnu.so)
+            if name and not name.endswith(".pth") and not name.startswith(".."):
+                names.add(name.split(".", 1)[0])
+        elif name and not name.startswith("..") and not name.endswith((".dist-info", ".data")) and name != "__pycache__":
+            names.add(name)
     return sorted(names)
+
+
+def requirements_of(metadata: Path) -> tuple[list[str] | None, str | None]:
+    """(the `Requires-Dist: name==X` lines no extra guards, `Requires-Python`) of a METADATA
+    header: what vLLM's build pins (`torch==2.14.0`, `>=3.11,<3.15`); (None, None) if unreadable."""
+    pins, python = [], None
+    try:
+        with open(metadata, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, val = line.partition(":")
+                if key == "Requires-Dist" and "==" in val and "extra" not in val:
+                    pins.append(val.strip())
+                elif key == "Requires-Python":
+                    python = val.strip()
+    except OSError:
+        return None, None
+    return pins, python
+
+
+def _from_dir_name(d: Path) -> tuple[str, str]:
+    """(name, version) from `name-version.dist-info`, the wheel spec's directory name."""
+    stem = d.name.rsplit(".", 1)[0]
+    name, _, ver = stem.partition("-")
+    return name, ver
 
 
 def read_dist_info(d: Path, location: Path) -> dict | None:
     meta = d / "METADATA"
     if not meta.is_file():
-        return None
+        # an interrupted install or uninstall: importlib.metadata still lists it (with no
+        # name or version), and what it owns per RECORD is still there
+        name, ver = _from_dir_name(d)
+        record = d / "RECORD"
+        top = top_level_from_record(record.read_text(errors="replace")) if record.is_file() else []
+        return {"name": canonical_name(name), "version": ver, "installer": None, "location": str(location),
+                "dist_info": d.name, "top_level": top, "metadata": False}
     header = read_metadata_header(meta)
     if "Name" not in header:
         return None
@@ -302,7 +412,15 @@ def vllm_facts(site_packages: list[Path], dists: list[dict]) -> dict:
         version_py = consts.get("__version__") or consts.get("version")
     version = dist["version"] if dist else version_py
     path = str(root / "vllm") if root is not None else dist["location"]
-    facts["vllm.install"] = value({"version": version, "path": path, "version_py": version_py}, path)
+    install = {"version": version, "path": path, "version_py": version_py}
+    # what a release newer than the knowledge is judged by: its own pins and its CUDA major
+    if dist is not None:
+        install["requires"], install["requires_python"] = requirements_of(Path(dist["location"]) / dist["dist_info"] / "METADATA")
+    if root is not None:
+        lib = next((root / rel for rel in VLLM_COMPILED if (root / rel).is_file()), None)
+        needed = needed_libraries(str(lib)) if lib is not None else None
+        install["cudart"] = next((n.rsplit(".", 1)[-1] for n in needed or () if n.startswith("libcudart.so.")), None)
+    facts["vllm.install"] = value(install, path)
     if root is None:
         why = absent(f"vllm {version} has a dist-info but no vllm/ package", path)
         facts["vllm.env_vars"] = facts["vllm.attention_backends"] = why
@@ -353,6 +471,8 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
     cfg = read_pyvenv_cfg(cfg_path.read_text(errors="replace"))
     own = site_packages_dirs(host)
     sps = own + base_site_dirs(env, cfg, own)
+    exe = host / "bin" / "python"
+    link = os.readlink(exe) if exe.is_symlink() else None
     facts = {
         "venv": value(
             {
@@ -360,7 +480,11 @@ def venv_facts(env: Env, explicit: str | None = None) -> dict:
                 "rule": rule,
                 "python": cfg.get("version_info") or cfg.get("version"),
                 "site_packages": [str(sp) for sp in sps],
-                "executable": str(host / "bin" / "python"),
+                "executable": str(exe),
+                "executable_link": link,
+                "executable_ok": exe.exists(),  # False for a link whose target is gone
+                "home": cfg.get("home"),
+                "deployed": is_deployed(env, host),
             },
             rule,
         )

@@ -1,13 +1,13 @@
 """Maintenance tool: re-check lifecycle.toml against the real vLLM wheels on PyPI.
 
-Not used by the doctor at run time. For each vLLM release it reads, over HTTP range requests (a
+Not part of the doctor wheel (maintainer tooling under scripts/). For each vLLM release it reads, over HTTP range requests (a
 few hundred KiB of each ~400 MB wheel: the zip directory and three source files), which
 `VLLM_*` names `vllm/envs.py` defines, which attention backend names the backend enum has, and
 whether the flags and config keys the lifecycle rows name appear. It then prints every row
 whose `lifecycle_status` disagrees with what the wheel holds (valid/deprecated = the name is
 there; removed/not-yet = it is not).
 
-    python -m gptoss_doctor.knowledge._wheelcheck [--from 0.10.1] [--json OUT]
+    uv run --frozen python scripts/wheelcheck.py [--from 0.10.1] [--json OUT]
 
 Only names whose presence can be read from the source are checked (see PROBES); rows marked
 `upstream = false` or `only_in` pre-release builds are skipped (those builds are not on PyPI).
@@ -16,73 +16,26 @@ Only names whose presence can be read from the source are checked (see PROBES); 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
-import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from packaging.version import Version
 
-from . import KnowledgeError, load
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "doctor"))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SIMPLE = "https://pypi.org/simple/{name}/"
-ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json"}
+from _pypi import release_wheels, remote_zip  # noqa: E402
 
-
-class _RangeFile(io.RawIOBase):
-    """A read-only, seekable view of a remote file, one HTTP range request per read."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.pos = url, 0
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as r:
-            self.size = int(r.headers["Content-Length"])
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, off: int, whence: int = 0) -> int:
-        self.pos = off if whence == 0 else self.pos + off if whence == 1 else self.size + off
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, b) -> int:
-        n = min(len(b), self.size - self.pos)
-        if n <= 0:
-            return 0
-        req = urllib.request.Request(self.url, headers={"Range": f"bytes={self.pos}-{self.pos + n - 1}"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            data = r.read()
-        b[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+from gptoss_doctor.knowledge import KnowledgeError, load  # noqa: E402
 
 
 def wheel_urls(name: str = "vllm") -> dict[str, str]:
     """Final release -> URL of its x86_64 manylinux wheel."""
-    with urllib.request.urlopen(urllib.request.Request(SIMPLE.format(name=name), headers=ACCEPT), timeout=60) as r:
-        files = json.load(r)["files"]
-    out: dict[str, str] = {}
-    for f in files:
-        fn = f["filename"]
-        if not fn.endswith(".whl") or "x86_64" not in fn or f.get("yanked"):
-            continue
-        v = fn.split("-")[1]
-        try:
-            if Version(v).is_prerelease or Version(v).is_devrelease:
-                continue
-        except Exception:  # noqa: BLE001 - odd file names on the index are skipped
-            continue
-        out.setdefault(v, f["url"])
-    return out
+    return {v: f["url"] for v, f in release_wheels(name, r"x86_64").items()}
 
 
 _BACKEND_CLASS = re.compile(r"^class (_Backend|AttentionBackendEnum)\b.*?:\n((?:[ \t]+.*\n|\n)+)", re.M)
@@ -92,10 +45,10 @@ _ENV_KEY = re.compile(r'^\s*"(VLLM_[A-Z0-9_]+)"\s*:', re.M)
 
 def read_wheel(url: str) -> dict:
     """What the remote wheel at `url` defines (see wheel_names)."""
-    return wheel_names(zipfile.ZipFile(io.BufferedReader(_RangeFile(url), buffer_size=1 << 20)))
+    return wheel_names(remote_zip(url, buffer_size=1 << 20))
 
 
-def wheel_names(z: zipfile.ZipFile) -> dict:
+def wheel_names(z) -> dict:
     """The names a vLLM wheel defines: env vars, backend names, and source texts for flag probes."""
     names = set(z.namelist())
 
@@ -180,7 +133,7 @@ def disagreements(kb, seen: dict[str, dict[str, bool]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gptoss_doctor.knowledge._wheelcheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="scripts/wheelcheck.py", description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="start", default="0.10.1", help="first vLLM release to read (default 0.10.1)")
     ap.add_argument("--only", nargs="*", help="just these releases")
     ap.add_argument("--json", help="also write what each wheel holds to this file")
