@@ -29,7 +29,8 @@ UNIT = "haproxy"
 
 
 def is_balancer(h: Any = None) -> bool:
-    return LB_GROUP in ((host if h is None else h).groups or ())  # `host` is a proxy: no truth test
+    # `host` is a proxy (no truth test); a stand-in host may have no groups at all
+    return LB_GROUP in (getattr(host if h is None else h, "groups", None) or ())
 
 
 def serving_hosts(inventory: Iterable[Any]) -> list[Any]:
@@ -151,12 +152,12 @@ print('front ok')
 
 
 @operation()
-def front_gate(front: H.Front):
+def front_gate(bind_address: str, port: int):
     """Through the front: /health 200, and routes outside the allow-list (or without the key) refused."""
     if not host.state.is_executing:
         return
-    address = "127.0.0.1" if front.bind_address in ("0.0.0.0", "::") else front.bind_address
-    base = f"http://[{address}]:{front.port}" if ":" in address else f"http://{address}:{front.port}"
+    address = "127.0.0.1" if bind_address in ("0.0.0.0", "::") else bind_address
+    base = f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
     ok, out = host.run_shell_command(StringCommand(f"python3 -c {shlex.quote(_FRONT_PROBE)} {base}"),
                                      print_output=False, print_input=False)
     if not ok:
@@ -186,7 +187,7 @@ def apply_front(front: H.Front, api_key_file: str):
     )
     placed = files_in_place(name="haproxy.cfg (the front), key and scrapers files", files=files)
     haproxy_running(name="haproxy running (reloaded when its config changed)", reload_if=placed.did_change)
-    front_gate(name="front gate: allow-list and key", front=front)
+    front_gate(name="front gate: allow-list and key", bind_address=front.bind_address, port=front.port)
 
 
 # -- the runtime API, for the rolling upgrade ----------------------------------------------------------
