@@ -241,7 +241,7 @@ def test_a_killed_vllm_costs_at_most_its_requests_in_flight(fleet):
             break
     time.sleep(3)
     client.stop()
-    print(f"SIGKILL on {victim}: out of rotation after {seen_down} s; {len(client.failed)} failed of "
+    print(f"SIGKILL on {victim}: out of rotation after {seen_down} s; {[(round(t - t_kill, 2), w[:90]) for t, _x, w in client.failed]}; {len(client.failed)} failed of "
           f"{client.served + len(client.failed)} ({in_flight} in flight at the kill)")
     assert seen_down is not None, "the balancer never took the killed host out"
     # within one check interval (500 ms in the testbed inventory), plus the check itself on a busy machine

@@ -436,3 +436,45 @@ def test_tls_endpoint_serves_with_the_sites_certificate(standin_site, tmp_path):
             with pytest.raises((http.client.HTTPException, ConnectionError)):
                 plain.request("GET", "/health")
                 plain.getresponse()
+
+
+@needs_haproxy
+def test_a_plain_request_on_a_killed_vllm_is_answered_by_another_host(standin_site, tmp_path):
+    """balancer -> a host's front -> vLLM, twice: vLLM killed while plain (not streamed) requests
+    are in flight on it; its front answers 502 at once, which the balancer may retry on the other
+    host: at most the requests in flight on the killed host fail, and every request sent once
+    the check has taken it out is served."""
+    with standin(standin_site) as (proc_a, port_a), standin(standin_site) as (_proc_b, port_b):
+        fronts = []
+        with contextlib.ExitStack() as stack:
+            for name, vllm_port in (("a", port_a), ("b", port_b)):
+                d = tmp_path / name
+                d.mkdir()
+                (d / "auth").write_text(H.auth_file_text(KEY))
+                port = _free_port()
+                stack.enter_context(running_haproxy(d, H.haproxy_cfg(H.Front("127.0.0.1", port, "127.0.0.1", vllm_port),
+                                                                     _paths(d)), port))
+                fronts.append(port)
+            lb_port = _free_port()
+            cfg = H.Balancer("127.0.0.1", lb_port, (H.Server("a", "127.0.0.1", fronts[0]), H.Server("b", "127.0.0.1", fronts[1])),
+                             check_interval_ms=200, stats_port=_free_port())
+            stack.enter_context(running_haproxy(tmp_path, H.haproxy_cfg(cfg, _paths(tmp_path)), lb_port))
+            time.sleep(0.6)  # both servers checked up
+            codes: list = []
+            body = {**COMPLETION, "max_tokens": 12}  # 0.6 s of generation
+            threads = [threading.Thread(target=lambda: codes.append(request(lb_port, "POST", "/v1/completions", key=KEY,
+                                                                            body=body)[0])) for _ in range(6)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2)
+            on_a = _stat(tmp_path)["a"]["scur"]
+            assert on_a > 0  # some are in flight on the host about to die
+            proc_a.send_signal(signal.SIGKILL)
+            for t in threads:
+                t.join(timeout=30)
+            assert len(codes) == 6 and len([c for c in codes if c != 200]) <= on_a, (codes, on_a)
+            deadline = time.monotonic() + 2
+            while _stat(tmp_path)["a"]["status"] != "DOWN":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert [request(lb_port, "POST", "/v1/completions", key=KEY, body=COMPLETION)[0] for _ in range(10)] == [200] * 10

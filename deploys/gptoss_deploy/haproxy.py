@@ -124,16 +124,19 @@ def _balancer(b: Balancer, p: Paths) -> list[str]:
         "    balance leastconn",
         "    option httpchk GET /health",
         "    http-check expect status 200",
-        # A request that never reached a model goes to another server: connection refused or
-        # reset before any response byte, or a host's front answering 503 (its vLLM is not
-        # there). Nothing has reached the client then, so the retry is invisible to it.
+        # A request that got no answer from a model goes to another server: connection refused
+        # or reset before any response byte, or a host's front answering 503 (its vLLM refused
+        # the connection) or 502 (its vLLM closed it without a response: killed, restarting).
+        # Nothing has reached the client then, so the retry is invisible to it. Until the check
+        # marks a dead server down, a redispatch may pick it again (least connections: it has
+        # none), so a request in flight on a killed host can still fail: at most those.
         "    retries 3",
         "    option redispatch 1",
-        "    retry-on conn-failure empty-response response-timeout 503",
-        # fall 1: a failed check takes the server out at once (within one interval); a dead
-        # server's sessions are cut so clients see the end instead of waiting out the timeout.
+        "    retry-on conn-failure empty-response response-timeout 502 503",
+        # fall 1: a failed check takes the server out at once (within one interval). Its
+        # sessions are left to finish: a check failing once must not cut the streams in flight.
         f"    default-server check inter {inter}ms fastinter {max(100, inter // 2)}ms downinter {inter}ms "
-        "fall 1 rise 2 on-marked-down shutdown-sessions",
+        "fall 1 rise 2",
     ]
     lines += [f"    server {s.name} {_hostport(s.address, s.port)}" for s in b.servers]
     lines += [
@@ -169,10 +172,11 @@ def _front(f: Front, p: Paths) -> list[str]:
         f"    default_backend {FRONT_BACKEND}",
         "",
         f"backend {FRONT_BACKEND}",
-        # vLLM restarting or killed: a connection refused is retried for a moment, then 503,
-        # which the balancer retries on another host (the request never reached a model).
-        "    retries 2",
-        "    retry-on conn-failure empty-response",
+        # vLLM restarting or killed: answered at once (503 refused, 502 closed without a
+        # response), no retry here: a retry would wait HAProxy's 1 s turn-around on the same
+        # dead server, where the balancer retries on another host at once, and /health fails
+        # fast so the balancer's check takes the host out within its interval.
+        "    retries 0",
         f"    server vllm {_hostport(f.vllm_address, f.vllm_port)}",
         "",
     ]
