@@ -74,7 +74,7 @@ def test_parse_stat_reads_the_backend_servers():
     text = ("# pxname,svname,qcur,qmax,scur,smax,slim,status,check_status\n"
             "gptoss,FRONTEND,,,3,5,,OPEN,\n"
             "gptoss,gptoss-1,0,0,2,4,,UP,L7OK\n"
-            "gptoss,gptoss-2,0,0,0,1,,DRAIN,L7OK\n"
+            "gptoss,gptoss-2,0,0,0,1,,DRAIN,* L7OK\n"
             "gptoss,BACKEND,0,0,2,5,,UP,\n"
             "stats,FRONTEND,,,0,1,,OPEN,\n")
     assert H.parse_stat(text) == {"gptoss-1": {"status": "UP", "scur": 2, "check": "L7OK"},

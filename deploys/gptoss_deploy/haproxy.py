@@ -135,8 +135,12 @@ def _balancer(b: Balancer, p: Paths) -> list[str]:
         "    retry-on conn-failure empty-response response-timeout 502 503",
         # fall 1: a failed check takes the server out at once (within one interval). Its
         # sessions are left to finish: a check failing once must not cut the streams in flight.
+        # Between checks, one answer that says "no model here" (a 5xx, a refused or reset
+        # connection: HAProxy's layer-7 observation) takes it out too, so that no retry picks it
+        # again; the checks bring it back (rise 2). The cost: a vLLM 500 also takes its host out
+        # for two check intervals.
         f"    default-server check inter {inter}ms fastinter {max(100, inter // 2)}ms downinter {inter}ms "
-        "fall 1 rise 2",
+        "fall 1 rise 2 observe layer7 error-limit 1 on-error mark-down",
     ]
     lines += [f"    server {s.name} {_hostport(s.address, s.port)}" for s in b.servers]
     lines += [
@@ -212,8 +216,9 @@ def parse_stat(csv_text: str, backend: str = BACKEND) -> dict[str, dict]:
     out = {}
     for row in csv.DictReader(io.StringIO(text)):
         if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND", None):
+            # "* L7OK": a check is running now, the last one said L7OK
             out[row["svname"]] = {"status": row.get("status", ""), "scur": int(row.get("scur") or 0),
-                                  "check": row.get("check_status", "")}
+                                  "check": (row.get("check_status") or "").removeprefix("* ")}
     return out
 
 
