@@ -39,6 +39,27 @@ def test_the_shipped_file_loads_and_every_row_has_a_public_source():
     assert all(r.id in r.source or any(a in r.source for a in r.aliases) for r in rows)  # the page is the row's own
 
 
+def test_the_decoded_file_is_cached_and_still_validated(tmp_path, monkeypatch):
+    """A second load of the same bytes reads the decoded TOML from the cache (no TOML parse) and
+    validates it again; changed bytes, or a damaged cache file, are decoded afresh."""
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "advisories.toml"
+    f.write_text(GOOD_ROW)
+    decoded = []
+    real = adv._decode
+    monkeypatch.setattr(adv, "_decode", lambda text, file: decoded.append(file) or real(text, file))
+    first = adv.load.__wrapped__(str(f))
+    assert [a.id for a in first] == ["GHSA-wr9h-g72x-mwhm"] and decoded == [str(f)]
+    assert adv.load.__wrapped__(str(f)) == first and len(decoded) == 1
+    (stored,) = (tmp_path / "cache").glob("advisories-*.json")
+    stored.write_bytes(b"{not json")
+    assert adv.load.__wrapped__(str(f)) == first and len(decoded) == 2
+    f.write_text(GOOD_ROW.replace('severity = "high"', 'severity = "urgent"'))  # validated, not just decoded
+    with pytest.raises(adv.AdvisoryError, match="severity"):
+        adv.load.__wrapped__(str(f))
+    assert len(decoded) == 3
+
+
 @pytest.mark.parametrize("change,field", [
     (("affected = \"<0.11.0\"", "affected = \"<<0.11\""), "affected"),
     (("fixed = \"0.11.0\"", "fixed = \"0.10.0\""), "fixed"),

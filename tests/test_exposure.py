@@ -215,6 +215,78 @@ def test_without_a_deployment_the_surface_comes_from_the_venv_named(tmp_path):
     assert surface["guard"]["prefixes"] == ["/v1", "/v2", "/inference", "/cohere"]
 
 
+def _venv_with_standin(tmp_path: Path, version: str, record: bool = True) -> tuple[Path, Path]:
+    """A venv (tmp_path/venv) with the stand-in vLLM; its dist-info RECORD unless `record` is False."""
+    venv = tmp_path / "venv"
+    (venv / "lib/python3.12").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    site = venv / "lib/python3.12/site-packages"
+    install_standin(tmp_path, version).rename(site)
+    for old in site.glob("vllm-*.dist-info/RECORD"):
+        old.unlink()
+    if record:
+        dist = site / f"vllm-{version}.dist-info"
+        dist.mkdir(exist_ok=True)
+        (dist / "RECORD").write_text("vllm/__init__.py,,\n")
+    return venv, site / "vllm"
+
+
+def test_the_surface_is_cached_by_the_installed_vllm(tmp_path, monkeypatch):
+    """A second read of the same install is the cached surface (nothing parsed); reinstalling
+    (a new RECORD), a damaged or foreign cache file, or no cache folder parse the source again."""
+    from gptoss_doctor.collect import exposure
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
+    venv, vllm_dir = _venv_with_standin(tmp_path, "0.26.0")
+    parsed = []
+    real_parse = exposure.parse_http_surface
+    monkeypatch.setattr(exposure, "parse_http_surface", lambda d: parsed.append(d) or real_parse(d))
+
+    first = exposure.cached_http_surface(vllm_dir)
+    (stored,) = cache.glob("http-surface-*.json")
+    assert parsed == [vllm_dir] and first["guard"]["prefixes"] == ["/v1", "/v2", "/inference"]
+    assert exposure.cached_http_surface(vllm_dir) == first and len(parsed) == 1  # a hit: not parsed
+
+    record = vllm_dir.parent / "vllm-0.26.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "vllm/entrypoints/api_server.py,,\n")  # reinstalled
+    assert exposure.cached_http_surface(vllm_dir) == first and len(parsed) == 2
+    assert exposure.cached_http_surface(vllm_dir) == first and len(parsed) == 2
+
+    for damaged in (b"\x00 not json", b'{"key": "another", "value": {"guard": null, "routes": []}}', b"[1, 2]"):
+        stored.write_bytes(damaged)  # ignored (JSON only: never run), parsed again, rewritten
+        assert exposure.cached_http_surface(vllm_dir) == first
+    assert len(parsed) == 5 and exposure.cached_http_surface(vllm_dir) == first and len(parsed) == 5
+
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", "")  # no cache folder: parsed every time
+    exposure.cached_http_surface(vllm_dir)
+    exposure.cached_http_surface(vllm_dir)
+    assert len(parsed) == 7
+
+
+def test_a_vllm_without_a_record_is_parsed_each_time(tmp_path, monkeypatch):
+    """No dist-info RECORD (a source tree): nothing identifies the install, so nothing is cached."""
+    from gptoss_doctor.collect import exposure
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTOSS_DOCTOR_CACHE", str(cache))
+    _venv, vllm_dir = _venv_with_standin(tmp_path, "0.26.0", record=False)
+    assert exposure.surface_key(vllm_dir) is None
+    assert exposure.cached_http_surface(vllm_dir)["routes"]
+    assert not list(cache.glob("http-surface-*.json"))
+
+
+def test_collect_reads_the_surface_of_the_venv_named(tmp_path):
+    """collect(venv_path=X) passes --venv to the surface's collector, as it does to the venv's."""
+    from gptoss_doctor.collect import Env, collect
+
+    venv, vllm_dir = _venv_with_standin(tmp_path, "0.28.0")
+    env = Env(root=tmp_path / "root", environ={"PATH": "/usr/bin"})
+    fact = collect(env, venv_path=str(venv)).data["facts"]["vllm.http_surface"]
+    assert fact["source"] == str(vllm_dir)
+    assert fact["value"]["guard"]["prefixes"] == ["/v1", "/v2", "/inference", "/cohere"]
+
+
 def test_a_hand_started_vllm_is_judged_by_its_socket_and_its_unguarded_routes():
     """No unit, no manifest: a vLLM process listening on every interface. Whether it has a key is
     unknown, so only the routes outside the key check are named."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -23,13 +22,10 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from . import serveargs
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from .records import frozen_record
 
 ADVISORIES_FILE = Path(__file__).parent / "knowledge" / "advisories.toml"
+ADVISORIES_CACHE_VERSION = 1
 SEVERITIES = ("critical", "high", "moderate", "low")
 EXPOSURE = ("yes", "no", "conditional")
 KINDS = {  # condition kind -> the fields it needs
@@ -46,7 +42,7 @@ class AdvisoryError(ValueError):
     """A bad advisories file: `<file>: advisory <n> (<id>): <field>: <problem>`."""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Advisory:
     id: str
     aliases: tuple[str, ...]
@@ -78,7 +74,7 @@ class Advisory:
                 "kv-connector": "a KV-transfer connector (--kv-transfer-config)"}[self.kind]
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Applicable:
     advisory: Advisory
     holds: bool | None  # None: could not be ruled out from what is known (no installed source yet)
@@ -102,11 +98,44 @@ def _field(where: str, row: dict, name: str, kind: type, required: bool = True):
     return val
 
 
-def parse(text: str, file: str) -> list[Advisory]:
+def _decode(text: str, file: str) -> dict:
+    # tomllib (and the datetime it imports) only where a file is parsed, not on every doctor run
     try:
-        data = tomllib.loads(text)
+        import tomllib  # noqa: PLC0415
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # noqa: PLC0415
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise AdvisoryError(f"{file}: not TOML ({e})") from None
+
+
+def _decode_cached(text: str, file: str) -> dict:
+    """_decode(text), from the doctor's cache when the same text was decoded before: the decoded
+    TOML kept as JSON (plain data, never code), named by the file's path, keyed by its SHA-256.
+    Validation (parse) still runs on every load."""
+    import hashlib  # noqa: PLC0415
+
+    from .cache import cache_dir, read_json, write_json  # noqa: PLC0415
+
+    folder = cache_dir()
+    key = [ADVISORIES_CACHE_VERSION, hashlib.sha256(text.encode()).hexdigest()]
+    path = folder / f"advisories-{hashlib.sha256(file.encode()).hexdigest()[:32]}.json" if folder else None
+    data = read_json(path, key)
+    if isinstance(data, dict):
+        return data
+    data = _decode(text, file)
+    try:
+        write_json(path, key, data)
+    except (TypeError, ValueError):  # a value JSON cannot hold (a TOML date): decoded every time
+        pass
+    return data
+
+
+def parse(text: str, file: str, data: dict | None = None) -> list[Advisory]:
+    """The validated advisories of a file's `text`; `data`: that text already decoded."""
+    if data is None:
+        data = _decode(text, file)
     unknown = set(data) - {"advisory"}
     if unknown:
         raise AdvisoryError(f"{file}: unknown table {sorted(unknown)[0]!r} (only [[advisory]] rows)")
@@ -175,7 +204,7 @@ def load(path: str | None = None) -> tuple[Advisory, ...]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise AdvisoryError(f"{p}: cannot read it ({e.strerror or e})") from None
-    return tuple(parse(text, str(p)))
+    return tuple(parse(text, str(p), _decode_cached(text, str(p))))
 
 
 # -- judging a deployment ---------------------------------------------------------------------------

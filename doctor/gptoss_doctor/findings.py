@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import contextvars
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
+
+from .records import as_dict, field, record
 
 SEVERITIES = ("error", "warning", "info")
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-@dataclass
+@record
 class Fix:
     text: str
     commands: list[str] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Finding:
     id: str
     severity: str
@@ -40,7 +41,7 @@ class Finding:
             raise ValueError(f"finding {self.id}: severity {self.severity!r} not in {SEVERITIES}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = as_dict(self)
         if not d["lines"]:
             d.pop("lines")
         return d
@@ -63,7 +64,7 @@ def cleandoc(doc: str) -> str:
 CheckFn = Callable[..., Iterable[Finding]]
 
 
-@dataclass
+@record
 class CheckSpec:
     id: str
     severity: str  # the worst severity it can report

@@ -11,10 +11,10 @@ the doctor never tells a container to `systemctl restart`. The deploy makes its 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from typing import Any
 
 from .layout import LOG_DIR, LOG_FILE, PID_FILE, RUN_DIR, SUPERVISE, UNIT, UNIT_PATH
+from .records import frozen_record
 
 SYSTEMD = "systemd"
 SUPERVISOR = "supervisor"
@@ -60,7 +60,7 @@ def default_pid_file(unit: str = UNIT) -> str:
     return PID_FILE if unit == UNIT else f"{RUN_DIR}/{unit_stem(unit)}.pid"
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ServiceCommands:
     """The copy-pastable commands for one manager. `manager` is "systemd" or "supervisor"."""
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+from .records import field, record
 
 SCHEMA = "gptoss-doctor/snapshot@1"
 
@@ -127,7 +128,7 @@ def failed(error: str, source: str | None = None) -> dict:
     return {"failed": error, **({"source": source} if source else {})}
 
 
-@dataclass
+@record
 class Snapshot:
     """Read access to a snapshot dict for checks: `snap.get(key)` is the value or None."""
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from packaging.utils import canonicalize_name
-
 from ..findings import Finding, Fix, check
+from ..snapshot import canonical_name
 from ._util import (
     GUIDE,
     NotApplicable,
@@ -42,7 +41,7 @@ TRITON_DISTS = ("triton", "pytorch-triton", "pytorch-triton-rocm", "triton-night
 def _triton_owners(snap) -> list[dict]:
     owners = []
     for d in distributions(snap):
-        name = canonicalize_name(str(d.get("name", "")))
+        name = canonical_name(str(d.get("name", "")))
         if name in TRITON_DISTS or "triton" in (d.get("top_level") or []):
             owners.append(d)
     return owners
@@ -92,7 +91,7 @@ def duplicate_triton(snap, kb):
     if len(owners) < 2:
         return
     keep, keep_version, why = _triton_to_keep(snap, kb)
-    others = sorted({canonicalize_name(str(d["name"])) for d in owners} - {keep})
+    others = sorted({canonical_name(str(d["name"])) for d in owners} - {keep})
     pin = f"{keep}=={keep_version}" if keep_version else keep
     yield Finding(
         id="duplicate-triton",
@@ -274,7 +273,7 @@ def nvidia_cu12_cu13_mixed(snap, kb):
     """
     by_major: dict[int, list[str]] = {12: [], 13: []}
     for d in distributions(snap):
-        name = canonicalize_name(str(d.get("name", "")))
+        name = canonical_name(str(d.get("name", "")))
         if not name.startswith("nvidia-"):
             continue
         major = _cuda_major_of_dist(name)
@@ -367,7 +366,7 @@ def vllm_pin(snap, name: str) -> str | None:
     """The version the installed vLLM's METADATA pins `name` to (`Requires-Dist: torch==2.14.0`)."""
     for req in fact_obj(snap, "vllm.install").get("requires") or ():
         head, sep, ver = str(req).partition("==")
-        if sep and canonicalize_name(head.split("[")[0].strip()) == name:
+        if sep and canonical_name(head.split("[")[0].strip()) == name:
             return ver.split(";")[0].strip() or None
     return None
 
@@ -727,7 +726,7 @@ def recipe_extras_missing(snap, kb):
         recipe = kb.recipe(fam.name, vllm)
         for extra in getattr(recipe, "install_extras", ()) or ():
             dist = EXTRA_DISTS.get(extra, extra)
-            if canonicalize_name(dist) not in have:
+            if canonical_name(dist) not in have:
                 missing.setdefault(extra, []).append(fam.name)
                 sources.extend(recipe.links)
     if not missing:
@@ -779,7 +778,7 @@ def triton_version_mismatch(snap, kb):
     want = version(stack.triton)
     if have is not None and version(have) is not None and want is not None and public(version(have)) == public(want):
         return
-    others = [f"{d.get('name')} {d.get('version')}" for d in _triton_owners(snap) if canonicalize_name(str(d.get("name"))) != stack.triton_dist]
+    others = [f"{d.get('name')} {d.get('version')}" for d in _triton_owners(snap) if canonical_name(str(d.get("name"))) != stack.triton_dist]
     pin = f"{stack.triton_dist}=={stack.triton}"
     yield Finding(
         id="triton-version-mismatch",

@@ -8,8 +8,8 @@ torch or vLLM. `deep=True` adds the child-process probe (see `gptoss_doctor.deep
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 import time
 from functools import partial
 
@@ -65,6 +65,7 @@ def collect(
     started = time.perf_counter()
     jobs = [(fn.__name__, fn, keys) for fn, keys in COLLECTORS]
     jobs.append(("venv", partial(venv_facts, explicit=venv_path), VENV_KEYS))
+    jobs.append(("http_surface_fact", partial(exposure.http_surface_fact, explicit=venv_path), exposure.HTTP_SURFACE_KEYS))
     if deep:
         from ..deep import deep_fact  # noqa: PLC0415 - only with --deep
 
@@ -83,17 +84,30 @@ def collect(
     # A collector that runs a command (nvidia-smi, nvcc, systemctl, the --deep probe) gets a
     # thread of its own: they wait in parallel. The ones that only read files run one after
     # the other in one more thread: under the GIL, a thread each made them slower (measured
-    # 25 ms threaded against 13 ms in turn). Plain daemon threads (concurrent.futures' import
-    # pulls in logging): a hung collector is left behind when its time is up, never waited for.
+    # 25 ms threaded against 13 ms in turn). Bare `_thread` threads, each releasing a lock when
+    # done: threading.Thread.start() waits until the new thread has run, a context switch per
+    # thread that a loaded 2-CPU box made 24 ms of the collection (concurrent.futures' import
+    # pulls in logging). A hung collector is left behind when its time is up, never waited for.
     groups = [[job] for job in jobs if job[0] in RUN_COMMANDS] + [[job for job in jobs if job[0] not in RUN_COMMANDS]]
-    thread_of: dict[str, threading.Thread] = {}
+    done_of: dict[str, object] = {}
     for group in filter(None, groups):
-        thread = threading.Thread(target=work, args=(group,), daemon=True, name=f"collect-{group[0][0]}")
-        thread.start()
-        thread_of.update((name, thread) for name, _, _ in group)
+        done = _thread.allocate_lock()
+        done.acquire()
+
+        def run_group(group=group, done=done):
+            try:
+                work(group)
+            finally:
+                done.release()
+
+        _thread.start_new_thread(run_group, ())
+        done_of.update((name, done) for name, _, _ in group)
+    finished: set = set()
     for name, _, keys in jobs:
         limit = (deep_timeout_s + 10 if name == "deep" else env.timeout_s * 2) + _COLLECTOR_SLACK_S
-        thread_of[name].join(max(0.0, limit - (time.perf_counter() - started)))
+        done = done_of[name]
+        if done not in finished and done.acquire(timeout=max(0.0, limit - (time.perf_counter() - started))):
+            finished.add(done)
         if name not in results:
             got, seconds = {k: failed(f"collector {name} did not finish in {limit:g} s") for k in keys}, limit
         else:

@@ -12,9 +12,10 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from ..records import field, frozen_record, record
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -23,7 +24,7 @@ class CommandError(RuntimeError):
     """A command that could not run or did not finish in time: the message is the fact's error."""
 
 
-@dataclass(frozen=True)
+@frozen_record
 class Completed:
     argv: tuple[str, ...]
     returncode: int
@@ -36,7 +37,7 @@ class Completed:
         return text[-n:]
 
 
-@dataclass
+@record
 class Env:
     root: Path = Path("/")
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import serveargs
 from ..snapshot import absent, failed, value
 from .env import Env
+from .live import listen_table
 from .service import MANIFEST, read_manifest, read_unit
 from .venv import find_venv, site_packages_dirs
 
@@ -61,10 +62,9 @@ def listening_sockets(env: Env) -> tuple[list[dict], list[str]]:
     """Listening TCP sockets: [{"address", "port", "inode"}] and the tables that could not be read."""
     sockets, unread = [], []
     for table in PROC_NET:
-        try:
-            text = env.read_text(table, limit=8 << 20)
-        except OSError as e:
-            unread.append(f"{table}: {e.strerror or e}")
+        text = listen_table(env, table)
+        if text is None:
+            unread.append(f"{table}: cannot read it")
             continue
         for line in text.splitlines()[1:]:
             cols = line.split()
@@ -78,22 +78,26 @@ def listening_sockets(env: Env) -> tuple[list[dict], list[str]]:
 def vllm_processes(env: Env) -> dict[int, set[int]]:
     """{pid: socket inodes it holds} for every vLLM server process (`serve` / api_server argv)."""
     out: dict[int, set[int]] = {}
-    proc = env.path("/proc")
+    proc = str(env.path("/proc"))
     try:
-        pids = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
+        pids = [int(name) for name in os.listdir(proc) if name.isdigit()]
     except OSError:
         return out
     for pid in pids:
         try:
-            argv = env.path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            with open(f"{proc}/{pid}/cmdline", "rb") as f:
+                raw = f.read()
         except OSError:
             continue
-        if not any("vllm" in w for w in argv) or serveargs.serve_words([w for w in argv if w]) is None:
+        if b"vllm" not in raw:  # most processes: not decoded, not parsed
+            continue
+        argv = raw.decode(errors="replace").split("\0")
+        if serveargs.serve_words([w for w in argv if w]) is None:
             continue
         inodes: set[int] = set()
         try:
-            for fd in env.path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
+            for fd in os.listdir(f"{proc}/{pid}/fd"):
+                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(int(target[8:-1]))
         except OSError:
@@ -361,11 +365,20 @@ class _Gates:
         return self.memo[unit]
 
 
-def read_http_surface(site_packages: list[Path]) -> dict:
-    """The installed vLLM's key check and routes, from its source (see the module docstring)."""
+def installed_vllm(site_packages: list[Path]) -> Path:
+    """The `vllm` package folder of the first site-packages that has one."""
     vllm_dir = next((Path(sp) / "vllm" for sp in site_packages if (Path(sp) / "vllm" / "__init__.py").is_file()), None)
     if vllm_dir is None:
         raise FileNotFoundError("no vllm package in " + ", ".join(map(str, site_packages)))
+    return vllm_dir
+
+
+def read_http_surface(site_packages: list[Path]) -> dict:
+    """The installed vLLM's key check and routes, from its source (see the module docstring)."""
+    return parse_http_surface(installed_vllm(site_packages))
+
+
+def parse_http_surface(vllm_dir: Path) -> dict:
     walkers: dict[str, _Walker] = {}
     guard = None
     unparsed = []
@@ -414,6 +427,57 @@ def read_http_surface(site_packages: list[Path]) -> dict:
             "routes": [merged[p] for p in sorted(merged)]}
 
 
+# -- its cache ---------------------------------------------------------------------------------
+# Parsing the entrypoints (about 180 files in vLLM 0.26) takes 0.4-0.9 s, most of a doctor run;
+# the surface changes only when vLLM is installed again, which rewrites its dist-info's RECORD.
+# So the parsed surface is kept in the doctor's cache folder, one JSON file per vLLM folder,
+# keyed by that RECORD's path, size and mtime, the doctor's version and this file's own bytes
+# (a changed parser is a new key). No RECORD (a source tree, a stand-in): parsed every run.
+
+SURFACE_CACHE_VERSION = 1
+
+
+def surface_key(vllm_dir: Path) -> list | None:
+    """What identifies the installed vLLM and the parser: None when there is no dist-info RECORD."""
+    records = []
+    for record in sorted(vllm_dir.parent.glob("vllm-*.dist-info/RECORD")):
+        try:
+            st = record.stat()
+        except OSError:
+            continue
+        records.append([str(record), st.st_size, st.st_mtime_ns])
+    if not records:
+        return None
+    import hashlib  # noqa: PLC0415 - only where a cache is looked up
+
+    from .. import __version__  # noqa: PLC0415
+
+    try:
+        source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return [SURFACE_CACHE_VERSION, __version__, source, str(vllm_dir), records]
+
+
+def cached_http_surface(vllm_dir: Path) -> dict:
+    """parse_http_surface(vllm_dir), from the cache when its key matches (else parsed and stored)."""
+    from ..cache import cache_dir, read_json, write_json  # noqa: PLC0415
+
+    key = surface_key(vllm_dir)
+    folder = cache_dir()
+    path = None
+    if key is not None and folder is not None:
+        import hashlib  # noqa: PLC0415
+
+        path = folder / f"http-surface-{hashlib.sha256(str(vllm_dir).encode()).hexdigest()[:32]}.json"
+        got = read_json(path, key)
+        if isinstance(got, dict) and isinstance(got.get("routes"), list) and "guard" in got:
+            return got
+    surface = parse_http_surface(vllm_dir)
+    write_json(path, key, surface)
+    return surface
+
+
 def served_venv(env: Env, explicit: str | None = None) -> tuple[str, bool] | None:
     """(path, is a box path) of the vLLM that serves here: the unit's binary's venv, the manifest's,
     else --venv, else the doctor's usual target (VIRTUAL_ENV). What listens is the deployed
@@ -442,7 +506,7 @@ def http_surface_fact(env: Env, explicit: str | None = None) -> dict:
     venv = env.path(path) if is_box else Path(path)
     sps = site_packages_dirs(venv)
     try:
-        surface = read_http_surface(sps)
+        surface = cached_http_surface(installed_vllm(sps))
     except FileNotFoundError as e:
         return {"vllm.http_surface": absent(str(e), path)}
     if surface["guard"] is None and not surface["routes"]:
@@ -450,7 +514,8 @@ def http_surface_fact(env: Env, explicit: str | None = None) -> dict:
     return {"vllm.http_surface": value(surface, surface["vllm_dir"])}
 
 
+# http_surface_fact is not here: collect() runs it with the doctor's --venv (as venv_facts).
 COLLECTORS = [
     (listen_fact, ("service.listen",)),
-    (http_surface_fact, ("vllm.http_surface",)),
 ]
+HTTP_SURFACE_KEYS = ("vllm.http_surface",)

@@ -159,6 +159,11 @@ def listen_rows(env: Env, table: str) -> str | None:
     return "".join(rows)
 
 
+def listen_table(env: Env, table: str) -> str | None:
+    """listen_rows, read once per collection: the port's collector and the exposure's both need it."""
+    return env.once(f"listen_rows {table}", lambda: listen_rows(env, table))
+
+
 def socket_owners(env: Env, inodes: set[int], uids: set[int] | None = None,
                   only: list[int] | None = None) -> tuple[dict[int, int], int]:
     """{inode: pid} from /proc/*/fd links `socket:[inode]`; and how many processes' fds could not
@@ -210,7 +215,7 @@ def service_port(env: Env) -> dict:
     found: list[tuple[str, int, int]] = []
     read = []
     for table in TCP_TABLES:
-        text = listen_rows(env, table)
+        text = listen_table(env, table)
         if text is not None:
             read.append(table)
             found += listening_inodes(text, port)

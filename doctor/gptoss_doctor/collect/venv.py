@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -267,22 +268,76 @@ def _from_dir_name(d: Path) -> tuple[str, str]:
     return name, ver
 
 
-def read_dist_info(d: Path, location: Path) -> dict | None:
+class RecordTops:
+    """top_level_from_record of each dist-info's RECORD in one site-packages, kept in the doctor's
+    cache folder between runs: a vLLM venv's RECORDs are megabytes (torch's alone ~20k rows), and
+    what a distribution owns changes only when it is installed again, which rewrites its RECORD.
+    Each entry is checked against the RECORD's size and mtime_ns; the file is keyed by the doctor's
+    version and this module's bytes (a changed parser reads every RECORD again). JSON only."""
+
+    VERSION = 1
+
+    def __init__(self, sp: Path, use_cache: bool = True):
+        self.path, self.key, self.old, self.new = None, None, {}, {}
+        if not use_cache:
+            return
+        import hashlib  # noqa: PLC0415
+
+        from .. import __version__  # noqa: PLC0415
+        from ..cache import cache_dir, read_json  # noqa: PLC0415
+
+        folder = cache_dir()
+        try:
+            source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        except OSError:
+            return
+        if folder is None:
+            return
+        self.path = folder / f"records-{hashlib.sha256(str(sp).encode()).hexdigest()[:32]}.json"
+        self.key = [self.VERSION, __version__, source, str(sp)]
+        got = read_json(self.path, self.key)
+        self.old = got if isinstance(got, dict) else {}
+
+    def top_level(self, record: Path) -> list[str]:
+        """What the RECORD's distribution owns; [] without a RECORD."""
+        try:
+            st = record.stat()
+        except OSError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        name = record.parent.name
+        kept = self.old.get(name)
+        if (isinstance(kept, list) and len(kept) == 3 and kept[:2] == [st.st_size, st.st_mtime_ns]
+                and isinstance(kept[2], list) and all(isinstance(t, str) for t in kept[2])):
+            top = kept[2]
+        else:
+            top = top_level_from_record(record.read_text(errors="replace"))
+        self.new[name] = [st.st_size, st.st_mtime_ns, top]
+        return top
+
+    def save(self) -> None:
+        if self.path is not None and self.new != self.old:
+            from ..cache import write_json  # noqa: PLC0415
+
+            write_json(self.path, self.key, self.new)
+
+
+def read_dist_info(d: Path, location: Path, tops: RecordTops | None = None) -> dict | None:
+    tops = tops or RecordTops(location, use_cache=False)
     meta = d / "METADATA"
     if not meta.is_file():
         # an interrupted install or uninstall: importlib.metadata still lists it (with no
         # name or version), and what it owns per RECORD is still there
         name, ver = _from_dir_name(d)
-        record = d / "RECORD"
-        top = top_level_from_record(record.read_text(errors="replace")) if record.is_file() else []
+        top = tops.top_level(d / "RECORD")
         return {"name": canonical_name(name), "version": ver, "installer": None, "location": str(location),
                 "dist_info": d.name, "top_level": top, "metadata": False}
     header = read_metadata_header(meta)
     if "Name" not in header:
         return None
     installer = (d / "INSTALLER").read_text(errors="replace").strip() if (d / "INSTALLER").is_file() else None
-    record = d / "RECORD"
-    top = top_level_from_record(record.read_text(errors="replace")) if record.is_file() else []
+    top = tops.top_level(d / "RECORD")
     return {
         "name": canonical_name(header["Name"]),
         "version": header.get("Version", ""),
@@ -312,9 +367,9 @@ def read_egg_info(d: Path, location: Path) -> dict | None:
     }
 
 
-def _read_entry(entry: Path, sp: Path) -> dict | None:
+def _read_entry(entry: Path, sp: Path, tops: RecordTops) -> dict | None:
     if entry.name.endswith(".dist-info"):
-        return read_dist_info(entry, sp)
+        return read_dist_info(entry, sp, tops)
     return read_egg_info(entry, sp)
 
 
@@ -330,7 +385,9 @@ def scan_site_packages(sp: Path) -> tuple[list[dict], list[dict]]:
         elif name.endswith((".dist-info", ".egg-info")):
             metadata_dirs.append(entry)
     # serial on purpose: threads measured slower here (138 dist-infos: 17 ms serial, 27-43 ms threaded)
-    found = [_read_entry(e, sp) for e in metadata_dirs]
+    tops = RecordTops(sp)
+    found = [_read_entry(e, sp, tops) for e in metadata_dirs]
+    tops.save()
     return [d for d in found if d], leftovers
 
 

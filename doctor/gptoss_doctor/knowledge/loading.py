@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
 import re
 import sys
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from ..cache import cache_dir, write_atomic
 from .queries import Knowledge
 from .rows import (
     PYPI_INDEX_URL,
@@ -31,10 +31,21 @@ from .rows import (
     Stack,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 hosts only
-    import tomli as tomllib
+
+def _toml():
+    """tomllib (tomli on 3.10), imported on a cache miss only: with it come datetime and its
+    regexes, about 5 ms of every doctor run that reads the rows from the cache."""
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: PLC0415
+    else:  # pragma: no cover - exercised on 3.10 hosts only
+        import tomli as tomllib  # noqa: PLC0415
+    return tomllib
+
+
+def __getattr__(name: str) -> Any:
+    if name == "tomllib":  # `loading.tomllib`, as before the import became lazy
+        return _toml()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # packaging.requirements (with its marker parser) is imported where a requirement is validated:
 # a load from the cache validates nothing and skips that import (about 25 ms).
@@ -416,6 +427,7 @@ def _parse_rows(fname: str, table: str, rows: Any, spec: _Spec) -> list[dict[str
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -426,6 +438,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_toml_text(text: str, display: str) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -744,16 +757,6 @@ CACHE_VERSION = 2
 _CODE = (Path(__file__), Path(__file__).with_name("rows.py"))
 
 
-def cache_dir() -> Path | None:
-    """$GPTOSS_DOCTOR_CACHE, else $XDG_CACHE_HOME/gptoss-doctor, else ~/.cache/gptoss-doctor;
-    None when GPTOSS_DOCTOR_CACHE is empty (no cache)."""
-    env = os.environ.get("GPTOSS_DOCTOR_CACHE")
-    if env is not None:
-        return Path(env) if env else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gptoss-doctor"
-
-
 def _validated_rows(data_dir: Path) -> dict[str, Any]:
     """The validated rows of the data files in `data_dir`, from the cache when its key matches."""
     raw = {}
@@ -773,23 +776,20 @@ def _validated_rows(data_dir: Path) -> dict[str, Any]:
         except (OSError, ValueError, EOFError, TypeError):
             pass
     docs = {}
+    tomllib = _toml()
     for fname in DATA_FILES:
         try:
             docs[fname] = tomllib.loads(raw[fname].decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise KnowledgeError(f"{fname}: not valid TOML ({e})") from None
     valid = _validate(data_dir, docs)
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(marshal.dumps(valid))
-            os.replace(tmp, cached)
-            for old in cached.parent.glob("knowledge-*.marshal"):  # older data's rows: never read again
-                if old != cached:
+    if cached is not None and write_atomic(cached, marshal.dumps(valid)):  # a read-only home: load without it
+        for old in cached.parent.glob("knowledge-*.marshal"):  # older data's rows: never read again
+            if old != cached:
+                try:
                     old.unlink(missing_ok=True)
-        except (OSError, ValueError):  # a read-only home: load without the cache
-            pass
+                except OSError:
+                    pass
     return valid
 
 

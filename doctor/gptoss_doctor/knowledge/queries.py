@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
 from packaging.version import Version
 
+from ..records import field, frozen_record
 from .rows import (
     DriverFloor,
     GpuFamily,
@@ -28,7 +28,7 @@ from .rows import (
 # The knowledge
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Knowledge:
     stacks: Mapping[str, Stack]
     releases: Mapping[str, Release]

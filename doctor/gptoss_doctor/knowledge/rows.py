@@ -1,4 +1,4 @@
-"""The knowledge's rows: one frozen dataclass per table of the data files, and version helpers.
+"""The knowledge's rows: one frozen record (records.frozen_record) per table of the data files, and version helpers.
 
 Nothing here reads a file (loading.py) or answers a question across rows (queries.py).
 """
@@ -6,12 +6,13 @@ Nothing here reads a file (loading.py) or answers a question across rows (querie
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
+
+from ..records import field, frozen_record
 
 class KnowledgeError(ValueError):
     """A knowledge file (or a lookup in it) is wrong; the message names file, row and field."""
@@ -65,7 +66,7 @@ class _Sourced:
         return source_links(self.source)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Index:
     """A package index by name, so a deploy can map each name to a site mirror."""
 
@@ -73,7 +74,7 @@ class Index:
     url: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Stack(_Sourced):
     """What to install for one vLLM build: generated per PyPI release (releases.toml), or
     hand-written (stacks.toml) for builds that are not on PyPI (the launch pre-release, ROCm and
@@ -130,7 +131,7 @@ class Stack(_Sourced):
         return Index(name=f"pytorch-{self.torch_backend}", url=f"{PYTORCH_INDEX_ROOT}/{self.torch_backend}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Release(_Sourced):
     """What one vLLM release's own files say (generated: releases.toml)."""
 
@@ -158,7 +159,7 @@ class Release(_Sourced):
         return next((p[len(prefix):] for p in self.pins if p.startswith(prefix) and ";" not in p), None)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class GpuFamily(_Sourced):
     name: str
     vendor: str
@@ -174,7 +175,7 @@ class GpuFamily(_Sourced):
         return any(re.search(p, gpu_name, re.IGNORECASE) for p in self.name_patterns)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Recipe(_Sourced):
     """What the recipe prescribes for one family in one vLLM range (first matching row wins)."""
 
@@ -202,7 +203,7 @@ def _covers(specifier: str, vllm_version: str | Version) -> bool:
     return spec.contains(release, prereleases=True)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Lifecycle(_Sourced):
     name: str
     kind: str  # "env_var" | "attention_backend" | "flag"
@@ -220,7 +221,7 @@ class Lifecycle(_Sourced):
     package: str = "vllm"  # whose versions introduced/removed count in ("gpt-oss": the tool package)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class SinkSupport(_Sourced):
     """Where one attention backend serves gpt-oss's attention sinks, for one vLLM range."""
 
@@ -234,7 +235,7 @@ class SinkSupport(_Sourced):
         return _covers(self.vllm, vllm_version)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class DriverFloor(_Sourced):
     cuda: str
     min_driver: str
@@ -243,7 +244,7 @@ class DriverFloor(_Sourced):
     note: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class Model(_Sourced):
     name: str
     hf_id: str
@@ -274,7 +275,7 @@ class Model(_Sourced):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen_record(kw_only=True)
 class MemoryFit(_Sourced):
     """A known-good (or known-bad) memory setting for a model on a family at a TP size."""
 
