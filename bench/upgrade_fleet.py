@@ -12,10 +12,16 @@ it (first failed probe -> first 200 again). The baseline is each host's own rest
 gate on its current stack (`systemctl restart` then the same health gate), measured first.
 A third run with gptoss_download_once=False shows what the hosts would pull without the wheelhouse.
 
+Behind the balancer (a fleet of its own booted with `--lb`: --lb-state-dir, default 127.0.0.81-84,
+the one tests/test_fleet_balancer.py uses): during an upgrade of its 3 hosts, two clients send
+completions (every other one streamed) all along, one through the balancer, one straight to the
+hosts in turn; reported: requests served and failed by each, their p50/p99 latency, and what the
+balancer adds (lb - direct). `--only-balancer` runs just that part.
+
 Goals (exit 1 if missed): every host's time out of service <= its own restart + health gate
 (+1 s for the /version check and SSH round trips), and the downtime the probe saw <= the
 probe's view of a plain restart (+0.3 s, three probe periods); 3-host upstream bytes <= 1.2x
-the 1-host's; never more than one host down at once.
+the 1-host's; never more than one host down at once; 0 requests failed through the balancer.
 """
 
 from __future__ import annotations
@@ -162,13 +168,79 @@ def run_upgrade(fleet: dict, hosts: dict[str, str], label: str, *extra: str) -> 
                                      "probed_down_s": probed[h["host"]]} for h in rep["hosts"]}}
 
 
+def balancer_run(state_dir: str, first_address: str, index_port: str) -> dict:
+    """An upgrade of 3 hosts behind the balancer, with a client through it and one going direct."""
+    from gptoss_testbed.client import Client
+
+    env = {"GPTOSS_TESTBED_STATE": state_dir}
+    saved = os.environ.get("GPTOSS_TESTBED_STATE")
+    os.environ.update(env)
+    try:
+        lock = exclusive.hold(state_dir)  # noqa: F841  (held until this run returns)
+        testbed("up", "--hosts", "3", "--lb", "--first-address", first_address, "--index-port", str(index_port))
+        st = json.loads(testbed("status", "--json"))
+        names = [s["name"] for s in st["stacks"]]
+        old, new = names[-2], names[-1]
+        r = pyinfra("deploys/gptoss.py", "--data", f"gptoss_stack={old}")
+        if r.returncode:
+            sys.exit(f"upgrade_fleet: deploying {old} behind the balancer failed: {r.stdout.strip()[-1500:]}")
+        lb = f"{st['lb']['address']}:{st['lb']['port']}"
+        direct = [f"{h['address']}:8000" for h in st["hosts"]]
+        # the same load both ways: 4 workers each, at the same time
+        through, straight = Client([lb], st["api_key"]), Client(direct, st["api_key"])
+        through.start()
+        straight.start()
+        time.sleep(2)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            r = pyinfra("deploys/upgrade.py", "--data", f"gptoss_stack={new}",
+                        env={"GPTOSS_UPGRADE_REPORT": f"{tmp}/report.json"})
+        wall = time.perf_counter() - t0
+        time.sleep(1)
+        through.stop(), straight.stop()
+        if r.returncode:
+            sys.exit(f"upgrade_fleet: upgrade behind the balancer failed: {r.stdout.strip()[-2000:]}")
+        lb_s, direct_s = through.summary(), straight.summary()
+        added = {k: None if lb_s[k] is None or direct_s[k] is None else round(lb_s[k] - direct_s[k], 1)
+                 for k in ("p50_ms", "p99_ms")}
+        return {"label": "3 hosts behind the balancer", "upgrade": f"{old} -> {new}", "wall_s": round(wall, 2),
+                "through_balancer": lb_s, "direct": direct_s, "balancer_adds_ms": added}
+    finally:
+        if saved is None:
+            os.environ.pop("GPTOSS_TESTBED_STATE", None)
+        else:
+            os.environ["GPTOSS_TESTBED_STATE"] = saved
+
+
+def print_balancer(b: dict) -> None:
+    print(f"{b['label']} ({b['upgrade']}, wall {b['wall_s']:.2f} s):", flush=True)
+    for k in ("through_balancer", "direct"):
+        v = b[k]
+        print(f"    {k:<17} served {v['served']:>5}  failed {v['failed']:>4}  p50 {v['p50_ms']} ms  p99 {v['p99_ms']} ms"
+              + (f"  e.g. {v['first_failures'][0]}" if v["first_failures"] else ""), flush=True)
+    print(f"    the balancer adds: p50 {b['balancer_adds_ms']['p50_ms']} ms, p99 {b['balancer_adds_ms']['p99_ms']} ms",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lb-state-dir", default="/var/lib/gptoss-testbed-lb", help="the balancer fleet's state dir")
+    ap.add_argument("--lb-first-address", default="127.0.0.81", help="first host address of the balancer fleet")
+    ap.add_argument("--lb-index-port", default="8781", help="port of the balancer fleet's package index")
+    ap.add_argument("--only-balancer", action="store_true", help="only the upgrade behind the balancer")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     ap.add_argument("--state-dir", default="/var/lib/gptoss-testbed-upgrade", help="the bench fleet's state dir")
     ap.add_argument("--first-address", default="127.0.0.41", help="first host address of the bench fleet")
     ap.add_argument("--index-port", default="8741", help="port of the bench fleet's package index")
     args = ap.parse_args(argv)
+    if args.only_balancer:
+        b = balancer_run(args.lb_state_dir, args.lb_first_address, args.lb_index_port)
+        print_balancer(b)
+        met = b["through_balancer"]["failed"] == 0
+        print(f"goal failed_through_balancer: {b['through_balancer']['failed']} (goal 0): {'met' if met else 'MISSED'}")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({"balancer": b}, indent=1) + "\n")
+        return 0 if met else 1
     os.environ["GPTOSS_TESTBED_STATE"] = args.state_dir  # read by gptoss-testbed and inventories/testbed.py
     lock = exclusive.hold(args.state_dir)  # noqa: F841  (held until exit)
     testbed("up", "--hosts", "3", "--first-address", args.first_address, "--index-port", str(args.index_port))
@@ -199,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {h}: out of service {v['out_of_service_s']:.2f} s (baseline restart + gate {base[h]:.2f} s); "
                   f"probe saw it down {v['probed_down_s']:.2f} s (baseline restart {base_probed[h]:.2f} s)", flush=True)
 
+    b = balancer_run(args.lb_state_dir, args.lb_first_address, args.lb_index_port)
+    print_balancer(b)
+
     one, three = runs[0], runs[1]
     ratio = three["upstream_bytes"] / max(one["upstream_bytes"], 1)
     worst = max((v["out_of_service_s"] - base[h], h) for run in runs for h, v in run["per_host"].items())
@@ -211,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                                                        "goal": f"<= {PROBE_SLACK_S}", "met": worst_probed[0] <= PROBE_SLACK_S},
         "one_host_down_at_a_time": {"value": max(r["max_hosts_down"] for r in runs), "goal": "<= 1",
                                     "met": all(r["max_hosts_down"] <= 1 for r in runs)},
+        "failed_through_balancer": {"value": b["through_balancer"]["failed"], "goal": "0",
+                                    "met": b["through_balancer"]["failed"] == 0},
     }
     for k, g in goals.items():
         print(f"goal {k}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'MISSED'}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"baseline_s": base, "baseline_probed_down_s": base_probed,
-                                                   "runs": runs, "goals": goals}, indent=1) + "\n")
+                                                   "runs": runs, "balancer": b, "goals": goals}, indent=1) + "\n")
     return 0 if all(g["met"] for g in goals.values()) else 1
 
 

@@ -7,7 +7,9 @@ Collect, then judge, then render: `gptoss-doctor collect` runs on every host in 
 doctor the deploy installed at /opt/gptoss/doctor, on PATH as gptoss-doctor), only the snapshot
 comes back, and the controller's own checks judge it (gptoss_doctor.report.diagnose ->
 checks.run_checks, the controller's knowledge), so every host is judged by the same rules.
-One table: hosts by findings, with drift from each host's manifest (/etc/gptoss/manifest.json).
+One table: hosts by findings, with drift from each host's manifest (/etc/gptoss/manifest.json),
+and each serving host's state as the balancers (hosts of the `gptoss_lb` group) see it, read from
+HAProxy's runtime socket on each balancer (`show stat`): UP, DRAIN, MAINT, DOWN and its last check.
 
 Exit code, the doctor's contract over the fleet: the worst host's. 0: no error finding anywhere;
 1: an error finding on some host; 2: a host could not be read (unreachable, no doctor) or bad
@@ -27,6 +29,7 @@ import os
 import shlex
 import sys
 
+from gptoss_deploy import haproxy
 from gptoss_deploy.doctor import LINK, split_exit_status, with_exit_status
 
 SCHEMA = "gptoss-doctor/fleet@1"
@@ -103,9 +106,39 @@ def drift_of(findings: list[dict], manifest: dict | None, wanted: str | None = N
     return out
 
 
-def fleet_report(rows: list[dict]) -> dict:
+def balancer_view(name: str, ok: bool, stdout: str, stderr: str) -> dict:
+    """One balancer's `show stat`: {"host", "error", "servers": {server: {status, scur, check}}} (pure)."""
+    servers = haproxy.parse_stat(stdout) if ok else {}
+    if not ok or not servers:
+        why = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1][:300]
+        return {"host": name, "error": f"cannot read haproxy's runtime socket {haproxy.ADMIN_SOCKET}: {why} "
+                                       f"(run deploys/gptoss.py for this gptoss_lb host)", "servers": {}}
+    return {"host": name, "error": None, "servers": servers}
+
+
+def in_rotation(row: dict, balancers: list[dict]) -> str:
+    """How the balancers see one serving host: "UP", "DRAIN", "DOWN (L7STS)", "absent", one per balancer (pure)."""
+    seen = []
+    for b in balancers:
+        s = b["servers"].get(row["host"])
+        if b["error"]:
+            seen.append("unknown")
+        elif s is None:
+            seen.append("absent")
+        else:
+            state = s["status"].split()[0]
+            seen.append(state + (f" ({s['check']})" if state != "UP" and s["check"] else ""))
+    return ", ".join(dict.fromkeys(seen))
+
+
+def fleet_report(rows: list[dict], balancers: list[dict] = ()) -> dict:
     rows = sorted(rows, key=lambda r: (-r["exit_code"], -r["counts"].get("error", 0), -r["counts"].get("warning", 0), r["host"]))
-    return {"schema": SCHEMA, "exit_code": max((r["exit_code"] for r in rows), default=0), "hosts": rows}
+    balancers = sorted(balancers, key=lambda b: b["host"])
+    if balancers:
+        for r in rows:
+            r["balancer"] = in_rotation(r, balancers)
+    worst = max([r["exit_code"] for r in rows] + [2 for b in balancers if b["error"]], default=0)
+    return {"schema": SCHEMA, "exit_code": worst, "hosts": rows, "balancers": balancers}
 
 
 def render_table(report: dict, file=None) -> None:
@@ -114,15 +147,21 @@ def render_table(report: dict, file=None) -> None:
 
     console = Console(file=file or sys.stdout, width=160, highlight=False)
     table = Table(title=f"gptoss fleet doctor: {len(report['hosts'])} host(s)", show_lines=False)
-    for col in ("host", "stack (manifest)", "vLLM installed", "drift from manifest", "errors", "warnings", "findings"):
+    balancers = report.get("balancers") or []
+    cols = ["host", "stack (manifest)", "vLLM installed", "drift from manifest"] + (["balancer"] if balancers else [])
+    for col in cols + ["errors", "warnings", "findings"]:
         table.add_column(col, overflow="fold")
     style = {0: "green", 1: "red", 2: "magenta"}
     for r in report["hosts"]:
         found = r["error"] or ", ".join(f["id"] for f in r["findings"]) or "-"
-        table.add_row(r["host"], r["stack"] or "-", r["vllm_installed"] or "-", "; ".join(r["drift"]) or "none",
+        lb = [r.get("balancer") or "-"] if balancers else []
+        table.add_row(r["host"], r["stack"] or "-", r["vllm_installed"] or "-", "; ".join(r["drift"]) or "none", *lb,
                       str(r["counts"].get("error", "-")), str(r["counts"].get("warning", "-")), found,
                       style=style.get(r["exit_code"]))
     console.print(table)
+    for b in balancers:
+        seen = ", ".join(f"{n} {s['status']} ({s['scur']} in flight)" for n, s in b["servers"].items())
+        console.print(f"balancer {b['host']}: " + (b["error"] or seen or "no servers"))
     worst = report["exit_code"]
     console.print({0: "no errors on any host", 1: "error findings: see the hosts in red (gptoss-doctor on the host explains)",
                    2: "some hosts could not be read"}[worst] + f" · exit {worst}")
@@ -138,6 +177,17 @@ def emit(report: dict, as_json: bool) -> None:
 def run_collect(host) -> tuple[str, str]:
     ok, out = host.run_shell_command(COLLECT, print_output=False, print_input=False)
     return out.stdout, out.stderr
+
+
+def is_balancer(host) -> bool:
+    from gptoss_deploy.balancer import is_balancer as lb
+
+    return lb(host)
+
+
+def read_balancer(host) -> dict:
+    ok, out = host.run_shell_command(haproxy.show_stat_command(), print_output=False, print_input=False)
+    return balancer_view(host.name, ok, out.stdout, out.stderr)
 
 
 # -- script mode: pyinfra's API ------------------------------------------------------------------
@@ -192,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def one(h):
             with ctx_host.use(h):
+                if is_balancer(h):
+                    try:
+                        return read_balancer(h)
+                    except Exception as e:
+                        return balancer_view(h.name, False, "", f"{type(e).__name__}: {e}")
                 try:
                     data = h.data.dict()
                     return judge(h.name, *run_collect(h), extra_stack_files(data), data.get("gptoss_stack"))
@@ -200,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
 
         jobs = [gevent.spawn(one, h) for h in active]
         gevent.joinall(jobs)
-        rows = [j.value for j in jobs]
-        rows += [unreadable(h.name, "could not connect") for h in wanted if h not in active]
+        rows = [j.value for j in jobs if "servers" not in j.value]
+        lbs = [j.value for j in jobs if "servers" in j.value]
+        rows += [unreadable(h.name, "could not connect") for h in wanted if h not in active and not is_balancer(h)]
+        lbs += [balancer_view(h.name, False, "", "could not connect") for h in wanted if h not in active and is_balancer(h)]
         for h in active:
             h.disconnect()
-    report = fleet_report(rows)
+    report = fleet_report(rows, lbs)
     emit(report, a.json)
     return report["exit_code"]
 
@@ -225,24 +282,34 @@ def _deploy_for_this_host() -> None:
         fleet = getattr(st, "_gptoss_fleet_doctor", None)
         if fleet is None:
             fleet = st._gptoss_fleet_doctor = {"rows": {}, "expected": {h.name for h in st.inventory.get_active_hosts()}}
-        try:
-            data = host.data.dict()
-            row = judge(host.name, *run_collect(host), extra_stack_files(data), data.get("gptoss_stack"))
-        except Exception as e:  # a lost connection: this host is unreadable
-            row = unreadable(host.name, f"{type(e).__name__}: {e}"[:300])
+        if is_balancer(host):
+            try:
+                row = read_balancer(host)
+            except Exception as e:  # a lost connection
+                row = balancer_view(host.name, False, "", f"{type(e).__name__}: {e}")
+            row["exit_code"] = 2 if row["error"] else 0
+        else:
+            try:
+                data = host.data.dict()
+                row = judge(host.name, *run_collect(host), extra_stack_files(data), data.get("gptoss_stack"))
+            except Exception as e:  # a lost connection: this host is unreadable
+                row = unreadable(host.name, f"{type(e).__name__}: {e}"[:300])
         fleet["rows"][host.name] = row
         if fleet["expected"] <= set(fleet["rows"]):
-            rows = list(fleet["rows"].values())
+            rows = [r for r in fleet["rows"].values() if "servers" not in r]
+            lbs = [r for r in fleet["rows"].values() if "servers" in r]
             rows += [unreadable(h.name, "could not connect") for h in st.inventory
-                     if st.is_host_in_limit(h) and h.name not in fleet["rows"]]
-            report = fleet_report(rows)
+                     if st.is_host_in_limit(h) and h.name not in fleet["rows"] and not is_balancer(h)]
+            report = fleet_report(rows, lbs)
             render_table(report)
             if json_path:
                 with open(json_path, "w") as f:
                     json.dump(report, f, indent=1)
         if row["exit_code"]:
-            why = row["error"] or ", ".join(f"{f['severity']} {f['id']}" for f in row["findings"] if f["severity"] == "error")
+            why = row["error"] or ", ".join(f"{f['severity']} {f['id']}" for f in row.get("findings", []) if f["severity"] == "error")
             yield StringCommand("echo", shlex.quote(f"gptoss fleet doctor: {host.name}: {why}"), ">&2", "&&", "false")
+        elif "servers" in row:
+            host.noop(f"balancer: {len(row['servers'])} server(s)")
         else:
             host.noop(f"{row['counts'].get('warning', 0)} warning(s), no errors")
 

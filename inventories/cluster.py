@@ -39,6 +39,19 @@ list is generated from the deploy's key table, deploys/gptoss_deploy/keys.py):
   gptoss_port                    Default 8000.
   gptoss_bind_address            Default 127.0.0.1 (put an authenticating proxy in front); the
                                  host's own address or 0.0.0.0 to serve the network.
+  gptoss_front                   "auto" (default: where gptoss_bind_address is not loopback), true
+                                 or false. A front on the host (HAProxy from the distribution's
+                                 packages) answers on gptoss_bind_address:gptoss_port with only
+                                 /v1/chat/completions, /v1/completions, /v1/responses, /v1/models
+                                 (with the key, checked by the front too), /health and /version;
+                                 vLLM itself then listens on gptoss_vllm_address:gptoss_vllm_port.
+                                 False leaves vLLM's own port facing the network, with routes its
+                                 key check does not cover (the doctor says so).
+  gptoss_vllm_address            Where vLLM itself listens behind the front (default 127.0.0.1):
+                                 loopback, or an address only the front and the balancer reach.
+  gptoss_vllm_port               vLLM's own port behind the front (default gptoss_port + 1).
+  gptoss_metrics_allow           Addresses or networks (CIDR) of the metrics scrapers: the front
+                                 serves /metrics to them only (default: to nobody).
   gptoss_api_key_file            REQUIRED. A file ON THE CONTROLLER holding the API key (chmod 600;
                                  world-readable files are refused). It reaches the host as
                                  /etc/gptoss/api-key (0640 root:gptoss) and vLLM through an
@@ -105,8 +118,28 @@ list is generated from the deploy's key table, deploys/gptoss_deploy/keys.py):
   gptoss_download_once           Upgrade: True (default) fetches the new stack's wheels once on the
                                  controller and pushes them; False: every host fetches from its
                                  indexes itself.
+  gptoss_lb_drain_timeout_s      Upgrade behind a gptoss_lb balancer: how long a drained host's
+                                 requests in flight may take to finish before its restart (default
+                                 300 s).
+  gptoss_lb_port                 Balancer hosts (group gptoss_lb): the one endpoint's port (default
+                                 8000).
+  gptoss_lb_bind_address         Balancer hosts: the address the endpoint listens on (default
+                                 0.0.0.0).
+  gptoss_lb_tls_cert             Balancer hosts: a PEM file ON THE CONTROLLER with the site's
+                                 certificate (chain) and its private key (chmod 600); the endpoint
+                                 then speaks TLS only. Copied to /etc/haproxy/gptoss.pem (0640
+                                 root:haproxy).
+  gptoss_lb_check_interval_ms    Balancer hosts: how often each backend's /health is checked
+                                 (default 1000 ms); one failed check takes it out of rotation.
 
 Connection keys are pyinfra's own (ssh_user, ssh_key, ssh_port, _sudo, ...).
+
+One endpoint for the fleet: serve on each host's own address (gptoss_bind_address; its front then
+answers there and vLLM moves behind it) and add a group named gptoss_lb; its hosts get HAProxy
+with every other host of this inventory as a server, and deploys/upgrade.py drains through it:
+
+    gptoss_lb = (["lb-01.example.net"], {"ssh_user": "ubuntu", "_sudo": True, "gptoss_lb_port": 443,
+                                         "gptoss_lb_tls_cert": "~/.config/gptoss/site.pem"})
 """
 
 _SHARED = {

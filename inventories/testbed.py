@@ -46,20 +46,30 @@ def _check_running(state: dict) -> None:
 _S = _state()
 _check_running(_S)
 
+_SSH = {
+    "ssh_user": "root",
+    "ssh_key": _S["ssh_key"],
+    "ssh_known_hosts_file": "/dev/null",
+    "ssh_strict_host_key_checking": "no",
+}
+
 testbed = (
     [
         (h["name"], {
             "ssh_hostname": h["address"],
-            # The service answers on port 8000 of each host's own loopback address.
+            # Clients reach each host on port 8000 of its own loopback address (its front there).
             "gptoss_bind_address": h["address"],
+            # Each host's address stands for its network address (the hosts share the controller's
+            # network): serving there is serving beyond loopback, so vLLM goes behind the front
+            # ("auto" counts 127.0.0.0/8 as loopback). Every host's 127.0.0.1 is one and the same
+            # here: vLLM listens on the host's own address, on another port.
+            "gptoss_front": True,
+            "gptoss_vllm_address": h["address"],
         })
         for h in _S["hosts"]
     ],
     {
-        "ssh_user": "root",
-        "ssh_key": _S["ssh_key"],
-        "ssh_known_hosts_file": "/dev/null",
-        "ssh_strict_host_key_checking": "no",
+        **_SSH,
         "gptoss_stack": _S["today_stack"],
         "gptoss_gpu_family": "H100",  # the hosts have no GPUs: the deploy builds as for H100
         "gptoss_model": "20b",
@@ -71,3 +81,11 @@ testbed = (
         "gptoss_health_timeout_s": 60,
     },
 )
+
+# `gptoss-testbed up --lb`: the balancer host, HAProxy before every host above.
+if _S.get("lb"):
+    gptoss_lb = (
+        [(_S["lb"]["name"], {"ssh_hostname": _S["lb"]["address"]})],
+        {**_SSH, "gptoss_lb_bind_address": _S["lb"]["address"], "gptoss_lb_port": _S["lb"]["port"],
+         "gptoss_lb_check_interval_ms": 500},
+    )

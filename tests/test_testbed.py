@@ -317,7 +317,8 @@ def venvs(tb, tmp_path_factory):
 @pytest.mark.fleet
 def test_status_has_exactly_the_documented_shape(tb):
     st = tb["status"]
-    assert list(st) == ["hosts", "ssh_key", "api_key", "stacks", "broken_stack"]
+    assert list(st) == ["hosts", "lb", "ssh_key", "api_key", "stacks", "broken_stack"]
+    assert st["lb"] is None  # no `--lb`: no balancer host
     assert [h["name"] for h in st["hosts"]] == ["gptoss-1", "gptoss-2", "gptoss-3"]
     assert [h["address"] for h in st["hosts"]] == ADDRESSES
     assert oct(os.stat(st["ssh_key"]).st_mode & 0o777) == "0o600"

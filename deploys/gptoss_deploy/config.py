@@ -23,7 +23,7 @@ from gptoss_doctor.layout import (BIN_DIR, CACHE_DIR, CURRENT, DOCTOR_DIR, ENV_F
                                   TIKTOKEN_DIR, UNIT)
 from gptoss_doctor.service_manager import SYSTEMD, ServiceCommands
 
-from . import airgap, keys
+from . import airgap, haproxy, keys
 from .fields import ConfigError, bad, field as row_field
 from .host_checks import check_os
 from .keys import DEFAULT_HF_ENDPOINT, MODELS, stack_indexes
@@ -89,7 +89,17 @@ class HostConfig:
     hf_endpoint: str = DEFAULT_HF_ENDPOINT  # the Hugging Face Hub or a mirror of it (HF_ENDPOINT)
     hf_token_file: str | None = None  # on the controller; copied to HF_HOME/token (0600, service user)
     jit_cache: Any = None  # jit_cache.JitCache: an archive of a warmed host's JIT caches, or None
+    front: haproxy.Front | None = None  # HAProxy on bind_address:port before vLLM (gptoss_front), or None
     managed_python: Any = None  # managed_python.ManagedPython: the stack venv's uv-managed CPython, or None
+
+    @property
+    def vllm_address(self) -> str:
+        """Where vLLM itself listens: behind the front, or on bind_address without one."""
+        return self.front.vllm_address if self.front else self.bind_address
+
+    @property
+    def vllm_port(self) -> int:
+        return self.front.vllm_port if self.front else self.port
 
     @property
     def service(self) -> ServiceCommands:
@@ -111,9 +121,9 @@ class HostConfig:
             "serve",
             self.model_path or self.model,
             "--host",
-            self.bind_address,
+            self.vllm_address,
             "--port",
-            str(self.port),
+            str(self.vllm_port),
             "--tensor-parallel-size",
             str(self.tensor_parallel_size),
             "--gpu-memory-utilization",
@@ -151,6 +161,10 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         indexes += (Index(f"pytorch-{torch_backend}", backend_mirror),)
         torch_backend, index_strategy = None, index_strategy or "unsafe-best-match"
 
+    if v["gptoss_front"] and v["gptoss_service_manager"] != SYSTEMD:
+        # the front is Debian's haproxy unit, reloaded (hitless) through systemctl
+        raise bad(name, "gptoss_front", data.get("gptoss_front", "auto"), "the front runs under systemd, which this "
+                  "host does not run", "serve on 127.0.0.1 behind a balancer or proxy elsewhere, or set gptoss_front=false")
     cuda_home, cuda_src = v["gptoss_cuda_home"]
     air = v["gptoss_wheelhouse"]
     python = air.base_python or facts.get("python_path") or "/usr/bin/python3"
@@ -231,6 +245,8 @@ def validate(name: str, data: Mapping[str, Any], facts: Mapping[str, Any], kb: A
         hf_endpoint=v["gptoss_hf_endpoint"],
         hf_token_file=v["gptoss_hf_token_file"],
         jit_cache=v["gptoss_jit_cache"],
+        front=haproxy.Front(v["gptoss_bind_address"], v["gptoss_port"], v["gptoss_vllm_address"], v["gptoss_vllm_port"],
+                            v["gptoss_metrics_allow"]) if v["gptoss_front"] else None,
         managed_python=v["gptoss_python_mirror"],
     )
 

@@ -58,7 +58,8 @@ class Key:
     parse: Callable[[Context, "Key", Any], Any]  # (context, this key, raw value or None) -> value
     default: Any = None  # what an unset key means (given to the parser)
     fix: str = ""  # the fix of a bad value, where the parser has one fix
-    reader: str = "deploy"  # "deploy": deploys/gptoss.py and deploys/upgrade.py; "upgrade": upgrade.py only
+    reader: str = "deploy"  # "deploy": deploys/gptoss.py and deploys/upgrade.py; "upgrade": upgrade.py only;
+    # "balancer": the hosts of the gptoss_lb group (balancer.py)
 
 
 # -- parsers of one key each (the generic ones are in fields.py) ---------------------------------
@@ -323,6 +324,62 @@ def _command(ctx: Context, k: Key, v: Any) -> str | None:
     return v.strip() if v else None
 
 
+def is_loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def _front(ctx: Context, k: Key, v: Any) -> bool:
+    """"auto": a front exactly where the service answers beyond loopback."""
+    if v is None or v == "auto":
+        return not is_loopback(ctx.parsed["gptoss_bind_address"])
+    return check_bool(ctx.host, k.name, v, False)
+
+
+def _vllm_address(ctx: Context, k: Key, v: Any) -> str:
+    address = _ip(ctx, k, v)
+    if ctx.parsed["gptoss_front"] and address in ("0.0.0.0", "::"):
+        raise bad(ctx.host, k.name, v, "vLLM would answer on every address, around its front", k.fix)
+    return address
+
+
+def _vllm_port(ctx: Context, k: Key, v: Any) -> int:
+    port = check_int(ctx.host, k.name, v, ctx.parsed["gptoss_port"] + 1, 1, 65535, k.fix)
+    same_address = ctx.parsed["gptoss_vllm_address"] in (ctx.parsed["gptoss_bind_address"], "0.0.0.0", "::") \
+        or ctx.parsed["gptoss_bind_address"] in ("0.0.0.0", "::")
+    if ctx.parsed["gptoss_front"] and port == ctx.parsed["gptoss_port"] and same_address:
+        raise bad(ctx.host, k.name, v, f"the front listens on port {port} there", "pick another port for vLLM, e.g. 8001")
+    return port
+
+
+def _networks(ctx: Context, k: Key, v: Any) -> tuple[str, ...]:
+    items = [] if v is None else ([v] if isinstance(v, str) else v)
+    if not isinstance(items, (list, tuple)):
+        raise bad(ctx.host, k.name, v, "not a list", k.fix)
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise bad(ctx.host, k.name, v, f"{item!r} is not an address or network", k.fix) from None
+    return tuple(out)
+
+
+def _tls_cert(ctx: Context, k: Key, v: Any) -> str | None:
+    """A PEM file on the controller with the certificate (chain) and its private key, not world-readable."""
+    if v is None or v == "":
+        return None
+    path = os.path.expanduser(str(v))
+    try:
+        st, text = os.stat(path), open(path, encoding="utf-8", errors="replace").read()
+    except OSError as e:
+        raise bad(ctx.host, k.name, v, f"cannot read it ({e.strerror})", k.fix) from None
+    if st.st_mode & stat.S_IROTH:
+        raise bad(ctx.host, k.name, v, "the file holds a private key and is world-readable", f"chmod 600 {path}")
+    if "BEGIN CERTIFICATE" not in text or "PRIVATE KEY-----" not in text:
+        raise bad(ctx.host, k.name, v, "not a PEM file with both a certificate and its private key", k.fix)
+    return path
+
+
 def stack_indexes(stack: Any) -> list[tuple[str, str]]:
     """(name, url) pairs of a stack row's indexes, the default index ("pypi") first."""
     out = []
@@ -384,6 +441,23 @@ TABLE: tuple[Key, ...] = (
         f"Default {DEFAULT_BIND} (put an authenticating proxy in front); the host's own address or 0.0.0.0 to serve "
         "the network.",
         _ip, default=DEFAULT_BIND, fix="use 127.0.0.1 (behind a proxy), this host's address, or 0.0.0.0"),
+    Key("gptoss_front",
+        "\"auto\" (default: where gptoss_bind_address is not loopback), true or false. A front on the host "
+        "(HAProxy from the distribution's packages) answers on gptoss_bind_address:gptoss_port with only "
+        "/v1/chat/completions, /v1/completions, /v1/responses, /v1/models (with the key, checked by the front too), "
+        "/health and /version; vLLM itself then listens on gptoss_vllm_address:gptoss_vllm_port. False leaves "
+        "vLLM's own port facing the network, with routes its key check does not cover (the doctor says so).",
+        _front, default="auto", fix="use 'auto', true or false"),
+    Key("gptoss_vllm_address",
+        "Where vLLM itself listens behind the front (default 127.0.0.1): loopback, or an address only the front "
+        "and the balancer reach.",
+        _vllm_address, default="127.0.0.1", fix="use 127.0.0.1, or an address only the front reaches"),
+    Key("gptoss_vllm_port", "vLLM's own port behind the front (default gptoss_port + 1).",
+        _vllm_port, fix="use a TCP port such as 8001"),
+    Key("gptoss_metrics_allow",
+        "Addresses or networks (CIDR) of the metrics scrapers: the front serves /metrics to them only "
+        "(default: to nobody).",
+        _networks, fix="list addresses or networks, e.g. ['10.0.5.0/24']"),
     Key("gptoss_api_key_file",
         "REQUIRED. A file ON THE CONTROLLER holding the API key (chmod 600; world-readable files are refused). It "
         "reaches the host as /etc/gptoss/api-key (0640 root:gptoss) and vLLM through an EnvironmentFile: never in "
@@ -477,6 +551,23 @@ TABLE: tuple[Key, ...] = (
         "Upgrade: True (default) fetches the new stack's wheels once on the controller and pushes them; False: "
         "every host fetches from its indexes itself.",
         _bool, default=True, reader="upgrade"),
+    Key("gptoss_lb_drain_timeout_s",
+        "Upgrade behind a gptoss_lb balancer: how long a drained host's requests in flight may take to finish "
+        "before its restart (default 300 s).",
+        _int(0, 7200), default=300, fix="use seconds, e.g. 300", reader="upgrade"),
+    # read on the hosts of the gptoss_lb group (deploys/gptoss_deploy/balancer.py)
+    Key("gptoss_lb_port", "Balancer hosts (group gptoss_lb): the one endpoint's port (default 8000).",
+        _int(1, 65535), default=DEFAULT_PORT, fix="use a TCP port such as 8000 (443 with TLS)", reader="balancer"),
+    Key("gptoss_lb_bind_address", "Balancer hosts: the address the endpoint listens on (default 0.0.0.0).",
+        _ip, default="0.0.0.0", fix="use this host's address or 0.0.0.0", reader="balancer"),
+    Key("gptoss_lb_tls_cert",
+        "Balancer hosts: a PEM file ON THE CONTROLLER with the site's certificate (chain) and its private key "
+        "(chmod 600); the endpoint then speaks TLS only. Copied to /etc/haproxy/gptoss.pem (0640 root:haproxy).",
+        _tls_cert, fix="concatenate the certificate chain and its key into one PEM file (chmod 600)", reader="balancer"),
+    Key("gptoss_lb_check_interval_ms",
+        "Balancer hosts: how often each backend's /health is checked (default 1000 ms); one failed check takes "
+        "it out of rotation.",
+        _int(100, 60000), default=1000, fix="use milliseconds, e.g. 1000", reader="balancer"),
 )
 KEYS: dict[str, Key] = {k.name: k for k in TABLE}
 

@@ -47,13 +47,15 @@ def manifest(cfg: C.HostConfig) -> dict:
         "unit": C.UNIT,
         "unit_path": UNIT_PATH,
         "user": C.SERVICE_USER,
-        "host": cfg.bind_address,
-        "port": cfg.port,
+        "host": cfg.vllm_address,  # vLLM's own socket; the front's below
+        "port": cfg.vllm_port,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "tool_servers": list(cfg.tool_servers),
         "recipe_source": cfg.recipe_source,
         "extra_stack_files": [stack_file_dest(f) for f in cfg.extra_stack_files],
+        # only with a front: a host without one keeps its manifest byte for byte
+        **({"front": {"address": cfg.front.bind_address, "port": cfg.front.port}} if cfg.front else {}),
         **service_manager_fields(cfg),
         **airgap_fields(cfg),
     }

@@ -41,6 +41,7 @@ from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringComm
 
 from gptoss_doctor.layout import DOCTOR_LINK, ROLLBACK_FILE, STAGED_DIR, UNIT_PATH, WHEELHOUSE_DIR
 
+from . import balancer
 from . import config as C
 from . import keys
 from .doctor import split_exit_status, with_exit_status
@@ -61,6 +62,7 @@ class Settings:
     lb_drain_cmd: str | None
     lb_restore_cmd: str | None
     download_once: bool  # wheels fetched once on the controller and pushed (gptoss_deploy.wheelhouse)
+    lb_drain_timeout_s: int = 300  # behind gptoss_lb balancers: the drained host's requests may finish
 
 
 def batch_size(spec: str, hosts: int) -> int:
@@ -86,7 +88,8 @@ def settings(host: str, data: Mapping[str, Any]) -> Settings:
     if bool(drain) != bool(restore):
         missing = "gptoss_lb_restore_cmd" if drain else "gptoss_lb_drain_cmd"
         raise bad(host, missing, None, "a load balancer hook needs both drain and restore", f"set {missing} too, or unset both")
-    return Settings(v["gptoss_upgrade_batch"], v["gptoss_keep_stacks"], drain, restore, v["gptoss_download_once"])
+    return Settings(v["gptoss_upgrade_batch"], v["gptoss_keep_stacks"], drain, restore, v["gptoss_download_once"],
+                    v["gptoss_lb_drain_timeout_s"])
 
 
 def stacks_to_prune(installed: Mapping[str, float], keep: int, new: str, old: str | None) -> list[str]:
@@ -241,6 +244,7 @@ class HostResult:
     rollback: str | None = None
     doctor: dict | None = None
     out_of_service_s: float | None = None
+    lb_drain: str | None = None  # what the gptoss_lb balancers said when the host was drained
     restart_gate_s: float | None = None
     pruned: list = field(default_factory=list)
 
@@ -404,7 +408,8 @@ def rollout_for(state, new_stack: str, spec: str) -> Rollout:
     key = id(state)
     if key not in _rollouts:
         active = set(state.inventory.get_active_hosts())
-        names = [h.name for h in state.inventory if h in active]  # inventory order: the first is the canary
+        # inventory order, the first is the canary; balancer hosts (gptoss_lb) are not rolled
+        names = [h.name for h in state.inventory if h in active and not balancer.is_balancer(h)]
         _rollouts[key] = Rollout(names, spec, new_stack)
     return _rollouts[key]
 
@@ -437,6 +442,15 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         r.status = "already"
         return
     t_out = time.time()
+    # The gptoss_lb balancers: drained (no new request; the ones in flight finish) before the
+    # restart, back in ("ready") only after a passed gate; a host that ends unhealthy stays out.
+    lbs = balancer.balancers(host.state.inventory)
+    if lbs:
+        ok, said = balancer.runtime(lbs, "drain", r.host, st.lb_drain_timeout_s)
+        if not ok:
+            r.status, r.step, r.error = "failed", "lb-drain", said
+            return
+        r.lb_drain = said
     if st.lb_drain_cmd:
         ok, err = controller_hook(st.lb_drain_cmd, r.host, address)
         if not ok:
@@ -453,6 +467,10 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         failed = failed if failed[0] else None
     if not failed:
         r.restart_gate_s = round(time.time() - t_switch, 2)
+        ok, said = balancer.runtime(lbs, "ready", r.host) if lbs else (True, "")
+        if not ok:
+            r.status, r.step, r.error = "failed", "lb-ready", said + " (the host runs the new stack, out of rotation)"
+            return
         if st.lb_restore_cmd:
             ok, err = controller_hook(st.lb_restore_cmd, r.host, address)
             if not ok:
@@ -473,6 +491,9 @@ def _roll_host(ro: Rollout, r: HostResult, new: C.HostConfig, old: C.HostConfig 
         r.rollback = f"to {old.stack} FAILED too at {back[0]}: {back[1]}; the host is out of service"
         return
     r.rollback = f"back on {old.stack}: {back[1]}"
+    if lbs:
+        ok, said = balancer.runtime(lbs, "ready", r.host)
+        r.rollback += "; back in rotation" if ok else f"; balancer ready failed: {said}"
     if st.lb_restore_cmd:
         ok, err = controller_hook(st.lb_restore_cmd, r.host, address)
         r.rollback += "" if ok else f"; load balancer restore failed: {err}"

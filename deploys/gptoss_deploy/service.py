@@ -174,10 +174,11 @@ def health_extra_args(cfg: C.HostConfig) -> list[str]:
 
 
 def local_base(cfg: C.HostConfig) -> str:
-    addr = cfg.bind_address
+    """vLLM itself (behind the front where there is one): the gate judges vLLM's own answers."""
+    addr = cfg.vllm_address
     if addr in ("0.0.0.0", "::"):
         addr = "127.0.0.1"
-    return f"http://[{addr}]:{cfg.port}" if ":" in addr else f"http://{addr}:{cfg.port}"
+    return f"http://[{addr}]:{cfg.vllm_port}" if ":" in addr else f"http://{addr}:{cfg.vllm_port}"
 
 
 def health_command(cfg: C.HostConfig) -> str:

@@ -1,6 +1,7 @@
 """gptoss-testbed: the local fleet (booted Debian hosts under systemd-nspawn + a loopback package index).
 
-    gptoss-testbed up [--hosts N]     boot N hosts (default 3) and the index; idempotent
+    gptoss-testbed up [--hosts N] [--lb]   boot N hosts (default 3), the index, and with --lb a
+                                      balancer host (inventory group gptoss_lb); idempotent
     gptoss-testbed down               stop exactly what `up` started; discard the hosts
     gptoss-testbed status [--json]    hosts, ssh key, API key, stacks, broken stack (exit 1 unless all runs)
     gptoss-testbed env [--json]       index URLs per name, stats URL, files the inventory reads
@@ -26,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="loopback address of the first host (default 127.0.0.11)")
     p_up.add_argument("--index-port", type=int, default=fleet.DEFAULT_INDEX_PORT,
                       help=f"port of the package index on {fleet.DEFAULT_INDEX_HOST} (default {fleet.DEFAULT_INDEX_PORT})")
+    p_up.add_argument("--lb", action="store_true",
+                      help="also boot a balancer host (gptoss-lb, the next address) for the gptoss_lb group")
     sub.add_parser("down", help="stop everything `up` started and discard the hosts")
     for name, text in (("status", "hosts, ssh key, API key, stacks, broken stack"),
                        ("env", "index URLs per name, stats URL, files the inventory reads")):
@@ -36,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def status_lines(out: dict) -> list[str]:
     return ([f"{h['name']}  {h['address']}" for h in out["hosts"]]
+            + ([f"{out['lb']['name']}  {out['lb']['address']}  balancer on port {out['lb']['port']}"] if out.get("lb") else [])
             + [f"ssh key: {out['ssh_key']}",
                "stacks: " + ", ".join(f"{s['name']} ({s['vllm']})" for s in out["stacks"]),
                f"broken stack: {out['broken_stack']}"])
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             t0 = time.monotonic()
             if args.command == "up":
-                fleet.up(args.hosts, args.first_address, index_port=args.index_port)
+                fleet.up(args.hosts, args.first_address, index_port=args.index_port, lb=args.lb)
             else:
                 fleet.down()
             print(f"done in {time.monotonic() - t0:.1f} s")

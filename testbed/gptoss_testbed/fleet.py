@@ -22,6 +22,8 @@ DEFAULT_HOSTS = 3
 DEFAULT_FIRST_ADDRESS = "127.0.0.11"
 DEFAULT_INDEX_HOST = "127.0.0.1"
 DEFAULT_INDEX_PORT = 8700
+LB_NAME = "gptoss-lb"  # the balancer host of `up --lb` (inventory group gptoss_lb)
+LB_PORT = 8000
 INDEX_PROCESS_MARK = "gptoss_testbed.index"
 
 
@@ -58,7 +60,7 @@ def running_state() -> dict:
         raise TestbedError("the testbed is not up (no state file); run `gptoss-testbed up`")
     gone = not_running(state)
     if gone:
-        everything = len(gone) == len(state["hosts"]) + 1
+        everything = len(gone) == len(_hosts_of(state)) + 1
         raise TestbedError(f"the testbed is not running: {'nothing of it runs' if everything else 'down: ' + ', '.join(gone)} "
                            f"(state {paths.STATE_FILE}; a machine restart leaves this); run `gptoss-testbed up` "
                            f"to boot {'it' if everything else 'them'} again")
@@ -66,9 +68,10 @@ def running_state() -> dict:
 
 
 def status_json(state: dict) -> dict:
-    """Exactly the documented `status --json` shape."""
+    """Exactly the documented `status --json` shape ("lb": null without `up --lb`)."""
     return {
         "hosts": [{"name": h["name"], "address": h["address"]} for h in state["hosts"]],
+        "lb": state.get("lb"),
         "ssh_key": state["ssh_key"],
         "api_key": Path(state["api_key_file"]).read_text().strip(),
         "stacks": [{"name": s["name"], "vllm": s["vllm"]} for s in state["stacks"]],
@@ -95,7 +98,17 @@ def env_json(state: dict) -> dict:
 
 
 def _hosts_of(state: dict) -> list[hosts.Host]:
-    return [hosts.Host(h["name"], h["address"]) for h in state["hosts"]]
+    """Every booted host the state names: the serving hosts, then the balancer host if any."""
+    lb = [state["lb"]] if state.get("lb") else []
+    return [hosts.Host(h["name"], h["address"]) for h in state["hosts"] + lb]
+
+
+def lb_host(wanted: list[hosts.Host]) -> hosts.Host:
+    """The balancer host: the address after the last serving host's."""
+    last = wanted[-1].address.rsplit(".", 1)
+    if int(last[1]) + 1 > 254:
+        raise TestbedError(f"--lb: no address left after {wanted[-1].address}; pick a lower --first-address")
+    return hosts.Host(LB_NAME, f"{last[0]}.{int(last[1]) + 1}")
 
 
 # --- pieces --------------------------------------------------------------------------------
@@ -171,10 +184,11 @@ def require_root(what: str) -> None:
 
 
 def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
-       index_host: str = DEFAULT_INDEX_HOST, index_port: int = DEFAULT_INDEX_PORT, log=print) -> dict:
+       index_host: str = DEFAULT_INDEX_HOST, index_port: int = DEFAULT_INDEX_PORT, log=print, lb: bool = False) -> dict:
     if count < 1:
         raise TestbedError(f"--hosts {count}: need at least 1 host")
     wanted = hosts.plan_hosts(count, first_address)  # bad arguments fail before anything else
+    balancer = lb_host(wanted) if lb else None
     if not 0 < index_port < 65536:
         raise TestbedError(f"--index-port {index_port}: not a TCP port (1-65535)")
     require_root("up")
@@ -185,11 +199,11 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
         _discard_all(state)
         state = None
     if state is not None:
-        return _already_up(state, wanted, log)
+        return _already_up(state, wanted, log, balancer)
 
     started = time.monotonic()
     image.install_controller_packages(log)
-    check_addresses_free(wanted, index_host, index_port)
+    check_addresses_free(wanted + ([balancer] if balancer else []), index_host, index_port)
     kb = load_knowledge()
     p = catalog.plan(kb)
     base, built = image.ensure_image(log)
@@ -200,11 +214,14 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     state = new_state(wanted, p, kb.latest_stack.name, tree, base, index_host, index_port,
                       ssh_key=hosts.ensure_ssh_key(), api_key_file=ensure_api_key(),
                       tiktoken_dir=write_tiktoken_standins())
+    if balancer:
+        state["lb"] = {"name": balancer.name, "address": balancer.address, "port": LB_PORT}
+        wanted = wanted + [balancer]
     write_state(state)  # before anything starts: `down` finds it all from here
 
     start_index(tree, index_host, index_port)
     public_key = Path(state["ssh_key"] + ".pub").read_text()
-    with ThreadPoolExecutor(max_workers=min(4, count)) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, len(wanted))) as pool:
         list(pool.map(lambda h: hosts.prepare_root(h, base, public_key), wanted))
     for h in wanted:
         hosts.boot(h)
@@ -219,14 +236,29 @@ def up(count: int = DEFAULT_HOSTS, first_address: str = DEFAULT_FIRST_ADDRESS,
     return state
 
 
-def check_addresses_free(wanted: list[hosts.Host], index_host: str, index_port: int) -> None:
+def _refresh_index(state: dict, log) -> None:
+    """The served tree follows tests/standins: when its digest changed (a stand-in edited since
+    `up`), build the new tree and serve it, so a deploy installs the stand-in as it is now.
+    Hosts keep what they installed; a stack installed again (or a new testbed) gets the new wheels."""
+    p = catalog.plan(load_knowledge())
+    if Path(state["index"]["root"]).name == wheels.tree_digest(p):
+        return
+    tree = wheels.build_tree(p, log)
+    hosts.stop_process(paths.pid_file("index"), INDEX_PROCESS_MARK, timeout=5)
+    state["index"]["root"] = str(tree)
+    write_state(state)
+    start_index(tree, state["index"]["host"], state["index"]["port"])
+    log(f"package index rebuilt: the stand-ins changed (tree {tree.name})")
+
+
+def check_addresses_free(wanted: list[hosts.Host], index_host: str, index_port: int, index_too: bool = True) -> None:
     # :22 for the host's sshd, :8000 for the service the deploy puts there.
     busy = [f"{h.address}:{port}" for h in wanted for port in (22, 8000) if hosts.address_in_use(h.address, port)]
     if busy:
         last = int(wanted[0].address.split(".")[-1])
         raise TestbedError(f"address in use: something already listens on {busy[0]}; stop it or pass "
                            f"--first-address (e.g. 127.0.0.{min(last + 20, 200)})")
-    if hosts.address_in_use(index_host, index_port):
+    if index_too and hosts.address_in_use(index_host, index_port):
         raise TestbedError(f"address in use: {index_host}:{index_port} (the package index); stop what listens there "
                            f"or pass --index-port")
 
@@ -271,11 +303,19 @@ def _discard_all(state: dict | None) -> None:
     paths.STACK_FILE.unlink(missing_ok=True)
 
 
-def _already_up(state: dict, wanted: list[hosts.Host], log) -> dict:
-    known = _hosts_of(state)
+def _already_up(state: dict, wanted: list[hosts.Host], log, balancer: hosts.Host | None = None) -> dict:
+    known = [hosts.Host(h["name"], h["address"]) for h in state["hosts"]]
     if known != wanted:
         raise TestbedError(f"the testbed is up with {len(known)} hosts from {known[0].address}, not --hosts {len(wanted)} "
                            f"from {wanted[0].address}; run `gptoss-testbed down` first to change it")
+    _refresh_index(state, log)
+    if balancer and not state.get("lb"):
+        check_addresses_free([balancer], state["index"]["host"], state["index"]["port"], index_too=False)
+        state["lb"] = {"name": balancer.name, "address": balancer.address, "port": LB_PORT}
+        write_state(state)
+        hosts.prepare_root(balancer, Path(state["image"]), Path(state["ssh_key"] + ".pub").read_text())
+        log(f"{balancer.name} added (the balancer host)")
+    known = _hosts_of(state)
     down_hosts = [h for h in known if not hosts.host_running(h)]
     if not index_running():
         start_index(Path(state["index"]["root"]), state["index"]["host"], state["index"]["port"])
@@ -287,7 +327,7 @@ def _already_up(state: dict, wanted: list[hosts.Host], log) -> dict:
         hosts.wait_ready(down_hosts)
     for h in known:
         log(f"{h.name}  {h.address}  running")
-    log(f"already up: {len(known)} hosts, index {state['index']['url']} (nothing to do)")
+    log(f"already up: {len(known)} hosts, index {state['index']['url']}")
     return state
 
 

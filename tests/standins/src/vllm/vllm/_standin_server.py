@@ -229,8 +229,22 @@ class Handler(BaseHTTPRequestHandler):
         scope = {"type": "http", "method": self.command, "path": self.path.split("?", 1)[0], "root_path": "",
                  "headers": self.headers, "body": self.rfile.read(length) if length else b""}
         response = self.server.app(scope)
+        if hasattr(response.body, "__next__"):  # a stream: chunked, each event written as it comes
+            self._send_stream(response.status, response.body, response.content_type or "text/event-stream")
+            return
         data, content_type = response.encoded()
         self._send(response.status, data, content_type)
+
+    def _send_stream(self, code: int, events, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("content-type", content_type)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for data in events:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        uvicorn(f'{self.client_address[0]}:{self.client_address[1]} - "{self.command} {self.path} HTTP/1.1" {code} OK')
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 

@@ -12,6 +12,7 @@ Every stand-in version serves this one route set; the key check alone follows th
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import time
 
@@ -20,6 +21,9 @@ from vllm._standin_http import APIRouter, FastAPI, Request, Response
 router = APIRouter()
 
 _WORDS = "the quick stand-in model answers every prompt with the same few words".split()
+# Seconds per generated token (a real H200 takes ~10 ms per token of gpt-oss-20b): a request is in
+# flight for a while, as on a real server, so draining and killing mid-request mean something.
+TOKEN_S = float(os.environ.get("GPTOSS_STANDIN_TOKEN_S", "0.01"))
 
 
 def _engine_dead() -> Response:
@@ -52,6 +56,9 @@ def _generate(req: Request, chat: bool) -> Response:
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
     state.completions += 1
     now = int(time.time())
+    if body.get("stream"):
+        return Response(200, _stream(chat, model, n, now, usage, body), "text/event-stream; charset=utf-8")
+    time.sleep(TOKEN_S * n)
     if chat:
         return Response(200, {"id": f"chatcmpl-{os.getpid()}-{now}", "object": "chat.completion", "created": now,
                               "model": model, "usage": usage,
@@ -60,6 +67,30 @@ def _generate(req: Request, chat: bool) -> Response:
     return Response(200, {"id": f"cmpl-{os.getpid()}-{int(time.time() * 1000)}", "object": "text_completion",
                           "created": now, "model": model, "usage": usage,
                           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}]})
+
+
+def _stream(chat: bool, model: str, n: int, now: int, usage: dict, body: dict):
+    """Server-sent events as vLLM sends them: one `data: {json}` chunk per token (the last with its
+    finish_reason), the usage chunk when stream_options.include_usage, then `data: [DONE]`."""
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{os.getpid()}-{int(time.time() * 1000)}"
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choice: dict | None, extra: dict | None = None) -> bytes:
+        out = {"id": rid, "object": obj, "created": now, "model": model,
+               "choices": [] if choice is None else [{"index": 0, **choice}], **(extra or {})}
+        return b"data: " + json.dumps(out).encode() + b"\n\n"
+
+    if chat:
+        yield chunk({"delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+    for i, word in enumerate(_WORDS[:n]):
+        time.sleep(TOKEN_S)
+        done = "length" if i == n - 1 else None
+        piece = " " + word if (i or not chat) else word
+        yield chunk({"delta": {"content": piece}, "logprobs": None, "finish_reason": done} if chat else
+                    {"text": piece, "logprobs": None, "finish_reason": done, "stop_reason": None})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield chunk(None, {"usage": usage})
+    yield b"data: [DONE]\n\n"
 
 
 # -- health and load (vllm/entrypoints/serve/instrumentator/...) --------------------------------
