@@ -26,6 +26,7 @@ at load (README.md says how).
 from __future__ import annotations
 
 import argparse
+import ast
 import email.parser
 import json
 import re
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT / "doctor"))  # run from a checkout without installi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gptoss_doctor.collect.venv import (  # noqa: E402  (one parser of envs.py and the registry)
+    BACKEND_CLASSES,
     BACKEND_REGISTRIES,
     backend_names,
     env_var_names,
@@ -148,8 +150,33 @@ class Recorder:
         data = self.inner.read(path)
         out = self.folder / "files" / path
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
+        out.write_bytes(reduced(path, data, self.label))
         return data
+
+
+MAIN_CUDA = r'"VLLM_MAIN_CUDA_VERSION"[^\n]*\n?[^\n]*?"(\d+\.\d+)"'
+
+
+def reduced(path: str, data: bytes, label: str) -> bytes:
+    """What --record keeps of a vLLM source file: only what the derivation reads of it (the env
+    var names, VLLM_MAIN_CUDA_VERSION's default, the backend enum's names), in the same shape, so
+    the project holds vLLM's facts, not its code. Other members (METADATA, version.py) as read."""
+    if not path.endswith(".py") or not path.startswith("vllm/"):
+        return data
+    text = data.decode("utf-8", "replace")
+    head = (f"# Reduced from {path} of {label} by scripts/gen_stacks.py --record: only what the\n"
+            "# generator reads of it, in the same shape; the rest of the file is left out.\n")
+    if path == "vllm/envs.py":
+        cuda = re.search(MAIN_CUDA, text)
+        rows = [f'    "{n}": "{cuda.group(1)}",' if cuda and n == "VLLM_MAIN_CUDA_VERSION" else f'    "{n}": None,'
+                for n in env_var_names(text)]
+        return (head + "environment_variables = {\n" + "".join(r + "\n" for r in rows) + "}\n").encode()
+    if path in BACKEND_REGISTRIES:
+        cls = next((n.name for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ClassDef) and n.name in BACKEND_CLASSES), None)
+        if cls:
+            names = backend_names(text)
+            return (head + f"class {cls}:\n" + "".join(f"    {n} = {i}\n" for i, n in enumerate(names, 1))).encode()
+    return data
 
     def scan(self, path: str, pattern: bytes, limit: int | None = None) -> bytes | None:
         hit = self.inner.scan(path, pattern, limit)
@@ -250,7 +277,7 @@ def read_release(version: str, src: Source) -> ReleaseFacts:
         else:
             problems.append(f"no nvcc version string in {compiled}")
     envs = src.read("vllm/envs.py").decode("utf-8", "replace") if "vllm/envs.py" in names else ""
-    main_cuda = re.search(r'"VLLM_MAIN_CUDA_VERSION"[^\n]*\n?[^\n]*?"(\d+\.\d+)"', envs)
+    main_cuda = re.search(MAIN_CUDA, envs)
     registry = next((r for r in BACKEND_REGISTRIES if r in names), None)
     backends = backend_names(src.read(registry).decode("utf-8", "replace")) if registry else []
     return ReleaseFacts(
