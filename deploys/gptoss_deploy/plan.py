@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pyinfra import host
+from gptoss_doctor import advisories
+from pyinfra import host, logger
 
 from . import config as C
 from . import rollout
@@ -50,6 +51,14 @@ def gather_facts(data: Mapping[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def warn_advisories(cfg: C.HostConfig) -> None:
+    """Before the stack is installed: the published vLLM advisories that apply to it as it will be
+    served (one warning line each; the doctor's vllm-advisory judges the installed box later)."""
+    found = advisories.advisories_for(cfg.vllm, cfg.serve_argv(), api_key_set=True)
+    for line in advisories.warning_lines(cfg.vllm, found):
+        logger.warning(f"{host.print_prefix}{line}")
+
+
 def host_configs(upgrade: bool = False) -> HostConfigs:
     """This host's config; with `upgrade`, also its rollback stack's config (same data and facts,
     the stack it runs now), the upgrade's settings and the host's upgrade state."""
@@ -58,6 +67,7 @@ def host_configs(upgrade: bool = False) -> HostConfigs:
     kb = C.load_knowledge(host.name, data.get("gptoss_extra_stack_files"))
     facts = gather_facts(data)
     cfg = C.validate(host.name, data, facts, kb)
+    warn_advisories(cfg)
     if not upgrade:
         return HostConfigs(cfg, kb)
     state = host.get_fact(rollout.UpgradeState)
