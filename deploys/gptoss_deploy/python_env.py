@@ -25,8 +25,10 @@ from . import managed_python
 from .facts import DeployState
 
 UV = f"{C.BIN_DIR}/uv"
-# uv must never fetch a Python or read a user's config on a server.
-UV_ENV = f"UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_CACHE_DIR={UV_CACHE} UV_NO_PROGRESS=1"
+# uv must never fetch a Python or read a user's config on a server. The venvs are root's and the
+# service's user cannot write __pycache__ there: without bytecode compiled at install, every start
+# of vLLM (its API server and each engine process) compiles every module it imports again.
+UV_ENV = f"UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_CACHE_DIR={UV_CACHE} UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1"
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from pyinfra import host
@@ -46,7 +47,7 @@ from . import config as C
 from . import keys
 from .doctor import split_exit_status, with_exit_status
 from .fields import bad
-from .manifest import manifest_text
+from .manifest import manifest_text, stack_file_dest
 from .service import env_file_text, health_command, local_base, unit_text
 
 LB_TIMEOUT_S = 120
@@ -181,6 +182,10 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
     for cfg in (new, old) if old else (new,):
         for staged, text, mode in staged_files(cfg).values():
             want[staged] = (text, mode)
+    # The site's stack files the manifests name, in place before any switch: a manifest that names
+    # one the host lacks leaves the doctor there without the stack it runs. Adding them changes nothing live.
+    for f in dict.fromkeys((*new.extra_stack_files, *(old.extra_stack_files if old else ()))):
+        want[stack_file_dest(f)] = (Path(f).read_text(), "0644 root:root")
     if record_rollback and old:
         want[ROLLBACK_FILE] = (old.stack + "\n", "0644 root:root")
     have = host.get_fact(FilesSha, paths=tuple(want))
@@ -188,9 +193,11 @@ def stage_files(new: C.HostConfig, old: C.HostConfig | None, record_rollback: bo
     if not stale:
         host.noop(f"{len(want)} staged files up to date")
         return
-    dirs = sorted({os.path.dirname(p) for p in stale if p.startswith(STAGED_DIR)})
+    dirs = sorted({os.path.dirname(p) for p in stale if p.startswith(STAGED_DIR + "/")})
     if dirs:
         yield StringCommand("install", "-d", "-m", "0750", "-o", "root", "-g", C.SERVICE_USER, STAGED_DIR, *dirs)
+    if any(p.startswith(C.STACKS_D + "/") for p in stale):
+        yield StringCommand("install", "-d", "-m", "0755", "-o", "root", "-g", "root", C.STACKS_D)
     for path, (text, mode) in stale.items():
         perm, owner = mode.split()
         tmp = f"{path}.tmp"

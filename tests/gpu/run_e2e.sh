@@ -54,7 +54,7 @@ MODEL=/srv/gptoss-models/gpt-oss-20b
 LOG=/var/log/gptoss/gptoss-vllm.log
 SUP=/opt/gptoss/bin/gptoss-supervise
 T0=$(date +%s)
-has_phase cold && rm -rf "$FIX"
+has_phase cold && rm -rf "$FIX" "$WORK/upgrade-stack-names"
 mkdir -p "$OUT" "$WORK" "$FIX"
 exec > >(tee -a "$OUT/e2e.log") 2>&1
 
@@ -270,7 +270,7 @@ if ready_seen; then
 fi
 log_since "$M" > $FIX/vllm-carried.log
 doctor_log carried $FIX/vllm-carried.log
-"$SUP" stop
+has_phase upgrade || "$SUP" stop  # an upgrade in this call starts from the running service
 fi
 
 # -- 7. serving speed of what the deploy left (PHASES=...,serve then compare) -------------------
@@ -300,20 +300,15 @@ python3 bench/serve_gpu.py run --url "http://127.0.0.1:$PORT" --key-file "$KEY_F
 say "bench ours: exit $?"
 fi
 
-if has_phase compare; then
-"$SUP" stop
 ENVF=$WORK/bench.env
-grep -E '^(CUDA_HOME|PATH|HF_HUB_OFFLINE|VLLM_NO_USAGE_STATS)=' /etc/gptoss/gptoss.env > "$ENVF"
-RECIPE_FLAGS=$(/opt/gptoss/doctor/bin/python tests/gpu/recipe_flags.py /etc/gptoss/manifest.json)
-say "official recipe flags for this GPU: ${RECIPE_FLAGS:-<none>}"
-bench_server() {  # bench_server LABEL FLAGS...: start vLLM as a user would, benchmark, stop
-  local label=$1; shift
+serve_and_bench() {  # serve_and_bench LABEL yes|no CMD...: start vLLM as a user would, time to /health 200, benchmark (yes), stop
+  local label=$1 bench=$2; shift 2
   local log=$FIX/vllm-bench-$label.log t0=$(date +%s) pid
+  grep -E '^(CUDA_HOME|PATH|HF_HUB_OFFLINE|VLLM_NO_USAGE_STATS)=' /etc/gptoss/gptoss.env > "$ENVF"
   # The service's JIT caches seed this run's home: they change the start time, not the serving speed.
   mkdir -p $WORK/home-$label && (cd /var/lib/gptoss && cp -a .triton .cache cache .nv $WORK/home-$label/ 2>/dev/null)
   ( set -a; . "$ENVF"; set +a; export HOME=$WORK/home-$label XDG_CACHE_HOME=$WORK/home-$label/cache
-    exec setsid "$STACK_PY" -m vllm.entrypoints.cli.main serve "$MODEL" --served-model-name openai/gpt-oss-20b \
-      --load-format dummy --skip-tokenizer-init --host 127.0.0.1 --port "$PORT" "$@" ) > "$log" 2>&1 &
+    exec setsid "$@" ) > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:$PORT/health 2>/dev/null)" = 200 ] && break
@@ -321,12 +316,24 @@ bench_server() {  # bench_server LABEL FLAGS...: start vLLM as a user would, ben
   done
   say "$label ready after $(( $(date +%s) - t0 )) s"
   result "{\"step\": \"ready-$label\", \"seconds\": $(( $(date +%s) - t0 ))}"
-  python3 bench/serve_gpu.py run --url "http://127.0.0.1:$PORT" --label "$label" --out "$BENCH"
-  say "bench $label: exit $?"
+  if [ "$bench" = yes ]; then
+    python3 bench/serve_gpu.py run --url "http://127.0.0.1:$PORT" --label "$label" --out "$BENCH"
+    say "bench $label: exit $?"
+  fi
   kill -INT -- -$pid 2>/dev/null
   for _ in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; sleep 1; done
   kill -KILL -- -$pid 2>/dev/null; sleep 3
 }
+bench_server() {  # bench_server LABEL FLAGS...: vLLM with only the model's flags and FLAGS
+  local label=$1; shift
+  serve_and_bench "$label" yes "$STACK_PY" -m vllm.entrypoints.cli.main serve "$MODEL" --served-model-name openai/gpt-oss-20b \
+      --load-format dummy --skip-tokenizer-init --host 127.0.0.1 --port "$PORT" "$@"
+}
+
+if has_phase compare; then
+"$SUP" stop
+RECIPE_FLAGS=$(/opt/gptoss/doctor/bin/python tests/gpu/recipe_flags.py /etc/gptoss/manifest.json)
+say "official recipe flags for this GPU: ${RECIPE_FLAGS:-<none>}"
 bench_server bare
 # shellcheck disable=SC2086  # the recipe's flags are words
 bench_server recipe $RECIPE_FLAGS
@@ -341,6 +348,79 @@ if [ "$(el)" -lt "$BUDGET_S" ]; then
   fi
   log_since "$M" > $FIX/vllm-warm-production.log
 fi
+fi
+
+if has_phase upgrade; then
+# -- 8. rolling upgrades through deploys/upgrade.py, under gptoss-supervise ---------------------
+# Two site stacks made from the wheels the box has (tests/gpu/upgrade_stacks.py): one to roll to
+# (a real restart, the health gate on real vLLM), and one whose gate must fail at its version step,
+# which must put the box back on the first. Each run writes its report (GPTOSS_UPGRADE_REPORT).
+# UPGRADES=next,stale (the default) runs both; a later call may run the second alone.
+UPGRADES=${UPGRADES:-next,stale}
+if [ ! -s $WORK/upgrade-stack-names ]; then
+  FROM=$(python3 -c "import json; print(json.load(open('/etc/gptoss/manifest.json'))['stack'])")
+  python3 tests/gpu/upgrade_stacks.py "$FROM" $WORK/upgrade-stacks.toml > $WORK/upgrade-stack-names
+fi
+read -r NEXT STALE < $WORK/upgrade-stack-names
+[ -n "${STALE:-}" ] || { say "FAILED: upgrade stacks"; exit 1; }
+cp $WORK/upgrade-stacks.toml $FIX/
+export GPTOSS_E2E_EXTRA_STACK_FILES="[\"$WORK/upgrade-stacks.toml\"]"
+upgrade_to() {  # upgrade_to NAME STACK [--data K=V ...]
+  local name=$1 stack=$2 t=$(date +%s) rc; shift 2
+  say "upgrade $name: $(readlink /opt/gptoss/current) -> $stack"
+  GPTOSS_UPGRADE_REPORT=$FIX/upgrade-$name.json \
+    pyinfra -y tests/gpu/local_inventory.py deploys/upgrade.py --data "gptoss_stack=$stack" "$@" > $FIX/pyinfra-upgrade-$name.txt 2>&1
+  rc=$?
+  grep -E "STOPPED|failed step|back on|rollback|upgraded|Error" $FIX/pyinfra-upgrade-$name.txt | tail -8
+  local status
+  status=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(f\"{h['host']}:{h['status']}:{h.get('step') or ''}:{h.get('restart_gate_s')}\" for h in r['hosts']))" $FIX/upgrade-$name.json 2>&1)
+  local served
+  served=$(curl -s -m 10 http://127.0.0.1:$PORT/version | python3 -c "import json,sys; print(json.load(sys.stdin).get('version'))" 2>/dev/null)
+  say "upgrade $name: exit $rc after $(( $(date +%s) - t )) s; report: $status; current -> $(readlink /opt/gptoss/current); /version $served"
+  result "{\"step\": \"upgrade-$name\", \"exit\": $rc, \"seconds\": $(( $(date +%s) - t )), \"hosts\": \"$status\", \"current\": \"$(readlink /opt/gptoss/current)\", \"served\": \"$served\"}"
+}
+M=$(log_mark)
+"$SUP" is-active >/dev/null 2>&1 || { say "the service is not running: starting it first"; "$SUP" start; }
+case ",$UPGRADES," in *,next,*) upgrade_to next "$NEXT";; esac
+case ",$UPGRADES," in *,stale,*)
+upgrade_to stale "$STALE"
+curl -s -m 30 http://127.0.0.1:$PORT/v1/completions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+  -d '{"model": "openai/gpt-oss-20b", "prompt": [1, 2, 3], "max_tokens": 8}' > $FIX/completion-after-rollback.json
+say "after the rollback: $SUP is-active: $("$SUP" is-active); completion: $(head -c 200 $FIX/completion-after-rollback.json)"
+doctor_box after-rollback
+;; esac
+log_since "$M" > $FIX/vllm-upgrades-$(date +%s).log
+fi
+
+if has_phase variant; then
+# -- 9. the service's own command with other flags (VARIANT_ARGS, default a smaller CUDA graph
+# capture range): its time to ready on a first and a second start, and its serving speed, to weigh
+# start time against speed. Run after `serve` (the same bench file) and before the pack.
+"$SUP" stop
+VARIANT_ARGS=${VARIANT_ARGS:---max-cudagraph-capture-size 512}
+VARIANT_LABEL=${VARIANT_LABEL:-ours-capture512}
+mapfile -t VARGV < <(python3 - "$VARIANT_ARGS" <<'PYEOF'
+import json, shlex, sys
+argv = json.load(open("/etc/gptoss/manifest.json"))["argv"][2:]  # after `vllm serve`
+extra = shlex.split(sys.argv[1])
+names = {a for a in extra if a.startswith("--")}
+out, skip = [], False
+for a in argv:
+    if skip:
+        skip = False
+        continue
+    if a in names:
+        skip = True  # these flags take a value
+        continue
+    out.append(a)
+print("\n".join(out + extra))
+PYEOF
+)
+say "variant $VARIANT_LABEL: ${VARGV[*]}"
+serve_and_bench "$VARIANT_LABEL" yes "$STACK_PY" -m vllm.entrypoints.cli.main serve "${VARGV[@]}"
+serve_and_bench "$VARIANT_LABEL-warm" no "$STACK_PY" -m vllm.entrypoints.cli.main serve "${VARGV[@]}"
+python3 bench/serve_gpu.py compare "$BENCH" --ours ours | tee $FIX/serve-verdict-variant.txt
+cp "$BENCH" $FIX/serve.jsonl
 fi
 
 # -- pack: the key never leaves the box ------------------------------------------------------
